@@ -1,0 +1,112 @@
+//! The `memprobe` binary: parse, set up logging, bind, run, and map errors to an exit code.
+//!
+//! Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when memprobe cannot do its job here
+//! (the port is taken, a privilege is missing), 2 for invalid flags or environment.
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use memprobe::Sidecar;
+use memprobe::config::{self, Config, Invocation, LogFormat, ParseError};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let invocation = match config::parse(std::env::args_os()) {
+        Ok(invocation) => invocation,
+        Err(ParseError::Clap(e)) => return clap_outcome(e),
+        Err(ParseError::Flag(e)) => {
+            eprintln!("memprobe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match invocation {
+        Invocation::Workload(flags) => match memprobe::workload::run(flags) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memprobe workload: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Invocation::Demo(flags) => {
+            init_logging(LogFormat::Text);
+            runtime(memprobe::demo::run(flags))
+        }
+        Invocation::Sidecar(config) => {
+            init_logging(config.log_format);
+            runtime(sidecar(config))
+        }
+    }
+}
+
+/// Help and version go to stdout with status 0; usage errors become one line and status 2.
+fn clap_outcome(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            let line = line.trim_start_matches("error: ");
+            eprintln!("memprobe: {line} (see memprobe --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// One small current-thread runtime: the HTTP side only clones bytes, and /proc reads run on
+/// the blocking pool.
+fn runtime(work: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(work),
+        Err(e) => {
+            eprintln!("memprobe: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn sidecar(config: Config) -> ExitCode {
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!(
+                "memprobe: --listen {}: cannot listen there: {e} (try another port, e.g. --listen 0.0.0.0:8900)",
+                config.listen
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener.local_addr().map_or(config.listen, |a| a);
+    tracing::info!(%addr, target = %config.target, "listening on {addr}, watching {}", config.target);
+    match Sidecar::start(config, listener, memprobe::shutdown_signal())
+        .wait()
+        .await
+    {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("memprobe: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

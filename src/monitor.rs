@@ -1,0 +1,353 @@
+//! The sampling loop: find the target → sample it → decide → publish.
+//!
+//! One task owns every piece of mutable state (the decider, the counters, the transition
+//! history, the metrics) and publishes an immutable [`Snapshot`] through a `watch` channel
+//! after each step; HTTP handlers only read the latest one. The /proc work of a step runs on
+//! the blocking pool, so a slow read (a huge target's smaps_rollup, a stuck mmap lock) never
+//! stalls the runtime, and `/livez` reports it instead.
+//!
+//! While the target is tracked, a step comes every `--interval`. While it is lost, the loop
+//! looks for it again with a backoff from 100 ms up to the interval: a restarted server is
+//! found quickly, and a server that is not there costs at most one scan per interval.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::limit::{self, MemoryLimit};
+use crate::metrics::Metrics;
+use crate::policy::{Decider, Observation, Policy, Transition};
+use crate::sample::{self, MemoryKind, MemorySample, SampleError};
+use crate::status::{self, Counters, MemoryStatus, Settings, Snapshot, Status};
+use crate::status::{TargetStatus, ThresholdStatus, TransitionRecord};
+use crate::target::{Finder, Found};
+
+/// How many transitions `/status` keeps.
+pub const HISTORY: usize = 32;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The /proc side of the loop: the finder and the incarnation it found.
+struct Probe {
+    finder: Finder,
+    target: Option<Found>,
+    memory: MemoryKind,
+    include_children: bool,
+    memory_limit: Option<u64>,
+}
+
+/// What one blocking step saw.
+enum Outcome {
+    Sampled(MemorySample),
+    Found {
+        target: TargetStatus,
+        limit: MemoryLimit,
+        first: Result<MemorySample, SampleError>,
+    },
+    Gone(String),
+    NotFound(String),
+    Failed(SampleError),
+}
+
+impl Probe {
+    fn step(&mut self) -> Outcome {
+        if let Some(found) = &self.target {
+            return match sample::sample(&found.process, self.memory, self.include_children) {
+                Ok(s) => Outcome::Sampled(s),
+                Err(SampleError::Gone(pid)) => {
+                    self.target = None;
+                    Outcome::Gone(format!("process {pid} exited"))
+                }
+                Err(e) => Outcome::Failed(e),
+            };
+        }
+        match self.finder.find() {
+            Err(not_found) => Outcome::NotFound(not_found.to_string()),
+            Ok(found) => {
+                let target = TargetStatus {
+                    pid: found.pid,
+                    name: found.name.clone(),
+                    start_time: status::timestamp(found.start_time),
+                    found_by: self.finder.spec().to_string(),
+                };
+                let limit = limit::resolve(self.memory_limit, Some(found.pid));
+                let first = sample::sample(&found.process, self.memory, self.include_children);
+                self.target = Some(found);
+                Outcome::Found {
+                    target,
+                    limit,
+                    first,
+                }
+            }
+        }
+    }
+}
+
+/// A failure that stops memprobe: it cannot do its job as configured.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Fatal(#[from] SampleError);
+
+pub struct Monitor {
+    config: Arc<Config>,
+    probe: Arc<Mutex<Probe>>,
+    decider: Decider,
+    target: Option<TargetStatus>,
+    limit: MemoryLimit,
+    last_sample: Option<(MemorySample, SystemTime)>,
+    /// Set by the session source (Kurento) when one is configured.
+    sessions: Option<u32>,
+    incarnations: u64,
+    counters: Counters,
+    history: VecDeque<TransitionRecord>,
+    since: SystemTime,
+    not_found: Option<String>,
+    last_error: Option<String>,
+    backoff: Duration,
+    metrics: Metrics,
+    publish: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Monitor {
+    /// A monitor and the channel it publishes on. Publishes a first snapshot (state `lost`,
+    /// "looking for the target") before any /proc read of the target.
+    pub fn new(config: Arc<Config>, now: Instant) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+        let limit = limit::resolve(config.memory_limit, None);
+        let decider = Decider::new(policy(&config, limit), now);
+        let probe = Probe {
+            finder: Finder::new(config.target.clone()),
+            target: None,
+            memory: config.memory,
+            include_children: config.include_children,
+            memory_limit: config.memory_limit,
+        };
+        let metrics = Metrics::new(config.critical.is_some());
+        // Replaced by the first real publish below, before anyone can read it.
+        let placeholder = Snapshot::new(Status::default(), now, bytes::Bytes::new());
+        let (publish, snapshots) = watch::channel(Arc::new(placeholder));
+        let mut monitor = Monitor {
+            probe: Arc::new(Mutex::new(probe)),
+            decider,
+            target: None,
+            limit,
+            last_sample: None,
+            sessions: None,
+            incarnations: 0,
+            counters: Counters::default(),
+            history: VecDeque::with_capacity(HISTORY),
+            since: SystemTime::now(),
+            not_found: None,
+            last_error: None,
+            backoff: FIRST_BACKOFF,
+            metrics,
+            publish,
+            config,
+        };
+        monitor.publish(now);
+        (monitor, snapshots)
+    }
+
+    /// Runs until dropped or until a fatal error.
+    pub async fn run(mut self) -> Result<(), Fatal> {
+        loop {
+            let started = Instant::now();
+            let next = self.step(started).await?;
+            tokio::time::sleep_until(started + next).await;
+        }
+    }
+
+    /// One step: find or sample, decide, publish. Returns the time to the next step.
+    pub async fn step(&mut self, started: Instant) -> Result<Duration, Fatal> {
+        let probe = Arc::clone(&self.probe);
+        let outcome = tokio::task::spawn_blocking(move || match probe.lock() {
+            Ok(mut probe) => probe.step(),
+            Err(poisoned) => poisoned.into_inner().step(),
+        })
+        .await;
+        // The clock is read after the blocking read, so time spent there is not lost.
+        let now = Instant::now().max(started);
+        match outcome {
+            Ok(outcome) => self.apply(now, outcome)?,
+            Err(join) => self.failed(format!("sampling task failed: {join}")),
+        }
+        self.publish(now);
+        Ok(if self.target.is_some() {
+            self.backoff = FIRST_BACKOFF;
+            self.config.interval
+        } else {
+            let wait = self.backoff.min(self.config.interval);
+            self.backoff = (self.backoff * 2).min(self.config.interval);
+            wait
+        })
+    }
+
+    fn apply(&mut self, now: Instant, outcome: Outcome) -> Result<(), Fatal> {
+        match outcome {
+            Outcome::Sampled(s) => self.observe(now, s),
+            Outcome::Found {
+                target,
+                limit,
+                first,
+            } => {
+                self.incarnations += 1;
+                if self.incarnations > 1 {
+                    self.counters.target_restarts_total += 1;
+                }
+                self.not_found = None;
+                let who = format!("{} (pid {})", target.name, target.pid);
+                self.limit = limit;
+                self.target = Some(target);
+                self.last_sample = None;
+                let tr = self
+                    .decider
+                    .new_incarnation(now, policy(&self.config, limit), &who);
+                self.record(tr);
+                match first {
+                    Ok(s) => self.observe(now, s),
+                    Err(SampleError::Gone(pid)) => {
+                        self.gone(now, format!("process {pid} exited"));
+                    }
+                    // The privilege is missing for good: say so and stop, once, at start.
+                    Err(e @ SampleError::PssDenied { .. }) if self.incarnations == 1 => {
+                        return Err(Fatal(e));
+                    }
+                    Err(e) => self.failed(e.to_string()),
+                }
+            }
+            Outcome::Gone(why) => self.gone(now, why),
+            Outcome::NotFound(why) => {
+                if self.not_found.as_deref() != Some(why.as_str()) {
+                    info!(
+                        "waiting for the target: {why} (looking again every {} at most)",
+                        status::duration(self.config.interval)
+                    );
+                    self.not_found = Some(why.clone());
+                }
+                if let Some(tr) = self.decider.lost(now, why) {
+                    self.record(tr);
+                }
+            }
+            Outcome::Failed(e) => self.failed(e.to_string()),
+        }
+        Ok(())
+    }
+
+    fn observe(&mut self, now: Instant, s: MemorySample) {
+        self.counters.samples_total += 1;
+        self.last_error = None;
+        self.last_sample = Some((s, SystemTime::now()));
+        let obs = Observation {
+            memory_bytes: s.deciding(self.config.memory),
+            sessions: self.sessions,
+        };
+        if let Some(tr) = self.decider.observe(now, obs) {
+            self.record(tr);
+        }
+    }
+
+    fn gone(&mut self, now: Instant, why: String) {
+        self.target = None;
+        self.last_sample = None;
+        if let Some(tr) = self.decider.lost(now, why) {
+            self.record(tr);
+        }
+    }
+
+    /// A sample failed while the target still exists: counted, logged once per kind of error.
+    fn failed(&mut self, message: String) {
+        self.counters.sample_errors_total += 1;
+        if self.last_error.as_deref() != Some(message.as_str()) {
+            warn!("sample failed: {message}");
+            self.last_error = Some(message);
+        }
+    }
+
+    fn record(&mut self, tr: Transition) {
+        info!(
+            from = tr.from.as_str(),
+            to = tr.to.as_str(),
+            "{}: {}",
+            tr.to.as_str(),
+            tr.reason
+        );
+        self.metrics.transition(tr.to);
+        self.since = SystemTime::now();
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(TransitionRecord {
+            at: status::timestamp(self.since),
+            from: tr.from,
+            to: tr.to,
+            reason: tr.reason,
+        });
+    }
+
+    fn status(&self, now: Instant) -> Status {
+        let state = self.decider.state();
+        let policy = self.decider.policy();
+        Status {
+            state,
+            since: status::timestamp(self.since),
+            reason: self.decider.reason().to_string(),
+            ready: state.ready(),
+            live: state.healthy(),
+            over_threshold_seconds: self.decider.over_for(now).as_secs_f64(),
+            sessions: self.sessions,
+            target: self.target.clone(),
+            memory: self.last_sample.map(|(sample, at)| MemoryStatus {
+                deciding: self.config.memory,
+                deciding_bytes: sample.deciding(self.config.memory),
+                sample,
+                sampled_at: status::timestamp(at),
+            }),
+            threshold: ThresholdStatus {
+                bytes: policy.threshold_bytes,
+                given: self.config.threshold.to_string(),
+                critical_bytes: policy.critical_bytes,
+                limit: self.limit,
+            },
+            counters: self.counters.clone(),
+            transitions: self.history.iter().cloned().collect(),
+            settings: settings(&self.config),
+        }
+    }
+
+    fn publish(&mut self, now: Instant) {
+        let status = self.status(now);
+        let metrics = self.metrics.render(&status);
+        self.publish
+            .send_replace(Arc::new(Snapshot::new(status, now, metrics)));
+    }
+}
+
+fn policy(config: &Config, limit: MemoryLimit) -> Policy {
+    Policy {
+        memory: config.memory.as_str(),
+        threshold_bytes: config.threshold.resolve(limit.bytes),
+        critical_bytes: config.critical.map(|c| c.resolve(limit.bytes)),
+        sustain: config.sustain,
+        drain_timeout: config.drain_timeout,
+        min_drain: config.min_drain,
+    }
+}
+
+fn settings(config: &Config) -> Settings {
+    Settings {
+        target: config.target.to_string(),
+        include_children: config.include_children,
+        interval: status::duration(config.interval),
+        memory: config.memory,
+        threshold: config.threshold.to_string(),
+        critical: config.critical.map(|c| c.to_string()),
+        memory_limit: config.memory_limit,
+        sustain: status::duration(config.sustain),
+        drain_timeout: status::duration(config.drain_timeout),
+        min_drain: status::duration(config.min_drain),
+        listen: config.listen.to_string(),
+    }
+}

@@ -1,0 +1,243 @@
+//! Reading one memory sample of the target (and, if asked, its descendants).
+//!
+//! The cheap figures — rss, anon, file, shmem, swap — come from one read of
+//! `/proc/PID/status`: its `VmRSS` is the same kernel counter as statm's resident field, and
+//! the same read also splits it into `RssAnon`/`RssFile`/`RssShmem` and gives `VmSwap`, so one
+//! file serves all five. PSS needs `/proc/PID/smaps_rollup`, which makes the kernel walk the
+//! target's page tables (slow for a big server, and it needs ptrace access), so it is read
+//! only under `--memory pss`.
+//!
+//! Everything here blocks on /proc; the monitor calls it from `spawn_blocking`.
+
+use procfs::ProcError;
+use procfs::process::Process;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryKind {
+    #[default]
+    Rss,
+    Anon,
+    Pss,
+}
+
+impl MemoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryKind::Rss => "rss",
+            MemoryKind::Anon => "anon",
+            MemoryKind::Pss => "pss",
+        }
+    }
+}
+
+/// Memory of the target (summed over its descendants with `--include-children`), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct MemorySample {
+    pub rss_bytes: u64,
+    pub anon_bytes: u64,
+    pub file_bytes: u64,
+    pub shmem_bytes: u64,
+    pub swap_bytes: u64,
+    pub pss_bytes: Option<u64>,
+    /// How many processes were added up.
+    pub processes: u32,
+}
+
+impl MemorySample {
+    /// The figure that decides.
+    pub fn deciding(&self, kind: MemoryKind) -> u64 {
+        match kind {
+            MemoryKind::Rss => self.rss_bytes,
+            MemoryKind::Anon => self.anon_bytes,
+            MemoryKind::Pss => self.pss_bytes.unwrap_or(self.rss_bytes),
+        }
+    }
+
+    /// `(kind label, bytes)` for every figure this sample has.
+    pub fn figures(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("rss", Some(self.rss_bytes)),
+            ("anon", Some(self.anon_bytes)),
+            ("file", Some(self.file_bytes)),
+            ("shmem", Some(self.shmem_bytes)),
+            ("swap", Some(self.swap_bytes)),
+            ("pss", self.pss_bytes),
+        ]
+        .into_iter()
+        .filter_map(|(kind, bytes)| bytes.map(|b| (kind, b)))
+    }
+
+    fn add(&mut self, other: &MemorySample) {
+        self.rss_bytes += other.rss_bytes;
+        self.anon_bytes += other.anon_bytes;
+        self.file_bytes += other.file_bytes;
+        self.shmem_bytes += other.shmem_bytes;
+        self.swap_bytes += other.swap_bytes;
+        self.pss_bytes = match (self.pss_bytes, other.pss_bytes) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.processes += other.processes;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// The process exited (or is a zombie): the target is lost.
+    #[error("process {0} exited")]
+    Gone(i32),
+    #[error(
+        "cannot read /proc/{pid}/smaps_rollup for --memory pss: run memprobe as the target's \
+         user or grant it CAP_SYS_PTRACE (or use --memory rss)"
+    )]
+    PssDenied { pid: i32 },
+    #[error("reading /proc/{pid}: {message}")]
+    Read { pid: i32, message: String },
+}
+
+/// Samples one process.
+pub fn sample_process(process: &Process, kind: MemoryKind) -> Result<MemorySample, SampleError> {
+    let pid = process.pid;
+    let fail = |e: ProcError| classify(process, e);
+    let status = process.status().map_err(fail)?;
+    // A zombie has no memory lines left: it is gone, not empty.
+    let Some(rss_kib) = status.vmrss else {
+        return Err(SampleError::Gone(pid));
+    };
+    let kib = |v: Option<u64>| v.unwrap_or(0) * 1024;
+    let pss_bytes = match kind {
+        MemoryKind::Pss => Some(read_pss(process)?),
+        _ => None,
+    };
+    Ok(MemorySample {
+        rss_bytes: rss_kib * 1024,
+        anon_bytes: kib(status.rssanon),
+        file_bytes: kib(status.rssfile),
+        shmem_bytes: kib(status.rssshmem),
+        swap_bytes: kib(status.vmswap),
+        pss_bytes,
+        processes: 1,
+    })
+}
+
+fn read_pss(process: &Process) -> Result<u64, SampleError> {
+    let rollup = process.smaps_rollup().map_err(|e| match e {
+        ProcError::PermissionDenied(_) => SampleError::PssDenied { pid: process.pid },
+        e => classify(process, e),
+    })?;
+    Ok(rollup
+        .memory_map_rollup
+        .iter()
+        .filter_map(|map| map.extension.map.get("Pss"))
+        .sum())
+}
+
+fn classify(process: &Process, e: ProcError) -> SampleError {
+    if !process.is_alive() {
+        return SampleError::Gone(process.pid);
+    }
+    SampleError::Read {
+        pid: process.pid,
+        message: e.to_string(),
+    }
+}
+
+/// Samples the target, plus its descendants when `include_children`. A descendant that exits
+/// mid-sample is skipped; only the target's own disappearance is an error.
+pub fn sample(
+    target: &Process,
+    kind: MemoryKind,
+    include_children: bool,
+) -> Result<MemorySample, SampleError> {
+    let mut total = sample_process(target, kind)?;
+    if include_children {
+        for pid in descendants(target.pid) {
+            if let Ok(child) = Process::new(pid)
+                && let Ok(s) = sample_process(&child, kind)
+            {
+                total.add(&s);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Every descendant of `root`, from one pass over /proc.
+fn descendants(root: i32) -> Vec<i32> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let links: Vec<(i32, i32)> = all
+        .filter_map(Result::ok)
+        .filter_map(|p| p.stat().ok().map(|s| (s.pid, s.ppid)))
+        .collect();
+    descendants_of(root, &links)
+}
+
+/// The pids below `root` in a `(pid, ppid)` table.
+pub fn descendants_of(root: i32, links: &[(i32, i32)]) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid) in links {
+            if ppid == parent && pid != root && !found.contains(&pid) {
+                found.push(pid);
+                frontier.push(pid);
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_are_found_at_every_depth() {
+        let links = [(1, 0), (10, 1), (11, 10), (12, 11), (20, 1), (13, 10)];
+        let mut below = descendants_of(10, &links);
+        below.sort();
+        assert_eq!(
+            below,
+            vec![11, 12, 13],
+            "children and grandchildren, not siblings"
+        );
+        assert!(descendants_of(12, &links).is_empty());
+    }
+
+    #[test]
+    fn samples_this_very_process() {
+        let me = Process::myself().unwrap();
+        let s = sample(&me, MemoryKind::Pss, false).expect("own memory is readable");
+        assert!(s.rss_bytes > 0 && s.anon_bytes > 0);
+        assert!(s.rss_bytes >= s.anon_bytes);
+        assert!(
+            s.pss_bytes.is_some_and(|p| p > 0),
+            "own smaps_rollup is readable"
+        );
+        assert_eq!(s.deciding(MemoryKind::Anon), s.anon_bytes);
+        assert_eq!(s.figures().count(), 6);
+    }
+
+    #[test]
+    fn a_process_that_exited_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let process = Process::new(child.id() as i32).unwrap();
+        assert!(sample(&process, MemoryKind::Rss, false).is_ok());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(
+            matches!(
+                sample(&process, MemoryKind::Rss, false),
+                Err(SampleError::Gone(_))
+            ),
+            "a reaped process reads as gone through its old /proc descriptor"
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! What the monitor publishes after every step, and every HTTP answer is made from.
+//!
+//! [`Status`] is the whole story in data (it is `/status`); [`Snapshot`] adds the probe
+//! bodies and the metrics text already rendered, so that a handler only clones bytes: no
+//! /proc read, no lock, no allocation worth the name on the probe path.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::limit::MemoryLimit;
+use crate::policy::State;
+use crate::sample::{MemoryKind, MemorySample};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub state: State,
+    /// When the current state began (RFC 3339).
+    pub since: String,
+    pub reason: String,
+    /// May new sessions be sent? (`/ready`)
+    pub ready: bool,
+    /// May the server keep running? (`/healthz`; false means restart it)
+    pub live: bool,
+    pub over_threshold_seconds: f64,
+    /// Live sessions as reported by the server, when known.
+    pub sessions: Option<u32>,
+    pub target: Option<TargetStatus>,
+    pub memory: Option<MemoryStatus>,
+    pub threshold: ThresholdStatus,
+    pub counters: Counters,
+    /// The last transitions, oldest first.
+    pub transitions: Vec<TransitionRecord>,
+    pub settings: Settings,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetStatus {
+    pub pid: i32,
+    pub name: String,
+    pub start_time: String,
+    /// The flag it was found by, e.g. `--name kurento-media-server`.
+    pub found_by: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryStatus {
+    /// The figure that decides.
+    pub deciding: MemoryKind,
+    pub deciding_bytes: u64,
+    #[serde(flatten)]
+    pub sample: MemorySample,
+    pub sampled_at: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ThresholdStatus {
+    pub bytes: u64,
+    /// As given: `80%` or `1.50 GiB`.
+    pub given: String,
+    pub critical_bytes: Option<u64>,
+    pub limit: MemoryLimit,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    pub samples_total: u64,
+    pub sample_errors_total: u64,
+    pub target_restarts_total: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TransitionRecord {
+    pub at: String,
+    pub from: State,
+    pub to: State,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Settings {
+    pub target: String,
+    pub include_children: bool,
+    pub interval: String,
+    pub memory: MemoryKind,
+    pub threshold: String,
+    pub critical: Option<String>,
+    pub memory_limit: Option<u64>,
+    pub sustain: String,
+    pub drain_timeout: String,
+    pub min_drain: String,
+    pub listen: String,
+}
+
+/// One published state: the data and its answers, rendered once.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub status: Status,
+    /// When the monitor last completed a step (for `/livez`).
+    pub ticked_at: Instant,
+    pub ready_body: Bytes,
+    pub healthz_body: Bytes,
+    pub status_body: Bytes,
+    pub metrics_body: Bytes,
+}
+
+impl Snapshot {
+    pub fn new(status: Status, ticked_at: Instant, metrics_body: Bytes) -> Self {
+        let probe = |key: &str, value: bool| {
+            let body = serde_json::json!({
+                key: value,
+                "state": status.state,
+                "reason": status.reason,
+            });
+            Bytes::from(body.to_string())
+        };
+        Snapshot {
+            ready_body: probe("ready", status.ready),
+            healthz_body: probe("live", status.live),
+            status_body: Bytes::from(serde_json::to_vec_pretty(&status).unwrap_or_default()),
+            metrics_body,
+            ticked_at,
+            status,
+        }
+    }
+}
+
+/// RFC 3339 wall-clock time, for people.
+pub fn timestamp(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// A duration as the settings show it.
+pub fn duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

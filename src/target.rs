@@ -1,0 +1,320 @@
+//! Finding the watched process, and telling one incarnation of it from the next.
+//!
+//! An incarnation is (pid, start time in clock ticks since boot). The found process is held
+//! as a `procfs::process::Process`, which keeps an open descriptor on its `/proc/PID`
+//! directory: every later read goes through that descriptor and fails once that very process
+//! is gone, even if the kernel has handed its pid to another one. So a reused pid can never be
+//! sampled as if it were the old target; it is found again as a new incarnation.
+//!
+//! Finding by name uses sysinfo's process table: a full /proc scan, done only while the target
+//! is lost.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use procfs::process::Process;
+use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+
+/// Which process to watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    Pid(i32),
+    Pidfile(PathBuf),
+    Name(String),
+}
+
+impl std::fmt::Display for TargetSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetSpec::Pid(pid) => write!(f, "--pid {pid}"),
+            TargetSpec::Pidfile(path) => write!(f, "--pidfile {}", path.display()),
+            TargetSpec::Name(name) => write!(f, "--name {name}"),
+        }
+    }
+}
+
+/// The kernel cuts a process's comm to 15 bytes: KMS shows as `kurento-media-s`.
+const COMM_LEN: usize = 15;
+
+/// What the name rule looks at for one process.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Candidate {
+    pub pid: i32,
+    pub ppid: Option<i32>,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub argv0: Option<String>,
+    pub start_ticks: u64,
+}
+
+/// Does this process go by `name`? Its executable's or argv[0]'s basename equals it, or its
+/// comm equals it cut to 15 bytes.
+pub fn name_matches(c: &Candidate, name: &str) -> bool {
+    let basename = |p: &str| {
+        Path::new(p)
+            .file_name()
+            .and_then(OsStr::to_str)
+            .map(str::to_owned)
+    };
+    let cut = &name.as_bytes()[..name.len().min(COMM_LEN)];
+    c.exe.as_deref().and_then(basename).as_deref() == Some(name)
+        || c.argv0.as_deref().and_then(basename).as_deref() == Some(name)
+        || c.comm.as_bytes() == cut
+}
+
+/// Of the processes going by `name`, the oldest whose parent does not go by it too (monit's
+/// rule: a server that forks workers of its own name is watched as the parent).
+pub fn pick(candidates: &[Candidate], name: &str) -> Option<i32> {
+    let matching: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| name_matches(c, name))
+        .collect();
+    let is_match = |pid: i32| matching.iter().any(|c| c.pid == pid);
+    matching
+        .iter()
+        .filter(|c| !c.ppid.is_some_and(is_match))
+        .min_by_key(|c| (c.start_ticks, c.pid))
+        .map(|c| c.pid)
+}
+
+/// One incarnation of the target, found.
+#[derive(Debug)]
+pub struct Found {
+    pub process: Process,
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub start_time: SystemTime,
+    pub name: String,
+}
+
+/// Why no target was found this time; shown as the reason of state `lost`.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum NotFound {
+    #[error("no process named {0}")]
+    NoName(String),
+    #[error("process {0} does not exist")]
+    NoPid(i32),
+    #[error("pidfile {path}: {problem}")]
+    Pidfile { path: PathBuf, problem: String },
+}
+
+pub struct Finder {
+    spec: TargetSpec,
+    system: Option<System>,
+    own_pid: i32,
+}
+
+impl Finder {
+    pub fn new(spec: TargetSpec) -> Self {
+        Finder {
+            spec,
+            system: None,
+            own_pid: std::process::id() as i32,
+        }
+    }
+
+    pub fn spec(&self) -> &TargetSpec {
+        &self.spec
+    }
+
+    /// Looks for the target once. Blocking: reads /proc.
+    pub fn find(&mut self) -> Result<Found, NotFound> {
+        let pid = match &self.spec {
+            TargetSpec::Pid(pid) => *pid,
+            TargetSpec::Pidfile(path) => read_pidfile(path)?,
+            TargetSpec::Name(name) => {
+                let name = name.clone();
+                let candidates = self.scan(&name);
+                pick(&candidates, &name).ok_or(NotFound::NoName(name))?
+            }
+        };
+        open(pid).ok_or(NotFound::NoPid(pid))
+    }
+
+    /// The processes going by `name`, with their start times.
+    fn scan(&mut self, name: &str) -> Vec<Candidate> {
+        if self.system.is_none() {
+            self.system = System::new().ok();
+        }
+        let Some(system) = self.system.as_mut() else {
+            return Vec::new();
+        };
+        let what = ProcessRefreshKind::nothing()
+            .with_exe(UpdateKind::OnlyIfNotSet)
+            .with_cmd(UpdateKind::OnlyIfNotSet)
+            .without_tasks();
+        system.refresh_processes_specifics(ProcessesToUpdate::All, true, what);
+        system
+            .processes()
+            .values()
+            .filter(|p| p.thread_kind().is_none())
+            .map(|p| Candidate {
+                pid: p.pid().as_u32() as i32,
+                ppid: p.parent().map(|pp| pp.as_u32() as i32),
+                comm: p.name().to_string_lossy().into_owned(),
+                exe: p.exe().map(|e| e.to_string_lossy().into_owned()),
+                argv0: p.cmd().first().map(|a| a.to_string_lossy().into_owned()),
+                start_ticks: 0,
+            })
+            .filter(|c| c.pid != self.own_pid && name_matches(c, name))
+            .map(|mut c| {
+                c.start_ticks = Process::new(c.pid)
+                    .and_then(|p| p.stat())
+                    .map_or(u64::MAX, |s| s.starttime);
+                c
+            })
+            .collect()
+    }
+}
+
+fn read_pidfile(path: &Path) -> Result<i32, NotFound> {
+    let problem = |problem: String| NotFound::Pidfile {
+        path: path.to_owned(),
+        problem,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err(problem(format!("'{}' is not a process id", text.trim()))),
+    }
+}
+
+/// Opens one process by pid; `None` if it is not there, or only as a zombie.
+pub fn open(pid: i32) -> Option<Found> {
+    let process = Process::new(pid).ok()?;
+    let stat = process.stat().ok()?;
+    if stat.state == 'Z' || stat.state == 'X' {
+        return None;
+    }
+    let argv0 = process
+        .cmdline()
+        .ok()
+        .and_then(|argv| argv.into_iter().next());
+    let name = argv0
+        .as_deref()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| stat.comm.clone());
+    Some(Found {
+        pid,
+        start_ticks: stat.starttime,
+        start_time: start_time(stat.starttime),
+        name,
+        process,
+    })
+}
+
+/// Wall-clock start of a process, for people: boot time + start ticks.
+fn start_time(start_ticks: u64) -> SystemTime {
+    let boot = procfs::boot_time_secs().unwrap_or(0);
+    let ticks_per_second = procfs::ticks_per_second().max(1);
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(boot)
+        + Duration::from_millis(start_ticks * 1000 / ticks_per_second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc(pid: i32, ppid: i32, comm: &str, argv0: &str, start_ticks: u64) -> Candidate {
+        Candidate {
+            pid,
+            ppid: Some(ppid),
+            comm: comm.into(),
+            exe: None,
+            argv0: Some(argv0.into()),
+            start_ticks,
+        }
+    }
+
+    #[test]
+    fn names_match_on_exe_argv0_or_comm_cut_to_15_bytes() {
+        let kms = Candidate {
+            comm: "kurento-media-s".into(),
+            ..Default::default()
+        };
+        assert!(
+            name_matches(&kms, "kurento-media-server"),
+            "comm is the name cut to 15 bytes"
+        );
+        let by_exe = Candidate {
+            comm: "other".into(),
+            exe: Some("/usr/bin/kurento-media-server".into()),
+            ..Default::default()
+        };
+        assert!(
+            name_matches(&by_exe, "kurento-media-server"),
+            "exe basename matches"
+        );
+        let by_argv0 = Candidate {
+            comm: "memprobe".into(),
+            argv0: Some("./bin/wl-7".into()),
+            ..Default::default()
+        };
+        assert!(name_matches(&by_argv0, "wl-7"), "argv[0] basename matches");
+        assert!(!name_matches(&by_argv0, "wl"), "a prefix is not a match");
+        let short = Candidate {
+            comm: "kurento".into(),
+            ..Default::default()
+        };
+        assert!(!name_matches(&short, "kurento-media-server"));
+    }
+
+    #[test]
+    fn the_oldest_match_whose_parent_does_not_match_wins() {
+        let table = [
+            proc(10, 1, "bash", "bash", 5),
+            proc(
+                20,
+                10,
+                "kurento-media-s",
+                "/usr/bin/kurento-media-server",
+                100,
+            ),
+            proc(
+                21,
+                20,
+                "kurento-media-s",
+                "/usr/bin/kurento-media-server",
+                50,
+            ),
+            proc(
+                30,
+                1,
+                "kurento-media-s",
+                "/usr/bin/kurento-media-server",
+                200,
+            ),
+        ];
+        assert_eq!(
+            pick(&table, "kurento-media-server"),
+            Some(20),
+            "21 is older but its parent matches; 20 is older than 30"
+        );
+        assert_eq!(pick(&table, "nginx"), None);
+    }
+
+    #[test]
+    fn a_pidfile_must_hold_a_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms.pid");
+        std::fs::write(&path, "4242\n").unwrap();
+        assert_eq!(read_pidfile(&path), Ok(4242));
+        std::fs::write(&path, "kms").unwrap();
+        assert!(matches!(read_pidfile(&path), Err(NotFound::Pidfile { .. })));
+        assert!(matches!(
+            read_pidfile(&dir.path().join("none")),
+            Err(NotFound::Pidfile { .. })
+        ));
+    }
+
+    #[test]
+    fn finds_itself_by_pid() {
+        let found = open(std::process::id() as i32).expect("this test process exists");
+        assert!(found.start_ticks > 0);
+        assert!(open(i32::MAX).is_none(), "no such pid");
+    }
+}

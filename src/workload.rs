@@ -1,0 +1,241 @@
+//! `memprobe workload`: a real process whose memory behaves like a media server's.
+//!
+//! By default it runs waves of simulated sessions: wave *n* starts *n* threads at once, each
+//! allocating `--session-size` in buffers of 0.5–60 KiB, holding them a moment, then freeing
+//! all but about 1%. Those few survivors sit scattered across the allocator's heaps, so under
+//! glibc malloc the freed memory between them cannot go back to the kernel: resident memory
+//! ratchets up wave after wave while live memory stays tiny. Under jemalloc it comes back.
+//!
+//! It also takes commands on stdin, one per line, each answered with one line on stdout:
+//!
+//! | command        | effect                                                            |
+//! |----------------|-------------------------------------------------------------------|
+//! | `alloc 200MiB` | allocate and touch that much more (large blocks: `free` returns it) |
+//! | `free`         | release everything `alloc` took                                   |
+//! | `sessions N`   | run one wave of N sessions now                                    |
+//! | `spawn 100MiB` | start a child workload holding that much                          |
+//! | `exit`         | exit (so does the end of stdin)                                   |
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::units;
+
+#[derive(Debug, Args)]
+pub struct WorkloadFlags {
+    /// Waves of sessions to run on its own, wave n with n sessions (0: only stdin commands)
+    #[arg(long, default_value_t = 10)]
+    pub waves: u32,
+    /// Memory each session allocates
+    #[arg(long, default_value = "24MiB", value_parser = size)]
+    pub session_size: u64,
+    /// How long a session holds its buffers
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    pub hold: Duration,
+    /// Pause between waves
+    #[arg(long, default_value = "1500ms", value_parser = duration)]
+    pub pause: Duration,
+}
+
+fn size(text: &str) -> Result<u64, units::UnitError> {
+    units::parse_size(text)
+}
+
+fn duration(text: &str) -> Result<Duration, units::UnitError> {
+    units::parse_duration(text)
+}
+
+/// The smallest and largest session buffer: the range media servers allocate in.
+const BUFFER_BYTES: std::ops::RangeInclusive<usize> = 512..=60 * 1024;
+/// One buffer in this many outlives its session.
+const SURVIVOR_ONE_IN: u32 = 100;
+
+/// A command read from stdin.
+#[derive(Debug, PartialEq)]
+pub enum Order {
+    Alloc(u64),
+    Free,
+    Sessions(u32),
+    Spawn(u64),
+    Exit,
+}
+
+/// Parses one stdin line.
+pub fn parse_order(line: &str) -> Result<Order, String> {
+    let mut words = line.split_whitespace();
+    let verb = words.next().unwrap_or_default();
+    let arg = words.next();
+    let size_arg = || {
+        arg.ok_or_else(|| format!("{verb} needs a size (try {verb} 200MiB)"))
+            .and_then(|a| units::parse_size(a).map_err(|e| format!("{verb}: '{a}' {e}")))
+    };
+    match verb {
+        "alloc" => size_arg().map(Order::Alloc),
+        "spawn" => size_arg().map(Order::Spawn),
+        "free" => Ok(Order::Free),
+        "exit" => Ok(Order::Exit),
+        "sessions" => arg
+            .and_then(|n| n.parse().ok())
+            .map(Order::Sessions)
+            .ok_or_else(|| "sessions needs a count (try sessions 4)".to_string()),
+        other => Err(format!(
+            "unknown command '{other}' (try alloc 200MiB, free, sessions 4, spawn 100MiB, exit)"
+        )),
+    }
+}
+
+/// Runs one session on this thread; returns the buffers that outlive it.
+fn session(size: u64, hold: Duration) -> Vec<Box<[u8]>> {
+    let mut rng = fastrand::Rng::new();
+    let mut buffers = Vec::new();
+    let mut total = 0u64;
+    while total < size {
+        let len = rng.usize(BUFFER_BYTES);
+        // Filled, not zeroed, so every page is really touched.
+        buffers.push(vec![0x5a_u8; len].into_boxed_slice());
+        total += len as u64;
+    }
+    thread::sleep(hold);
+    buffers
+        .into_iter()
+        .filter(|_| rng.u32(0..SURVIVOR_ONE_IN) == 0)
+        .collect()
+}
+
+/// Runs `count` sessions at once, each on its own thread (so on its own malloc arena).
+fn wave(count: u32, size: u64, hold: Duration, survivors: &Mutex<Vec<Box<[u8]>>>) {
+    let threads: Vec<_> = (0..count)
+        .map(|_| thread::spawn(move || session(size, hold)))
+        .collect();
+    for t in threads {
+        if let Ok(kept) = t.join()
+            && let Ok(mut all) = survivors.lock()
+        {
+            all.extend(kept);
+        }
+    }
+}
+
+/// Runs the workload until `exit` or the end of stdin.
+pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
+    let survivors = Arc::new(Mutex::new(Vec::new()));
+    if flags.waves > 0 {
+        let survivors = Arc::clone(&survivors);
+        let (size, hold, pause) = (flags.session_size, flags.hold, flags.pause);
+        thread::spawn(move || {
+            for n in 1..=flags.waves {
+                wave(n, size, hold, &survivors);
+                thread::sleep(pause);
+            }
+        });
+    }
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "workload ready pid={}", std::process::id())?;
+    out.flush()?;
+    let mut ballast: Vec<Vec<u8>> = Vec::new();
+    let mut children: Vec<(Child, ChildStdin)> = Vec::new();
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let answer = match parse_order(&line) {
+            Ok(Order::Alloc(bytes)) => {
+                ballast.push(vec![0x5a_u8; bytes as usize]);
+                format!("ok alloc {bytes}")
+            }
+            Ok(Order::Free) => {
+                ballast = Vec::new();
+                "ok free".to_string()
+            }
+            Ok(Order::Sessions(n)) => {
+                wave(n, flags.session_size, flags.hold, &survivors);
+                format!("ok sessions {n}")
+            }
+            Ok(Order::Spawn(bytes)) => match spawn_child(bytes) {
+                Ok((child, stdin)) => {
+                    let answer = format!("ok spawn pid={}", child.id());
+                    children.push((child, stdin));
+                    answer
+                }
+                Err(e) => format!("error spawn: {e}"),
+            },
+            Ok(Order::Exit) => break,
+            Err(e) => format!("error {e}"),
+        };
+        writeln!(out, "{answer}")?;
+        out.flush()?;
+    }
+    for (mut child, stdin) in children {
+        drop(stdin);
+        let _ = child.wait();
+    }
+    Ok(())
+}
+
+/// Starts a child workload that allocates `bytes`, and waits until it has. The child exits
+/// when our end of its stdin closes, that is, when this process exits.
+fn spawn_child(bytes: u64) -> std::io::Result<(Child, ChildStdin)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["workload", "--waves", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Err(std::io::Error::other("child has no pipes"));
+    };
+    writeln!(stdin, "alloc {bytes}")?;
+    let mut lines = BufReader::new(stdout).lines();
+    // "workload ready", then the answer to alloc.
+    for _ in 0..2 {
+        lines.next().transpose()?;
+    }
+    Ok((child, stdin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_are_parsed() {
+        assert_eq!(parse_order("alloc 200MiB"), Ok(Order::Alloc(200 << 20)));
+        assert_eq!(parse_order("free"), Ok(Order::Free));
+        assert_eq!(parse_order("sessions 4"), Ok(Order::Sessions(4)));
+        assert_eq!(parse_order("spawn 1Gi"), Ok(Order::Spawn(1 << 30)));
+        assert_eq!(parse_order("exit"), Ok(Order::Exit));
+        assert!(
+            parse_order("alloc")
+                .unwrap_err()
+                .contains("try alloc 200MiB")
+        );
+        assert!(
+            parse_order("alloc lots")
+                .unwrap_err()
+                .contains("'lots' is not a size")
+        );
+        assert!(
+            parse_order("dance")
+                .unwrap_err()
+                .starts_with("unknown command 'dance'")
+        );
+    }
+
+    #[test]
+    fn a_session_keeps_about_one_percent() {
+        let kept: usize = session(8 << 20, Duration::ZERO)
+            .iter()
+            .map(|b| b.len())
+            .sum();
+        assert!(
+            kept < (8 << 20) / 20,
+            "far less than the session survives: {kept} bytes"
+        );
+    }
+}
