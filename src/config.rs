@@ -74,7 +74,7 @@ pub struct WatchFlags {
         value_name = "DURATION"
     )]
     interval: String,
-    /// Figure that decides: rss (statm-cheap), anon (what fragmentation inflates), pss (needs ptrace access)
+    /// Figure that decides: rss (resident), anon (what fragmentation inflates), pss (needs ptrace access)
     #[arg(
         long,
         env = "MEMPROBE_MEMORY",

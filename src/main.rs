@@ -95,7 +95,7 @@ async fn sidecar(config: Config) -> ExitCode {
         }
     };
     let addr = listener.local_addr().map_or(config.listen, |a| a);
-    tracing::info!(%addr, target = %config.target, "listening on {addr}, watching {}", config.target);
+    tracing::info!(%addr, watching = %config.target, "listening on {addr}, watching {}", config.target);
     match Sidecar::start(config, listener, memprobe::shutdown_signal())
         .wait()
         .await

@@ -1,0 +1,294 @@
+//! A small harness: the real `memprobe` binary on a free port, watching a real
+//! `memprobe workload` child; everything is killed on drop.
+//!
+//! The machines these tests run on are small and noisy, so nothing here sleeps and then
+//! asserts: every wait is for a condition, with a generous deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const MEMPROBE: &str = env!("CARGO_BIN_EXE_memprobe");
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// `.ci/run` sets this: a test that needs an outside tool fails instead of skipping.
+pub fn strict() -> bool {
+    std::env::var_os("MEMPROBE_STRICT").is_some_and(|v| v == "1")
+}
+
+/// The path of an outside tool, or `None` (with a printed reason) when it is missing and
+/// strict mode is off.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !strict(),
+            "{name} is required in strict mode (MEMPROBE_STRICT=1) but is not installed"
+        );
+        eprintln!("skipping: {name} is not installed (set MEMPROBE_STRICT=1 to make this fail)");
+    }
+    found
+}
+
+/// A process name unique to this test run, for `--name`.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A `memprobe workload` child, driven on stdin.
+pub struct Workload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Workload {
+    /// A quiet workload (no waves of its own), optionally under another argv[0].
+    pub fn start(argv0: Option<&str>) -> Self {
+        let mut cmd = Command::new(MEMPROBE);
+        if let Some(name) = argv0 {
+            cmd.arg0(name);
+        }
+        let mut child = cmd
+            .args(["workload", "--waves", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start memprobe workload");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let pid = child.id();
+        let mut w = Workload {
+            child,
+            stdin,
+            stdout,
+            pid,
+        };
+        let hello = w.read_line();
+        assert!(
+            hello.starts_with("workload ready"),
+            "workload said {hello:?}"
+        );
+        w
+    }
+
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("read workload stdout");
+        line.trim().to_string()
+    }
+
+    /// Sends one command and returns its answer (after the work is done).
+    pub fn send(&mut self, command: &str) -> String {
+        let stdin = self.stdin.as_mut().expect("workload stdin open");
+        writeln!(stdin, "{command}").expect("write to workload");
+        stdin.flush().expect("flush workload stdin");
+        let answer = self.read_line();
+        assert!(
+            answer.starts_with("ok"),
+            "workload answered {answer:?} to {command:?}"
+        );
+        answer
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The real `memprobe` binary, listening on a free loopback port.
+pub struct Memprobe {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    agent: ureq::Agent,
+}
+
+pub struct Reply {
+    pub code: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Memprobe {
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(args, &[])
+    }
+
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(MEMPROBE)
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start memprobe");
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && let Some(addr) = v["addr"].as_str()
+                {
+                    let _ = addr_tx.send(addr.parse::<SocketAddr>().ok());
+                }
+                sink.lock().unwrap().push(line);
+            }
+            let _ = addr_tx.send(None);
+        });
+        let addr = addr_rx
+            .recv_timeout(DEADLINE)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                panic!(
+                    "memprobe never said where it listens; logs: {:?}",
+                    logs.lock().unwrap()
+                )
+            });
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Memprobe {
+            child,
+            addr,
+            logs,
+            agent,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn request(&self, method: &str, path: &str) -> Reply {
+        let url = format!("http://{}{path}", self.addr);
+        let result = match method {
+            "GET" => self.agent.get(&url).call(),
+            "HEAD" => self.agent.head(&url).call(),
+            "POST" => self.agent.post(&url).send_empty(),
+            other => panic!("no {other} here"),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Reply {
+            code: response.status().as_u16(),
+            content_type,
+            body,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path)
+    }
+
+    pub fn status(&self) -> Value {
+        self.get("/status").json()
+    }
+
+    /// Polls /status until `cond` holds; panics with the last status after [`DEADLINE`].
+    pub fn wait_for(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.status();
+            if cond(&status) {
+                return status;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("waited {DEADLINE:?} for {what}; last status: {status:#}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_state(&self, state: &str) -> Value {
+        self.wait_for(&format!("state {state}"), |s| s["state"] == state)
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait memprobe") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "memprobe did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Memprobe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs memprobe to completion with these arguments and environment.
+pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(MEMPROBE)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run memprobe")
+}

@@ -1,0 +1,527 @@
+//! End to end: the real `memprobe` binary against real `memprobe workload` processes.
+
+mod harness;
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use harness::{Memprobe, Workload, run_to_end, strict, tool, unique_name};
+use serde_json::Value;
+
+const MI: u64 = 1 << 20;
+
+/// Fast settings: a sample every 100 ms, a 100 MiB threshold.
+fn fast<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--interval", "100ms", "--threshold", "100MiB"];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn states_entered(status: &Value) -> Vec<String> {
+    status["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["to"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_spike_shorter_than_sustain_stays_ready_and_a_sustained_one_drains_then_recycles() {
+    let mut target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&fast(&[
+        "--pid",
+        &pid,
+        "--sustain",
+        "5s",
+        "--drain-timeout",
+        "2s",
+    ]));
+
+    probe.wait_state("healthy");
+    assert_eq!(probe.get("/ready").code, 200, "healthy takes sessions");
+
+    target.send("alloc 150MiB");
+    probe.wait_state("elevated");
+    assert_eq!(
+        probe.get("/ready").code,
+        200,
+        "elevated still takes sessions"
+    );
+    target.send("free");
+    let status = probe.wait_state("healthy");
+    assert_eq!(probe.get("/ready").code, 200);
+    assert!(
+        !states_entered(&status).contains(&"draining".to_string()),
+        "a spike shorter than --sustain never drains: {status:#}"
+    );
+
+    target.send("alloc 150MiB");
+    let status = probe.wait_state("draining");
+    let ready = probe.get("/ready");
+    assert_eq!(ready.code, 503, "draining takes no new sessions");
+    assert_eq!(ready.content_type, "application/json");
+    let body = ready.json();
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["state"], "draining");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("over threshold 100.00 MiB for 5s"),
+        "the reason gives the numbers: {body}"
+    );
+    assert_eq!(
+        probe.get("/healthz").code,
+        200,
+        "draining keeps the server alive"
+    );
+    assert!(status["memory"]["rss_bytes"].as_u64().unwrap() >= 150 * MI);
+
+    target.send("free");
+    let status = probe.wait_state("recycle");
+    assert_eq!(
+        probe.get("/healthz").code,
+        503,
+        "recycle fails liveness: restart the server"
+    );
+    assert_eq!(probe.get("/ready").code, 503);
+    assert_eq!(
+        states_entered(&status),
+        [
+            "starting", "healthy", "elevated", "healthy", "elevated", "draining", "recycle"
+        ],
+        "draining was latched although memory fell: {status:#}"
+    );
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--drain-timeout")
+    );
+    let logs = probe.logs().join("\n");
+    assert!(
+        logs.contains("draining: rss"),
+        "each transition is logged with its numbers: {logs}"
+    );
+}
+
+#[test]
+fn a_lost_target_is_not_ready_but_alive_and_its_next_incarnation_is_tracked() {
+    let name = unique_name("wl");
+    let mut first = Workload::start(Some(&name));
+    let probe = Memprobe::start(&fast(&["--name", &name]));
+    let status = probe.wait_state("healthy");
+    assert_eq!(status["target"]["pid"], first.pid, "found by argv[0]");
+    assert_eq!(status["target"]["found_by"], format!("--name {name}"));
+
+    first.kill();
+    let status = probe.wait_state("lost");
+    assert!(status["target"].is_null());
+    assert_eq!(probe.get("/ready").code, 503, "lost takes no sessions");
+    assert_eq!(probe.get("/healthz").code, 200, "lost never fails liveness");
+
+    let second = Workload::start(Some(&name));
+    let status = probe.wait_for("the new incarnation", |s| {
+        s["state"] == "healthy" && s["target"]["pid"] == second.pid
+    });
+    assert_eq!(status["counters"]["target_restarts_total"], 1);
+    assert!(
+        probe
+            .get("/metrics")
+            .body
+            .contains("memprobe_target_restarts_total 1"),
+        "the restart is counted in /metrics"
+    );
+}
+
+#[test]
+fn a_pidfile_is_read_again_when_the_process_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("target.pid");
+    let mut first = Workload::start(None);
+    std::fs::write(&pidfile, format!("{}\n", first.pid)).unwrap();
+    let probe = Memprobe::start(&fast(&["--pidfile", pidfile.to_str().unwrap()]));
+    probe.wait_for("the first pid", |s| s["target"]["pid"] == first.pid);
+
+    first.kill();
+    probe.wait_state("lost");
+    let second = Workload::start(None);
+    std::fs::write(&pidfile, format!("{}\n", second.pid)).unwrap();
+    let status = probe.wait_for("the pid from the rewritten pidfile", |s| {
+        s["state"] == "healthy" && s["target"]["pid"] == second.pid
+    });
+    assert_eq!(status["counters"]["target_restarts_total"], 1);
+}
+
+const METRIC_NAMES: [&str; 14] = [
+    "memprobe_target_up",
+    "memprobe_target_memory_bytes",
+    "memprobe_threshold_bytes",
+    "memprobe_critical_bytes",
+    "memprobe_memory_limit_bytes",
+    "memprobe_over_threshold_seconds",
+    "memprobe_state",
+    "memprobe_ready",
+    "memprobe_live",
+    "memprobe_transitions_total",
+    "memprobe_target_restarts_total",
+    "memprobe_samples_total",
+    "memprobe_sample_errors_total",
+    "memprobe_build_info",
+];
+
+#[test]
+fn metrics_parse_as_prometheus_text_with_every_name() {
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&fast(&["--pid", &pid, "--critical", "1Gi"]));
+    probe.wait_for("a few samples", |s| {
+        s["counters"]["samples_total"].as_u64() >= Some(3)
+    });
+
+    let reply = probe.get("/metrics");
+    assert_eq!(reply.code, 200);
+    assert_eq!(
+        reply.content_type,
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let lines = reply.body.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+    let names: HashSet<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+    for name in METRIC_NAMES {
+        assert!(names.contains(name), "{name} is exported; got {names:?}");
+    }
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+    ] {
+        assert!(names.contains(name), "memprobe's own {name} is exported");
+    }
+    let value = |metric: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{metric} {label:?} missing"))
+    };
+    assert_eq!(value("memprobe_state", Some(("state", "healthy"))), 1.0);
+    assert_eq!(value("memprobe_state", Some(("state", "draining"))), 0.0);
+    assert_eq!(value("memprobe_threshold_bytes", None), (100 * MI) as f64);
+    assert_eq!(value("memprobe_critical_bytes", None), (1024 * MI) as f64);
+    assert_eq!(value("memprobe_target_up", None), 1.0);
+    assert_eq!(value("memprobe_ready", None), 1.0);
+    assert!(value("memprobe_target_memory_bytes", Some(("kind", "rss"))) > 0.0);
+    assert_eq!(
+        value("memprobe_transitions_total", Some(("to", "healthy"))),
+        1.0
+    );
+
+    if let Some(promtool) = tool("promtool") {
+        let mut check = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .output_with_input(reply.body.as_bytes());
+        assert!(
+            check.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&std::mem::take(&mut check.stderr))
+        );
+    }
+}
+
+trait OutputWithInput {
+    fn output_with_input(&mut self, input: &[u8]) -> std::process::Output;
+}
+
+impl OutputWithInput for Command {
+    fn output_with_input(&mut self, input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("wait")
+    }
+}
+
+#[test]
+fn memory_anon_decides_on_anonymous_memory() {
+    let mut target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&fast(&["--pid", &pid, "--memory", "anon"]));
+    probe.wait_state("healthy");
+    target.send("alloc 150MiB");
+    let status = probe.wait_state("elevated");
+    assert_eq!(status["memory"]["deciding"], "anon");
+    let anon = status["memory"]["anon_bytes"].as_u64().unwrap();
+    assert!(anon >= 150 * MI, "anon counts the heap: {anon}");
+    assert_eq!(status["memory"]["deciding_bytes"].as_u64(), Some(anon));
+    assert!(
+        status["reason"].as_str().unwrap().starts_with("anon "),
+        "{status:#}"
+    );
+}
+
+#[test]
+fn include_children_adds_up_the_descendants() {
+    let mut target = Workload::start(None);
+    target.send("spawn 150MiB");
+    let pid = target.pid.to_string();
+
+    let alone = Memprobe::start(&fast(&["--pid", &pid]));
+    let with_children = Memprobe::start(&fast(&["--pid", &pid, "--include-children"]));
+
+    let status = with_children.wait_state("elevated");
+    assert_eq!(status["memory"]["processes"], 2, "the parent and its child");
+    assert!(status["memory"]["rss_bytes"].as_u64().unwrap() >= 150 * MI);
+
+    let status = alone.wait_state("healthy");
+    assert_eq!(status["memory"]["processes"], 1);
+    assert!(
+        status["memory"]["rss_bytes"].as_u64().unwrap() < 100 * MI,
+        "the parent alone is small"
+    );
+}
+
+#[test]
+fn memory_pss_reads_smaps_rollup() {
+    let mut target = Workload::start(None);
+    target.send("alloc 120MiB");
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&fast(&["--pid", &pid, "--memory", "pss"]));
+    let status = probe.wait_state("elevated");
+    assert_eq!(status["memory"]["deciding"], "pss");
+    assert!(status["memory"]["pss_bytes"].as_u64().unwrap() >= 120 * MI);
+}
+
+#[test]
+fn memory_pss_without_ptrace_access_exits_saying_which_privilege_is_missing() {
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let output = if root {
+        // Run memprobe as nobody against a root-owned target.
+        let Some(setpriv) = tool("setpriv") else {
+            return;
+        };
+        Command::new(setpriv)
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                harness::MEMPROBE,
+            ])
+            .args(["--pid", &pid, "--memory", "pss", "--listen", "127.0.0.1:0"])
+            .output()
+            .expect("run memprobe as nobody")
+    } else {
+        run_to_end(
+            &["--pid", "1", "--memory", "pss", "--listen", "127.0.0.1:0"],
+            &[],
+        )
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("CAP_SYS_PTRACE"),
+        "names the missing privilege: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn invalid_input_exits_2_with_one_line_naming_the_flag_and_value() {
+    let cases: [(&[&str], &[(&str, &str)], &[&str]); 7] = [
+        (
+            &["--threshold", "80 percent"],
+            &[],
+            &["--threshold", "'80 percent'", "try"],
+        ),
+        (
+            &["--interval", "soon"],
+            &[],
+            &["--interval", "'soon'", "5s"],
+        ),
+        (
+            &[],
+            &[("MEMPROBE_INTERVAL", "soon")],
+            &["MEMPROBE_INTERVAL", "'soon'"],
+        ),
+        (
+            &[],
+            &[("MEMPROBE_THRESHOLD", "lots")],
+            &["MEMPROBE_THRESHOLD", "'lots'"],
+        ),
+        (
+            &["--pid", "1", "--name", "kms"],
+            &[],
+            &["--pid and --name", "one target"],
+        ),
+        (&["--memory", "vsz"], &[], &["--memory", "'vsz'", "rss"]),
+        (&["--frobnicate"], &[], &["--frobnicate"]),
+    ];
+    for (args, env, expected) in cases {
+        let output = run_to_end(args, env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        for word in expected {
+            assert!(
+                stderr.contains(word),
+                "{args:?} {env:?}: {stderr:?} should name {word}"
+            );
+        }
+        assert!(!stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn help_shows_every_flag_with_its_default_and_version_answers() {
+    let output = run_to_end(&["--help"], &[]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, default) in [
+        ("--interval", "5s"),
+        ("--threshold", "80%"),
+        ("--sustain", "5m"),
+        ("--drain-timeout", "1h"),
+        ("--min-drain", "30s"),
+        ("--memory ", "rss"),
+        ("--listen", "0.0.0.0:8899"),
+        ("--name", "kurento-media-server"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.contains(flag))
+            .unwrap_or_else(|| panic!("{flag} in {help}"));
+        assert!(
+            line.contains(default),
+            "{flag} shows its default {default}: {line}"
+        );
+    }
+    let version = run_to_end(&["--version"], &[]);
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("memprobe "));
+}
+
+#[test]
+fn sigterm_makes_ready_fail_and_exits_0() {
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let mut probe = Memprobe::start(&fast(&["--pid", &pid]));
+    probe.wait_state("healthy");
+    let status = probe.terminate();
+    assert_eq!(status.code(), Some(0), "a clean stop exits 0");
+    let logs = probe.logs().join("\n");
+    assert!(logs.contains("/ready answers 503"), "{logs}");
+}
+
+#[test]
+fn every_endpoint_answers_and_strangers_get_json() {
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&fast(&["--pid", &pid]));
+    probe.wait_state("healthy");
+    assert_eq!(probe.get("/livez").code, 200);
+    let head = probe.request("HEAD", "/ready");
+    assert_eq!((head.code, head.body.as_str()), (200, ""));
+    let post = probe.request("POST", "/ready");
+    assert_eq!(post.code, 405);
+    let missing = probe.get("/nope");
+    assert_eq!(missing.code, 404);
+    assert_eq!(missing.json()["path"], "/nope");
+
+    let status = probe.status();
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["live"], true);
+    assert_eq!(status["threshold"]["bytes"], 100 * MI);
+    assert_eq!(status["threshold"]["given"], "100.00 MiB");
+    assert_eq!(status["settings"]["interval"], "100ms");
+    assert!(
+        status["target"]["start_time"]
+            .as_str()
+            .unwrap()
+            .starts_with("20")
+    );
+}
+
+#[test]
+fn a_percentage_threshold_uses_the_memory_limit_flag() {
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start_with(
+        &["--pid", &pid, "--interval", "100ms", "--threshold", "50%"],
+        &[("MEMPROBE_MEMORY_LIMIT", "400Mi")],
+    );
+    let status = probe.wait_state("healthy");
+    assert_eq!(status["threshold"]["bytes"], 200 * MI, "50% of 400Mi");
+    assert_eq!(status["threshold"]["limit"]["source"], "--memory-limit");
+}
+
+#[test]
+fn the_demo_tells_the_whole_story_and_exits_0() {
+    let output = run_to_end(&["demo", "--listen", "127.0.0.1:0"], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let states: Vec<&str> = ["healthy", "elevated", "draining", "recycle"]
+        .into_iter()
+        .filter(|s| stdout.contains(&format!("  {s} ")))
+        .collect();
+    assert_eq!(
+        states,
+        ["healthy", "elevated", "draining", "recycle"],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("curl -i http://127.0.0.1:"),
+        "the URLs to try are printed"
+    );
+}
+
+#[test]
+fn the_jemalloc_demo_stays_ready() {
+    if !std::path::Path::new(memprobe::demo::JEMALLOC).exists() {
+        assert!(!strict(), "libjemalloc2 is required in strict mode");
+        eprintln!("skipping: libjemalloc2 is not installed");
+        return;
+    }
+    let output = run_to_end(
+        &["demo", "--allocator", "jemalloc", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !stdout.contains("  draining "),
+        "jemalloc never drains: {stdout}"
+    );
+    assert!(stdout.contains("stayed ready"));
+}
