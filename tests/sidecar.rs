@@ -352,7 +352,8 @@ fn memory_pss_without_ptrace_access_exits_saying_which_privilege_is_missing() {
 
 #[test]
 fn invalid_input_exits_2_with_one_line_naming_the_flag_and_value() {
-    let cases: [(&[&str], &[(&str, &str)], &[&str]); 7] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case; 7] = [
         (
             &["--threshold", "80 percent"],
             &[],

@@ -5,6 +5,8 @@
 //! asserts: every wait is for a condition, with a generous deadline.
 
 #![allow(dead_code)]
+// Real processes run on the real clock: these waits are deadlines, not test logic.
+#![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
