@@ -120,6 +120,54 @@ pub struct WatchFlags {
         value_name = "DURATION"
     )]
     min_drain: String,
+    /// With no sessions, drain once memory stays over the threshold this long
+    #[arg(
+        long,
+        env = "MEMPROBE_IDLE_SUSTAIN",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    idle_sustain: String,
+    /// Kurento's JSON-RPC WebSocket, for sessions and health ('none' turns it off)
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_URL",
+        default_value = "ws://127.0.0.1:8888/kurento",
+        value_name = "URL"
+    )]
+    kms_url: String,
+    /// Time between pings to KMS
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_PING_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    kms_ping_interval: String,
+    /// Deadline of every request to KMS
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_TIMEOUT",
+        default_value = "3s",
+        value_name = "DURATION"
+    )]
+    kms_timeout: String,
+    /// Failed pings in a row after which an answering KMS counts as hung (restart it)
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_FAILURES",
+        default_value = "3",
+        value_name = "N"
+    )]
+    kms_failures: String,
+    /// Where memory figures come from: proc (/proc of a shared PID namespace) or kms (getUsedMemory)
+    #[arg(
+        long,
+        env = "MEMPROBE_MEMORY_SOURCE",
+        default_value = "proc",
+        value_name = "proc|kms"
+    )]
+    memory_source: String,
     /// Address for /ready, /healthz, /livez, /status and /metrics
     #[arg(
         long,
@@ -136,6 +184,16 @@ pub struct WatchFlags {
         value_name = "text|json"
     )]
     log_format: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemorySource {
+    /// /proc/PID of the target, found in a shared PID namespace.
+    #[default]
+    Proc,
+    /// KMS's own `getUsedMemory`, over its JSON-RPC API.
+    Kms,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,10 +213,22 @@ pub struct Config {
     pub critical: Option<SizeOrPercent>,
     pub memory_limit: Option<u64>,
     pub sustain: Duration,
+    pub idle_sustain: Duration,
     pub drain_timeout: Duration,
     pub min_drain: Duration,
+    /// The Kurento integration; `None` with `--kms-url none`.
+    pub kms: Option<KmsConfig>,
+    pub memory_source: MemorySource,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct KmsConfig {
+    pub url: String,
+    pub ping_interval: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
 }
 
 /// A refused setting: where it came from, the value, and what would work.
@@ -214,7 +284,7 @@ pub enum ParseError {
 impl WatchFlags {
     fn validate(self, matches: &ArgMatches) -> Result<Config, FlagError> {
         let check = Checker { matches };
-        let target = check.target(self.pid, self.pidfile, self.name)?;
+        let target = check.target(self.pid.clone(), self.pidfile.clone(), self.name.clone())?;
         let interval = check.duration("interval", &self.interval)?;
         if interval.is_zero() {
             return Err(check.error("interval", &self.interval, "must be more than 0 (try 5s)"));
@@ -248,6 +318,17 @@ impl WatchFlags {
             .as_deref()
             .map(|text| check.unit("memory_limit", text, units::parse_size))
             .transpose()?;
+        let kms = check.kms(&self)?;
+        let memory_source = match self.memory_source.as_str() {
+            "proc" => MemorySource::Proc,
+            "kms" => MemorySource::Kms,
+            other => {
+                return Err(check.error("memory_source", other, "is not proc or kms (try proc)"));
+            }
+        };
+        if memory_source == MemorySource::Kms {
+            check.kms_source(&self, kms.is_some(), memory)?;
+        }
         let listen = self.listen.parse().map_err(|_| {
             check.error(
                 "listen",
@@ -271,6 +352,9 @@ impl WatchFlags {
             critical,
             memory_limit,
             sustain: check.duration("sustain", &self.sustain)?,
+            idle_sustain: check.duration("idle_sustain", &self.idle_sustain)?,
+            kms,
+            memory_source,
             drain_timeout: check.duration("drain_timeout", &self.drain_timeout)?,
             min_drain: check.duration("min_drain", &self.min_drain)?,
             listen,
@@ -312,6 +396,92 @@ impl Checker<'_> {
 
     fn duration(&self, id: &str, text: &str) -> Result<Duration, FlagError> {
         self.unit(id, text, units::parse_duration)
+    }
+
+    fn kms(&self, flags: &WatchFlags) -> Result<Option<KmsConfig>, FlagError> {
+        let url = flags.kms_url.trim();
+        if url == "none" {
+            return Ok(None);
+        }
+        let example = "(try ws://127.0.0.1:8888/kurento, or none)";
+        if url.starts_with("wss://") {
+            let problem = format!("uses TLS, which memprobe does not speak yet {example}");
+            return Err(self.error("kms_url", url, &problem));
+        }
+        let valid = url
+            .parse::<axum::http::Uri>()
+            .is_ok_and(|uri| uri.scheme_str() == Some("ws") && uri.host().is_some());
+        if !valid {
+            let problem = format!("is not a ws:// URL {example}");
+            return Err(self.error("kms_url", url, &problem));
+        }
+        let ping_interval = self.duration("kms_ping_interval", &flags.kms_ping_interval)?;
+        let timeout = self.duration("kms_timeout", &flags.kms_timeout)?;
+        for (id, value, d) in [
+            ("kms_ping_interval", &flags.kms_ping_interval, ping_interval),
+            ("kms_timeout", &flags.kms_timeout, timeout),
+        ] {
+            if d.is_zero() {
+                return Err(self.error(id, value, "must be more than 0 (try 3s)"));
+            }
+        }
+        let failures = match flags.kms_failures.trim().parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                let problem = "is not a count of 1 or more (try 3)";
+                return Err(self.error("kms_failures", &flags.kms_failures, problem));
+            }
+        };
+        Ok(Some(KmsConfig {
+            url: url.to_string(),
+            ping_interval,
+            timeout,
+            failures,
+        }))
+    }
+
+    /// `--memory-source kms` reads memory from KMS itself: there is no process to pick.
+    fn kms_source(
+        &self,
+        flags: &WatchFlags,
+        kms_on: bool,
+        memory: MemoryKind,
+    ) -> Result<(), FlagError> {
+        if !kms_on {
+            let problem = "needs the Kurento integration: --kms-url is none (try --kms-url ws://127.0.0.1:8888/kurento)";
+            return Err(self.error("memory_source", "kms", problem));
+        }
+        let set = |id: &str| {
+            matches!(
+                self.matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        for id in ["pid", "pidfile", "name"] {
+            if set(id) {
+                return Err(FlagError {
+                    origin: self.origin(id),
+                    value: None,
+                    problem:
+                        "picks a process, but --memory-source kms reads memory from KMS itself \
+                              (drop it, or use --memory-source proc)"
+                            .into(),
+                });
+            }
+        }
+        if flags.include_children {
+            return Err(FlagError {
+                origin: self.origin("include_children"),
+                value: None,
+                problem: "needs --memory-source proc (KMS reports only its own memory)".into(),
+            });
+        }
+        if memory != MemoryKind::Rss {
+            let problem =
+                "is not available from KMS, which reports resident memory (try --memory rss)";
+            return Err(self.error("memory", memory.as_str(), problem));
+        }
+        Ok(())
     }
 
     fn target(
@@ -416,6 +586,44 @@ mod tests {
             sidecar(&["--pid", "1", "--name", "kms"]).unwrap_err(),
             "--pid and --name: only one target may be given (try just --name kurento-media-server)"
         );
+    }
+
+    #[test]
+    fn kurento_settings() {
+        let c = sidecar(&[]).unwrap();
+        let kms = c.kms.expect("on by default");
+        assert_eq!(kms.url, "ws://127.0.0.1:8888/kurento");
+        assert_eq!(kms.ping_interval, Duration::from_secs(10));
+        assert_eq!(kms.timeout, Duration::from_secs(3));
+        assert_eq!(kms.failures, 3);
+        assert_eq!(c.idle_sustain, Duration::from_secs(60));
+        assert_eq!(sidecar(&["--kms-url", "none"]).unwrap().kms, None);
+        assert_eq!(
+            sidecar(&["--kms-url", "http://kms:8888/kurento"]).unwrap_err(),
+            "--kms-url: 'http://kms:8888/kurento' is not a ws:// URL (try ws://127.0.0.1:8888/kurento, or none)"
+        );
+        assert!(
+            sidecar(&["--kms-failures", "0"])
+                .unwrap_err()
+                .starts_with("--kms-failures: '0'")
+        );
+    }
+
+    #[test]
+    fn memory_from_kms_needs_no_process_flags() {
+        let c = sidecar(&["--memory-source", "kms"]).unwrap();
+        assert_eq!(c.memory_source, MemorySource::Kms);
+        assert!(
+            sidecar(&["--memory-source", "kms", "--pid", "4"])
+                .unwrap_err()
+                .starts_with("--pid: picks a process")
+        );
+        assert!(
+            sidecar(&["--memory-source", "kms", "--memory", "pss"])
+                .unwrap_err()
+                .starts_with("--memory: 'pss'")
+        );
+        assert!(sidecar(&["--memory-source", "kms", "--kms-url", "none"]).is_err());
     }
 
     #[test]

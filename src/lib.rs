@@ -14,6 +14,7 @@
 //! - [`target`] — finding the watched process and telling its incarnations apart.
 //! - [`sample`] — reading one memory sample from /proc.
 //! - [`limit`] — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
+//! - [`kms`] — Kurento's JSON-RPC API: live sessions, a hung server, its own memory figure.
 //! - [`policy`] — the pure state machine: healthy → elevated → draining → recycle.
 //! - [`monitor`] — the loop that runs the above and publishes snapshots.
 //! - [`status`] — the published snapshot: `/status` data and pre-rendered answers.
@@ -27,6 +28,7 @@
 pub mod config;
 pub mod demo;
 pub mod http;
+pub mod kms;
 pub mod limit;
 pub mod metrics;
 pub mod monitor;
@@ -72,7 +74,17 @@ impl Sidecar {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
         let config = Arc::new(config);
-        let (monitor, snapshots) = Monitor::new(Arc::clone(&config), tokio::time::Instant::now());
+        let kms = config.kms.as_ref().map(|k| {
+            kms::spawn(kms::KmsSettings {
+                url: k.url.clone(),
+                ping_interval: k.ping_interval,
+                timeout: k.timeout,
+                memory_interval: (config.memory_source == config::MemorySource::Kms)
+                    .then_some(config.interval),
+            })
+        });
+        let now = tokio::time::Instant::now();
+        let (monitor, snapshots) = Monitor::new(Arc::clone(&config), kms, now);
         let state = http::AppState::new(snapshots.clone(), config.interval);
         let task = tokio::spawn(async move {
             let mut monitor = tokio::spawn(monitor.run());

@@ -26,6 +26,105 @@ pub struct Metrics {
     restarts: IntCounter,
     samples: IntCounter,
     sample_errors: IntCounter,
+    kms: Option<KmsMetrics>,
+}
+
+/// The Kurento families, registered only when the integration is on (an alert on
+/// `memprobe_kms_up == 0` must not fire for a generic target).
+struct KmsMetrics {
+    up: IntGauge,
+    sessions: IntGaugeVec,
+    ping: Gauge,
+    rpc_errors: IntCounterVec,
+    reconnects: IntCounter,
+    idle_memory: IntGaugeVec,
+}
+
+/// Every kind of KMS error, so each series exists from the start.
+pub const KMS_ERROR_KINDS: [&str; 7] = [
+    "connect",
+    "timeout",
+    "closed",
+    "malformed",
+    "unknown_id",
+    "error_reply",
+    "oversized",
+];
+
+fn optional_gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
+    // A label-less vector, so the series can be absent while the value is unknown.
+    let g = IntGaugeVec::new(Opts::new(name, help), &[]).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
+}
+
+impl KmsMetrics {
+    fn new(r: &Registry) -> Self {
+        let rpc_errors = IntCounterVec::new(
+            Opts::new(
+                "memprobe_kms_rpc_errors_total",
+                "Failed exchanges with KMS, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(rpc_errors.clone()))
+            .expect("registered once");
+        for kind in KMS_ERROR_KINDS {
+            rpc_errors.with_label_values(&[kind]);
+        }
+        let ping = Gauge::new(
+            "memprobe_kms_ping_seconds",
+            "Latency of the last answered ping to KMS.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(ping.clone())).expect("registered once");
+        KmsMetrics {
+            up: gauge(
+                r,
+                "memprobe_kms_up",
+                "1 while KMS is connected and answering pings.",
+            ),
+            sessions: optional_gauge(r, "memprobe_kms_sessions", "Live media pipelines in KMS."),
+            ping,
+            rpc_errors,
+            reconnects: counter(
+                r,
+                "memprobe_kms_reconnects_total",
+                "Connections to KMS made again after one ended.",
+            ),
+            idle_memory: optional_gauge(
+                r,
+                "memprobe_idle_memory_bytes",
+                "Memory at the last sample taken with zero sessions.",
+            ),
+        }
+    }
+
+    fn render(&self, status: &Status) {
+        let Some(view) = &status.kms else { return };
+        self.up
+            .set(i64::from(view.connected && view.failed_pings == 0));
+        set_optional(&self.sessions, view.sessions.map(i64::from));
+        self.ping.set(view.last_ping_seconds.unwrap_or(0.0));
+        for (kind, total) in &view.rpc_errors_total {
+            catch_up(&self.rpc_errors.with_label_values(&[*kind]), *total);
+        }
+        catch_up(&self.reconnects, view.reconnects_total);
+        set_optional(
+            &self.idle_memory,
+            status.idle_memory_bytes.map(|b| b as i64),
+        );
+    }
+}
+
+fn set_optional(gauge: &IntGaugeVec, value: Option<i64>) {
+    match value {
+        Some(v) => gauge.with_label_values::<&str>(&[]).set(v),
+        None => gauge.reset(),
+    }
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -46,7 +145,7 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 impl Metrics {
     /// Registers every family. The names are literals; a failure here is a bug, not input.
-    pub fn new(with_critical: bool) -> Self {
+    pub fn new(with_critical: bool, with_kms: bool) -> Self {
         let r = Registry::new();
         let memory = IntGaugeVec::new(
             Opts::new(
@@ -136,6 +235,7 @@ impl Metrics {
                 "memprobe_sample_errors_total",
                 "Samples that failed while the target existed.",
             ),
+            kms: with_kms.then(|| KmsMetrics::new(&r)),
             registry: r,
             memory,
             over_threshold,
@@ -174,6 +274,9 @@ impl Metrics {
         catch_up(&self.restarts, status.counters.target_restarts_total);
         catch_up(&self.samples, status.counters.samples_total);
         catch_up(&self.sample_errors, status.counters.sample_errors_total);
+        if let Some(kms) = &self.kms {
+            kms.render(status);
+        }
 
         let mut text = Vec::with_capacity(4096);
         // Encoding into a Vec only fails on a malformed family, which the names above rule out.

@@ -6,6 +6,11 @@
 //! the blocking pool, so a slow read (a huge target's smaps_rollup, a stuck mmap lock) never
 //! stalls the runtime, and `/livez` reports it instead.
 //!
+//! The target's memory comes from /proc (`--memory-source proc`), or from KMS's own
+//! `getUsedMemory` (`--memory-source kms`), where an incarnation is a KMS `serverId`. With
+//! the Kurento integration on, each step also reads the latest [`KmsView`]: its session count
+//! feeds the decision, and a KMS that answered once and then stopped answering is recycled.
+//!
 //! While the target is tracked, a step comes every `--interval`. While it is lost, the loop
 //! looks for it again with a backoff from 100 ms up to the interval: a restarted server is
 //! found quickly, and a server that is not there costs at most one scan per interval.
@@ -18,7 +23,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, MemorySource};
+use crate::kms::KmsView;
 use crate::limit::{self, MemoryLimit};
 use crate::metrics::Metrics;
 use crate::policy::{Decider, Observation, Policy, Transition};
@@ -46,11 +52,13 @@ enum Outcome {
     Found {
         target: TargetStatus,
         limit: MemoryLimit,
-        first: Result<MemorySample, SampleError>,
+        first: Option<Result<MemorySample, SampleError>>,
     },
     Gone(String),
     NotFound(String),
     Failed(SampleError),
+    /// Nothing new since the last step (KMS has not answered `getUsedMemory` again yet).
+    Unchanged,
 }
 
 impl Probe {
@@ -69,13 +77,17 @@ impl Probe {
             Err(not_found) => Outcome::NotFound(not_found.to_string()),
             Ok(found) => {
                 let target = TargetStatus {
-                    pid: found.pid,
+                    pid: Some(found.pid),
                     name: found.name.clone(),
-                    start_time: status::timestamp(found.start_time),
+                    start_time: Some(status::timestamp(found.start_time)),
                     found_by: self.finder.spec().to_string(),
                 };
                 let limit = limit::resolve(self.memory_limit, Some(found.pid));
-                let first = sample::sample(&found.process, self.memory, self.include_children);
+                let first = Some(sample::sample(
+                    &found.process,
+                    self.memory,
+                    self.include_children,
+                ));
                 self.target = Some(found);
                 Outcome::Found {
                     target,
@@ -95,6 +107,11 @@ pub struct Fatal(#[from] SampleError);
 pub struct Monitor {
     config: Arc<Config>,
     probe: Arc<Mutex<Probe>>,
+    kms: Option<watch::Receiver<KmsView>>,
+    /// Under `--memory-source kms`: the serverId tracked, and the last reading used.
+    kms_server: Option<String>,
+    kms_readings: u64,
+    idle_memory: Option<u64>,
     decider: Decider,
     target: Option<TargetStatus>,
     limit: MemoryLimit,
@@ -115,7 +132,11 @@ pub struct Monitor {
 impl Monitor {
     /// A monitor and the channel it publishes on. Publishes a first snapshot (state `lost`,
     /// "looking for the target") before any /proc read of the target.
-    pub fn new(config: Arc<Config>, now: Instant) -> (Self, watch::Receiver<Arc<Snapshot>>) {
+    pub fn new(
+        config: Arc<Config>,
+        kms: Option<watch::Receiver<KmsView>>,
+        now: Instant,
+    ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let limit = limit::resolve(config.memory_limit, None);
         let decider = Decider::new(policy(&config, limit), now);
         let probe = Probe {
@@ -125,12 +146,16 @@ impl Monitor {
             include_children: config.include_children,
             memory_limit: config.memory_limit,
         };
-        let metrics = Metrics::new(config.critical.is_some());
+        let metrics = Metrics::new(config.critical.is_some(), config.kms.is_some());
         // Replaced by the first real publish below, before anyone can read it.
         let placeholder = Snapshot::new(Status::default(), now, bytes::Bytes::new());
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
         let mut monitor = Monitor {
             probe: Arc::new(Mutex::new(probe)),
+            kms,
+            kms_server: None,
+            kms_readings: 0,
+            idle_memory: None,
             decider,
             target: None,
             limit,
@@ -147,7 +172,7 @@ impl Monitor {
             publish,
             config,
         };
-        monitor.publish(now);
+        monitor.publish(now, None);
         (monitor, snapshots)
     }
 
@@ -162,19 +187,38 @@ impl Monitor {
 
     /// One step: find or sample, decide, publish. Returns the time to the next step.
     pub async fn step(&mut self, started: Instant) -> Result<Duration, Fatal> {
-        let probe = Arc::clone(&self.probe);
-        let outcome = tokio::task::spawn_blocking(move || match probe.lock() {
-            Ok(mut probe) => probe.step(),
-            Err(poisoned) => poisoned.into_inner().step(),
-        })
-        .await;
+        let kms = self.kms.as_ref().map(|view| view.borrow().clone());
+        let sessions = kms
+            .as_ref()
+            .and_then(|v| v.connected.then_some(v.sessions).flatten());
+        self.follow_sessions(sessions);
+        let outcome = match (self.config.memory_source, &kms) {
+            (MemorySource::Kms, Some(view)) => Ok(self.from_kms(view)),
+            _ => {
+                let probe = Arc::clone(&self.probe);
+                tokio::task::spawn_blocking(move || match probe.lock() {
+                    Ok(mut probe) => probe.step(),
+                    Err(poisoned) => poisoned.into_inner().step(),
+                })
+                .await
+            }
+        };
         // The clock is read after the blocking read, so time spent there is not lost.
         let now = Instant::now().max(started);
         match outcome {
             Ok(outcome) => self.apply(now, outcome)?,
             Err(join) => self.failed(format!("sampling task failed: {join}")),
         }
-        self.publish(now);
+        if let (Some(view), Some(kms)) = (&kms, &self.config.kms) {
+            // Hung: it answered for this serverId, then stopped, while it still exists.
+            if view.answered && view.failed_pings >= kms.failures && self.target.is_some() {
+                let tr = self.decider.unresponsive(now, view.failed_pings);
+                if let Some(tr) = tr {
+                    self.record(tr);
+                }
+            }
+        }
+        self.publish(now, kms);
         Ok(if self.target.is_some() {
             self.backoff = FIRST_BACKOFF;
             self.config.interval
@@ -198,7 +242,10 @@ impl Monitor {
                     self.counters.target_restarts_total += 1;
                 }
                 self.not_found = None;
-                let who = format!("{} (pid {})", target.name, target.pid);
+                let who = match target.pid {
+                    Some(pid) => format!("{} (pid {pid})", target.name),
+                    None => target.found_by.clone(),
+                };
                 self.limit = limit;
                 self.target = Some(target);
                 self.last_sample = None;
@@ -207,15 +254,16 @@ impl Monitor {
                     .new_incarnation(now, policy(&self.config, limit), &who);
                 self.record(tr);
                 match first {
-                    Ok(s) => self.observe(now, s),
-                    Err(SampleError::Gone(pid)) => {
+                    None => {}
+                    Some(Ok(s)) => self.observe(now, s),
+                    Some(Err(SampleError::Gone(pid))) => {
                         self.gone(now, format!("process {pid} exited"));
                     }
                     // The privilege is missing for good: say so and stop, once, at start.
-                    Err(e @ SampleError::PssDenied { .. }) if self.incarnations == 1 => {
+                    Some(Err(e @ SampleError::PssDenied { .. })) if self.incarnations == 1 => {
                         return Err(Fatal(e));
                     }
-                    Err(e) => self.failed(e.to_string()),
+                    Some(Err(e)) => self.failed(e.to_string()),
                 }
             }
             Outcome::Gone(why) => self.gone(now, why),
@@ -232,14 +280,73 @@ impl Monitor {
                 }
             }
             Outcome::Failed(e) => self.failed(e.to_string()),
+            Outcome::Unchanged => {}
         }
         Ok(())
+    }
+
+    /// Under `--memory-source kms` the target is KMS's serverId and its memory is
+    /// `getUsedMemory`; a dropped connection is a lost target.
+    fn from_kms(&mut self, view: &KmsView) -> Outcome {
+        let server_id = view.server_id.as_ref().filter(|_| view.connected);
+        let Some(server_id) = server_id else {
+            let why = match &view.last_error {
+                Some(e) => format!("kms at {} not connected: {e}", view.url),
+                None => format!("connecting to kms at {}", view.url),
+            };
+            return if self.target.is_some() {
+                Outcome::Gone(why)
+            } else {
+                Outcome::NotFound(why)
+            };
+        };
+        let fresh = view.memory_readings > self.kms_readings;
+        self.kms_readings = view.memory_readings;
+        let reading = view
+            .used_memory_bytes
+            .filter(|_| fresh)
+            .map(|b| Ok(MemorySample::rss_only(b)));
+        if self.target.is_none() || self.kms_server.as_ref() != Some(server_id) {
+            self.kms_server = Some(server_id.clone());
+            let target = TargetStatus {
+                pid: None,
+                name: format!(
+                    "kms {}",
+                    view.version.as_deref().unwrap_or("(version unknown)")
+                ),
+                start_time: None,
+                found_by: format!("--memory-source kms, serverId {server_id}"),
+            };
+            let limit = limit::resolve(self.config.memory_limit, None);
+            return Outcome::Found {
+                target,
+                limit,
+                first: reading,
+            };
+        }
+        match reading {
+            Some(Ok(sample)) => Outcome::Sampled(sample),
+            _ => Outcome::Unchanged,
+        }
+    }
+
+    /// Keeps the session count, and says how many sessions a drain is waiting for.
+    fn follow_sessions(&mut self, sessions: Option<u32>) {
+        if sessions != self.sessions && self.decider.state() == crate::policy::State::Draining {
+            if let Some(n) = sessions {
+                info!(sessions = n, "draining: {n} session(s) left");
+            }
+        }
+        self.sessions = sessions;
     }
 
     fn observe(&mut self, now: Instant, s: MemorySample) {
         self.counters.samples_total += 1;
         self.last_error = None;
         self.last_sample = Some((s, SystemTime::now()));
+        if self.sessions == Some(0) {
+            self.idle_memory = Some(s.deciding(self.config.memory));
+        }
         let obs = Observation {
             memory_bytes: s.deciding(self.config.memory),
             sessions: self.sessions,
@@ -287,7 +394,7 @@ impl Monitor {
         });
     }
 
-    fn status(&self, now: Instant) -> Status {
+    fn status(&self, now: Instant, kms: Option<KmsView>) -> Status {
         let state = self.decider.state();
         let policy = self.decider.policy();
         Status {
@@ -311,14 +418,17 @@ impl Monitor {
                 critical_bytes: policy.critical_bytes,
                 limit: self.limit,
             },
+            idle_memory_bytes: self.idle_memory,
+            memory_source: self.config.memory_source,
+            kms,
             counters: self.counters.clone(),
             transitions: self.history.iter().cloned().collect(),
             settings: settings(&self.config),
         }
     }
 
-    fn publish(&mut self, now: Instant) {
-        let status = self.status(now);
+    fn publish(&mut self, now: Instant, kms: Option<KmsView>) {
+        let status = self.status(now, kms);
         let metrics = self.metrics.render(&status);
         self.publish
             .send_replace(Arc::new(Snapshot::new(status, now, metrics)));
@@ -331,6 +441,7 @@ fn policy(config: &Config, limit: MemoryLimit) -> Policy {
         threshold_bytes: config.threshold.resolve(limit.bytes),
         critical_bytes: config.critical.map(|c| c.resolve(limit.bytes)),
         sustain: config.sustain,
+        idle_sustain: config.idle_sustain,
         drain_timeout: config.drain_timeout,
         min_drain: config.min_drain,
     }
@@ -346,8 +457,17 @@ fn settings(config: &Config) -> Settings {
         critical: config.critical.map(|c| c.to_string()),
         memory_limit: config.memory_limit,
         sustain: status::duration(config.sustain),
+        idle_sustain: status::duration(config.idle_sustain),
         drain_timeout: status::duration(config.drain_timeout),
         min_drain: status::duration(config.min_drain),
+        kms_url: config.kms.as_ref().map(|k| k.url.clone()),
+        kms_ping_interval: config
+            .kms
+            .as_ref()
+            .map(|k| status::duration(k.ping_interval)),
+        kms_timeout: config.kms.as_ref().map(|k| status::duration(k.timeout)),
+        kms_failures: config.kms.as_ref().map(|k| k.failures),
+        memory_source: config.memory_source,
         listen: config.listen.to_string(),
     }
 }

@@ -77,6 +77,9 @@ pub struct Policy {
     pub threshold_bytes: u64,
     pub critical_bytes: Option<u64>,
     pub sustain: Duration,
+    /// With no sessions at all, memory over the threshold for this long drains at once:
+    /// memory that does not come back when sessions finish is fragmentation.
+    pub idle_sustain: Duration,
     pub drain_timeout: Duration,
     pub min_drain: Duration,
 }
@@ -104,6 +107,8 @@ pub struct Decider {
     since: Instant,
     /// First sample of the current unbroken run over the threshold.
     over_since: Option<Instant>,
+    /// First sample of the current unbroken run over the threshold with zero sessions.
+    idle_over_since: Option<Instant>,
     reason: String,
 }
 
@@ -115,6 +120,7 @@ impl Decider {
             state: State::Lost,
             since: now,
             over_since: None,
+            idle_over_since: None,
             reason: "looking for the target process".to_string(),
         }
     }
@@ -147,6 +153,7 @@ impl Decider {
     pub fn new_incarnation(&mut self, now: Instant, policy: Policy, who: &str) -> Transition {
         self.policy = policy;
         self.over_since = None;
+        self.idle_over_since = None;
         self.enter(
             now,
             State::Starting,
@@ -162,7 +169,18 @@ impl Decider {
     /// The target process is not there any more.
     pub fn lost(&mut self, now: Instant, why: String) -> Option<Transition> {
         self.over_since = None;
+        self.idle_over_since = None;
         self.enter(now, State::Lost, why)
+    }
+
+    /// The server exists but has stopped answering its own protocol (`failed_pings` in a
+    /// row): it cannot serve its sessions either, so it is to be restarted now.
+    pub fn unresponsive(&mut self, now: Instant, failed_pings: u32) -> Option<Transition> {
+        if matches!(self.state, State::Lost | State::Recycle) {
+            return None;
+        }
+        let why = format!("kms not answering: {failed_pings} pings in a row failed");
+        self.enter(now, State::Recycle, why)
     }
 
     /// Judges one sample. Returns the transition it caused, if any.
@@ -176,6 +194,11 @@ impl Decider {
             self.over_since.get_or_insert(now);
         } else {
             self.over_since = None;
+        }
+        if over && obs.sessions == Some(0) {
+            self.idle_over_since.get_or_insert(now);
+        } else {
+            self.idle_over_since = None;
         }
 
         if let Some(critical) = p.critical_bytes
@@ -215,6 +238,16 @@ impl Decider {
                 if !over {
                     let why = format!("{kind} {} at or below threshold {threshold}", Bytes(mem));
                     return self.stay_or_enter(now, State::Healthy, why);
+                }
+                let idle_for = self.idle_over_since.map_or(Duration::ZERO, |t| now - t);
+                if self.idle_over_since.is_some() && idle_for >= p.idle_sustain {
+                    let why = format!(
+                        "{kind} {} over threshold {threshold} for {} with no sessions: \
+                         memory that does not come back when sessions end",
+                        Bytes(mem),
+                        Human(idle_for)
+                    );
+                    return self.enter(now, State::Draining, why);
                 }
                 let over_for = self.over_for(now);
                 let why = format!(
@@ -273,6 +306,7 @@ mod tests {
             threshold_bytes: 1000 * MI,
             critical_bytes: None,
             sustain: Duration::from_secs(300),
+            idle_sustain: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(3600),
             min_drain: Duration::from_secs(30),
         }
@@ -540,6 +574,59 @@ mod tests {
             d.lost(t0 + 2 * SECOND, "still gone".into()),
             None,
             "logged once"
+        );
+    }
+
+    #[test]
+    fn memory_that_stays_high_with_no_sessions_drains_after_idle_sustain() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, with_sessions(1200, 2));
+        d.observe(t0 + Duration::from_secs(10), with_sessions(1200, 0));
+        d.observe(t0 + Duration::from_secs(69), with_sessions(1200, 0));
+        assert_eq!(
+            d.state(),
+            State::Elevated,
+            "59 s idle over a 60 s --idle-sustain"
+        );
+        let tr = d
+            .observe(t0 + Duration::from_secs(70), with_sessions(1200, 0))
+            .unwrap();
+        assert_eq!(
+            tr.to,
+            State::Draining,
+            "idle and over the threshold for --idle-sustain drains without the full --sustain"
+        );
+        assert!(tr.reason.contains("with no sessions"), "{}", tr.reason);
+    }
+
+    #[test]
+    fn a_session_starting_resets_the_idle_clock() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, with_sessions(1200, 0));
+        d.observe(t0 + Duration::from_secs(50), with_sessions(1200, 1));
+        d.observe(t0 + Duration::from_secs(60), with_sessions(1200, 0));
+        d.observe(t0 + Duration::from_secs(100), with_sessions(1200, 0));
+        assert_eq!(d.state(), State::Elevated, "the idle run restarted at 60 s");
+    }
+
+    #[test]
+    fn an_unresponsive_server_is_recycled_but_a_lost_one_is_not() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(500));
+        let tr = d.unresponsive(t0 + SECOND, 3).expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Healthy, State::Recycle));
+        assert_eq!(tr.reason, "kms not answering: 3 pings in a row failed");
+        assert!(
+            !d.state().ready() && !d.state().healthy(),
+            "a hung server is restarted"
+        );
+
+        let (mut d, t0) = started(policy());
+        d.lost(t0, "gone".into());
+        assert_eq!(
+            d.unresponsive(t0 + SECOND, 3),
+            None,
+            "a server that is gone is lost, not hung"
         );
     }
 

@@ -33,13 +33,14 @@ impl MemoryKind {
 }
 
 /// Memory of the target (summed over its descendants with `--include-children`), in bytes.
+/// Only rss is known when KMS reports its own memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct MemorySample {
     pub rss_bytes: u64,
-    pub anon_bytes: u64,
-    pub file_bytes: u64,
-    pub shmem_bytes: u64,
-    pub swap_bytes: u64,
+    pub anon_bytes: Option<u64>,
+    pub file_bytes: Option<u64>,
+    pub shmem_bytes: Option<u64>,
+    pub swap_bytes: Option<u64>,
     pub pss_bytes: Option<u64>,
     /// How many processes were added up.
     pub processes: u32,
@@ -49,9 +50,19 @@ impl MemorySample {
     /// The figure that decides.
     pub fn deciding(&self, kind: MemoryKind) -> u64 {
         match kind {
-            MemoryKind::Rss => self.rss_bytes,
+            MemoryKind::Rss => Some(self.rss_bytes),
             MemoryKind::Anon => self.anon_bytes,
-            MemoryKind::Pss => self.pss_bytes.unwrap_or(self.rss_bytes),
+            MemoryKind::Pss => self.pss_bytes,
+        }
+        .unwrap_or(self.rss_bytes)
+    }
+
+    /// A sample of resident memory alone.
+    pub fn rss_only(rss_bytes: u64) -> Self {
+        MemorySample {
+            rss_bytes,
+            processes: 1,
+            ..Default::default()
         }
     }
 
@@ -59,10 +70,10 @@ impl MemorySample {
     pub fn figures(&self) -> impl Iterator<Item = (&'static str, u64)> {
         [
             ("rss", Some(self.rss_bytes)),
-            ("anon", Some(self.anon_bytes)),
-            ("file", Some(self.file_bytes)),
-            ("shmem", Some(self.shmem_bytes)),
-            ("swap", Some(self.swap_bytes)),
+            ("anon", self.anon_bytes),
+            ("file", self.file_bytes),
+            ("shmem", self.shmem_bytes),
+            ("swap", self.swap_bytes),
             ("pss", self.pss_bytes),
         ]
         .into_iter()
@@ -70,15 +81,16 @@ impl MemorySample {
     }
 
     fn add(&mut self, other: &MemorySample) {
-        self.rss_bytes += other.rss_bytes;
-        self.anon_bytes += other.anon_bytes;
-        self.file_bytes += other.file_bytes;
-        self.shmem_bytes += other.shmem_bytes;
-        self.swap_bytes += other.swap_bytes;
-        self.pss_bytes = match (self.pss_bytes, other.pss_bytes) {
+        let sum = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) => Some(a + b),
             (a, b) => a.or(b),
         };
+        self.rss_bytes += other.rss_bytes;
+        self.anon_bytes = sum(self.anon_bytes, other.anon_bytes);
+        self.file_bytes = sum(self.file_bytes, other.file_bytes);
+        self.shmem_bytes = sum(self.shmem_bytes, other.shmem_bytes);
+        self.swap_bytes = sum(self.swap_bytes, other.swap_bytes);
+        self.pss_bytes = sum(self.pss_bytes, other.pss_bytes);
         self.processes += other.processes;
     }
 }
@@ -106,7 +118,7 @@ pub fn sample_process(process: &Process, kind: MemoryKind) -> Result<MemorySampl
     let Some(rss_kib) = status.vmrss else {
         return Err(SampleError::Gone(pid));
     };
-    let kib = |v: Option<u64>| v.unwrap_or(0) * 1024;
+    let kib = |v: Option<u64>| Some(v.unwrap_or(0) * 1024);
     let pss_bytes = match kind {
         MemoryKind::Pss => Some(read_pss(process)?),
         _ => None,
@@ -212,13 +224,14 @@ mod tests {
     fn samples_this_very_process() {
         let me = Process::myself().unwrap();
         let s = sample(&me, MemoryKind::Pss, false).expect("own memory is readable");
-        assert!(s.rss_bytes > 0 && s.anon_bytes > 0);
-        assert!(s.rss_bytes >= s.anon_bytes);
+        let anon = s.anon_bytes.expect("anon from status");
+        assert!(s.rss_bytes > 0 && anon > 0);
+        assert!(s.rss_bytes >= anon);
         assert!(
             s.pss_bytes.is_some_and(|p| p > 0),
             "own smaps_rollup is readable"
         );
-        assert_eq!(s.deciding(MemoryKind::Anon), s.anon_bytes);
+        assert_eq!(s.deciding(MemoryKind::Anon), anon);
         assert_eq!(s.figures().count(), 6);
     }
 

@@ -30,6 +30,12 @@ pub struct Status {
     pub target: Option<TargetStatus>,
     pub memory: Option<MemoryStatus>,
     pub threshold: ThresholdStatus,
+    /// The last sample taken with zero sessions: under glibc it ratchets up session after
+    /// session, the clearest fragmentation signal there is.
+    pub idle_memory_bytes: Option<u64>,
+    /// Where the memory figures come from.
+    pub memory_source: crate::config::MemorySource,
+    pub kms: Option<crate::kms::KmsView>,
     pub counters: Counters,
     /// The last transitions, oldest first.
     pub transitions: Vec<TransitionRecord>,
@@ -38,9 +44,10 @@ pub struct Status {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetStatus {
-    pub pid: i32,
+    /// None when memory comes from KMS itself.
+    pub pid: Option<i32>,
     pub name: String,
-    pub start_time: String,
+    pub start_time: Option<String>,
     /// The flag it was found by, e.g. `--name kurento-media-server`.
     pub found_by: String,
 }
@@ -89,8 +96,14 @@ pub struct Settings {
     pub critical: Option<String>,
     pub memory_limit: Option<u64>,
     pub sustain: String,
+    pub idle_sustain: String,
     pub drain_timeout: String,
     pub min_drain: String,
+    pub kms_url: Option<String>,
+    pub kms_ping_interval: Option<String>,
+    pub kms_timeout: Option<String>,
+    pub kms_failures: Option<u32>,
+    pub memory_source: crate::config::MemorySource,
     pub listen: String,
 }
 

@@ -1,0 +1,186 @@
+//! Kurento awareness: KMS's own view of its sessions, its health, and its memory.
+//!
+//! memprobe keeps one WebSocket and one JSON-RPC session to KMS. It learns the pipeline list
+//! once per connection with `getPipelines`, then follows `ObjectCreated`/`ObjectDestroyed`
+//! events. It does not poll `getPipelines`: KMS implements that call by referencing every
+//! pipeline into a hidden session, and a checker calling it more often than KMS's 240 s
+//! garbage-collection period keeps abandoned pipelines alive forever — a leak caused by the
+//! health checker. So the list is fetched again only after a reconnect, and every 10 minutes.
+//!
+//! The connection task publishes a [`KmsView`] through a `watch` channel; the monitor reads
+//! the latest one at each step. The session itself ([`session`]) is written over any
+//! `Sink`/`Stream` of WebSocket messages so tests can drive it through channels.
+
+pub mod protocol;
+pub mod session;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{info, warn};
+
+/// Frames over this are refused: KMS's answers to memprobe are a few hundred bytes.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+/// How often the pipeline list is fetched again on a healthy connection: well over KMS's
+/// 240 s garbage-collection period.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(600);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Settings of the integration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KmsSettings {
+    pub url: String,
+    pub ping_interval: Duration,
+    pub timeout: Duration,
+    /// Poll `getUsedMemory` this often (`--memory-source kms`), or never.
+    pub memory_interval: Option<Duration>,
+}
+
+/// What memprobe knows of KMS, as of the last frame.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KmsView {
+    pub url: String,
+    pub connected: bool,
+    /// Generated once per KMS process start: a new one means KMS restarted.
+    pub server_id: Option<String>,
+    pub version: Option<String>,
+    /// Live media pipelines, once the list has been fetched on this connection.
+    pub sessions: Option<u32>,
+    pub last_ping_seconds: Option<f64>,
+    pub last_ping_at: Option<String>,
+    pub last_error: Option<String>,
+    /// Whether this serverId has answered at least once.
+    pub answered: bool,
+    /// Consecutive failed pings since this serverId last answered.
+    pub failed_pings: u32,
+    /// Resident memory as KMS reports it (`getUsedMemory`, KMS 6.13+).
+    pub used_memory_bytes: Option<u64>,
+    /// Bumped at every `getUsedMemory` answer, so a reading is used once.
+    #[serde(skip)]
+    pub memory_readings: u64,
+    pub reconnects_total: u64,
+    pub rpc_errors_total: BTreeMap<&'static str, u64>,
+    pub get_pipelines_calls_total: u64,
+}
+
+/// Publishes the view and logs each kind of trouble once.
+pub struct Reporter {
+    view: watch::Sender<KmsView>,
+    logged: std::collections::HashSet<&'static str>,
+}
+
+impl Reporter {
+    fn new(url: &str) -> (Self, watch::Receiver<KmsView>) {
+        let view = KmsView {
+            url: url.to_string(),
+            ..KmsView::default()
+        };
+        let (tx, rx) = watch::channel(view);
+        (
+            Reporter {
+                view: tx,
+                logged: Default::default(),
+            },
+            rx,
+        )
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut KmsView)) {
+        self.view.send_modify(change);
+    }
+
+    pub fn view(&self) -> KmsView {
+        self.view.borrow().clone()
+    }
+
+    /// Counts an error of `kind`; logs the first of each kind.
+    pub fn error(&mut self, kind: &'static str, message: String) {
+        if self.logged.insert(kind) {
+            warn!(
+                kind,
+                "kms: {message} (further '{kind}' errors are counted, not logged)"
+            );
+        }
+        self.update(|v| {
+            *v.rpc_errors_total.entry(kind).or_default() += 1;
+            v.last_error = Some(message);
+        });
+    }
+}
+
+/// Starts the connection task; the view starts disconnected.
+pub fn spawn(settings: KmsSettings) -> watch::Receiver<KmsView> {
+    let (reporter, view) = Reporter::new(&settings.url);
+    tokio::spawn(run(settings, reporter));
+    view
+}
+
+/// Connects, runs a session, reconnects with capped exponential backoff; forever.
+async fn run(settings: KmsSettings, mut reporter: Reporter) {
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let mut backoff = FIRST_BACKOFF;
+    let mut ever_connected = false;
+    let mut absent_logged = false;
+    loop {
+        let attempt = tokio::time::timeout(
+            settings.timeout,
+            tokio_tungstenite::connect_async_with_config(settings.url.as_str(), Some(config), true),
+        )
+        .await;
+        match attempt {
+            Ok(Ok((ws, _response))) => {
+                if ever_connected {
+                    reporter.update(|v| v.reconnects_total += 1);
+                }
+                ever_connected = true;
+                absent_logged = false;
+                let ended = session::Session::new(ws, &settings, &mut reporter)
+                    .run()
+                    .await;
+                reporter.update(|v| {
+                    v.connected = false;
+                    v.sessions = None;
+                });
+                info!(
+                    "kms: connection to {} ended: {ended}; reconnecting",
+                    settings.url
+                );
+                backoff = FIRST_BACKOFF;
+            }
+            failed => {
+                let timed_out = failed.is_err();
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!(
+                        "no answer within {}",
+                        crate::status::duration(settings.timeout)
+                    ),
+                };
+                // A KMS that is not there yet (or at all) costs one line, not one per retry.
+                if !absent_logged {
+                    info!(
+                        "kms: cannot reach {}: {why}; retrying quietly",
+                        settings.url
+                    );
+                    absent_logged = true;
+                }
+                reporter.update(|v| {
+                    *v.rpc_errors_total.entry("connect").or_default() += 1;
+                    v.last_error = Some(why);
+                    // A KMS that accepts no more connections after answering is not answering.
+                    if timed_out && v.answered {
+                        v.failed_pings += 1;
+                    }
+                });
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
