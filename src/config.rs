@@ -251,7 +251,7 @@ impl std::fmt::Display for FlagError {
 /// What to run, once the command line has been read.
 #[derive(Debug)]
 pub enum Invocation {
-    Sidecar(Config),
+    Sidecar(Box<Config>),
     Demo(DemoFlags),
     Workload(crate::workload::WorkloadFlags),
 }
@@ -269,7 +269,7 @@ where
     Ok(match cli.command {
         Some(Command::Demo(flags)) => Invocation::Demo(flags),
         Some(Command::Workload(flags)) => Invocation::Workload(flags),
-        None => Invocation::Sidecar(cli.watch.validate(&matches)?),
+        None => Invocation::Sidecar(Box::new(cli.watch.validate(&matches)?)),
     })
 }
 
@@ -535,7 +535,7 @@ mod tests {
     fn sidecar(args: &[&str]) -> Result<Config, String> {
         let argv = std::iter::once("memprobe").chain(args.iter().copied());
         match parse(argv) {
-            Ok(Invocation::Sidecar(config)) => Ok(config),
+            Ok(Invocation::Sidecar(config)) => Ok(*config),
             Ok(other) => panic!("not the sidecar: {other:?}"),
             Err(ParseError::Flag(e)) => Err(e.to_string()),
             Err(ParseError::Clap(e)) => Err(format!("clap: {}", e.kind())),

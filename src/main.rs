@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         }
         Invocation::Sidecar(config) => {
             init_logging(config.log_format);
-            runtime(sidecar(config))
+            runtime(sidecar(*config))
         }
     }
 }

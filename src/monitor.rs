@@ -193,7 +193,7 @@ impl Monitor {
             .and_then(|v| v.connected.then_some(v.sessions).flatten());
         self.follow_sessions(sessions);
         let outcome = match (self.config.memory_source, &kms) {
-            (MemorySource::Kms, Some(view)) => Ok(self.from_kms(view)),
+            (MemorySource::Kms, Some(view)) => Ok(self.kms_outcome(view)),
             _ => {
                 let probe = Arc::clone(&self.probe);
                 tokio::task::spawn_blocking(move || match probe.lock() {
@@ -287,7 +287,7 @@ impl Monitor {
 
     /// Under `--memory-source kms` the target is KMS's serverId and its memory is
     /// `getUsedMemory`; a dropped connection is a lost target.
-    fn from_kms(&mut self, view: &KmsView) -> Outcome {
+    fn kms_outcome(&mut self, view: &KmsView) -> Outcome {
         let server_id = view.server_id.as_ref().filter(|_| view.connected);
         let Some(server_id) = server_id else {
             let why = match &view.last_error {

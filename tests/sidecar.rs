@@ -1,6 +1,8 @@
 //! End to end: the real `memprobe` binary against real `memprobe workload` processes.
 
 mod harness;
+#[path = "cases/kurento.rs"]
+mod kurento;
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -8,16 +10,23 @@ use std::process::Command;
 use harness::{Memprobe, Workload, run_to_end, strict, tool, unique_name};
 use serde_json::Value;
 
-const MI: u64 = 1 << 20;
+pub const MI: u64 = 1 << 20;
 
-/// Fast settings: a sample every 100 ms, a 100 MiB threshold.
-fn fast<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["--interval", "100ms", "--threshold", "100MiB"];
+/// Fast settings: a sample every 100 ms, a 100 MiB threshold, no Kurento.
+pub fn fast<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--interval",
+        "100ms",
+        "--threshold",
+        "100MiB",
+        "--kms-url",
+        "none",
+    ];
     args.extend_from_slice(extra);
     args
 }
 
-fn states_entered(status: &Value) -> Vec<String> {
+pub fn states_entered(status: &Value) -> Vec<String> {
     status["transitions"]
         .as_array()
         .expect("transitions")

@@ -139,19 +139,29 @@ async fn run(settings: KmsSettings, mut reporter: Reporter) {
                     reporter.update(|v| v.reconnects_total += 1);
                 }
                 ever_connected = true;
-                absent_logged = false;
                 let ended = session::Session::new(ws, &settings, &mut reporter)
                     .run()
                     .await;
+                let was_up = reporter.view().connected;
                 reporter.update(|v| {
                     v.connected = false;
                     v.sessions = None;
+                    v.last_error = Some(ended.clone());
                 });
-                info!(
-                    "kms: connection to {} ended: {ended}; reconnecting",
-                    settings.url
-                );
-                backoff = FIRST_BACKOFF;
+                if was_up {
+                    info!(
+                        "kms: connection to {} ended: {ended}; reconnecting",
+                        settings.url
+                    );
+                    absent_logged = false;
+                    backoff = FIRST_BACKOFF;
+                } else if !absent_logged {
+                    info!(
+                        "kms: {} accepts connections but {ended}; retrying quietly",
+                        settings.url
+                    );
+                    absent_logged = true;
+                }
             }
             failed => {
                 let timed_out = failed.is_err();

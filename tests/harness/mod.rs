@@ -8,6 +8,8 @@
 // Real processes run on the real clock: these waits are deadlines, not test logic.
 #![allow(clippy::disallowed_types)]
 
+pub mod fake_kms;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;

@@ -1,0 +1,321 @@
+//! Kurento-aware behaviour, end to end: the real memprobe binary and a real workload, with a
+//! fake KMS (KMS cannot be installed here) that follows Kurento's protocol reference.
+
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::fake_kms::FakeKms;
+use crate::harness::{Memprobe, Workload};
+use crate::{MI, states_entered};
+
+/// Fast settings against a fake KMS: samples every 100 ms, pings every 200 ms.
+fn with_kms<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--interval",
+        "100ms",
+        "--threshold",
+        "100MiB",
+        "--kms-url",
+        url,
+        "--kms-ping-interval",
+        "200ms",
+        "--kms-timeout",
+        "300ms",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn errors_of(status: &Value, kind: &str) -> u64 {
+    status["kms"]["rpc_errors_total"][kind]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_drain_waits_for_the_last_session_then_recycles_after_min_drain() {
+    let kms = FakeKms::start();
+    let first = kms.create_pipeline(2);
+    let second = kms.create_pipeline(3);
+    let mut target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&with_kms(
+        &url,
+        &[
+            "--pid",
+            &pid,
+            "--sustain",
+            "1s",
+            "--min-drain",
+            "1s",
+            "--drain-timeout",
+            "1h",
+        ],
+    ));
+
+    let status = probe.wait_for("2 sessions", |s| {
+        s["state"] == "healthy" && s["sessions"] == 2
+    });
+    assert_eq!(
+        status["kms"]["version"], "7.3.0",
+        "getInfo gives the version"
+    );
+    assert_eq!(status["kms"]["server_id"], kms.server_id());
+    assert_eq!(status["kms"]["connected"], true);
+
+    target.send("alloc 150MiB");
+    let status = probe.wait_state("draining");
+    assert_eq!(probe.get("/ready").code, 503);
+    probe.wait_for("the reason to count sessions", |s| {
+        s["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("2 sessions left")
+    });
+
+    kms.destroy_pipeline(&first);
+    probe.wait_for("1 session", |s| s["sessions"] == 1);
+    assert_eq!(
+        probe.status()["state"],
+        "draining",
+        "a session is still live"
+    );
+    assert!(status["transitions"].as_array().unwrap().len() >= 3);
+
+    kms.destroy_pipeline(&second);
+    let status = probe.wait_state("recycle");
+    assert_eq!(probe.get("/healthz").code, 503, "drained: restart KMS now");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("last session ended after draining"),
+        "{status:#}"
+    );
+    assert_eq!(
+        kms.get_pipelines_calls(),
+        1,
+        "the pipeline list is fetched once per connection, then followed through events"
+    );
+    assert_eq!(kms.reused_ids(), 0, "request ids only increase");
+    let logs = probe.logs().join("\n");
+    assert!(
+        logs.contains("session(s) left"),
+        "the logs say what a drain waits for: {logs}"
+    );
+}
+
+#[test]
+fn memory_that_stays_high_with_no_sessions_drains_after_idle_sustain() {
+    let kms = FakeKms::start();
+    let mut target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&with_kms(
+        &url,
+        &["--pid", &pid, "--sustain", "1h", "--idle-sustain", "1s"],
+    ));
+    probe.wait_for("0 sessions known", |s| {
+        s["state"] == "healthy" && s["sessions"] == 0
+    });
+
+    target.send("alloc 150MiB");
+    let status = probe.wait_state("draining");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .contains("with no sessions"),
+        "drained by the idle check, not the 1h sustain: {status:#}"
+    );
+    assert!(status["idle_memory_bytes"].as_u64().unwrap() >= 100 * MI);
+    let metrics = probe.get("/metrics").body;
+    assert!(metrics.contains("memprobe_idle_memory_bytes "), "{metrics}");
+    assert!(metrics.contains("memprobe_kms_sessions 0"), "{metrics}");
+}
+
+#[test]
+fn a_hung_kms_fails_readiness_and_liveness() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid, "--kms-failures", "3"]));
+    probe.wait_for("a ping answered", |s| {
+        s["state"] == "healthy" && !s["kms"]["last_ping_seconds"].is_null()
+    });
+    assert!(probe.get("/metrics").body.contains("memprobe_kms_up 1"));
+
+    kms.hang(true);
+    let status = probe.wait_state("recycle");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("kms not answering"),
+        "{status:#}"
+    );
+    assert_eq!(probe.get("/ready").code, 503);
+    assert_eq!(probe.get("/healthz").code, 503, "a hung KMS is restarted");
+    assert!(probe.get("/metrics").body.contains("memprobe_kms_up 0"));
+    assert_eq!(probe.get("/livez").code, 200, "memprobe itself is fine");
+}
+
+#[test]
+fn a_kms_that_never_answered_is_not_hung() {
+    let kms = FakeKms::start();
+    kms.hang(true);
+    let target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid, "--kms-failures", "1"]));
+    probe.wait_for("several unanswered connects", |s| {
+        errors_of(s, "timeout") >= 3
+    });
+    let status = probe.status();
+    assert_eq!(
+        status["state"], "healthy",
+        "KMS may still be starting: {status:#}"
+    );
+    assert_eq!(probe.get("/healthz").code, 200);
+    assert!(
+        status["sessions"].is_null(),
+        "no session count without an answer"
+    );
+}
+
+#[test]
+fn an_absent_kms_costs_one_log_line_and_never_liveness() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("ws://127.0.0.1:{port}/kurento");
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid]));
+    let status = probe.wait_for("three failed connects", |s| errors_of(s, "connect") >= 3);
+    assert_eq!(status["state"], "healthy");
+    assert_eq!(status["kms"]["connected"], false);
+    assert_eq!(probe.get("/ready").code, 200);
+    assert_eq!(probe.get("/healthz").code, 200);
+    let logs = probe.logs();
+    let lines = logs.iter().filter(|l| l.contains("cannot reach")).count();
+    assert_eq!(lines, 1, "one line, not one per retry: {logs:#?}");
+}
+
+#[test]
+fn garbage_unknown_ids_and_oversized_frames_are_counted_not_fatal() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid]));
+    probe.wait_for("connected", |s| {
+        s["kms"]["connected"] == true && s["sessions"] == 0
+    });
+
+    kms.send_raw(Message::text("this is not JSON"));
+    kms.send_raw(Message::text(
+        r#"{"id":"x","jsonrpc":"2.0","result":{"value":1}}"#,
+    ));
+    kms.send_raw(Message::text(
+        r#"{"id":999999999,"jsonrpc":"2.0","result":{"value":1}}"#,
+    ));
+    kms.send_raw(Message::text(r#"{"jsonrpc":"2.0","method":"onEvent","params":{"value":{"type":"ObjectCreated","data":{"object":7}}}}"#));
+    kms.send_raw(Message::binary(vec![0xff, 0xfe]));
+    let status = probe.wait_for("garbage counted", |s| {
+        errors_of(s, "malformed") >= 3 && errors_of(s, "unknown_id") >= 2
+    });
+    assert_eq!(
+        status["kms"]["connected"], true,
+        "garbage does not end the connection"
+    );
+
+    kms.send_raw(Message::text("x".repeat(2 << 20)));
+    let status = probe.wait_for(
+        "the oversized frame refused and the connection made again",
+        |s| {
+            errors_of(s, "oversized") >= 1
+                && s["kms"]["reconnects_total"].as_u64() >= Some(1)
+                && s["kms"]["connected"] == true
+        },
+    );
+    assert_eq!(status["state"], "healthy");
+
+    kms.drop_connections();
+    probe.wait_for("another reconnect", |s| {
+        s["kms"]["reconnects_total"].as_u64() >= Some(2) && s["kms"]["connected"] == true
+    });
+    assert_eq!(probe.get("/livez").code, 200);
+    assert_eq!(probe.get("/healthz").code, 200);
+    let logs = probe.logs().join("\n");
+    assert!(!logs.contains("panicked"), "{logs}");
+    assert_eq!(
+        logs.matches("kind\":\"malformed").count(),
+        1,
+        "each kind of error is logged once: {logs}"
+    );
+    assert_eq!(kms.reused_ids(), 0);
+}
+
+#[test]
+fn a_kms_restart_is_seen_by_its_server_id_and_resynchronised() {
+    let kms = FakeKms::start();
+    kms.create_pipeline(1);
+    let target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid]));
+    probe.wait_for("1 session", |s| s["sessions"] == 1);
+    let before = kms.server_id();
+
+    kms.restart();
+    let after = kms.server_id();
+    assert_ne!(before, after);
+    kms.create_pipeline(0);
+    kms.create_pipeline(0);
+    kms.create_pipeline(0);
+    let status = probe.wait_for("the new serverId and its sessions", |s| {
+        s["kms"]["server_id"] == after.as_str() && s["sessions"] == 3
+    });
+    assert!(status["kms"]["reconnects_total"].as_u64() >= Some(1));
+    assert_eq!(
+        kms.get_pipelines_calls(),
+        2,
+        "one getPipelines per connection"
+    );
+    let logs = probe.logs().join("\n");
+    assert!(logs.contains("KMS restarted"), "{logs}");
+}
+
+#[test]
+fn memory_from_kms_itself_needs_no_process() {
+    let kms = FakeKms::start();
+    kms.set_used_memory_kib(50 * 1024);
+    let url = kms.url();
+    let probe = Memprobe::start(&with_kms(
+        &url,
+        &["--memory-source", "kms", "--sustain", "1h"],
+    ));
+    let status = probe.wait_state("healthy");
+    assert_eq!(status["memory_source"], "kms");
+    assert!(status["target"]["pid"].is_null());
+    assert_eq!(status["memory"]["rss_bytes"], 50 * MI);
+    assert!(
+        status["memory"]["anon_bytes"].is_null(),
+        "KMS reports resident memory only"
+    );
+
+    kms.set_used_memory_kib(150 * 1024);
+    probe.wait_state("elevated");
+
+    kms.restart();
+    let status = probe.wait_for("the new serverId as a new incarnation", |s| {
+        s["counters"]["target_restarts_total"] == 1 && s["state"] == "elevated"
+    });
+    let entered = states_entered(&status);
+    assert!(entered.contains(&"lost".to_string()), "{entered:?}");
+    let metrics = probe.get("/metrics").body;
+    assert!(
+        !metrics.contains("memprobe_target_memory_bytes{kind=\"anon\"}"),
+        "{metrics}"
+    );
+}
