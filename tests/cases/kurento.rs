@@ -319,3 +319,31 @@ fn memory_from_kms_itself_needs_no_process() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_kms_that_closes_mid_request_is_reconnected_not_called_hung() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid, "--kms-failures", "1"]));
+    probe.wait_for("connected", |s| {
+        s["kms"]["connected"] == true && s["sessions"] == 0
+    });
+
+    kms.close_on(Some("ping"));
+    let status = probe.wait_for("two connections closed mid-ping", |s| {
+        s["kms"]["reconnects_total"].as_u64() >= Some(2)
+    });
+    assert_eq!(
+        status["state"], "healthy",
+        "a closed connection is not a hung server: {status:#}"
+    );
+    assert_eq!(probe.get("/healthz").code, 200);
+
+    kms.close_on(None);
+    probe.wait_for("pings answered again", |s| {
+        s["kms"]["connected"] == true
+            && s["kms"]["failed_pings"] == 0
+            && !s["kms"]["last_ping_seconds"].is_null()
+    });
+}

@@ -36,6 +36,8 @@ struct Shared {
     pipelines: BTreeSet<String>,
     elements: HashMap<String, Vec<String>>,
     hang: bool,
+    /// Requests of this method close the connection instead of being answered.
+    close_on: Option<String>,
     used_memory_kib: u64,
     get_pipelines_calls: u64,
     reused_ids: u64,
@@ -74,6 +76,7 @@ impl FakeKms {
             pipelines: BTreeSet::new(),
             elements: HashMap::new(),
             hang: false,
+            close_on: None,
             used_memory_kib: 0,
             get_pipelines_calls: 0,
             reused_ids: 0,
@@ -160,6 +163,11 @@ impl FakeKms {
         self.shared.lock().unwrap().hang = hang;
     }
 
+    /// Closes the connection on every request of `method`, mid-request.
+    pub fn close_on(&self, method: Option<&str>) {
+        self.shared.lock().unwrap().close_on = method.map(str::to_owned);
+    }
+
     pub fn send_raw(&self, frame: Message) {
         let _ = self.push.send(Arc::new(Push::Raw(frame)));
     }
@@ -215,8 +223,16 @@ async fn serve(
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue,
                 };
-                if shared.lock().unwrap().hang {
-                    continue;
+                {
+                    let s = shared.lock().unwrap();
+                    if s.hang {
+                        continue;
+                    }
+                    if let Some(method) = &s.close_on
+                        && text.contains(&format!("\"method\":\"{method}\""))
+                    {
+                        return;
+                    }
                 }
                 let request: Value = match serde_json::from_str(&text) {
                     Ok(v) => v,
