@@ -13,6 +13,7 @@
 //! - [`units`] — sizes, percentages and durations, parsed and shown.
 //! - [`target`] — finding the watched process and telling its incarnations apart.
 //! - [`sample`] — reading one memory sample from /proc.
+//! - [`allocator`] — which malloc the target runs on, from its mapped libraries.
 //! - [`limit`] — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
 //! - [`kms`] — Kurento's JSON-RPC API: live sessions, a hung server, its own memory figure.
 //! - [`policy`] — the pure state machine: healthy → elevated → draining → recycle.
@@ -25,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allocator;
 pub mod config;
 pub mod demo;
 pub mod http;

@@ -26,6 +26,7 @@ pub struct Metrics {
     restarts: IntCounter,
     samples: IntCounter,
     sample_errors: IntCounter,
+    allocator: IntGaugeVec,
     kms: Option<KmsMetrics>,
 }
 
@@ -235,6 +236,18 @@ impl Metrics {
                 "memprobe_sample_errors_total",
                 "Samples that failed while the target existed.",
             ),
+            allocator: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "memprobe_target_allocator_info",
+                        "The malloc the target runs on; always 1.",
+                    ),
+                    &["allocator"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             kms: with_kms.then(|| KmsMetrics::new(&r)),
             registry: r,
             memory,
@@ -252,6 +265,12 @@ impl Metrics {
     /// Brings every gauge and counter up to `status`, then renders the exposition text.
     pub fn render(&self, status: &Status) -> Bytes {
         self.target_up.set(i64::from(status.target.is_some()));
+        self.allocator.reset();
+        if let Some(target) = &status.target {
+            self.allocator
+                .with_label_values(&[target.allocator.as_str()])
+                .set(1);
+        }
         self.memory.reset();
         if let (Some(_), Some(memory)) = (&status.target, &status.memory) {
             for (kind, bytes) in memory.sample.figures() {

@@ -81,6 +81,7 @@ impl Probe {
                     name: found.name.clone(),
                     start_time: Some(status::timestamp(found.start_time)),
                     found_by: self.finder.spec().to_string(),
+                    allocator: crate::allocator::of(&found.process),
                 };
                 let limit = limit::resolve(self.memory_limit, Some(found.pid));
                 let first = Some(sample::sample(
@@ -112,6 +113,7 @@ pub struct Monitor {
     kms_server: Option<String>,
     kms_readings: u64,
     idle_memory: Option<u64>,
+    glibc_warned: bool,
     decider: Decider,
     target: Option<TargetStatus>,
     limit: MemoryLimit,
@@ -156,6 +158,7 @@ impl Monitor {
             kms_server: None,
             kms_readings: 0,
             idle_memory: None,
+            glibc_warned: false,
             decider,
             target: None,
             limit,
@@ -242,6 +245,7 @@ impl Monitor {
                     self.counters.target_restarts_total += 1;
                 }
                 self.not_found = None;
+                self.warn_of_glibc(&target);
                 let who = match target.pid {
                     Some(pid) => format!("{} (pid {pid})", target.name),
                     None => target.found_by.clone(),
@@ -316,6 +320,7 @@ impl Monitor {
                 ),
                 start_time: None,
                 found_by: format!("--memory-source kms, serverId {server_id}"),
+                allocator: crate::allocator::Allocator::Unknown,
             };
             let limit = limit::resolve(self.config.memory_limit, None);
             return Outcome::Found {
@@ -327,6 +332,20 @@ impl Monitor {
         match reading {
             Some(Ok(sample)) => Outcome::Sampled(sample),
             _ => Outcome::Unchanged,
+        }
+    }
+
+    /// One warning per run when a KMS runs on the malloc that fragments.
+    fn warn_of_glibc(&mut self, target: &TargetStatus) {
+        let kms = target.name.starts_with("kurento-media-s");
+        if kms && target.allocator == crate::allocator::Allocator::Glibc && !self.glibc_warned {
+            warn!(
+                "{} (pid {}) runs on glibc's malloc, whose heap fragmentation this probe exists \
+                 to catch; preload jemalloc: see deploy/kurento-jemalloc",
+                target.name,
+                target.pid.unwrap_or_default()
+            );
+            self.glibc_warned = true;
         }
     }
 

@@ -50,6 +50,8 @@ pub struct TargetStatus {
     pub start_time: Option<String>,
     /// The flag it was found by, e.g. `--name kurento-media-server`.
     pub found_by: String,
+    /// The malloc it runs on, from /proc/PID/maps (`unknown` without ptrace access).
+    pub allocator: crate::allocator::Allocator,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -537,3 +537,42 @@ fn the_jemalloc_demo_stays_ready() {
     );
     assert!(stdout.contains("stayed ready"));
 }
+
+#[test]
+fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
+    // The default --name, matched through argv[0].
+    let kms = Workload::start(Some("kurento-media-server"));
+    let probe = Memprobe::start(&["--interval", "100ms", "--kms-url", "none"]);
+    let status = probe.wait_for("the fake KMS", |s| s["target"]["pid"] == kms.pid);
+    assert_eq!(status["target"]["allocator"], "glibc");
+    probe.wait_for("a few samples", |s| {
+        s["counters"]["samples_total"].as_u64() >= Some(3)
+    });
+    let warnings = probe
+        .logs()
+        .iter()
+        .filter(|l| l.contains("glibc's malloc"))
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning naming the jemalloc image: {:#?}",
+        probe.logs()
+    );
+
+    if !std::path::Path::new(memprobe::demo::JEMALLOC).exists() {
+        assert!(!strict(), "libjemalloc2 is required in strict mode");
+        return eprintln!("skipping the jemalloc half: libjemalloc2 is not installed");
+    }
+    let preloaded = Workload::start_with(None, &[("LD_PRELOAD", memprobe::demo::JEMALLOC)]);
+    let pid = preloaded.pid.to_string();
+    let probe = Memprobe::start(&fast(&["--pid", &pid]));
+    let status = probe.wait_state("healthy");
+    assert_eq!(status["target"]["allocator"], "jemalloc");
+    assert!(
+        probe
+            .get("/metrics")
+            .body
+            .contains(r#"memprobe_target_allocator_info{allocator="jemalloc"} 1"#)
+    );
+}

@@ -68,7 +68,12 @@ pub struct Workload {
 impl Workload {
     /// A quiet workload (no waves of its own), optionally under another argv[0].
     pub fn start(argv0: Option<&str>) -> Self {
+        Self::start_with(argv0, &[])
+    }
+
+    pub fn start_with(argv0: Option<&str>, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(MEMPROBE);
+        cmd.envs(env.iter().copied());
         if let Some(name) = argv0 {
             cmd.arg0(name);
         }
