@@ -1,5 +1,7 @@
 //! End to end: the real `memprobe` binary against real `memprobe workload` processes.
 
+#[path = "cases/container.rs"]
+mod container;
 mod harness;
 #[path = "cases/kurento.rs"]
 mod kurento;

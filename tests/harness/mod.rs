@@ -215,26 +215,8 @@ impl Memprobe {
     }
 
     pub fn request(&self, method: &str, path: &str) -> Reply {
-        let url = format!("http://{}{path}", self.addr);
-        let result = match method {
-            "GET" => self.agent.get(&url).call(),
-            "HEAD" => self.agent.head(&url).call(),
-            "POST" => self.agent.post(&url).send_empty(),
-            other => panic!("no {other} here"),
-        };
-        let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let body = response.body_mut().read_to_string().unwrap_or_default();
-        Reply {
-            code: response.status().as_u16(),
-            content_type,
-            body,
-        }
+        request(&self.agent, method, &format!("http://{}{path}", self.addr))
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -290,6 +272,37 @@ impl Drop for Memprobe {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An HTTP client that returns 4xx and 5xx as answers, not errors.
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// One request; `Err` when there is no HTTP answer at all.
+pub fn request(agent: &ureq::Agent, method: &str, url: &str) -> Result<Reply, ureq::Error> {
+    let mut response = match method {
+        "GET" => agent.get(url).call(),
+        "HEAD" => agent.head(url).call(),
+        "POST" => agent.post(url).send_empty(),
+        other => panic!("no {other} here"),
+    }?;
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    Ok(Reply {
+        code: response.status().as_u16(),
+        content_type,
+        body,
+    })
 }
 
 /// Runs memprobe to completion with these arguments and environment.

@@ -1,0 +1,240 @@
+//! The shipped image, run for real with podman: memprobe in a pod that shares its PID
+//! namespace with a target container, watching it by name, seen from outside the pod.
+
+// Real containers run on the real clock.
+#![allow(clippy::disallowed_types)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{DEADLINE, agent, request, strict, tool};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const MAX_IMAGE_BYTES: u64 = 10_000_000;
+
+/// podman with this sandbox's settings (shared/containers), when they are there.
+fn podman(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    let conf = Path::new(ROOT).join("../shared/containers/containers.conf");
+    if std::env::var_os("CONTAINERS_CONF").is_none() && conf.is_file() {
+        cmd.env("CONTAINERS_CONF", conf);
+    }
+    cmd
+}
+
+fn run(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A static memprobe: musl where the target is installed, else glibc with crt-static.
+fn static_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let musl = "x86_64-unknown-linux-musl";
+    let has_musl = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l == musl)
+        });
+    let (target, rustflags, dir) = if has_musl {
+        (musl, "", "target")
+    } else {
+        (
+            "x86_64-unknown-linux-gnu",
+            "-C target-feature=+crt-static",
+            "target/static",
+        )
+    };
+    run(Command::new(cargo)
+        .current_dir(ROOT)
+        .env("RUSTFLAGS", rustflags)
+        .env("CARGO_TARGET_DIR", Path::new(ROOT).join(dir))
+        .args([
+            "build",
+            "--release",
+            "--bin",
+            "memprobe",
+            "--target",
+            target,
+        ]));
+    Path::new(ROOT)
+        .join(dir)
+        .join(target)
+        .join("release/memprobe")
+}
+
+/// Removes the pod and the images, whatever happens.
+struct Cleanup {
+    podman: PathBuf,
+    pod: String,
+    images: Vec<String>,
+    target: Option<Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.target.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = podman(&self.podman)
+            .args(["pod", "rm", "-f", &self.pod])
+            .output();
+        for image in &self.images {
+            let _ = podman(&self.podman).args(["rmi", "-f", image]).output();
+        }
+    }
+}
+
+#[test]
+fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
+    let Some(bin) = tool("podman") else { return };
+    if let Err(why) = podman(&bin)
+        .arg("info")
+        .output()
+        .map_err(|e| e.to_string())
+        .and_then(|o| {
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&o.stderr).into_owned())
+            }
+        })
+    {
+        assert!(!strict(), "podman cannot run here: {why}");
+        return eprintln!("skipping: podman cannot run here: {why}");
+    }
+
+    let binary = static_binary();
+    let context = tempfile::tempdir().unwrap();
+    std::fs::copy(&binary, context.path().join("memprobe")).unwrap();
+    std::fs::write(
+        context.path().join("Containerfile.target"),
+        "FROM scratch\nCOPY memprobe /workload\nENTRYPOINT [\"/workload\", \"workload\", \"--waves\", \"0\"]\n",
+    )
+    .unwrap();
+
+    let tag = format!("{}", std::process::id());
+    let image = format!("localhost/memprobe:test-{tag}");
+    let target_image = format!("localhost/memprobe-target:test-{tag}");
+    let mut cleanup = Cleanup {
+        podman: bin.clone(),
+        pod: format!("memprobe-test-{tag}"),
+        images: vec![image.clone(), target_image.clone()],
+        target: None,
+    };
+    let context_dir = context.path().to_str().unwrap();
+    run(podman(&bin)
+        .args(["build", "-q", "--target", "runtime", "-t", &image])
+        .arg(format!("--build-context=build={context_dir}"))
+        .args(["-f", &format!("{ROOT}/Dockerfile"), context_dir]));
+    run(podman(&bin)
+        .args(["build", "-q", "-t", &target_image, "-f"])
+        .arg(context.path().join("Containerfile.target"))
+        .arg(context_dir));
+
+    let size: u64 = run(podman(&bin).args(["image", "inspect", "--format", "{{.Size}}", &image]))
+        .parse()
+        .unwrap();
+    assert!(
+        size <= MAX_IMAGE_BYTES,
+        "the image is {size} bytes, over 10 MB"
+    );
+    let user = run(podman(&bin).args(["image", "inspect", "--format", "{{.Config.User}}", &image]));
+    assert_eq!(user, "65532:65532");
+
+    // Like shareProcessNamespace; the host network makes the pod reachable from here.
+    run(podman(&bin).args([
+        "pod",
+        "create",
+        "--name",
+        &cleanup.pod,
+        "--share",
+        "pid,net,ipc,uts",
+        "--network",
+        "host",
+    ]));
+    let mut target = podman(&bin)
+        .args(["run", "-i", "--rm", "--pod", &cleanup.pod, &target_image])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the target container");
+    let mut target_in = target.stdin.take().unwrap();
+    let mut target_out = BufReader::new(target.stdout.take().unwrap());
+    cleanup.target = Some(target);
+    let mut hello = String::new();
+    target_out.read_line(&mut hello).unwrap();
+    assert!(hello.starts_with("workload ready"), "target said {hello:?}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let memprobe = run(podman(&bin)
+        .args(["run", "-d", "--pod", &cleanup.pod, &image])
+        .args([
+            "--name",
+            "workload",
+            "--interval",
+            "200ms",
+            "--threshold",
+            "100MiB",
+            "--sustain",
+            "1s",
+            "--kms-url",
+            "none",
+            "--listen",
+            &listen,
+        ]));
+
+    let http = agent();
+    let url = format!("http://{listen}/ready");
+    let wait_ready = |code: u16| {
+        let start = Instant::now();
+        loop {
+            if let Ok(reply) = request(&http, "GET", &url)
+                && reply.code == code
+            {
+                return reply;
+            }
+            let logs = podman(&bin)
+                .args(["logs", &memprobe])
+                .output()
+                .map(|o| o.stderr)
+                .unwrap_or_default();
+            assert!(
+                start.elapsed() < DEADLINE * 2,
+                "no /ready {code}; memprobe logs: {}",
+                String::from_utf8_lossy(&logs)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_ready(200);
+
+    writeln!(target_in, "alloc 150MiB").unwrap();
+    let reply = wait_ready(503);
+    assert!(reply.body.contains("draining"), "{}", reply.body);
+
+    let pid = run(podman(&bin).args(["inspect", "--format", "{{.State.Pid}}", &memprobe]));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|id| id == "65532"),
+        "memprobe runs as 65532: {uid}"
+    );
+}
