@@ -2,6 +2,8 @@
 
 #[path = "cases/container.rs"]
 mod container;
+#[path = "cases/deploy.rs"]
+mod deploy;
 mod harness;
 #[path = "cases/kurento.rs"]
 mod kurento;

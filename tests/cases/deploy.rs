@@ -1,0 +1,190 @@
+//! What ships under deploy/ and the Dockerfiles, checked by the tools the people who run it
+//! use: promtool, kubectl kustomize, kubernetes-validate, yamllint, checkov, hadolint and
+//! docker-compose. Each skips with a printed reason when its tool is missing, and fails
+//! instead under MEMPROBE_STRICT=1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::tool;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn path(rel: &str) -> PathBuf {
+    Path::new(ROOT).join(rel)
+}
+
+/// Runs a tool and asserts it succeeds, showing what it said.
+fn check(cmd: &mut Command) -> String {
+    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{cmd:?} failed:\n{said}");
+    said
+}
+
+fn yaml(rel: &str) -> Value {
+    let text = std::fs::read_to_string(path(rel)).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let dir = path("deploy/prometheus");
+    check(
+        Command::new(&promtool)
+            .current_dir(&dir)
+            .args(["check", "rules", "alerts.yml"]),
+    );
+    check(
+        Command::new(&promtool)
+            .current_dir(&dir)
+            .args(["test", "rules", "alerts.test.yml"]),
+    );
+}
+
+#[test]
+fn the_prometheus_rule_carries_the_same_rules_as_the_rules_file() {
+    let file = yaml("deploy/prometheus/alerts.yml");
+    let crd = yaml("deploy/kubernetes/base/prometheusrule.yaml");
+    assert_eq!(crd["kind"], "PrometheusRule");
+    assert_eq!(
+        crd["spec"], file,
+        "edit deploy/prometheus/alerts.yml and the PrometheusRule together"
+    );
+}
+
+#[test]
+fn dashboard_queries_parse_as_promql() {
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
+    let text = std::fs::read_to_string(path("deploy/grafana/memprobe-dashboard.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$pod", ".*")))
+        .collect();
+    assert!(exprs.len() >= 6, "{exprs:?}");
+    // promtool parses the expressions of recording rules: one rule per panel query.
+    let rules: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, expr)| serde_json::json!({"record": format!("dashboard:query{i}"), "expr": expr}))
+        .collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let doc = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(file.path(), doc.to_string()).unwrap();
+    check(
+        Command::new(&promtool)
+            .arg("check")
+            .arg("rules")
+            .arg(file.path()),
+    );
+}
+
+/// The base and every overlay, rendered by kustomize.
+fn rendered(kubectl: &Path) -> Vec<(String, String)> {
+    let mut dirs = vec![path("deploy/kubernetes/base")];
+    let overlays = std::fs::read_dir(path("deploy/kubernetes/overlays")).unwrap();
+    dirs.extend(overlays.map(|e| e.unwrap().path()));
+    dirs.iter()
+        .map(|dir| {
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            (name, check(Command::new(kubectl).arg("kustomize").arg(dir)))
+        })
+        .collect()
+}
+
+#[test]
+fn kubernetes_manifests_render_validate_and_pass_checkov() {
+    let (Some(kubectl), Some(validate), Some(checkov)) = (
+        tool("kubectl"),
+        tool("kubernetes-validate"),
+        tool("checkov"),
+    ) else {
+        return;
+    };
+    // Not a dot-directory: checkov skips those.
+    let out = tempfile::Builder::new().prefix("memprobe-k8s-").tempdir().unwrap();
+    for (name, yaml) in rendered(&kubectl) {
+        // Native sidecars need 1.29; the pre-1.29 overlay is for older clusters.
+        let version = if name == "pre-1.29" { "1.28" } else { "1.34" };
+        let file = out.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, &yaml).unwrap();
+        let said = check(
+            Command::new(&validate)
+                .args(["--strict", "-k", version])
+                .arg(&file),
+        );
+        assert!(
+            said.contains("passed for resource deployment/kms"),
+            "{name}: {said}"
+        );
+        if name == "pre-1.29" {
+            assert!(
+                !yaml.contains("initContainers"),
+                "memprobe is a plain container: {yaml}"
+            );
+        }
+    }
+    let said = check(
+        Command::new(&checkov)
+            .args([
+                "--framework",
+                "kubernetes",
+                "--compact",
+                "--quiet",
+                "--skip-download",
+                "-d",
+            ])
+            .arg(out.path()),
+    );
+    assert!(said.contains("Failed checks: 0"), "{said}");
+}
+
+#[test]
+fn yaml_passes_yamllint() {
+    let Some(yamllint) = tool("yamllint") else {
+        return;
+    };
+    check(
+        Command::new(yamllint)
+            .current_dir(ROOT)
+            .args(["-s", "-c", ".yamllint.yml", "deploy"]),
+    );
+}
+
+#[test]
+fn dockerfiles_pass_hadolint() {
+    let Some(hadolint) = tool("hadolint") else {
+        return;
+    };
+    for file in ["Dockerfile", "deploy/kurento-jemalloc/Dockerfile"] {
+        check(Command::new(&hadolint).arg(path(file)));
+    }
+}
+
+#[test]
+fn the_compose_file_is_valid() {
+    let Some(compose) = tool("docker-compose") else {
+        return;
+    };
+    check(
+        Command::new(compose)
+            .arg("-f")
+            .arg(path("deploy/compose/docker-compose.yml"))
+            .args(["config", "-q"]),
+    );
+}
