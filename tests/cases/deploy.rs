@@ -117,7 +117,10 @@ fn kubernetes_manifests_render_validate_and_pass_checkov() {
         return;
     };
     // Not a dot-directory: checkov skips those.
-    let out = tempfile::Builder::new().prefix("memprobe-k8s-").tempdir().unwrap();
+    let out = tempfile::Builder::new()
+        .prefix("memprobe-k8s-")
+        .tempdir()
+        .unwrap();
     for (name, yaml) in rendered(&kubectl) {
         // Native sidecars need 1.29; the pre-1.29 overlay is for older clusters.
         let version = if name == "pre-1.29" { "1.28" } else { "1.34" };
