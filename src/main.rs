@@ -9,7 +9,6 @@ use clap::error::ErrorKind;
 use memprobe::Sidecar;
 use memprobe::config::{self, Config, Invocation, LogFormat, ParseError};
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let invocation = match config::parse(std::env::args_os()) {
@@ -29,11 +28,17 @@ fn main() -> ExitCode {
             }
         },
         Invocation::Demo(flags) => {
-            init_logging(LogFormat::Text);
+            if let Err(e) = init_logging(LogFormat::Text) {
+                eprintln!("memprobe: {e}");
+                return ExitCode::from(2);
+            }
             runtime(memprobe::demo::run(flags))
         }
         Invocation::Sidecar(config) => {
-            init_logging(config.log_format);
+            if let Err(e) = init_logging(config.log_format) {
+                eprintln!("memprobe: {e}");
+                return ExitCode::from(2);
+            }
             runtime(sidecar(*config))
         }
     }
@@ -56,16 +61,29 @@ fn clap_outcome(e: clap::Error) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+/// Logs to stderr at the level RUST_LOG gives (`info` by default; `debug`,
+/// `memprobe=debug,warn`, ...). An unreadable RUST_LOG is invalid input like a bad flag.
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => text.trim().parse().map_err(|_| {
+            format!(
+                "RUST_LOG: '{text}' is not a log filter (try info, debug or memprobe=debug,warn)"
+            )
+        })?,
+        _ => Targets::new().with_default(tracing::Level::INFO),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json().flatten_event(true)).init(),
     }
+    Ok(())
 }
 
 /// One small current-thread runtime: the HTTP side only clones bytes, and /proc reads run on
