@@ -368,7 +368,7 @@ fn memory_pss_without_ptrace_access_exits_saying_which_privilege_is_missing() {
 #[test]
 fn invalid_input_exits_2_with_one_line_naming_the_flag_and_value() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (
             &["--threshold", "80 percent"],
             &[],
@@ -396,6 +396,11 @@ fn invalid_input_exits_2_with_one_line_naming_the_flag_and_value() {
         ),
         (&["--memory", "vsz"], &[], &["--memory", "'vsz'", "rss"]),
         (&["--frobnicate"], &[], &["--frobnicate"]),
+        (
+            &[],
+            &[("RUST_LOG", "=x=")],
+            &["RUST_LOG", "'=x='", "try info"],
+        ),
     ];
     for (args, env, expected) in cases {
         let output = run_to_end(args, env);
