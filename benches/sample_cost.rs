@@ -14,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use memprobe::sample::{self, MemoryKind};
+use memprobe::sample::{self, MemoryKind, Sampler};
 use procfs::process::Process;
 
 const EXE: &str = env!("CARGO_BIN_EXE_memprobe");
@@ -74,8 +74,10 @@ fn us(d: Duration) -> String {
 
 fn main() {
     println!("## Cost of one sample (median µs per sample, this machine)\n");
-    println!("| target | statm read | rss / anon (status) | pss (smaps_rollup) |");
-    println!("|---|---|---|---|");
+    println!(
+        "| target | statm, opened each time | status, opened each time | rss / anon: status kept open (memprobe) | pss: + smaps_rollup |"
+    );
+    println!("|---|---|---|---|---|");
     for size in ["0", "200MiB", "1GiB"] {
         let mut target = Target::start();
         if size != "0" {
@@ -85,18 +87,28 @@ fn main() {
         let statm = median(2000, || {
             let _ = process.statm().unwrap();
         });
+        let reopened = median(2000, || {
+            sample::sample_process(&process, MemoryKind::Rss).unwrap();
+        });
+        let mut sampler = Sampler::new(Process::new(target.child.id() as i32).unwrap()).unwrap();
         let rss = median(2000, || {
-            sample::sample(&process, MemoryKind::Rss, false).unwrap();
+            sampler.sample(MemoryKind::Rss, false).unwrap();
         });
         let pss = median(300, || {
-            sample::sample(&process, MemoryKind::Pss, false).unwrap();
+            sampler.sample(MemoryKind::Pss, false).unwrap();
         });
         let label = if size == "0" {
             "idle workload (~2 MiB)".to_string()
         } else {
             format!("+{size} touched")
         };
-        println!("| {label} | {} | {} | {} |", us(statm), us(rss), us(pss));
+        println!(
+            "| {label} | {} | {} | {} | {} |",
+            us(statm),
+            us(reopened),
+            us(rss),
+            us(pss)
+        );
     }
 
     println!("\n## With --include-children (median µs per sample, rss)\n");
@@ -107,12 +119,12 @@ fn main() {
         for _ in 0..children {
             target.send("spawn 1MiB");
         }
-        let process = Process::new(target.child.id() as i32).unwrap();
+        let mut sampler = Sampler::new(Process::new(target.child.id() as i32).unwrap()).unwrap();
         let alone = median(500, || {
-            sample::sample(&process, MemoryKind::Rss, false).unwrap();
+            sampler.sample(MemoryKind::Rss, false).unwrap();
         });
         let with = median(200, || {
-            let s = sample::sample(&process, MemoryKind::Rss, true).unwrap();
+            let s = sampler.sample(MemoryKind::Rss, true).unwrap();
             assert_eq!(s.processes, children + 1);
         });
         println!("| {children} | {} | {} |", us(alone), us(with));

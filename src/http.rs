@@ -9,8 +9,9 @@
 //! - `/status` — the whole decision, as JSON.
 //! - `/metrics` — Prometheus text format.
 //!
-//! Handlers read no files and take no locks: the kubelet gives a probe one second, and a
-//! probe that waits on /proc fails exactly when the server is most loaded.
+//! Handlers never read the target's /proc: the kubelet gives a probe one second, and a probe
+//! that waits on a loaded server's /proc fails exactly when it matters. (A scrape does read
+//! memprobe's own /proc/self for its `process_*` figures, as every exporter does.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -153,11 +154,11 @@ async fn livez(Extract(state): Extract<AppState>) -> Response {
 }
 
 async fn status(Extract(state): Extract<AppState>) -> Response {
-    json(StatusCode::OK, state.latest().status_body.clone())
+    json(StatusCode::OK, state.latest().status_body())
 }
 
 async fn metrics(Extract(state): Extract<AppState>) -> Response {
-    let body = state.latest().metrics_body.clone();
+    let body = state.latest().metrics_body();
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
@@ -205,7 +206,8 @@ mod tests {
             reason: "rss 1.62 GiB over threshold 1.50 GiB for 5m".into(),
             ..Status::default()
         };
-        let snap = Snapshot::new(status, Instant::now(), Bytes::from_static(b"# metrics\n"));
+        let metrics = Arc::new(|_: &Status| Bytes::from_static(b"# metrics\n"));
+        let snap = Snapshot::new(status, Instant::now(), metrics);
         let (tx, rx) = watch::channel(Arc::new(snap));
         (AppState::new(rx, Duration::from_secs(5)), tx)
     }

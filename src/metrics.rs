@@ -1,8 +1,7 @@
 //! Prometheus metrics, named for dashboards and alert rules to depend on.
 //!
-//! The monitor updates them from each [`Status`] and renders the text once per step; the
-//! `/metrics` handler only serves the last rendering. memprobe's own `process_*` figures are
-//! gathered at that same moment, so a scrape never reads /proc either.
+//! The families are brought up to a [`Status`] and rendered when a scrape first asks for that
+//! status (see `status::Snapshot`); memprobe's own `process_*` figures are read then.
 
 use bytes::Bytes;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -12,6 +11,8 @@ use crate::policy::State;
 use crate::status::Status;
 
 pub struct Metrics {
+    /// One rendering at a time, so gauges set for one status are encoded with it.
+    rendering: std::sync::Mutex<()>,
     registry: Registry,
     target_up: IntGauge,
     memory: IntGaugeVec,
@@ -249,6 +250,7 @@ impl Metrics {
                 g
             },
             kms: with_kms.then(|| KmsMetrics::new(&r)),
+            rendering: std::sync::Mutex::new(()),
             registry: r,
             memory,
             over_threshold,
@@ -264,6 +266,7 @@ impl Metrics {
 
     /// Brings every gauge and counter up to `status`, then renders the exposition text.
     pub fn render(&self, status: &Status) -> Bytes {
+        let _one_at_a_time = self.rendering.lock().unwrap_or_else(|p| p.into_inner());
         self.target_up.set(i64::from(status.target.is_some()));
         self.allocator.reset();
         if let Some(target) = &status.target {

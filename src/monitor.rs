@@ -28,10 +28,10 @@ use crate::kms::KmsView;
 use crate::limit::{self, MemoryLimit};
 use crate::metrics::Metrics;
 use crate::policy::{Decider, Observation, Policy, Transition};
-use crate::sample::{self, MemoryKind, MemorySample, SampleError};
-use crate::status::{self, Counters, MemoryStatus, Settings, Snapshot, Status};
+use crate::sample::{MemoryKind, MemorySample, SampleError, Sampler};
+use crate::status::{self, Counters, MemoryStatus, RenderMetrics, Settings, Snapshot, Status};
 use crate::status::{TargetStatus, ThresholdStatus, TransitionRecord};
-use crate::target::{Finder, Found};
+use crate::target::Finder;
 
 /// How many transitions `/status` keeps.
 pub const HISTORY: usize = 32;
@@ -40,7 +40,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The /proc side of the loop: the finder and the incarnation it found.
 struct Probe {
     finder: Finder,
-    target: Option<Found>,
+    target: Option<Sampler>,
     memory: MemoryKind,
     include_children: bool,
     memory_limit: Option<u64>,
@@ -63,8 +63,8 @@ enum Outcome {
 
 impl Probe {
     fn step(&mut self) -> Outcome {
-        if let Some(found) = &self.target {
-            return match sample::sample(&found.process, self.memory, self.include_children) {
+        if let Some(sampler) = &mut self.target {
+            return match sampler.sample(self.memory, self.include_children) {
                 Ok(s) => Outcome::Sampled(s),
                 Err(SampleError::Gone(pid)) => {
                     self.target = None;
@@ -84,16 +84,18 @@ impl Probe {
                     allocator: crate::allocator::of(&found.process),
                 };
                 let limit = limit::resolve(self.memory_limit, Some(found.pid));
-                let first = Some(sample::sample(
-                    &found.process,
-                    self.memory,
-                    self.include_children,
-                ));
-                self.target = Some(found);
+                let first = match Sampler::new(found.process) {
+                    Ok(mut sampler) => {
+                        let first = sampler.sample(self.memory, self.include_children);
+                        self.target = Some(sampler);
+                        first
+                    }
+                    Err(e) => Err(e),
+                };
                 Outcome::Found {
                     target,
                     limit,
-                    first,
+                    first: Some(first),
                 }
             }
         }
@@ -127,7 +129,8 @@ pub struct Monitor {
     not_found: Option<String>,
     last_error: Option<String>,
     backoff: Duration,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
+    render: RenderMetrics,
     publish: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -150,7 +153,12 @@ impl Monitor {
         };
         let metrics = Metrics::new(config.critical.is_some(), config.kms.is_some());
         // Replaced by the first real publish below, before anyone can read it.
-        let placeholder = Snapshot::new(Status::default(), now, bytes::Bytes::new());
+        let metrics = Arc::new(metrics);
+        let render: RenderMetrics = {
+            let metrics = Arc::clone(&metrics);
+            Arc::new(move |status: &Status| metrics.render(status))
+        };
+        let placeholder = Snapshot::new(Status::default(), now, Arc::clone(&render));
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
         let mut monitor = Monitor {
             probe: Arc::new(Mutex::new(probe)),
@@ -172,6 +180,7 @@ impl Monitor {
             last_error: None,
             backoff: FIRST_BACKOFF,
             metrics,
+            render,
             publish,
             config,
         };
@@ -448,9 +457,12 @@ impl Monitor {
 
     fn publish(&mut self, now: Instant, kms: Option<KmsView>) {
         let status = self.status(now, kms);
-        let metrics = self.metrics.render(&status);
-        self.publish
-            .send_replace(Arc::new(Snapshot::new(status, now, metrics)));
+
+        self.publish.send_replace(Arc::new(Snapshot::new(
+            status,
+            now,
+            Arc::clone(&self.render),
+        )));
     }
 }
 

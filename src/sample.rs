@@ -9,8 +9,11 @@
 //!
 //! Everything here blocks on /proc; the monitor calls it from `spawn_blocking`.
 
-use procfs::ProcError;
-use procfs::process::Process;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use procfs::process::{Process, Status};
+use procfs::{FromBufRead, ProcError};
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -109,11 +112,18 @@ pub enum SampleError {
     Read { pid: i32, message: String },
 }
 
-/// Samples one process.
+/// Samples one process, opening its files for this one read.
 pub fn sample_process(process: &Process, kind: MemoryKind) -> Result<MemorySample, SampleError> {
+    let status = process.status().map_err(|e| classify(process, e))?;
+    figures(process, status, kind)
+}
+
+fn figures(
+    process: &Process,
+    status: Status,
+    kind: MemoryKind,
+) -> Result<MemorySample, SampleError> {
     let pid = process.pid;
-    let fail = |e: ProcError| classify(process, e);
-    let status = process.status().map_err(fail)?;
     // A zombie has no memory lines left: it is gone, not empty.
     let Some(rss_kib) = status.vmrss else {
         return Err(SampleError::Gone(pid));
@@ -156,24 +166,66 @@ fn classify(process: &Process, e: ProcError) -> SampleError {
     }
 }
 
-/// Samples the target, plus its descendants when `include_children`. A descendant that exits
-/// mid-sample is skipped; only the target's own disappearance is an error.
-pub fn sample(
-    target: &Process,
-    kind: MemoryKind,
-    include_children: bool,
-) -> Result<MemorySample, SampleError> {
-    let mut total = sample_process(target, kind)?;
-    if include_children {
-        for pid in descendants(target.pid) {
-            if let Ok(child) = Process::new(pid)
-                && let Ok(s) = sample_process(&child, kind)
-            {
-                total.add(&s);
+/// One incarnation's sampler. It keeps the target's /proc/PID/status open and reads it again
+/// with `pread` at offset 0, which makes the kernel format a fresh copy: one syscall per
+/// sample instead of open, read and close. The descriptor belongs to that very process, so a
+/// read after it exits fails instead of reading whoever got its pid.
+pub struct Sampler {
+    process: Process,
+    status: File,
+    buffer: Vec<u8>,
+}
+
+impl Sampler {
+    pub fn new(process: Process) -> Result<Self, SampleError> {
+        let status = process
+            .open_relative("status")
+            .map_err(|e| classify(&process, e))?;
+        Ok(Sampler {
+            process,
+            status,
+            buffer: Vec::with_capacity(4096),
+        })
+    }
+
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
+    /// Samples the target, plus its descendants when `include_children`. A descendant that
+    /// exits mid-sample is skipped; only the target's own disappearance is an error.
+    pub fn sample(
+        &mut self,
+        kind: MemoryKind,
+        include_children: bool,
+    ) -> Result<MemorySample, SampleError> {
+        let status = self.read_status()?;
+        let mut total = figures(&self.process, status, kind)?;
+        if include_children {
+            for pid in descendants(self.process.pid) {
+                if let Ok(child) = Process::new(pid)
+                    && let Ok(s) = sample_process(&child, kind)
+                {
+                    total.add(&s);
+                }
             }
         }
+        Ok(total)
     }
-    Ok(total)
+
+    fn read_status(&mut self) -> Result<Status, SampleError> {
+        self.buffer.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let offset = self.buffer.len() as u64;
+            match self.status.read_at(&mut chunk, offset) {
+                Ok(0) => break,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(classify(&self.process, ProcError::from(e))),
+            }
+        }
+        Status::from_buf_read(self.buffer.as_slice()).map_err(|e| classify(&self.process, e))
+    }
 }
 
 /// Every descendant of `root`, from one pass over /proc.
@@ -223,7 +275,10 @@ mod tests {
     #[test]
     fn samples_this_very_process() {
         let me = Process::myself().unwrap();
-        let s = sample(&me, MemoryKind::Pss, false).expect("own memory is readable");
+        let s = Sampler::new(me)
+            .unwrap()
+            .sample(MemoryKind::Pss, false)
+            .expect("own memory is readable");
         let anon = s.anon_bytes.expect("anon from status");
         assert!(s.rss_bytes > 0 && anon > 0);
         assert!(s.rss_bytes >= anon);
@@ -241,16 +296,20 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let process = Process::new(child.id() as i32).unwrap();
-        assert!(sample(&process, MemoryKind::Rss, false).is_ok());
+        let mut sampler = Sampler::new(Process::new(child.id() as i32).unwrap()).unwrap();
+        assert!(sampler.sample(MemoryKind::Rss, false).is_ok());
+        assert!(
+            sampler.sample(MemoryKind::Rss, false).is_ok(),
+            "the kept file reads again"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(
             matches!(
-                sample(&process, MemoryKind::Rss, false),
+                sampler.sample(MemoryKind::Rss, false),
                 Err(SampleError::Gone(_))
             ),
-            "a reaped process reads as gone through its old /proc descriptor"
+            "a reaped process reads as gone through its kept /proc descriptor"
         );
     }
 }

@@ -1,9 +1,12 @@
 //! What the monitor publishes after every step, and every HTTP answer is made from.
 //!
 //! [`Status`] is the whole story in data (it is `/status`); [`Snapshot`] adds the probe
-//! bodies and the metrics text already rendered, so that a handler only clones bytes: no
-//! /proc read, no lock, no allocation worth the name on the probe path.
+//! bodies, rendered when it is published, so a probe only clones bytes: no /proc read of the
+//! target, no allocation worth the name. The larger `/status` and `/metrics` texts are
+//! rendered on the first request for a snapshot and kept for the next ones: a step that
+//! nobody scrapes costs nothing to render.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -109,20 +112,23 @@ pub struct Settings {
     pub listen: String,
 }
 
-/// One published state: the data and its answers, rendered once.
-#[derive(Clone, Debug)]
+/// Renders the metrics text for a status.
+pub type RenderMetrics = Arc<dyn Fn(&Status) -> Bytes + Send + Sync>;
+
+/// One published state: the data and its answers, each rendered at most once.
 pub struct Snapshot {
     pub status: Status,
     /// When the monitor last completed a step (for `/livez`).
     pub ticked_at: Instant,
     pub ready_body: Bytes,
     pub healthz_body: Bytes,
-    pub status_body: Bytes,
-    pub metrics_body: Bytes,
+    status_body: OnceLock<Bytes>,
+    metrics_body: OnceLock<Bytes>,
+    render_metrics: RenderMetrics,
 }
 
 impl Snapshot {
-    pub fn new(status: Status, ticked_at: Instant, metrics_body: Bytes) -> Self {
+    pub fn new(status: Status, ticked_at: Instant, render_metrics: RenderMetrics) -> Self {
         let probe = |key: &str, value: bool| {
             let body = serde_json::json!({
                 key: value,
@@ -134,11 +140,24 @@ impl Snapshot {
         Snapshot {
             ready_body: probe("ready", status.ready),
             healthz_body: probe("live", status.live),
-            status_body: Bytes::from(serde_json::to_vec_pretty(&status).unwrap_or_default()),
-            metrics_body,
+            status_body: OnceLock::new(),
+            metrics_body: OnceLock::new(),
+            render_metrics,
             ticked_at,
             status,
         }
+    }
+
+    /// `/status`: the status as pretty JSON.
+    pub fn status_body(&self) -> Bytes {
+        let render = || Bytes::from(serde_json::to_vec_pretty(&self.status).unwrap_or_default());
+        self.status_body.get_or_init(render).clone()
+    }
+
+    /// `/metrics`: the exposition text.
+    pub fn metrics_body(&self) -> Bytes {
+        let render = || (self.render_metrics)(&self.status);
+        self.metrics_body.get_or_init(render).clone()
     }
 }
 
