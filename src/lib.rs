@@ -58,8 +58,10 @@ pub enum RunError {
     Fatal(#[from] Fatal),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
-    #[error("the sampling loop stopped: {0}")]
-    Monitor(#[from] tokio::task::JoinError),
+    #[error("cannot start the sampling thread: {0}")]
+    Sampler(std::io::Error),
+    #[error("the sidecar task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A running sidecar: its snapshots, and the task that ends when it stops.
@@ -88,18 +90,24 @@ impl Sidecar {
         let now = tokio::time::Instant::now();
         let (monitor, snapshots) = Monitor::new(Arc::clone(&config), kms, now);
         let state = http::AppState::new(snapshots.clone(), config.interval);
+        let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
+        let sampler = std::thread::Builder::new()
+            .name("memprobe-sampler".into())
+            .spawn(move || {
+                let _ = stopped_tx.send(monitor.run());
+            });
         let task = tokio::spawn(async move {
-            let mut monitor = tokio::spawn(monitor.run());
-            let result = tokio::select! {
+            if let Err(e) = sampler {
+                return Err(RunError::Sampler(e));
+            }
+            tokio::select! {
                 served = http::serve(listener, state, shutdown) => served.map_err(RunError::from),
-                stopped = &mut monitor => match stopped {
-                    Ok(Ok(())) => Ok(()),
+                stopped = stopped => match stopped {
                     Ok(Err(fatal)) => Err(fatal.into()),
-                    Err(join) => Err(join.into()),
+                    // The loop ends only once nobody reads its snapshots.
+                    Ok(Ok(())) | Err(_) => Ok(()),
                 },
-            };
-            monitor.abort();
-            result
+            }
         });
         Sidecar { snapshots, task }
     }

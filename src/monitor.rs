@@ -1,10 +1,12 @@
 //! The sampling loop: find the target → sample it → decide → publish.
 //!
-//! One task owns every piece of mutable state (the decider, the counters, the transition
-//! history, the metrics) and publishes an immutable [`Snapshot`] through a `watch` channel
-//! after each step; HTTP handlers only read the latest one. The /proc work of a step runs on
-//! the blocking pool, so a slow read (a huge target's smaps_rollup, a stuck mmap lock) never
-//! stalls the runtime, and `/livez` reports it instead.
+//! One thread of its own owns every piece of mutable state (the decider, the counters, the
+//! transition history, the metrics) and publishes an immutable [`Snapshot`] through a `watch`
+//! channel after each step; HTTP handlers only read the latest one. The /proc reads happen on
+//! that thread, never on the async runtime: a slow read (a huge target's smaps_rollup, a
+//! stuck mmap lock) stalls no probe, and `/livez` reports it instead. A thread rather than a
+//! task on the blocking pool: a step then wakes one thread once, and an idle sidecar costs
+//! less CPU.
 //!
 //! The target's memory comes from /proc (`--memory-source proc`), or from KMS's own
 //! `getUsedMemory` (`--memory-source kms`), where an incarnation is a KMS `serverId`. With
@@ -16,7 +18,7 @@
 //! found quickly, and a server that is not there costs at most one scan per interval.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -109,7 +111,7 @@ pub struct Fatal(#[from] SampleError);
 
 pub struct Monitor {
     config: Arc<Config>,
-    probe: Arc<Mutex<Probe>>,
+    probe: Probe,
     kms: Option<watch::Receiver<KmsView>>,
     /// Under `--memory-source kms`: the serverId tracked, and the last reading used.
     kms_server: Option<String>,
@@ -161,7 +163,7 @@ impl Monitor {
         let placeholder = Snapshot::new(Status::default(), now, Arc::clone(&render));
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
         let mut monitor = Monitor {
-            probe: Arc::new(Mutex::new(probe)),
+            probe,
             kms,
             kms_server: None,
             kms_readings: 0,
@@ -188,39 +190,31 @@ impl Monitor {
         (monitor, snapshots)
     }
 
-    /// Runs until dropped or until a fatal error.
-    pub async fn run(mut self) -> Result<(), Fatal> {
-        loop {
+    /// Runs on the calling thread (blocking) until nobody reads the snapshots any more, or
+    /// until a fatal error.
+    pub fn run(mut self) -> Result<(), Fatal> {
+        while !self.publish.is_closed() {
             let started = Instant::now();
-            let next = self.step(started).await?;
-            tokio::time::sleep_until(started + next).await;
+            let next = self.step(started)?;
+            std::thread::sleep((started + next).saturating_duration_since(Instant::now()));
         }
+        Ok(())
     }
 
     /// One step: find or sample, decide, publish. Returns the time to the next step.
-    pub async fn step(&mut self, started: Instant) -> Result<Duration, Fatal> {
+    pub fn step(&mut self, started: Instant) -> Result<Duration, Fatal> {
         let kms = self.kms.as_ref().map(|view| view.borrow().clone());
         let sessions = kms
             .as_ref()
             .and_then(|v| v.connected.then_some(v.sessions).flatten());
         self.follow_sessions(sessions);
         let outcome = match (self.config.memory_source, &kms) {
-            (MemorySource::Kms, Some(view)) => Ok(self.kms_outcome(view)),
-            _ => {
-                let probe = Arc::clone(&self.probe);
-                tokio::task::spawn_blocking(move || match probe.lock() {
-                    Ok(mut probe) => probe.step(),
-                    Err(poisoned) => poisoned.into_inner().step(),
-                })
-                .await
-            }
+            (MemorySource::Kms, Some(view)) => self.kms_outcome(view),
+            _ => self.probe.step(),
         };
-        // The clock is read after the blocking read, so time spent there is not lost.
+        // The clock is read after the /proc reads, so time spent there is not lost.
         let now = Instant::now().max(started);
-        match outcome {
-            Ok(outcome) => self.apply(now, outcome)?,
-            Err(join) => self.failed(format!("sampling task failed: {join}")),
-        }
+        self.apply(now, outcome)?;
         if let (Some(view), Some(kms)) = (&kms, &self.config.kms) {
             // Hung: it answered for this serverId, then stopped, while it still exists.
             if view.answered && view.failed_pings >= kms.failures && self.target.is_some() {
