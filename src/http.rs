@@ -28,7 +28,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::status::Snapshot;
 
@@ -36,7 +35,6 @@ use crate::status::Snapshot;
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How long in-flight requests may take to finish after SIGTERM.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const STOPPING_BODY: &str =
     r#"{"ready":false,"state":"stopping","reason":"memprobe is shutting down"}"#;
 
@@ -80,10 +78,6 @@ pub fn app(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
         ))
 }
 
