@@ -153,13 +153,15 @@ impl Monitor {
             include_children: config.include_children,
             memory_limit: config.memory_limit,
         };
-        let metrics = Metrics::new(config.critical.is_some(), config.kms.is_some());
-        // Replaced by the first real publish below, before anyone can read it.
-        let metrics = Arc::new(metrics);
+        let metrics = Arc::new(Metrics::new(
+            config.critical.is_some(),
+            config.kms.is_some(),
+        ));
         let render: RenderMetrics = {
             let metrics = Arc::clone(&metrics);
             Arc::new(move |status: &Status| metrics.render(status))
         };
+        // Replaced by the first real publish below, before anyone can read it.
         let placeholder = Snapshot::new(Status::default(), now, Arc::clone(&render));
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
         let mut monitor = Monitor {
