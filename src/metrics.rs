@@ -4,6 +4,7 @@
 //! status (see `status::Snapshot`); memprobe's own `process_*` figures are read then.
 
 use bytes::Bytes;
+use prometheus::core::Collector;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use prometheus::{Gauge, TextEncoder};
 
@@ -53,36 +54,42 @@ pub const KMS_ERROR_KINDS: [&str; 7] = [
     "oversized",
 ];
 
-fn optional_gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
+/// Registers a family. Names and labels are literals, so a failure is a bug that every test
+/// run would show, not something input can cause.
+fn register<C: Collector + Clone + 'static>(r: &Registry, made: prometheus::Result<C>) -> C {
+    let c = made.expect("a valid metric family");
+    r.register(Box::new(c.clone()))
+        .expect("each family registered once");
+    c
+}
+
+fn optional_gauge(r: &Registry, name: &str, help: &str) -> IntGaugeVec {
     // A label-less vector, so the series can be absent while the value is unknown.
-    let g = IntGaugeVec::new(Opts::new(name, help), &[]).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("registered once");
-    g
+    register(r, IntGaugeVec::new(Opts::new(name, help), &[]))
 }
 
 impl KmsMetrics {
     fn new(r: &Registry) -> Self {
-        let rpc_errors = IntCounterVec::new(
-            Opts::new(
-                "memprobe_kms_rpc_errors_total",
-                "Failed exchanges with KMS, by kind.",
+        let rpc_errors = register(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "memprobe_kms_rpc_errors_total",
+                    "Failed exchanges with KMS, by kind.",
+                ),
+                &["kind"],
             ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(rpc_errors.clone()))
-            .expect("registered once");
+        );
         for kind in KMS_ERROR_KINDS {
             rpc_errors.with_label_values(&[kind]);
         }
-        let ping = Gauge::new(
-            "memprobe_kms_ping_seconds",
-            "Latency of the last answered ping to KMS.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(ping.clone())).expect("registered once");
+        let ping = register(
+            r,
+            Gauge::new(
+                "memprobe_kms_ping_seconds",
+                "Latency of the last answered ping to KMS.",
+            ),
+        );
         KmsMetrics {
             up: gauge(
                 r,
@@ -129,77 +136,70 @@ fn set_optional(gauge: &IntGaugeVec, value: Option<i64>) {
     }
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric name");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("registered once");
-    g
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    register(r, IntGauge::new(name, help))
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric name");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("registered once");
-    c
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help))
 }
 
 impl Metrics {
     /// Registers every family. The names are literals; a failure here is a bug, not input.
     pub fn new(with_critical: bool, with_kms: bool) -> Self {
         let r = Registry::new();
-        let memory = IntGaugeVec::new(
-            Opts::new(
-                "memprobe_target_memory_bytes",
-                "Memory of the watched process, by kind.",
+        let memory = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "memprobe_target_memory_bytes",
+                    "Memory of the watched process, by kind.",
+                ),
+                &["kind"],
             ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(memory.clone()))
-            .expect("registered once");
-        let state = IntGaugeVec::new(
-            Opts::new(
-                "memprobe_state",
-                "1 for the current decision state, 0 for the others.",
+        );
+        let state = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "memprobe_state",
+                    "1 for the current decision state, 0 for the others.",
+                ),
+                &["state"],
             ),
-            &["state"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(state.clone()))
-            .expect("registered once");
-        let transitions = IntCounterVec::new(
-            Opts::new(
-                "memprobe_transitions_total",
-                "State transitions, by state entered.",
+        );
+        let transitions = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "memprobe_transitions_total",
+                    "State transitions, by state entered.",
+                ),
+                &["to"],
             ),
-            &["to"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(transitions.clone()))
-            .expect("registered once");
+        );
         for s in State::ALL {
             state.with_label_values(&[s.as_str()]).set(0);
             transitions.with_label_values(&[s.as_str()]);
         }
-        let over_threshold = Gauge::new(
-            "memprobe_over_threshold_seconds",
-            "How long memory has been over the threshold without a break.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(over_threshold.clone()))
-            .expect("registered once");
-        let build = IntGaugeVec::new(
-            Opts::new("memprobe_build_info", "memprobe's version; always 1."),
-            &["version"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(build.clone()))
-            .expect("registered once");
+        let over_threshold = register(
+            &r,
+            Gauge::new(
+                "memprobe_over_threshold_seconds",
+                "How long memory has been over the threshold without a break.",
+            ),
+        );
+        let build = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("memprobe_build_info", "memprobe's version; always 1."),
+                &["version"],
+            ),
+        );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let process = prometheus::process_collector::ProcessCollector::for_self();
-        r.register(Box::new(process)).expect("registered once");
+        r.register(Box::new(process))
+            .expect("each family registered once");
 
         Metrics {
             target_up: gauge(
@@ -237,18 +237,16 @@ impl Metrics {
                 "memprobe_sample_errors_total",
                 "Samples that failed while the target existed.",
             ),
-            allocator: {
-                let g = IntGaugeVec::new(
+            allocator: register(
+                &r,
+                IntGaugeVec::new(
                     Opts::new(
                         "memprobe_target_allocator_info",
                         "The malloc the target runs on; always 1.",
                     ),
                     &["allocator"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("registered once");
-                g
-            },
+                ),
+            ),
             kms: with_kms.then(|| KmsMetrics::new(&r)),
             rendering: std::sync::Mutex::new(()),
             registry: r,
