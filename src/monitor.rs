@@ -116,6 +116,7 @@ pub struct Monitor {
     /// Under `--memory-source kms`: the serverId tracked, and the last reading used.
     kms_server: Option<String>,
     kms_readings: u64,
+    kms_down_since: Option<Instant>,
     idle_memory: Option<u64>,
     glibc_warned: bool,
     decider: Decider,
@@ -169,6 +170,7 @@ impl Monitor {
             kms,
             kms_server: None,
             kms_readings: 0,
+            kms_down_since: None,
             idle_memory: None,
             glibc_warned: false,
             decider,
@@ -211,7 +213,7 @@ impl Monitor {
             .and_then(|v| v.connected.then_some(v.sessions).flatten());
         self.follow_sessions(sessions);
         let outcome = match (self.config.memory_source, &kms) {
-            (MemorySource::Kms, Some(view)) => self.kms_outcome(view),
+            (MemorySource::Kms, Some(view)) => self.kms_outcome(started, view),
             _ => self.probe.step(),
         };
         // The clock is read after the /proc reads, so time spent there is not lost.
@@ -296,9 +298,21 @@ impl Monitor {
 
     /// Under `--memory-source kms` the target is KMS's serverId and its memory is
     /// `getUsedMemory`; a dropped connection is a lost target.
-    fn kms_outcome(&mut self, view: &KmsView) -> Outcome {
+    fn kms_outcome(&mut self, now: Instant, view: &KmsView) -> Outcome {
         let server_id = view.server_id.as_ref().filter(|_| view.connected);
         let Some(server_id) = server_id else {
+            // A connection that drops and comes back with the same serverId within a ping
+            // interval (or two request deadlines) is the same KMS: hold the state rather than
+            // lose a drain's latch.
+            let down_since = *self.kms_down_since.get_or_insert(now);
+            let grace = self
+                .config
+                .kms
+                .as_ref()
+                .map_or(Duration::ZERO, |k| k.ping_interval.max(k.timeout * 2));
+            if self.target.is_some() && now - down_since < grace {
+                return Outcome::Unchanged;
+            }
             let why = match &view.last_error {
                 Some(e) => format!("kms at {} not connected: {e}", view.url),
                 None => format!("connecting to kms at {}", view.url),
@@ -309,6 +323,7 @@ impl Monitor {
                 Outcome::NotFound(why)
             };
         };
+        self.kms_down_since = None;
         let fresh = view.memory_readings > self.kms_readings;
         self.kms_readings = view.memory_readings;
         let reading = view

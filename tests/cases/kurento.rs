@@ -313,7 +313,11 @@ fn memory_from_kms_itself_needs_no_process() {
         s["counters"]["target_restarts_total"] == 1 && s["state"] == "elevated"
     });
     let entered = states_entered(&status);
-    assert!(entered.contains(&"lost".to_string()), "{entered:?}");
+    let starts = entered.iter().filter(|s| *s == "starting").count();
+    assert_eq!(
+        starts, 2,
+        "a new serverId starts a new incarnation: {entered:?}"
+    );
     let metrics = probe.get("/metrics").body;
     assert!(
         !metrics.contains("memprobe_target_memory_bytes{kind=\"anon\"}"),
@@ -347,4 +351,35 @@ fn a_kms_that_closes_mid_request_is_reconnected_not_called_hung() {
             && s["kms"]["failed_pings"] == 0
             && !s["kms"]["last_ping_seconds"].is_null()
     });
+}
+
+#[test]
+fn with_memory_from_kms_a_brief_disconnection_keeps_the_drain() {
+    let kms = FakeKms::start();
+    kms.set_used_memory_kib(150 * 1024);
+    let url = kms.url();
+    let probe = Memprobe::start(&with_kms(
+        &url,
+        &[
+            "--memory-source",
+            "kms",
+            "--sustain",
+            "300ms",
+            "--drain-timeout",
+            "1h",
+        ],
+    ));
+    probe.wait_state("draining");
+
+    kms.drop_connections();
+    let status = probe.wait_for("a reconnection", |s| {
+        s["kms"]["reconnects_total"].as_u64() >= Some(1) && s["kms"]["connected"] == true
+    });
+    assert_eq!(
+        status["state"], "draining",
+        "same serverId, same KMS: the latch holds: {:#}",
+        status["transitions"]
+    );
+    assert_eq!(status["counters"]["target_restarts_total"], 0);
+    assert!(!states_entered(&status).contains(&"lost".to_string()));
 }
