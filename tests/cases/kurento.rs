@@ -27,6 +27,14 @@ fn with_kms<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// memprobe watching `target` by pid, with `kms` as its KMS.
+fn watch(kms: &FakeKms, target: &Workload, extra: &[&str]) -> Memprobe {
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(extra);
+    Memprobe::start(&with_kms(&url, &args))
+}
+
 fn errors_of(status: &Value, kind: &str) -> u64 {
     status["kms"]["rpc_errors_total"][kind]
         .as_u64()
@@ -39,12 +47,10 @@ fn a_drain_waits_for_the_last_session_then_recycles_after_min_drain() {
     let first = kms.create_pipeline(2);
     let second = kms.create_pipeline(3);
     let mut target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&with_kms(
-        &url,
+    let probe = watch(
+        &kms,
+        &target,
         &[
-            "--pid",
-            &pid,
             "--sustain",
             "1s",
             "--min-drain",
@@ -52,7 +58,7 @@ fn a_drain_waits_for_the_last_session_then_recycles_after_min_drain() {
             "--drain-timeout",
             "1h",
         ],
-    ));
+    );
 
     let status = probe.wait_for("2 sessions", |s| {
         s["state"] == "healthy" && s["sessions"] == 2
@@ -110,11 +116,7 @@ fn a_drain_waits_for_the_last_session_then_recycles_after_min_drain() {
 fn memory_that_stays_high_with_no_sessions_drains_after_idle_sustain() {
     let kms = FakeKms::start();
     let mut target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&with_kms(
-        &url,
-        &["--pid", &pid, "--sustain", "1h", "--idle-sustain", "1s"],
-    ));
+    let probe = watch(&kms, &target, &["--sustain", "1h", "--idle-sustain", "1s"]);
     probe.wait_for("0 sessions known", |s| {
         s["state"] == "healthy" && s["sessions"] == 0
     });
@@ -138,8 +140,7 @@ fn memory_that_stays_high_with_no_sessions_drains_after_idle_sustain() {
 fn a_hung_kms_fails_readiness_and_liveness() {
     let kms = FakeKms::start();
     let target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid, "--kms-failures", "3"]));
+    let probe = watch(&kms, &target, &["--kms-failures", "3"]);
     probe.wait_for("a ping answered", |s| {
         s["state"] == "healthy" && !s["kms"]["last_ping_seconds"].is_null()
     });
@@ -165,8 +166,7 @@ fn a_kms_that_never_answered_is_not_hung() {
     let kms = FakeKms::start();
     kms.hang(true);
     let target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid, "--kms-failures", "1"]));
+    let probe = watch(&kms, &target, &["--kms-failures", "1"]);
     probe.wait_for("several unanswered connects", |s| {
         errors_of(s, "timeout") >= 3
     });
@@ -208,8 +208,7 @@ fn an_absent_kms_costs_one_log_line_and_never_liveness() {
 fn garbage_unknown_ids_and_oversized_frames_are_counted_not_fatal() {
     let kms = FakeKms::start();
     let target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid]));
+    let probe = watch(&kms, &target, &[]);
     probe.wait_for("connected", |s| {
         s["kms"]["connected"] == true && s["sessions"] == 0
     });
@@ -263,8 +262,7 @@ fn a_kms_restart_is_seen_by_its_server_id_and_resynchronised() {
     let kms = FakeKms::start();
     kms.create_pipeline(1);
     let target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid]));
+    let probe = watch(&kms, &target, &[]);
     probe.wait_for("1 session", |s| s["sessions"] == 1);
     let before = kms.server_id();
 
@@ -329,8 +327,7 @@ fn memory_from_kms_itself_needs_no_process() {
 fn a_kms_that_closes_mid_request_is_reconnected_not_called_hung() {
     let kms = FakeKms::start();
     let target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&with_kms(&url, &["--pid", &pid]));
+    let probe = watch(&kms, &target, &[]);
     probe.wait_for("connected", |s| {
         s["kms"]["connected"] == true && s["sessions"] == 0
     });

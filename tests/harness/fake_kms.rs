@@ -285,6 +285,12 @@ fn error_frame(id: Value, code: i64, message: &str, kind: Option<&str>) -> Strin
     json!({"error": error, "id": id, "jsonrpc": "2.0"}).to_string()
 }
 
+/// Kurento's answer for an object id it does not know.
+fn not_found(id: &Value, object: &str) -> String {
+    let message = format!("Object '{object}' not found");
+    error_frame(id.clone(), 40101, &message, Some("MEDIA_OBJECT_NOT_FOUND"))
+}
+
 fn answer(
     request: &Value,
     session_id: &str,
@@ -319,12 +325,7 @@ fn answer(
                 return error_frame(id.clone(), -32000, "'object' parameter is required", None);
             };
             if object != "manager_ServerManager" {
-                return error_frame(
-                    id.clone(),
-                    40101,
-                    &format!("Object '{object}' not found"),
-                    Some("MEDIA_OBJECT_NOT_FOUND"),
-                );
+                return not_found(id, object);
             }
             subscribed.insert(kind.to_string());
             reply_frame(id, with_session(json!({"value": uuid()})))
@@ -334,12 +335,7 @@ fn answer(
                 return error_frame(id.clone(), -32000, "'object' parameter is required", None);
             };
             if object != "manager_ServerManager" {
-                return error_frame(
-                    id.clone(),
-                    40101,
-                    &format!("Object '{object}' not found"),
-                    Some("MEDIA_OBJECT_NOT_FOUND"),
-                );
+                return not_found(id, object);
             }
             let operation = params["operation"].as_str().unwrap_or_default();
             let mut s = shared.lock().unwrap();
