@@ -14,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use memprobe::sample::{self, MemoryKind, Sampler};
+use memprobe::sources::proc::sample::{self, MemoryKind, Sampler};
 use procfs::process::Process;
 
 const EXE: &str = env!("CARGO_BIN_EXE_memprobe");

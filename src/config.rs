@@ -2,20 +2,30 @@
 //!
 //! Every sidecar flag is read as text first (clap with its `env` feature), so that a refused
 //! value can be reported against where it came from — `--interval` or `MEMPROBE_INTERVAL` —
-//! with the value and an example that works, on one line.
+//! with the value and an example that works, on one line. Values may start with `-`, so
+//! `--threshold -5MiB` reaches this validation instead of clap's "unexpected argument".
+//! Enumerations are `clap::ValueEnum`s, looked up here for the same reason; every duration
+//! has a range; and sizes are compared once percentages are resolved against the memory
+//! limit, so no combination that passes here recycles a server by mistake.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 
-use crate::sample::MemoryKind;
-use crate::target::TargetSpec;
-use crate::units::{self, SizeOrPercent, UnitError};
+use crate::limit::MemoryLimit;
+use crate::secret::SecretUrl;
+use crate::sources::MemoryKind;
+use crate::sources::proc::target::TargetSpec;
+use crate::units::{self, Bytes, DurationRange, SizeOrPercent, UnitError};
 
 pub const DEFAULT_NAME: &str = "kurento-media-server";
+/// The longest `--shutdown-delay`: a kubelet gives a pod 30 s by default to stop.
+const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+/// The most a file holding a URL is read of.
+const MAX_URL_FILE_BYTES: u64 = 4096;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +33,9 @@ pub const DEFAULT_NAME: &str = "kurento-media-server";
     version,
     about = "Drain, then restart, a server whose memory stays high: probes for Kubernetes, \
              Prometheus and load balancers",
+    after_help = "Durations accept 10ms to 7days (--min-drain also 0; --shutdown-delay 0 to 5m). \
+                  Every flag can be set as MEMPROBE_<FLAG>; booleans from the environment \
+                  read 1/0, true/false, yes/no, on/off.",
     args_conflicts_with_subcommands = true,
     max_term_width = 120
 )]
@@ -38,14 +51,22 @@ pub enum Command {
     /// Watch a built-in fragmenting workload and show healthy → draining → recycle in a minute
     Demo(DemoFlags),
     /// The workload the demo and the tests watch: simulated media sessions, driven on stdin
-    Workload(crate::workload::WorkloadFlags),
+    Workload(crate::tools::workload::WorkloadFlags),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DemoAllocator {
+    /// glibc's malloc, which fragments
+    Glibc,
+    /// jemalloc from Debian's libjemalloc2
+    Jemalloc,
 }
 
 #[derive(Debug, Args)]
 pub struct DemoFlags {
-    /// Allocator for the workload: glibc (fragments) or jemalloc (Debian's libjemalloc2)
-    #[arg(long, default_value = "glibc", value_parser = ["glibc", "jemalloc"])]
-    pub allocator: String,
+    /// Allocator for the workload
+    #[arg(long, value_enum, default_value_t = DemoAllocator::Glibc)]
+    pub allocator: DemoAllocator,
     /// Address for the demo's endpoints
     #[arg(long, default_value = "127.0.0.1:8899")]
     pub listen: SocketAddr,
@@ -55,23 +76,38 @@ pub struct DemoFlags {
 #[derive(Debug, Args)]
 pub struct WatchFlags {
     /// Watch this process id
-    #[arg(long, env = "MEMPROBE_PID", value_name = "PID")]
+    #[arg(
+        long,
+        env = "MEMPROBE_PID",
+        value_name = "PID",
+        allow_hyphen_values = true
+    )]
     pid: Option<String>,
     /// Watch the process whose id is in this file (re-read whenever the process is gone)
     #[arg(long, env = "MEMPROBE_PIDFILE", value_name = "PATH")]
     pidfile: Option<PathBuf>,
     /// Watch the process with this executable, argv[0] or comm name [default: kurento-media-server]
-    #[arg(long, env = "MEMPROBE_NAME", value_name = "NAME")]
+    #[arg(
+        long,
+        env = "MEMPROBE_NAME",
+        value_name = "NAME",
+        allow_hyphen_values = true
+    )]
     name: Option<String>,
     /// Add up the memory of the target's descendants
-    #[arg(long, env = "MEMPROBE_INCLUDE_CHILDREN")]
+    #[arg(
+        long,
+        env = "MEMPROBE_INCLUDE_CHILDREN",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     include_children: bool,
     /// Time between samples
     #[arg(
         long,
         env = "MEMPROBE_INTERVAL",
         default_value = "5s",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        allow_hyphen_values = true
     )]
     interval: String,
     /// Figure that decides: rss (resident), anon (what fragmentation inflates), pss (needs ptrace access)
@@ -79,7 +115,8 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_MEMORY",
         default_value = "rss",
-        value_name = "rss|anon|pss"
+        value_name = "rss|anon|pss",
+        allow_hyphen_values = true
     )]
     memory: String,
     /// Drain when memory stays over this: a size (1536Mi, 1.5GiB) or a percentage of the limit
@@ -87,21 +124,33 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_THRESHOLD",
         default_value = "80%",
-        value_name = "SIZE|PERCENT"
+        value_name = "SIZE|PERCENT",
+        allow_hyphen_values = true
     )]
     threshold: String,
     /// Recycle at once on any sample over this [default: off]
-    #[arg(long, env = "MEMPROBE_CRITICAL", value_name = "SIZE|PERCENT")]
+    #[arg(
+        long,
+        env = "MEMPROBE_CRITICAL",
+        value_name = "SIZE|PERCENT",
+        allow_hyphen_values = true
+    )]
     critical: Option<String>,
     /// Memory limit percentages are of [default: target's cgroup limit, else host MemTotal]
-    #[arg(long, env = "MEMPROBE_MEMORY_LIMIT", value_name = "SIZE")]
+    #[arg(
+        long,
+        env = "MEMPROBE_MEMORY_LIMIT",
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     memory_limit: Option<String>,
     /// How long memory must stay over the threshold, on every sample, before draining
     #[arg(
         long,
         env = "MEMPROBE_SUSTAIN",
         default_value = "5m",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        allow_hyphen_values = true
     )]
     sustain: String,
     /// Longest drain before a restart is asked for, sessions or not
@@ -109,7 +158,8 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_DRAIN_TIMEOUT",
         default_value = "1h",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        allow_hyphen_values = true
     )]
     drain_timeout: String,
     /// Shortest drain before a restart, even with no sessions left (balancers must stop routing)
@@ -117,7 +167,8 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_MIN_DRAIN",
         default_value = "30s",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        allow_hyphen_values = true
     )]
     min_drain: String,
     /// With no sessions, drain once memory stays over the threshold this long
@@ -125,7 +176,8 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_IDLE_SUSTAIN",
         default_value = "60s",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        allow_hyphen_values = true
     )]
     idle_sustain: String,
     /// Kurento's JSON-RPC WebSocket, for sessions and health ('none' turns it off)
@@ -133,15 +185,20 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_KMS_URL",
         default_value = "ws://127.0.0.1:8888/kurento",
-        value_name = "URL"
+        value_name = "URL",
+        allow_hyphen_values = true
     )]
     kms_url: String,
+    /// Read --kms-url from this file (for a URL that carries a secret)
+    #[arg(long, env = "MEMPROBE_KMS_URL_FILE", value_name = "PATH")]
+    kms_url_file: Option<PathBuf>,
     /// Time between pings to KMS
     #[arg(
         long,
         env = "MEMPROBE_KMS_PING_INTERVAL",
         default_value = "10s",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        allow_hyphen_values = true
     )]
     kms_ping_interval: String,
     /// Deadline of every request to KMS
@@ -149,23 +206,35 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_KMS_TIMEOUT",
         default_value = "3s",
-        value_name = "DURATION"
+        value_name = "DURATION",
+        allow_hyphen_values = true
     )]
     kms_timeout: String,
-    /// Failed pings in a row after which an answering KMS counts as hung (restart it)
+    /// Failed pings in a row after which an answering KMS is stalled (no new sessions)
     #[arg(
         long,
         env = "MEMPROBE_KMS_FAILURES",
         default_value = "3",
-        value_name = "N"
+        value_name = "N",
+        allow_hyphen_values = true
     )]
     kms_failures: String,
+    /// How long KMS may stay stalled before it is restarted
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_HANG_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    kms_hang_timeout: String,
     /// Where memory figures come from: proc (/proc of a shared PID namespace) or kms (getUsedMemory)
     #[arg(
         long,
         env = "MEMPROBE_MEMORY_SOURCE",
         default_value = "proc",
-        value_name = "proc|kms"
+        value_name = "proc|kms",
+        allow_hyphen_values = true
     )]
     memory_source: String,
     /// Address for /ready, /healthz, /livez, /status and /metrics
@@ -173,20 +242,31 @@ pub struct WatchFlags {
         long,
         env = "MEMPROBE_LISTEN",
         default_value = "0.0.0.0:8899",
-        value_name = "ADDR"
+        value_name = "ADDR",
+        allow_hyphen_values = true
     )]
     listen: String,
+    /// After SIGTERM, keep answering (/ready 503) this long before closing the port
+    #[arg(
+        long,
+        env = "MEMPROBE_SHUTDOWN_DELAY",
+        default_value = "1s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    shutdown_delay: String,
     /// Log format: text or json (level from RUST_LOG, default info)
     #[arg(
         long,
         env = "MEMPROBE_LOG_FORMAT",
         default_value = "text",
-        value_name = "text|json"
+        value_name = "text|json",
+        allow_hyphen_values = true
     )]
     log_format: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum MemorySource {
     /// /proc/PID of the target, found in a shared PID namespace.
@@ -196,7 +276,7 @@ pub enum MemorySource {
     Kms,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -220,15 +300,17 @@ pub struct Config {
     pub kms: Option<KmsConfig>,
     pub memory_source: MemorySource,
     pub listen: SocketAddr,
+    pub shutdown_delay: Duration,
     pub log_format: LogFormat,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct KmsConfig {
-    pub url: String,
+    pub url: SecretUrl,
     pub ping_interval: Duration,
     pub timeout: Duration,
     pub failures: u32,
+    pub hang_timeout: Duration,
 }
 
 /// A refused setting: where it came from, the value, and what would work.
@@ -253,23 +335,40 @@ impl std::fmt::Display for FlagError {
 pub enum Invocation {
     Sidecar(Box<Config>),
     Demo(DemoFlags),
-    Workload(crate::workload::WorkloadFlags),
+    Workload(crate::tools::workload::WorkloadFlags),
 }
 
 /// Reads the command line and the environment. `Err` carries clap's own outcome (help,
-/// version, or a usage error) or a [`FlagError`].
+/// version, or a usage error) or a [`FlagError`]. Percentages are checked against the
+/// `--memory-limit` or, without it, this host's memory.
 pub fn parse<I, T>(args: I) -> Result<Invocation, ParseError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    parse_with(args, crate::limit::host_total())
+}
+
+/// [`parse`], with the host's memory given.
+pub fn parse_with<I, T>(args: I, host_total_bytes: u64) -> Result<Invocation, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
     use clap::{CommandFactory, FromArgMatches};
-    let matches = Cli::command().try_get_matches_from(args)?;
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(args)?;
     let cli = Cli::from_arg_matches(&matches)?;
     Ok(match cli.command {
         Some(Command::Demo(flags)) => Invocation::Demo(flags),
         Some(Command::Workload(flags)) => Invocation::Workload(flags),
-        None => Invocation::Sidecar(Box::new(cli.watch.validate(&matches)?)),
+        None => {
+            let check = Checker {
+                matches: &matches,
+                command: &command,
+            };
+            Invocation::Sidecar(Box::new(cli.watch.validate(&check, host_total_bytes)?))
+        }
     })
 }
 
@@ -282,71 +381,43 @@ pub enum ParseError {
 }
 
 impl WatchFlags {
-    fn validate(self, matches: &ArgMatches) -> Result<Config, FlagError> {
-        let check = Checker { matches };
+    fn validate(self, check: &Checker, host_total_bytes: u64) -> Result<Config, FlagError> {
         let target = check.target(self.pid.clone(), self.pidfile.clone(), self.name.clone())?;
-        let interval = check.duration("interval", &self.interval)?;
-        if interval.is_zero() {
-            return Err(check.error("interval", &self.interval, "must be more than 0 (try 5s)"));
-        }
-        let memory = match self.memory.as_str() {
-            "rss" => MemoryKind::Rss,
-            "anon" => MemoryKind::Anon,
-            "pss" => MemoryKind::Pss,
-            other => return Err(check.error("memory", other, "is not rss, anon or pss (try rss)")),
-        };
+        let memory: MemoryKind = check.choice("memory", &self.memory)?;
         let threshold = check.unit("threshold", &self.threshold, units::parse_size_or_percent)?;
         let critical = self
             .critical
             .as_deref()
             .map(|text| check.unit("critical", text, units::parse_size_or_percent))
             .transpose()?;
-        if let Some(critical) = critical {
-            let comparable = match (threshold, critical) {
-                (SizeOrPercent::Bytes(t), SizeOrPercent::Bytes(c)) => Some(c <= t),
-                (SizeOrPercent::Percent(t), SizeOrPercent::Percent(c)) => Some(c <= t),
-                _ => None,
-            };
-            if comparable == Some(true) {
-                let value = self.critical.as_deref().unwrap_or_default();
-                let problem = format!("must be above the threshold {threshold} (try 95%)");
-                return Err(check.error("critical", value, &problem));
-            }
-        }
         let memory_limit = self
             .memory_limit
             .as_deref()
             .map(|text| check.unit("memory_limit", text, units::parse_size))
             .transpose()?;
+        let limit = crate::limit::choose(memory_limit, None, host_total_bytes);
+        self.check_sizes(check, threshold, critical, limit)?;
         let kms = check.kms(&self)?;
-        let memory_source = match self.memory_source.as_str() {
-            "proc" => MemorySource::Proc,
-            "kms" => MemorySource::Kms,
-            other => {
-                return Err(check.error("memory_source", other, "is not proc or kms (try proc)"));
-            }
-        };
+        let memory_source: MemorySource = check.choice("memory_source", &self.memory_source)?;
         if memory_source == MemorySource::Kms {
             check.kms_source(&self, kms.is_some(), memory)?;
         }
-        let listen = self.listen.parse().map_err(|_| {
+        let listen = self.listen.trim().parse().map_err(|_| {
             check.error(
                 "listen",
                 &self.listen,
                 "is not an address:port (try 0.0.0.0:8899)",
             )
         })?;
-        let log_format = match self.log_format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(check.error("log_format", other, "is not text or json (try json)"));
-            }
-        };
+        let shutdown_delay = check.duration("shutdown_delay", &self.shutdown_delay)?;
+        if shutdown_delay > MAX_SHUTDOWN_DELAY {
+            let problem = "is over 5m: a kubelet kills a pod 30s after SIGTERM by default (try 1s)";
+            return Err(check.error("shutdown_delay", &self.shutdown_delay, problem));
+        }
         Ok(Config {
             target,
             include_children: self.include_children,
-            interval,
+            interval: check.duration("interval", &self.interval)?,
             memory,
             threshold,
             critical,
@@ -358,22 +429,113 @@ impl WatchFlags {
             drain_timeout: check.duration("drain_timeout", &self.drain_timeout)?,
             min_drain: check.duration("min_drain", &self.min_drain)?,
             listen,
-            log_format,
+            shutdown_delay,
+            log_format: check.choice("log_format", &self.log_format)?,
         })
     }
+
+    /// Threshold and critical, resolved against the limit: the threshold is more than 0 and
+    /// within the limit, and critical is above the threshold. Checked again for every
+    /// incarnation's own cgroup limit by [`check_sizes`].
+    fn check_sizes(
+        &self,
+        check: &Checker,
+        threshold: SizeOrPercent,
+        critical: Option<SizeOrPercent>,
+        limit: MemoryLimit,
+    ) -> Result<(), FlagError> {
+        match check_sizes(threshold, critical, limit) {
+            Ok(()) => Ok(()),
+            Err(SizeProblem::ThresholdZero) => {
+                let (id, value) = match &self.memory_limit {
+                    Some(text) => ("memory_limit", text.as_str()),
+                    None => ("threshold", self.threshold.as_str()),
+                };
+                let problem = format!(
+                    "leaves a threshold of 0 B ({threshold} of {}) (try --memory-limit 2Gi)",
+                    Bytes(limit.bytes)
+                );
+                Err(check.error(id, value, &problem))
+            }
+            Err(SizeProblem::ThresholdOverLimit { threshold_bytes }) => {
+                let problem = format!(
+                    "is {} , over the memory limit {} ({}): it could never be reached (try 80%)",
+                    Bytes(threshold_bytes),
+                    Bytes(limit.bytes),
+                    limit.source.as_str()
+                );
+                Err(check.error("threshold", &self.threshold, &problem.replace(" ,", ",")))
+            }
+            Err(SizeProblem::CriticalNotAboveThreshold {
+                threshold_bytes,
+                critical_bytes,
+            }) => {
+                let value = self.critical.as_deref().unwrap_or_default();
+                let problem = format!(
+                    "is {}, not above the threshold {} ({}): every sample over it would \
+                     recycle at once (try 95%)",
+                    Bytes(critical_bytes),
+                    Bytes(threshold_bytes),
+                    self.threshold.trim()
+                );
+                Err(check.error("critical", value, &problem))
+            }
+        }
+    }
+}
+
+/// Why a threshold and a critical level cannot work under a memory limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeProblem {
+    ThresholdZero,
+    ThresholdOverLimit {
+        threshold_bytes: u64,
+    },
+    CriticalNotAboveThreshold {
+        threshold_bytes: u64,
+        critical_bytes: u64,
+    },
+}
+
+/// Checks a threshold and a critical level once resolved against `limit`.
+pub fn check_sizes(
+    threshold: SizeOrPercent,
+    critical: Option<SizeOrPercent>,
+    limit: MemoryLimit,
+) -> Result<(), SizeProblem> {
+    let threshold_bytes = threshold.resolve(limit.bytes);
+    if threshold_bytes == 0 {
+        return Err(SizeProblem::ThresholdZero);
+    }
+    if threshold_bytes > limit.bytes {
+        return Err(SizeProblem::ThresholdOverLimit { threshold_bytes });
+    }
+    if let Some(critical) = critical {
+        let critical_bytes = critical.resolve(limit.bytes);
+        if critical_bytes <= threshold_bytes {
+            return Err(SizeProblem::CriticalNotAboveThreshold {
+                threshold_bytes,
+                critical_bytes,
+            });
+        }
+    }
+    Ok(())
 }
 
 struct Checker<'a> {
     matches: &'a ArgMatches,
+    command: &'a clap::Command,
 }
 
 impl Checker<'_> {
-    /// `--min-drain` or `MEMPROBE_MIN_DRAIN`, whichever the value came from.
+    /// `--min-drain` or `MEMPROBE_MIN_DRAIN`, whichever the value came from; the variable's
+    /// name is clap's own.
     fn origin(&self, id: &str) -> String {
-        let flag = id.replace('_', "-");
-        match self.matches.value_source(id) {
-            Some(ValueSource::EnvVariable) => format!("MEMPROBE_{}", id.to_uppercase()),
-            _ => format!("--{flag}"),
+        let arg = self.command.get_arguments().find(|a| a.get_id() == id);
+        let env = arg.and_then(|a| a.get_env()).map(|e| e.to_string_lossy());
+        match (self.matches.value_source(id), env) {
+            (Some(ValueSource::EnvVariable), Some(env)) => env.into_owned(),
+            _ => format!("--{}", id.replace('_', "-")),
         }
     }
 
@@ -389,54 +551,89 @@ impl Checker<'_> {
         &self,
         id: &str,
         text: &str,
-        parse: fn(&str) -> Result<T, UnitError>,
+        parse: impl Fn(&str) -> Result<T, UnitError>,
     ) -> Result<T, FlagError> {
         parse(text).map_err(|e| self.error(id, text, &e.to_string()))
     }
 
     fn duration(&self, id: &str, text: &str) -> Result<Duration, FlagError> {
-        self.unit(id, text, units::parse_duration)
+        let range = match id {
+            "min_drain" | "shutdown_delay" => DurationRange::OR_ZERO,
+            _ => DurationRange::STANDARD,
+        };
+        self.unit(id, text, |t| range.parse(t))
+    }
+
+    /// One of a `ValueEnum`'s names: `is not rss, anon or pss (try rss)`.
+    fn choice<T: ValueEnum>(&self, id: &str, text: &str) -> Result<T, FlagError> {
+        T::from_str(text.trim(), true).map_err(|_| {
+            let names: Vec<String> = T::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|p| p.get_name().to_string())
+                .collect();
+            let listed = match names.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            let example = names.first().cloned().unwrap_or_default();
+            self.error(id, text, &format!("is not {listed} (try {example})"))
+        })
     }
 
     fn kms(&self, flags: &WatchFlags) -> Result<Option<KmsConfig>, FlagError> {
-        let url = flags.kms_url.trim();
-        if url == "none" {
+        let given = |id: &str| {
+            matches!(
+                self.matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let text = match &flags.kms_url_file {
+            Some(path) if given("kms_url") => {
+                return Err(FlagError {
+                    origin: format!(
+                        "{} and {}",
+                        self.origin("kms_url"),
+                        self.origin("kms_url_file")
+                    ),
+                    value: None,
+                    problem: format!(
+                        "only one may be given (keep --kms-url-file {} for a URL with a secret)",
+                        path.display()
+                    ),
+                });
+            }
+            Some(path) => read_secret_file(path).map_err(|problem| {
+                self.error("kms_url_file", &path.display().to_string(), &problem)
+            })?,
+            None => flags.kms_url.trim().to_string(),
+        };
+        if text == "none" {
             return Ok(None);
         }
-        let example = "(try ws://127.0.0.1:8888/kurento, or none)";
-        if url.starts_with("wss://") {
-            let problem = format!("uses TLS, which memprobe does not speak yet {example}");
-            return Err(self.error("kms_url", url, &problem));
-        }
-        let valid = url
-            .parse::<axum::http::Uri>()
-            .is_ok_and(|uri| uri.scheme_str() == Some("ws") && uri.host().is_some());
-        if !valid {
-            let problem = format!("is not a ws:// URL {example}");
-            return Err(self.error("kms_url", url, &problem));
-        }
+        // A URL read from a file is never echoed: it may hold a password.
+        let (id, shown) = match &flags.kms_url_file {
+            Some(path) => ("kms_url_file", path.display().to_string()),
+            None => ("kms_url", SecretUrl::redact(&text)),
+        };
+        let url = SecretUrl::parse_ws(&text)
+            .map_err(|problem: String| self.error(id, &shown, &problem))?;
         let ping_interval = self.duration("kms_ping_interval", &flags.kms_ping_interval)?;
         let timeout = self.duration("kms_timeout", &flags.kms_timeout)?;
-        for (id, value, d) in [
-            ("kms_ping_interval", &flags.kms_ping_interval, ping_interval),
-            ("kms_timeout", &flags.kms_timeout, timeout),
-        ] {
-            if d.is_zero() {
-                return Err(self.error(id, value, "must be more than 0 (try 3s)"));
-            }
-        }
         let failures = match flags.kms_failures.trim().parse::<u32>() {
-            Ok(n) if n > 0 => n,
+            Ok(n) if (1..=1000).contains(&n) => n,
             _ => {
-                let problem = "is not a count of 1 or more (try 3)";
+                let problem = "is not a count from 1 to 1000 (try 3)";
                 return Err(self.error("kms_failures", &flags.kms_failures, problem));
             }
         };
         Ok(Some(KmsConfig {
-            url: url.to_string(),
+            url,
             ping_interval,
             timeout,
             failures,
+            hang_timeout: self.duration("kms_hang_timeout", &flags.kms_hang_timeout)?,
         }))
     }
 
@@ -508,19 +705,26 @@ impl Checker<'_> {
             });
         }
         if let Some(text) = pid {
-            return match text.trim().parse::<i32>() {
-                Ok(pid) if pid > 0 => Ok(TargetSpec::Pid(pid)),
-                _ => Err(self.error("pid", &text, "is not a process id (try --pid 1234)")),
+            let pid = match text.trim().parse::<i32>() {
+                Ok(pid) if pid > 0 => pid,
+                _ => return Err(self.error("pid", &text, "is not a process id (try --pid 1234)")),
             };
+            if crate::sources::proc::target::is_kernel_thread(pid) {
+                let problem = "is a kernel thread, which has no memory of its own to watch \
+                               (try the pid of a server process)";
+                return Err(self.error("pid", &text, problem));
+            }
+            return Ok(TargetSpec::Pid(pid));
         }
         if let Some(path) = pidfile {
             return Ok(TargetSpec::Pidfile(path));
         }
         let name = name.unwrap_or_else(|| DEFAULT_NAME.to_string());
-        if name.is_empty() || name.contains('/') {
+        if name.is_empty() || name.contains('/') || name.len() > 255 {
+            let shown = units::clip(&name, 64);
             return Err(self.error(
                 "name",
-                &name,
+                &shown,
                 "is not a process name (try kurento-media-server)",
             ));
         }
@@ -528,13 +732,34 @@ impl Checker<'_> {
     }
 }
 
+/// Reads a small file that holds one secret value (a URL with a password, a token), trimmed.
+/// Reads at most 4 KiB, so a wrong path such as /dev/zero cannot fill memory.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_URL_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot be read as text: {e}"))?;
+    if text.len() as u64 > MAX_URL_FILE_BYTES {
+        return Err("is over 4 KiB: a file for one value is a few lines at most".into());
+    }
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("is empty (write the value on its first line)".into());
+    }
+    Ok(text.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const GI: u64 = 1 << 30;
+
     fn sidecar(args: &[&str]) -> Result<Config, String> {
         let argv = std::iter::once("memprobe").chain(args.iter().copied());
-        match parse(argv) {
+        match parse_with(argv, 16 * GI) {
             Ok(Invocation::Sidecar(config)) => Ok(*config),
             Ok(other) => panic!("not the sidecar: {other:?}"),
             Err(ParseError::Flag(e)) => Err(e.to_string()),
@@ -554,6 +779,7 @@ mod tests {
         assert_eq!(c.drain_timeout, Duration::from_secs(3600));
         assert_eq!(c.min_drain, Duration::from_secs(30));
         assert_eq!(c.listen, "0.0.0.0:8899".parse().unwrap());
+        assert_eq!(c.shutdown_delay, Duration::from_secs(1));
     }
 
     #[test]
@@ -576,8 +802,51 @@ mod tests {
         );
         assert_eq!(
             sidecar(&["--interval", "0s"]).unwrap_err(),
-            "--interval: '0s' must be more than 0 (try 5s)"
+            "--interval: '0s' is outside 10ms to 7days (try 5s)"
         );
+    }
+
+    #[test]
+    fn a_value_starting_with_a_dash_reaches_validation() {
+        assert_eq!(
+            sidecar(&["--threshold", "-5MiB"]).unwrap_err(),
+            "--threshold: '-5MiB' is not a size or a percentage (try 1536Mi, 1.5GiB or 80%)"
+        );
+        assert!(
+            sidecar(&["--interval", "-1s"])
+                .unwrap_err()
+                .starts_with("--interval: '-1s'")
+        );
+    }
+
+    #[test]
+    fn every_duration_is_bounded() {
+        for flag in [
+            "--interval",
+            "--sustain",
+            "--idle-sustain",
+            "--drain-timeout",
+            "--kms-ping-interval",
+            "--kms-timeout",
+            "--kms-hang-timeout",
+        ] {
+            for value in ["1ns", "200000000000y", "8days"] {
+                let e = sidecar(&[flag, value]).unwrap_err();
+                assert!(
+                    e.starts_with(&format!("{flag}: '{value}' is outside 10ms to 7days")),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(
+            sidecar(&["--min-drain", "0s"]).unwrap().min_drain,
+            Duration::ZERO
+        );
+        assert_eq!(
+            sidecar(&["--shutdown-delay", "0s"]).unwrap().shutdown_delay,
+            Duration::ZERO
+        );
+        assert!(sidecar(&["--shutdown-delay", "1h"]).is_err());
     }
 
     #[test]
@@ -592,15 +861,20 @@ mod tests {
     fn kurento_settings() {
         let c = sidecar(&[]).unwrap();
         let kms = c.kms.expect("on by default");
-        assert_eq!(kms.url, "ws://127.0.0.1:8888/kurento");
+        assert_eq!(kms.url.expose(), "ws://127.0.0.1:8888/kurento");
         assert_eq!(kms.ping_interval, Duration::from_secs(10));
         assert_eq!(kms.timeout, Duration::from_secs(3));
         assert_eq!(kms.failures, 3);
+        assert_eq!(kms.hang_timeout, Duration::from_secs(60));
         assert_eq!(c.idle_sustain, Duration::from_secs(60));
         assert_eq!(sidecar(&["--kms-url", "none"]).unwrap().kms, None);
         assert_eq!(
             sidecar(&["--kms-url", "http://kms:8888/kurento"]).unwrap_err(),
             "--kms-url: 'http://kms:8888/kurento' is not a ws:// URL (try ws://127.0.0.1:8888/kurento, or none)"
+        );
+        assert_eq!(
+            sidecar(&["--kms-url", "ws://kms:70000/kurento"]).unwrap_err(),
+            "--kms-url: 'ws://kms:70000/kurento' has a port over 65535 (try ws://127.0.0.1:8888/kurento, or none)"
         );
         assert!(
             sidecar(&["--kms-failures", "0"])
@@ -610,11 +884,36 @@ mod tests {
     }
 
     #[test]
+    fn a_kms_url_with_a_secret_is_never_echoed() {
+        let e = sidecar(&["--kms-url", "http://admin:S3cr3t@kms/kurento?token=X"]).unwrap_err();
+        assert!(!e.contains("S3cr3t") && !e.contains("token=X"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms-url");
+        std::fs::write(&path, "ws://admin:S3cr3t@kms:8888/kurento?token=X\n").unwrap();
+        let c = sidecar(&["--kms-url-file", path.to_str().unwrap()]).unwrap();
+        let url = c.kms.unwrap().url;
+        assert_eq!(url.expose(), "ws://admin:S3cr3t@kms:8888/kurento?token=X");
+        assert_eq!(url.to_string(), "ws://admin:***@kms:8888/kurento?token=***");
+        assert!(
+            sidecar(&[
+                "--kms-url-file",
+                path.to_str().unwrap(),
+                "--kms-url",
+                "none"
+            ])
+            .unwrap_err()
+            .starts_with("--kms-url and --kms-url-file: only one")
+        );
+        let e = sidecar(&["--kms-url-file", "/dev/zero"]).unwrap_err();
+        assert!(e.starts_with("--kms-url-file: '/dev/zero'"), "{e}");
+    }
+
+    #[test]
     fn memory_from_kms_needs_no_process_flags() {
         let c = sidecar(&["--memory-source", "kms"]).unwrap();
         assert_eq!(c.memory_source, MemorySource::Kms);
         assert!(
-            sidecar(&["--memory-source", "kms", "--pid", "4"])
+            sidecar(&["--memory-source", "kms", "--pid", "4194303"])
                 .unwrap_err()
                 .starts_with("--pid: picks a process")
         );
@@ -627,8 +926,50 @@ mod tests {
     }
 
     #[test]
-    fn critical_must_be_above_the_threshold() {
+    fn critical_must_be_above_the_threshold_once_resolved() {
         assert!(sidecar(&["--threshold", "2Gi", "--critical", "1Gi"]).is_err());
         assert!(sidecar(&["--threshold", "80%", "--critical", "95%"]).is_ok());
+        let e = sidecar(&[
+            "--memory-limit",
+            "4Gi",
+            "--threshold",
+            "80%",
+            "--critical",
+            "1Mi",
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("--critical: '1Mi' is 1.00 MiB, not above the threshold 3.20 GiB (80%)"),
+            "a size against a percentage is compared once resolved: {e}"
+        );
+        assert!(
+            sidecar(&[
+                "--memory-limit",
+                "4Gi",
+                "--threshold",
+                "3Gi",
+                "--critical",
+                "90%"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_threshold_must_be_reachable_and_more_than_zero() {
+        let e = sidecar(&["--memory-limit", "4Gi", "--threshold", "5Gi"]).unwrap_err();
+        assert!(
+            e.starts_with(
+                "--threshold: '5Gi' is 5.00 GiB, over the memory limit 4.00 GiB (--memory-limit)"
+            ),
+            "{e}"
+        );
+        let e = sidecar(&["--threshold", "32Gi"]).unwrap_err();
+        assert!(e.contains("host MemTotal"), "{e}");
+        let e = sidecar(&["--memory-limit", "1"]).unwrap_err();
+        assert!(
+            e.starts_with("--memory-limit: '1' leaves a threshold of 0 B"),
+            "{e}"
+        );
     }
 }

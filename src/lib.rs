@@ -7,41 +7,35 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: find the target → sample it → decide → publish → serve.
+//! Data flows one way: sources → decide → publish → outlets.
 //!
 //! - [`config`] — flags and environment, parsed raw, then validated into a `Config`.
-//! - [`units`] — sizes, percentages and durations, parsed and shown.
-//! - [`target`] — finding the watched process and telling its incarnations apart.
-//! - [`sample`] — reading one memory sample from /proc.
-//! - [`allocator`] — which malloc the target runs on, from its mapped libraries.
-//! - [`limit`] — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
-//! - [`kms`] — Kurento's JSON-RPC API: live sessions, a hung server, its own memory figure.
-//! - [`policy`] — the pure state machine: healthy → elevated → draining → recycle.
-//! - [`monitor`] — the loop that runs the above and publishes snapshots.
-//! - [`status`] — the published snapshot: `/status` data and pre-rendered answers.
-//! - [`metrics`] — Prometheus families, updated from each snapshot.
-//! - [`http`] — the router and server: probes, status, metrics.
-//! - [`workload`] — `memprobe workload`: a fragmenting target for the demo and the tests.
-//! - [`demo`] — `memprobe demo`: the whole story in a minute.
+//! - `units` — sizes, percentages and durations, parsed, bounded and shown.
+//! - `secret` — URLs whose passwords and query values are never shown.
+//! - `limit` — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
+//! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`) and
+//!   sessions and liveness (KMS's JSON-RPC); one module per member, one trait per family.
+//! - `policy` — the pure state machine: healthy → elevated → draining → recycle, stalls,
+//!   reconnects; every rule a unit test.
+//! - `monitor` — the loop that reads the sources, asks the policy, and publishes snapshots.
+//! - `status` — the published snapshot: `/status` data and pre-rendered answers.
+//! - `outlets` — what memprobe tells, each reading the published snapshot only: HTTP probes,
+//!   `/status` and Prometheus `/metrics`.
+//! - [`tools`] — `memprobe demo` and `memprobe workload`, beside the sidecar, not in it.
 
 #![forbid(unsafe_code)]
 
-pub mod allocator;
 pub mod config;
-pub mod demo;
-pub mod http;
-pub mod kms;
-pub mod limit;
-pub mod metrics;
-pub mod monitor;
-pub mod policy;
-pub mod sample;
-pub mod status;
-pub mod target;
-pub mod units;
-pub mod workload;
+mod limit;
+mod monitor;
+mod outlets;
+mod policy;
+mod secret;
+pub mod sources;
+mod status;
+pub mod tools;
+mod units;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -50,7 +44,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::monitor::{Fatal, Monitor};
-use crate::status::Snapshot;
+use crate::status::{RenderMetrics, Snapshot, Status};
+
+pub use crate::outlets::http::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -66,42 +62,40 @@ pub enum RunError {
 
 /// A running sidecar: its snapshots, and the task that ends when it stops.
 pub struct Sidecar {
-    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
     task: JoinHandle<Result<(), RunError>>,
 }
 
 impl Sidecar {
-    /// Starts the sampling loop and serves on `listener` until `shutdown` resolves.
-    pub fn start(
-        config: Config,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Self {
+    /// Starts the sources and the sampling loop, and serves on `listener` until `shutdown`
+    /// says to stop.
+    pub fn start(config: Config, listener: TcpListener, shutdown: Shutdown) -> Self {
         let config = Arc::new(config);
-        let kms = config.kms.as_ref().map(|k| {
-            kms::spawn(kms::KmsSettings {
-                url: k.url.clone(),
-                ping_interval: k.ping_interval,
-                timeout: k.timeout,
-                memory_interval: (config.memory_source == config::MemorySource::Kms)
-                    .then_some(config.interval),
-            })
-        });
+        let (memory, sessions) = sources::build(&config);
+        let metrics = Arc::new(outlets::metrics::Metrics::new(
+            config.critical.is_some(),
+            config.kms.is_some(),
+        ));
+        let render: RenderMetrics = Arc::new(move |status: &Status| metrics.render(status));
         let now = tokio::time::Instant::now();
-        let (monitor, snapshots) = Monitor::new(Arc::clone(&config), kms, now);
-        let state = http::AppState::new(snapshots.clone(), config.interval);
+        let (monitor, snapshots) = Monitor::new(Arc::clone(&config), memory, sessions, render, now);
+        let state = outlets::http::AppState::new(snapshots.clone(), config.interval);
         let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
         let sampler = std::thread::Builder::new()
             .name("memprobe-sampler".into())
             .spawn(move || {
-                let _ = stopped_tx.send(monitor.run());
+                let clock = tokio::time::Instant::now;
+                let _ = stopped_tx.send(monitor.run(clock, std::thread::sleep));
             });
+        let delay = config.shutdown_delay;
         let task = tokio::spawn(async move {
             if let Err(e) = sampler {
                 return Err(RunError::Sampler(e));
             }
             tokio::select! {
-                served = http::serve(listener, state, shutdown) => served.map_err(RunError::from),
+                served = outlets::http::serve(listener, state, shutdown, delay) => {
+                    served.map_err(RunError::from)
+                }
                 stopped = stopped => match stopped {
                     Ok(Err(fatal)) => Err(fatal.into()),
                     // The loop ends only once nobody reads its snapshots.
@@ -116,22 +110,4 @@ impl Sidecar {
     pub async fn wait(self) -> Result<(), RunError> {
         self.task.await?
     }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = term => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-    tracing::info!("shutting down: /ready answers 503 from now on");
 }

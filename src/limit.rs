@@ -26,6 +26,18 @@ pub enum LimitSource {
     HostMemTotal,
 }
 
+impl LimitSource {
+    /// Where a limit came from, as a flag or a file name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitSource::Flag => "--memory-limit",
+            LimitSource::CgroupV2 => "cgroup v2 memory.max",
+            LimitSource::CgroupV1 => "cgroup v1 memory.limit_in_bytes",
+            LimitSource::HostMemTotal => "host MemTotal",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MemoryLimit {
     pub bytes: u64,
@@ -93,8 +105,12 @@ pub fn resolve(flag: Option<u64>, pid: Option<i32>) -> MemoryLimit {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
         cgroup_limit(&text, Path::new("/sys/fs/cgroup"))
     });
-    let mem_total = procfs::Meminfo::current().map_or(u64::MAX, |m| m.mem_total);
-    choose(flag, cgroup, mem_total)
+    choose(flag, cgroup, host_total())
+}
+
+/// The host's MemTotal in bytes (`u64::MAX` if /proc/meminfo cannot be read).
+pub fn host_total() -> u64 {
+    procfs::Meminfo::current().map_or(u64::MAX, |m| m.mem_total)
 }
 
 #[cfg(test)]

@@ -1,16 +1,25 @@
 //! The `memprobe` binary: parse, set up logging, bind, run, and map errors to an exit code.
 //!
 //! Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 1 when memprobe cannot do its job here
-//! (the port is taken, a privilege is missing), 2 for invalid flags or environment.
+//! (the port is taken, a privilege is missing), 2 for invalid flags or environment, 101 for
+//! a bug: a panic on any thread or task ends the whole process, never leaving it half-alive
+//! (answering `/ready` from a view that no longer moves).
 
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use memprobe::Sidecar;
 use memprobe::config::{self, Config, Invocation, LogFormat, ParseError};
+use memprobe::{Shutdown, Sidecar};
 use tokio::net::TcpListener;
 
+/// The exit status after a panic anywhere (Rust's own for a panicking main).
+const PANICKED: i32 = 101;
+
 fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("memprobe: internal error, stopping: {info}");
+        std::process::exit(PANICKED);
+    }));
     let invocation = match config::parse(std::env::args_os()) {
         Ok(invocation) => invocation,
         Err(ParseError::Clap(e)) => return clap_outcome(e),
@@ -20,7 +29,7 @@ fn main() -> ExitCode {
         }
     };
     match invocation {
-        Invocation::Workload(flags) => match memprobe::workload::run(flags) {
+        Invocation::Workload(flags) => match memprobe::tools::workload::run(flags) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("memprobe workload: {e}");
@@ -32,7 +41,7 @@ fn main() -> ExitCode {
                 eprintln!("memprobe: {e}");
                 return ExitCode::from(2);
             }
-            runtime(memprobe::demo::run(flags))
+            runtime(memprobe::tools::demo::run(flags))
         }
         Invocation::Sidecar(config) => {
             if let Err(e) = init_logging(config.log_format) {
@@ -87,7 +96,7 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
 }
 
 /// One small current-thread runtime: the HTTP side only clones bytes, and /proc reads run on
-/// the blocking pool.
+/// the sampling thread.
 fn runtime(work: impl Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -114,7 +123,7 @@ async fn sidecar(config: Config) -> ExitCode {
     };
     let addr = listener.local_addr().map_or(config.listen, |a| a);
     tracing::info!(%addr, watching = %config.target, "listening on {addr}, watching {}", config.target);
-    match Sidecar::start(config, listener, memprobe::shutdown_signal())
+    match Sidecar::start(config, listener, Shutdown::on_signals())
         .wait()
         .await
     {

@@ -1,17 +1,16 @@
-//! The sampling loop: find the target → sample it → decide → publish.
+//! The sampling loop: read the sources → decide → publish.
 //!
 //! One thread of its own owns every piece of mutable state (the decider, the counters, the
-//! transition history, the metrics) and publishes an immutable [`Snapshot`] through a `watch`
-//! channel after each step; HTTP handlers only read the latest one. The /proc reads happen on
-//! that thread, never on the async runtime: a slow read (a huge target's smaps_rollup, a
-//! stuck mmap lock) stalls no probe, and `/livez` reports it instead. A thread rather than a
-//! task on the blocking pool: a step then wakes one thread once, and an idle sidecar costs
-//! less CPU.
+//! transition history) and publishes an immutable [`Snapshot`] through a `watch` channel after
+//! each step; the outlets only read the latest one. The sources' blocking reads (/proc)
+//! happen on that thread, never on the async runtime: a slow read (a huge target's
+//! smaps_rollup, a stuck mmap lock) stalls no probe, and `/livez` reports it instead. A thread
+//! rather than a task on the blocking pool: a step then wakes one thread once, and an idle
+//! sidecar costs less CPU.
 //!
-//! The target's memory comes from /proc (`--memory-source proc`), or from KMS's own
-//! `getUsedMemory` (`--memory-source kms`), where an incarnation is a KMS `serverId`. With
-//! the Kurento integration on, each step also reads the latest [`KmsView`]: its session count
-//! feeds the decision, and a KMS that answered once and then stopped answering is recycled.
+//! Every decision is the [`Decider`]'s; the loop only carries what the sources say to it and
+//! keeps the record. It takes its clock and its sleep from outside ([`Monitor::run`]), so a
+//! unit test drives it step by step with fake sources.
 //!
 //! While the target is tracked, a step comes every `--interval`. While it is lost, the loop
 //! looks for it again with a backoff from 100 ms up to the interval: a restarted server is
@@ -25,84 +24,18 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{Config, MemorySource};
-use crate::kms::KmsView;
+use crate::config::{Config, check_sizes};
 use crate::limit::{self, MemoryLimit};
-use crate::metrics::Metrics;
-use crate::policy::{Decider, Observation, Policy, Transition};
-use crate::sample::{MemoryKind, MemorySample, SampleError, Sampler};
-use crate::status::{self, Counters, MemoryStatus, RenderMetrics, Settings, Snapshot, Status};
+use crate::policy::{Decider, Observation, Policy, ServerPolicy, State, Transition};
+use crate::sources::proc::allocator::Allocator;
+use crate::sources::{MemorySample, MemorySource, Outcome, SampleError, SessionSource};
+use crate::status::{Counters, MemoryStatus, RenderMetrics, Settings, Snapshot, Status};
 use crate::status::{TargetStatus, ThresholdStatus, TransitionRecord};
-use crate::target::Finder;
+use crate::units::{Bytes, Human};
 
 /// How many transitions `/status` keeps.
 pub const HISTORY: usize = 32;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-
-/// The /proc side of the loop: the finder and the incarnation it found.
-struct Probe {
-    finder: Finder,
-    target: Option<Sampler>,
-    memory: MemoryKind,
-    include_children: bool,
-    memory_limit: Option<u64>,
-}
-
-/// What one blocking step saw.
-enum Outcome {
-    Sampled(MemorySample),
-    Found {
-        target: TargetStatus,
-        limit: MemoryLimit,
-        first: Option<Result<MemorySample, SampleError>>,
-    },
-    Gone(String),
-    NotFound(String),
-    Failed(SampleError),
-    /// Nothing new since the last step (KMS has not answered `getUsedMemory` again yet).
-    Unchanged,
-}
-
-impl Probe {
-    fn step(&mut self) -> Outcome {
-        if let Some(sampler) = &mut self.target {
-            return match sampler.sample(self.memory, self.include_children) {
-                Ok(s) => Outcome::Sampled(s),
-                Err(SampleError::Gone(pid)) => {
-                    self.target = None;
-                    Outcome::Gone(format!("process {pid} exited"))
-                }
-                Err(e) => Outcome::Failed(e),
-            };
-        }
-        match self.finder.find() {
-            Err(not_found) => Outcome::NotFound(not_found.to_string()),
-            Ok(found) => {
-                let target = TargetStatus {
-                    pid: Some(found.pid),
-                    name: found.name.clone(),
-                    start_time: Some(status::timestamp(found.start_time)),
-                    found_by: self.finder.spec().to_string(),
-                    allocator: crate::allocator::of(&found.process),
-                };
-                let limit = limit::resolve(self.memory_limit, Some(found.pid));
-                let first = match Sampler::new(found.process) {
-                    Ok(mut sampler) => {
-                        let first = sampler.sample(self.memory, self.include_children);
-                        self.target = Some(sampler);
-                        first
-                    }
-                    Err(e) => Err(e),
-                };
-                Outcome::Found {
-                    target,
-                    limit,
-                    first: Some(first),
-                }
-            }
-        }
-    }
-}
 
 /// A failure that stops memprobe: it cannot do its job as configured.
 #[derive(Debug, thiserror::Error)]
@@ -111,81 +44,58 @@ pub struct Fatal(#[from] SampleError);
 
 pub struct Monitor {
     config: Arc<Config>,
-    probe: Probe,
-    kms: Option<watch::Receiver<KmsView>>,
-    /// Under `--memory-source kms`: the serverId tracked, and the last reading used.
-    kms_server: Option<String>,
-    kms_readings: u64,
-    kms_down_since: Option<Instant>,
-    idle_memory: Option<u64>,
-    glibc_warned: bool,
+    settings: Arc<Settings>,
+    memory: Box<dyn MemorySource>,
+    sessions: Option<Box<dyn SessionSource>>,
     decider: Decider,
     target: Option<TargetStatus>,
     limit: MemoryLimit,
     last_sample: Option<(MemorySample, SystemTime)>,
-    /// Set by the session source (Kurento) when one is configured.
-    sessions: Option<u32>,
-    incarnations: u64,
+    session_count: Option<u32>,
+    idle_memory: Option<u64>,
+    glibc_warned: bool,
     counters: Counters,
     history: VecDeque<TransitionRecord>,
     since: SystemTime,
     not_found: Option<String>,
     last_error: Option<String>,
     backoff: Duration,
-    metrics: Arc<Metrics>,
     render: RenderMetrics,
     publish: watch::Sender<Arc<Snapshot>>,
 }
 
 impl Monitor {
-    /// A monitor and the channel it publishes on. Publishes a first snapshot (state `lost`,
-    /// "looking for the target") before any /proc read of the target.
+    /// A monitor over these sources and the channel it publishes on. Publishes a first
+    /// snapshot (state `lost`, "looking for the target") before any read of the target.
     pub fn new(
         config: Arc<Config>,
-        kms: Option<watch::Receiver<KmsView>>,
+        memory: Box<dyn MemorySource>,
+        sessions: Option<Box<dyn SessionSource>>,
+        render: RenderMetrics,
         now: Instant,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let limit = limit::resolve(config.memory_limit, None);
         let decider = Decider::new(policy(&config, limit), now);
-        let probe = Probe {
-            finder: Finder::new(config.target.clone()),
-            target: None,
-            memory: config.memory,
-            include_children: config.include_children,
-            memory_limit: config.memory_limit,
-        };
-        let metrics = Arc::new(Metrics::new(
-            config.critical.is_some(),
-            config.kms.is_some(),
-        ));
-        let render: RenderMetrics = {
-            let metrics = Arc::clone(&metrics);
-            Arc::new(move |status: &Status| metrics.render(status))
-        };
         // Replaced by the first real publish below, before anyone can read it.
         let placeholder = Snapshot::new(Status::default(), now, Arc::clone(&render));
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
         let mut monitor = Monitor {
-            probe,
-            kms,
-            kms_server: None,
-            kms_readings: 0,
-            kms_down_since: None,
-            idle_memory: None,
-            glibc_warned: false,
+            settings: Arc::new(Settings::of(&config)),
+            memory,
+            sessions,
             decider,
             target: None,
             limit,
             last_sample: None,
-            sessions: None,
-            incarnations: 0,
+            session_count: None,
+            idle_memory: None,
+            glibc_warned: false,
             counters: Counters::default(),
             history: VecDeque::with_capacity(HISTORY),
             since: SystemTime::now(),
             not_found: None,
             last_error: None,
             backoff: FIRST_BACKOFF,
-            metrics,
             render,
             publish,
             config,
@@ -194,41 +104,36 @@ impl Monitor {
         (monitor, snapshots)
     }
 
-    /// Runs on the calling thread (blocking) until nobody reads the snapshots any more, or
-    /// until a fatal error.
-    pub fn run(mut self) -> Result<(), Fatal> {
+    /// Runs on the calling thread until nobody reads the snapshots any more, or until a
+    /// fatal error; `clock` tells the time and `sleep` waits.
+    pub fn run(
+        mut self,
+        clock: impl Fn() -> Instant,
+        sleep: impl Fn(Duration),
+    ) -> Result<(), Fatal> {
         while !self.publish.is_closed() {
-            let started = Instant::now();
-            let next = self.step(started)?;
-            std::thread::sleep((started + next).saturating_duration_since(Instant::now()));
+            let started = clock();
+            let next = self.step(&clock)?;
+            sleep((started + next).saturating_duration_since(clock()));
         }
         Ok(())
     }
 
-    /// One step: find or sample, decide, publish. Returns the time to the next step.
-    pub fn step(&mut self, started: Instant) -> Result<Duration, Fatal> {
-        let kms = self.kms.as_ref().map(|view| view.borrow().clone());
-        let sessions = kms
-            .as_ref()
-            .and_then(|v| v.connected.then_some(v.sessions).flatten());
-        self.follow_sessions(sessions);
-        let outcome = match (self.config.memory_source, &kms) {
-            (MemorySource::Kms, Some(view)) => self.kms_outcome(started, view),
-            _ => self.probe.step(),
-        };
-        // The clock is read after the /proc reads, so time spent there is not lost.
-        let now = Instant::now().max(started);
+    /// One step: read the sources, decide, publish. Returns the time to the next step.
+    pub fn step(&mut self, clock: &impl Fn() -> Instant) -> Result<Duration, Fatal> {
+        let started = clock();
+        let server = self.sessions.as_mut().map(|s| s.read());
+        self.follow_sessions(server.as_ref().and_then(|s| s.sessions));
+        let outcome = self.memory.step(started);
+        // The clock is read after the blocking reads, so time spent there is not lost.
+        let now = clock().max(started);
         self.apply(now, outcome)?;
-        if let (Some(view), Some(kms)) = (&kms, &self.config.kms) {
-            // Hung: it answered for this serverId, then stopped, while it still exists.
-            if view.answered && view.failed_pings >= kms.failures && self.target.is_some() {
-                let tr = self.decider.unresponsive(now, view.failed_pings);
-                if let Some(tr) = tr {
-                    self.record(tr);
-                }
-            }
+        if let Some(server) = &server
+            && let Some(tr) = self.decider.server_answers(now, server.failed_pings)
+        {
+            self.record(tr);
         }
-        self.publish(now, kms);
+        self.publish(now, server.map(|s| s.report));
         Ok(if self.target.is_some() {
             self.backoff = FIRST_BACKOFF;
             self.config.interval
@@ -247,10 +152,6 @@ impl Monitor {
                 limit,
                 first,
             } => {
-                self.incarnations += 1;
-                if self.incarnations > 1 {
-                    self.counters.target_restarts_total += 1;
-                }
                 self.not_found = None;
                 self.warn_of_glibc(&target);
                 let who = match target.pid {
@@ -263,6 +164,9 @@ impl Monitor {
                 let tr = self
                     .decider
                     .new_incarnation(now, policy(&self.config, limit), &who);
+                if self.decider.incarnations() > 1 {
+                    self.counters.target_restarts_total += 1;
+                }
                 self.record(tr);
                 match first {
                     None => {}
@@ -270,19 +174,31 @@ impl Monitor {
                     Some(Err(SampleError::Gone(pid))) => {
                         self.gone(now, format!("process {pid} exited"));
                     }
-                    // The privilege is missing for good: say so and stop, once, at start.
-                    Some(Err(e @ SampleError::PssDenied { .. })) if self.incarnations == 1 => {
+                    Some(Err(e @ SampleError::PssDenied { .. }))
+                        if self.decider.missing_privilege_is_fatal() =>
+                    {
                         return Err(Fatal(e));
                     }
                     Some(Err(e)) => self.failed(e.to_string()),
                 }
             }
             Outcome::Gone(why) => self.gone(now, why),
+            Outcome::Unreachable(why) => {
+                let (lost, tr) = self.decider.unreachable(now, why);
+                if lost {
+                    self.memory.forget();
+                    self.target = None;
+                    self.last_sample = None;
+                }
+                if let Some(tr) = tr {
+                    self.record(tr);
+                }
+            }
             Outcome::NotFound(why) => {
                 if self.not_found.as_deref() != Some(why.as_str()) {
                     info!(
                         "waiting for the target: {why} (looking again every {} at most)",
-                        status::duration(self.config.interval)
+                        Human(self.config.interval)
                     );
                     self.not_found = Some(why.clone());
                 }
@@ -291,74 +207,15 @@ impl Monitor {
                 }
             }
             Outcome::Failed(e) => self.failed(e.to_string()),
-            Outcome::Unchanged => {}
+            Outcome::Unchanged => self.decider.reachable(),
         }
         Ok(())
-    }
-
-    /// Under `--memory-source kms` the target is KMS's serverId and its memory is
-    /// `getUsedMemory`; a dropped connection is a lost target.
-    fn kms_outcome(&mut self, now: Instant, view: &KmsView) -> Outcome {
-        let server_id = view.server_id.as_ref().filter(|_| view.connected);
-        let Some(server_id) = server_id else {
-            // A connection that drops and comes back with the same serverId within a ping
-            // interval (or two request deadlines) is the same KMS: hold the state rather than
-            // lose a drain's latch.
-            let down_since = *self.kms_down_since.get_or_insert(now);
-            let grace = self
-                .config
-                .kms
-                .as_ref()
-                .map_or(Duration::ZERO, |k| k.ping_interval.max(k.timeout * 2));
-            if self.target.is_some() && now - down_since < grace {
-                return Outcome::Unchanged;
-            }
-            let why = match &view.last_error {
-                Some(e) => format!("kms at {} not connected: {e}", view.url),
-                None => format!("connecting to kms at {}", view.url),
-            };
-            return if self.target.is_some() {
-                Outcome::Gone(why)
-            } else {
-                Outcome::NotFound(why)
-            };
-        };
-        self.kms_down_since = None;
-        let fresh = view.memory_readings > self.kms_readings;
-        self.kms_readings = view.memory_readings;
-        let reading = view
-            .used_memory_bytes
-            .filter(|_| fresh)
-            .map(|b| Ok(MemorySample::rss_only(b)));
-        if self.target.is_none() || self.kms_server.as_ref() != Some(server_id) {
-            self.kms_server = Some(server_id.clone());
-            let target = TargetStatus {
-                pid: None,
-                name: format!(
-                    "kms {}",
-                    view.version.as_deref().unwrap_or("(version unknown)")
-                ),
-                start_time: None,
-                found_by: format!("--memory-source kms, serverId {server_id}"),
-                allocator: crate::allocator::Allocator::Unknown,
-            };
-            let limit = limit::resolve(self.config.memory_limit, None);
-            return Outcome::Found {
-                target,
-                limit,
-                first: reading,
-            };
-        }
-        match reading {
-            Some(Ok(sample)) => Outcome::Sampled(sample),
-            _ => Outcome::Unchanged,
-        }
     }
 
     /// One warning per run when a KMS runs on the malloc that fragments.
     fn warn_of_glibc(&mut self, target: &TargetStatus) {
         let kms = target.name.starts_with("kurento-media-s");
-        if kms && target.allocator == crate::allocator::Allocator::Glibc && !self.glibc_warned {
+        if kms && target.allocator == Allocator::Glibc && !self.glibc_warned {
             warn!(
                 "{} (pid {}) runs on glibc's malloc, whose heap fragmentation this probe exists \
                  to catch; preload jemalloc: see deploy/kurento-jemalloc",
@@ -371,24 +228,24 @@ impl Monitor {
 
     /// Keeps the session count, and says how many sessions a drain is waiting for.
     fn follow_sessions(&mut self, sessions: Option<u32>) {
-        if sessions != self.sessions && self.decider.state() == crate::policy::State::Draining {
+        if sessions != self.session_count && self.decider.state() == State::Draining {
             if let Some(n) = sessions {
                 info!(sessions = n, "draining: {n} session(s) left");
             }
         }
-        self.sessions = sessions;
+        self.session_count = sessions;
     }
 
     fn observe(&mut self, now: Instant, s: MemorySample) {
         self.counters.samples_total += 1;
         self.last_error = None;
         self.last_sample = Some((s, SystemTime::now()));
-        if self.sessions == Some(0) {
+        if self.session_count == Some(0) {
             self.idle_memory = Some(s.deciding(self.config.memory));
         }
         let obs = Observation {
             memory_bytes: s.deciding(self.config.memory),
-            sessions: self.sessions,
+            sessions: self.session_count,
         };
         if let Some(tr) = self.decider.observe(now, obs) {
             self.record(tr);
@@ -396,6 +253,7 @@ impl Monitor {
     }
 
     fn gone(&mut self, now: Instant, why: String) {
+        self.memory.forget();
         self.target = None;
         self.last_sample = None;
         if let Some(tr) = self.decider.lost(now, why) {
@@ -420,36 +278,36 @@ impl Monitor {
             tr.to.as_str(),
             tr.reason
         );
-        self.metrics.transition(tr.to);
+        *self.counters.transitions_total.entry(tr.to).or_default() += 1;
         self.since = SystemTime::now();
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
         self.history.push_back(TransitionRecord {
-            at: status::timestamp(self.since),
+            at: crate::units::timestamp(self.since),
             from: tr.from,
             to: tr.to,
             reason: tr.reason,
         });
     }
 
-    fn status(&self, now: Instant, kms: Option<KmsView>) -> Status {
+    fn status(&self, now: Instant, server: Option<crate::sources::ServerReport>) -> Status {
         let state = self.decider.state();
         let policy = self.decider.policy();
         Status {
             state,
-            since: status::timestamp(self.since),
+            since: crate::units::timestamp(self.since),
             reason: self.decider.reason().to_string(),
             ready: state.ready(),
             live: state.healthy(),
             over_threshold_seconds: self.decider.over_for(now).as_secs_f64(),
-            sessions: self.sessions,
+            sessions: self.session_count,
             target: self.target.clone(),
             memory: self.last_sample.map(|(sample, at)| MemoryStatus {
                 deciding: self.config.memory,
                 deciding_bytes: sample.deciding(self.config.memory),
                 sample,
-                sampled_at: status::timestamp(at),
+                sampled_at: crate::units::timestamp(at),
             }),
             threshold: ThresholdStatus {
                 bytes: policy.threshold_bytes,
@@ -459,16 +317,15 @@ impl Monitor {
             },
             idle_memory_bytes: self.idle_memory,
             memory_source: self.config.memory_source,
-            kms,
+            server,
             counters: self.counters.clone(),
             transitions: self.history.iter().cloned().collect(),
-            settings: settings(&self.config),
+            settings: Arc::clone(&self.settings),
         }
     }
 
-    fn publish(&mut self, now: Instant, kms: Option<KmsView>) {
-        let status = self.status(now, kms);
-
+    fn publish(&mut self, now: Instant, server: Option<crate::sources::ServerReport>) {
+        let status = self.status(now, server);
         self.publish.send_replace(Arc::new(Snapshot::new(
             status,
             now,
@@ -477,39 +334,294 @@ impl Monitor {
     }
 }
 
+/// The policy one incarnation is judged by, under its memory limit. Sizes that cannot work
+/// under that limit (checked at start against the flag or the host, and again here against
+/// the target's own cgroup) are said once and made safe: a critical level at or below the
+/// threshold is dropped rather than recycle at once.
 fn policy(config: &Config, limit: MemoryLimit) -> Policy {
+    let threshold_bytes = config.threshold.resolve(limit.bytes).max(1);
+    let mut critical_bytes = config.critical.map(|c| c.resolve(limit.bytes));
+    if let Err(problem) = check_sizes(config.threshold, config.critical, limit) {
+        warn!(
+            ?problem,
+            "under the memory limit {} ({}) the threshold {} {}: check --threshold and --critical",
+            Bytes(limit.bytes),
+            limit.source.as_str(),
+            Bytes(threshold_bytes),
+            critical_bytes.map_or(String::new(), |c| format!(
+                "and critical {} cannot both hold; critical is off for this incarnation",
+                Bytes(c)
+            ))
+        );
+        critical_bytes = critical_bytes.filter(|c| *c > threshold_bytes);
+    }
+    let kms = config.kms.as_ref();
     Policy {
         memory: config.memory.as_str(),
-        threshold_bytes: config.threshold.resolve(limit.bytes),
-        critical_bytes: config.critical.map(|c| c.resolve(limit.bytes)),
+        threshold_bytes,
+        critical_bytes,
         sustain: config.sustain,
         idle_sustain: config.idle_sustain,
         drain_timeout: config.drain_timeout,
         min_drain: config.min_drain,
+        server: kms.map_or_else(ServerPolicy::default, |k| ServerPolicy {
+            name: "kms",
+            failures: k.failures,
+            hang_timeout: k.hang_timeout,
+        }),
+        // A dropped connection that comes back within a ping interval (or two request
+        // deadlines) is the same KMS.
+        reconnect_grace: kms.map_or(Duration::ZERO, |k| k.ping_interval.max(k.timeout * 2)),
     }
 }
 
-fn settings(config: &Config) -> Settings {
-    Settings {
-        target: config.target.to_string(),
-        include_children: config.include_children,
-        interval: status::duration(config.interval),
-        memory: config.memory,
-        threshold: config.threshold.to_string(),
-        critical: config.critical.map(|c| c.to_string()),
-        memory_limit: config.memory_limit,
-        sustain: status::duration(config.sustain),
-        idle_sustain: status::duration(config.idle_sustain),
-        drain_timeout: status::duration(config.drain_timeout),
-        min_drain: status::duration(config.min_drain),
-        kms_url: config.kms.as_ref().map(|k| k.url.clone()),
-        kms_ping_interval: config
-            .kms
-            .as_ref()
-            .map(|k| status::duration(k.ping_interval)),
-        kms_timeout: config.kms.as_ref().map(|k| status::duration(k.timeout)),
-        kms_failures: config.kms.as_ref().map(|k| k.failures),
-        memory_source: config.memory_source,
-        listen: config.listen.to_string(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::ServerView;
+    use std::cell::Cell;
+    use std::sync::Mutex;
+
+    const MI: u64 = 1 << 20;
+
+    /// A memory source that says what the test scripted, one outcome per step.
+    struct Scripted(Arc<Mutex<VecDeque<Outcome>>>, Arc<Mutex<u32>>);
+
+    impl MemorySource for Scripted {
+        fn step(&mut self, _now: Instant) -> Outcome {
+            self.0
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Outcome::Unchanged)
+        }
+        fn forget(&mut self) {
+            *self.1.lock().unwrap() += 1;
+        }
+    }
+
+    struct Sessions(Arc<Mutex<ServerView>>);
+
+    impl SessionSource for Sessions {
+        fn read(&mut self) -> ServerView {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn config() -> Config {
+        match crate::config::parse_with(
+            [
+                "memprobe",
+                "--name",
+                "kms-under-test",
+                "--threshold",
+                "100Mi",
+                "--interval",
+                "1s",
+                "--sustain",
+                "5s",
+                "--kms-hang-timeout",
+                "10s",
+            ],
+            1 << 34,
+        ) {
+            Ok(crate::config::Invocation::Sidecar(c)) => *c,
+            _ => panic!("a valid configuration"),
+        }
+    }
+
+    fn found(pid: i32, first_mib: u64) -> Outcome {
+        Outcome::Found {
+            target: TargetStatus {
+                pid: Some(pid),
+                name: "kms".into(),
+                start_time: None,
+                found_by: "--pid".into(),
+                allocator: Allocator::Unknown,
+            },
+            limit: MemoryLimit::default(),
+            first: Some(Ok(MemorySample::rss_only(first_mib * MI))),
+        }
+    }
+
+    struct Rig {
+        monitor: Monitor,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        script: Arc<Mutex<VecDeque<Outcome>>>,
+        forgotten: Arc<Mutex<u32>>,
+        server: Arc<Mutex<ServerView>>,
+        now: Cell<Instant>,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let script = Arc::new(Mutex::new(VecDeque::new()));
+            let forgotten = Arc::new(Mutex::new(0));
+            let server = Arc::new(Mutex::new(ServerView::default()));
+            let render: RenderMetrics = Arc::new(|_: &Status| bytes::Bytes::new());
+            let t0 = Instant::now();
+            let (monitor, snapshots) = Monitor::new(
+                Arc::new(config()),
+                Box::new(Scripted(Arc::clone(&script), Arc::clone(&forgotten))),
+                Some(Box::new(Sessions(Arc::clone(&server)))),
+                render,
+                t0,
+            );
+            Rig {
+                monitor,
+                snapshots,
+                script,
+                forgotten,
+                server,
+                now: Cell::new(t0),
+            }
+        }
+
+        /// Advances the clock by `after`, then runs one step that sees `outcome`.
+        fn step(&mut self, after: Duration, outcome: Outcome) -> Arc<Snapshot> {
+            self.now.set(self.now.get() + after);
+            self.script.lock().unwrap().push_back(outcome);
+            let now = self.now.get();
+            self.monitor.step(&|| now).expect("no fatal error");
+            Arc::clone(&self.snapshots.borrow())
+        }
+
+        fn sample(&mut self, after: Duration, mib: u64) -> Arc<Snapshot> {
+            self.step(after, Outcome::Sampled(MemorySample::rss_only(mib * MI)))
+        }
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_first_snapshot_is_lost_and_looking_before_any_read() {
+        let rig = Rig::new();
+        let snap = rig.snapshots.borrow();
+        assert_eq!(snap.status.state, State::Lost);
+        assert_eq!(snap.status.reason, "looking for the target process");
+    }
+
+    #[test]
+    fn a_found_target_is_sampled_judged_and_published() {
+        let mut rig = Rig::new();
+        let snap = rig.step(SECOND, found(42, 50));
+        assert_eq!(snap.status.state, State::Healthy, "{}", snap.status.reason);
+        assert_eq!(snap.status.counters.samples_total, 1);
+        assert_eq!(snap.status.target.as_ref().unwrap().pid, Some(42));
+        for _ in 0..5 {
+            rig.sample(SECOND, 150);
+        }
+        let snap = rig.sample(SECOND, 150);
+        assert_eq!(snap.status.state, State::Draining, "{}", snap.status.reason);
+        assert!(!snap.status.ready);
+        let entered: Vec<State> = snap.status.transitions.iter().map(|t| t.to).collect();
+        assert_eq!(
+            entered,
+            [
+                State::Starting,
+                State::Healthy,
+                State::Elevated,
+                State::Draining
+            ]
+        );
+        assert_eq!(snap.status.counters.transitions_total[&State::Draining], 1);
+    }
+
+    #[test]
+    fn a_target_that_exits_is_forgotten_and_its_successor_counts_a_restart() {
+        let mut rig = Rig::new();
+        rig.step(SECOND, found(42, 50));
+        let snap = rig.step(SECOND, Outcome::Gone("process 42 exited".into()));
+        assert_eq!(snap.status.state, State::Lost);
+        assert!(snap.status.target.is_none());
+        assert_eq!(*rig.forgotten.lock().unwrap(), 1);
+        let snap = rig.step(SECOND, found(43, 50));
+        assert_eq!(snap.status.counters.target_restarts_total, 1);
+        assert_eq!(snap.status.state, State::Healthy);
+    }
+
+    #[test]
+    fn a_server_that_stops_answering_is_stalled_then_recycled_at_the_hang_timeout() {
+        let mut rig = Rig::new();
+        rig.step(SECOND, found(42, 50));
+        rig.server.lock().unwrap().failed_pings = 3;
+        let snap = rig.sample(SECOND, 50);
+        assert_eq!(snap.status.state, State::Stalled);
+        assert!(!snap.status.ready && snap.status.live);
+        let snap = rig.sample(9 * SECOND, 50);
+        assert_eq!(
+            snap.status.state,
+            State::Stalled,
+            "9 s of a 10 s hang timeout"
+        );
+        let snap = rig.sample(SECOND, 50);
+        assert_eq!(snap.status.state, State::Recycle);
+        assert!(!snap.status.live, "a hung server is restarted");
+    }
+
+    #[test]
+    fn a_server_that_answers_again_is_ready_again() {
+        let mut rig = Rig::new();
+        rig.step(SECOND, found(42, 50));
+        rig.server.lock().unwrap().failed_pings = 3;
+        rig.sample(SECOND, 50);
+        rig.server.lock().unwrap().failed_pings = 0;
+        let snap = rig.sample(5 * SECOND, 50);
+        assert_eq!(snap.status.state, State::Healthy);
+        assert!(snap.status.ready);
+    }
+
+    #[test]
+    fn a_brief_disconnection_keeps_the_drain() {
+        let mut rig = Rig::new();
+        // 2 × the 3 s default --kms-timeout: 10 s of the default ping interval.
+        rig.step(SECOND, found(42, 150));
+        for _ in 0..6 {
+            rig.sample(SECOND, 150);
+        }
+        assert_eq!(rig.snapshots.borrow().status.state, State::Draining);
+        let snap = rig.step(SECOND, Outcome::Unreachable("kms down".into()));
+        assert_eq!(snap.status.state, State::Draining, "within the grace");
+        assert!(snap.status.target.is_some());
+        let snap = rig.step(10 * SECOND, Outcome::Unreachable("kms down".into()));
+        assert_eq!(snap.status.state, State::Lost, "past the grace");
+        assert_eq!(*rig.forgotten.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn the_next_step_comes_after_an_interval_or_a_backoff_while_lost() {
+        let mut rig = Rig::new();
+        let now = rig.now.get();
+        rig.script
+            .lock()
+            .unwrap()
+            .push_back(Outcome::NotFound("no process".into()));
+        assert_eq!(rig.monitor.step(&|| now).unwrap(), FIRST_BACKOFF);
+        rig.script
+            .lock()
+            .unwrap()
+            .push_back(Outcome::NotFound("no process".into()));
+        assert_eq!(rig.monitor.step(&|| now).unwrap(), FIRST_BACKOFF * 2);
+        rig.script.lock().unwrap().push_back(found(42, 50));
+        assert_eq!(rig.monitor.step(&|| now).unwrap(), SECOND, "--interval 1s");
+    }
+
+    #[test]
+    fn a_missing_privilege_at_start_is_fatal() {
+        let mut rig = Rig::new();
+        let outcome = Outcome::Found {
+            target: TargetStatus {
+                pid: Some(42),
+                name: "kms".into(),
+                start_time: None,
+                found_by: "--pid".into(),
+                allocator: Allocator::Unknown,
+            },
+            limit: MemoryLimit::default(),
+            first: Some(Err(SampleError::PssDenied { pid: 42 })),
+        };
+        rig.script.lock().unwrap().push_back(outcome);
+        let now = rig.now.get();
+        assert!(rig.monitor.step(&|| now).is_err());
     }
 }

@@ -10,11 +10,16 @@
 //! | healthy  | last sample at or below the threshold             | yes   | yes     |
 //! | elevated | over the threshold, not yet for `sustain`         | yes   | yes     |
 //! | draining | over the threshold on every sample for `sustain`  | no    | yes     |
+//! | stalled  | the server stopped answering its own API          | no    | yes     |
 //! | recycle  | draining is over: restart the server              | no    | no      |
 //! | lost     | the target process is not there                   | no    | yes     |
 //!
 //! Draining and recycle are latched for the incarnation: fragmentation rarely heals, so memory
 //! falling again does not undo them. Only a new incarnation starts over.
+//!
+//! A stall is not latched: a server that stops answering pings takes no new sessions, and is
+//! recycled only if the stall outlasts `hang_timeout`. One that answers again returns to the
+//! state its memory gives — a server that hiccuped for 30 s keeps its live calls.
 
 use std::time::Duration;
 
@@ -23,24 +28,26 @@ use tokio::time::Instant;
 
 use crate::units::{Bytes, Human};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Starting,
     Healthy,
     Elevated,
     Draining,
+    Stalled,
     Recycle,
     #[default]
     Lost,
 }
 
 impl State {
-    pub const ALL: [State; 6] = [
+    pub const ALL: [State; 7] = [
         State::Starting,
         State::Healthy,
         State::Elevated,
         State::Draining,
+        State::Stalled,
         State::Recycle,
         State::Lost,
     ];
@@ -51,6 +58,7 @@ impl State {
             State::Healthy => "healthy",
             State::Elevated => "elevated",
             State::Draining => "draining",
+            State::Stalled => "stalled",
             State::Recycle => "recycle",
             State::Lost => "lost",
         }
@@ -82,6 +90,32 @@ pub struct Policy {
     pub idle_sustain: Duration,
     pub drain_timeout: Duration,
     pub min_drain: Duration,
+    /// The server's API, when memprobe talks to it: when it counts as stalled or hung.
+    pub server: ServerPolicy,
+    /// A target out of reach for less than this keeps its state: a KMS connection that drops
+    /// and comes back with the same serverId is the same server, and its drain goes on.
+    pub reconnect_grace: Duration,
+}
+
+/// How a server that stops answering its API is judged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerPolicy {
+    /// Its name in reasons: `kms`.
+    pub name: &'static str,
+    /// Failed pings in a row (after it answered once) that make it stalled.
+    pub failures: u32,
+    /// A stall this long recycles.
+    pub hang_timeout: Duration,
+}
+
+impl Default for ServerPolicy {
+    fn default() -> Self {
+        ServerPolicy {
+            name: "server",
+            failures: u32::MAX,
+            hang_timeout: Duration::MAX,
+        }
+    }
 }
 
 /// One sample as the decision sees it.
@@ -109,8 +143,18 @@ pub struct Decider {
     over_since: Option<Instant>,
     /// First sample of the current unbroken run over the threshold with zero sessions.
     idle_over_since: Option<Instant>,
+    /// Whether this incarnation has had a sample yet.
+    sampled: bool,
+    /// When the server stopped answering its API (enough failed pings), while it does not.
+    stalled_since: Option<Instant>,
+    /// When the target went out of reach, while it is.
+    unreachable_since: Option<Instant>,
+    incarnations: u64,
     reason: String,
 }
+
+/// Caps every reason: it is one line in /ready, a log and /status.
+const MAX_REASON_BYTES: usize = 512;
 
 impl Decider {
     /// A decider waiting for its target: state `lost` until an incarnation is found.
@@ -121,17 +165,16 @@ impl Decider {
             since: now,
             over_since: None,
             idle_over_since: None,
+            sampled: false,
+            stalled_since: None,
+            unreachable_since: None,
+            incarnations: 0,
             reason: "looking for the target process".to_string(),
         }
     }
 
     pub fn state(&self) -> State {
         self.state
-    }
-
-    /// When the current state began.
-    pub fn since(&self) -> Instant {
-        self.since
     }
 
     /// Why the server is in the current state, in words with numbers.
@@ -152,8 +195,12 @@ impl Decider {
     /// under a policy that may differ (its cgroup limit may have changed).
     pub fn new_incarnation(&mut self, now: Instant, policy: Policy, who: &str) -> Transition {
         self.policy = policy;
+        self.incarnations += 1;
         self.over_since = None;
         self.idle_over_since = None;
+        self.sampled = false;
+        self.stalled_since = None;
+        self.unreachable_since = None;
         self.enter(
             now,
             State::Starting,
@@ -166,25 +213,100 @@ impl Decider {
         })
     }
 
+    /// How many incarnations of the target have been found.
+    pub fn incarnations(&self) -> u64 {
+        self.incarnations
+    }
+
     /// The target process is not there any more.
     pub fn lost(&mut self, now: Instant, why: String) -> Option<Transition> {
         self.over_since = None;
         self.idle_over_since = None;
+        self.stalled_since = None;
+        self.unreachable_since = None;
         self.enter(now, State::Lost, why)
     }
 
-    /// The server exists but has stopped answering its own protocol (`failed_pings` in a
-    /// row): it cannot serve its sessions either, so it is to be restarted now.
-    pub fn unresponsive(&mut self, now: Instant, failed_pings: u32) -> Option<Transition> {
+    /// The target is out of reach (its API connection dropped) without being known gone.
+    /// Within `reconnect_grace` of the first such step the state holds; after it, the target
+    /// is lost. Returns whether it is lost now.
+    pub fn unreachable(&mut self, now: Instant, why: String) -> (bool, Option<Transition>) {
+        let since = *self.unreachable_since.get_or_insert(now);
+        if self.state != State::Lost && now - since < self.policy.reconnect_grace {
+            return (false, None);
+        }
+        (true, self.lost(now, why))
+    }
+
+    /// The target is in reach again (or never left).
+    pub fn reachable(&mut self) {
+        self.unreachable_since = None;
+    }
+
+    /// A missing privilege (PSS without ptrace access) stops memprobe when it shows on the
+    /// first incarnation: that is a setup error, and the operator must hear of it at once.
+    /// On a later incarnation the sidecar has been doing its job; it keeps going.
+    pub fn missing_privilege_is_fatal(&self) -> bool {
+        self.incarnations <= 1
+    }
+
+    /// What the server's own API says: `failed_pings` in a row have gone unanswered since it
+    /// last answered (0 while it answers, or while it never has). Enough of them stall the
+    /// instance (no new sessions); a stall that lasts `hang_timeout` recycles it; an answer
+    /// before that returns it to the state its memory gives.
+    pub fn server_answers(&mut self, now: Instant, failed_pings: u32) -> Option<Transition> {
+        let server = self.policy.server.clone();
         if matches!(self.state, State::Lost | State::Recycle) {
+            self.stalled_since = None;
             return None;
         }
-        let why = format!("kms not answering: {failed_pings} pings in a row failed");
-        self.enter(now, State::Recycle, why)
+        if failed_pings < server.failures {
+            let stalled_for = now - self.stalled_since.take()?;
+            if self.state != State::Stalled {
+                return None;
+            }
+            let why = format!(
+                "{} answers again after a stall of {}",
+                server.name,
+                Human(stalled_for)
+            );
+            return self.enter(now, self.memory_state(), why);
+        }
+        let stalled_for = now - *self.stalled_since.get_or_insert(now);
+        if stalled_for >= server.hang_timeout {
+            let why = format!(
+                "{} not answering for {} after {failed_pings} failed pings \
+                 (--{}-hang-timeout): hung",
+                server.name,
+                Human(stalled_for),
+                server.name
+            );
+            return self.enter(now, State::Recycle, why);
+        }
+        let why = format!(
+            "{} not answering: {failed_pings} pings in a row failed; restart if it lasts {}",
+            server.name,
+            Human(server.hang_timeout)
+        );
+        match self.state {
+            State::Draining => None,
+            _ => self.stay_or_enter(now, State::Stalled, why),
+        }
+    }
+
+    /// The state the memory alone gives, outside a latch.
+    fn memory_state(&self) -> State {
+        match (self.sampled, self.over_since) {
+            (false, _) => State::Starting,
+            (true, None) => State::Healthy,
+            (true, Some(_)) => State::Elevated,
+        }
     }
 
     /// Judges one sample. Returns the transition it caused, if any.
     pub fn observe(&mut self, now: Instant, obs: Observation) -> Option<Transition> {
+        self.sampled = true;
+        self.unreachable_since = None;
         let p = &self.policy;
         let mem = obs.memory_bytes;
         let kind = p.memory;
@@ -233,40 +355,55 @@ impl Decider {
                     None
                 }
             }
-            State::Starting | State::Healthy | State::Elevated => {
-                let threshold = Bytes(p.threshold_bytes);
-                if !over {
-                    let why = format!("{kind} {} at or below threshold {threshold}", Bytes(mem));
-                    return self.stay_or_enter(now, State::Healthy, why);
-                }
-                let idle_for = self.idle_over_since.map_or(Duration::ZERO, |t| now - t);
-                if self.idle_over_since.is_some() && idle_for >= p.idle_sustain {
-                    let why = format!(
-                        "{kind} {} over threshold {threshold} for {} with no sessions: \
-                         memory that does not come back when sessions end",
-                        Bytes(mem),
-                        Human(idle_for)
-                    );
-                    return self.enter(now, State::Draining, why);
-                }
-                let over_for = self.over_for(now);
-                let why = format!(
-                    "{kind} {} over threshold {threshold} for {}",
-                    Bytes(mem),
-                    Human(over_for)
-                );
-                if over_for >= p.sustain {
-                    self.enter(now, State::Draining, why)
-                } else {
-                    self.stay_or_enter(now, State::Elevated, why)
-                }
+            State::Stalled => {
+                // Memory still decides whether to drain; short of that, the stall holds.
+                let (to, why) = self.judge(now, mem);
+                (to == State::Draining)
+                    .then(|| self.enter(now, to, why))
+                    .flatten()
             }
+            State::Starting | State::Healthy | State::Elevated => {
+                let (to, why) = self.judge(now, mem);
+                self.stay_or_enter(now, to, why)
+            }
+        }
+    }
+
+    /// Healthy, elevated or draining, by memory alone, with the reason.
+    fn judge(&self, now: Instant, mem: u64) -> (State, String) {
+        let p = &self.policy;
+        let kind = p.memory;
+        let threshold = Bytes(p.threshold_bytes);
+        if mem <= p.threshold_bytes {
+            let why = format!("{kind} {} at or below threshold {threshold}", Bytes(mem));
+            return (State::Healthy, why);
+        }
+        let idle_for = self.idle_over_since.map_or(Duration::ZERO, |t| now - t);
+        if self.idle_over_since.is_some() && idle_for >= p.idle_sustain {
+            let why = format!(
+                "{kind} {} over threshold {threshold} for {} with no sessions: \
+                 memory that does not come back when sessions end",
+                Bytes(mem),
+                Human(idle_for)
+            );
+            return (State::Draining, why);
+        }
+        let over_for = self.over_for(now);
+        let why = format!(
+            "{kind} {} over threshold {threshold} for {}",
+            Bytes(mem),
+            Human(over_for)
+        );
+        if over_for >= p.sustain {
+            (State::Draining, why)
+        } else {
+            (State::Elevated, why)
         }
     }
 
     fn stay_or_enter(&mut self, now: Instant, to: State, reason: String) -> Option<Transition> {
         if self.state == to {
-            self.reason = reason;
+            self.reason = crate::units::clip(&reason, MAX_REASON_BYTES);
             None
         } else {
             self.enter(now, to, reason)
@@ -275,6 +412,7 @@ impl Decider {
 
     fn enter(&mut self, now: Instant, to: State, reason: String) -> Option<Transition> {
         let from = self.state;
+        let reason = crate::units::clip(&reason, MAX_REASON_BYTES);
         self.reason = reason.clone();
         if from == to {
             return None;
@@ -309,6 +447,12 @@ mod tests {
             idle_sustain: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(3600),
             min_drain: Duration::from_secs(30),
+            server: ServerPolicy {
+                name: "kms",
+                failures: 3,
+                hang_timeout: Duration::from_secs(60),
+            },
+            reconnect_grace: Duration::from_secs(10),
         }
     }
 
@@ -610,24 +754,154 @@ mod tests {
     }
 
     #[test]
-    fn an_unresponsive_server_is_recycled_but_a_lost_one_is_not() {
+    fn a_server_that_stops_answering_takes_no_new_sessions_but_is_not_restarted_yet() {
         let (mut d, t0) = started(policy());
         d.observe(t0, mem(500));
-        let tr = d.unresponsive(t0 + SECOND, 3).expect("a transition");
-        assert_eq!((tr.from, tr.to), (State::Healthy, State::Recycle));
-        assert_eq!(tr.reason, "kms not answering: 3 pings in a row failed");
-        assert!(
-            !d.state().ready() && !d.state().healthy(),
-            "a hung server is restarted"
+        assert_eq!(
+            d.server_answers(t0, 2),
+            None,
+            "2 failed pings of 3 change nothing"
         );
+        let tr = d.server_answers(t0 + SECOND, 3).expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Healthy, State::Stalled));
+        assert_eq!(
+            tr.reason,
+            "kms not answering: 3 pings in a row failed; restart if it lasts 1m"
+        );
+        assert!(!d.state().ready(), "a stalled server takes no new sessions");
+        assert!(
+            d.state().healthy(),
+            "a stall is not yet a reason to restart"
+        );
+    }
 
+    #[test]
+    fn a_stall_shorter_than_the_hang_timeout_never_recycles() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(500));
+        d.server_answers(t0, 3);
+        d.server_answers(t0 + Duration::from_secs(59), 8);
+        assert_eq!(d.state(), State::Stalled, "59 s of a 60 s hang timeout");
+        let tr = d
+            .server_answers(t0 + Duration::from_secs(60), 0)
+            .expect("a transition");
+        assert_eq!(
+            (tr.from, tr.to),
+            (State::Stalled, State::Healthy),
+            "a server that answers again returns to the state its memory gives"
+        );
+        assert_eq!(tr.reason, "kms answers again after a stall of 1m");
+    }
+
+    #[test]
+    fn a_stall_that_lasts_the_hang_timeout_recycles() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(500));
+        d.server_answers(t0, 3);
+        let tr = d
+            .server_answers(t0 + Duration::from_secs(60), 9)
+            .expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Stalled, State::Recycle));
+        assert!(tr.reason.contains("hung"), "{}", tr.reason);
+        assert!(!d.state().ready() && !d.state().healthy());
+    }
+
+    #[test]
+    fn a_stall_during_a_drain_keeps_the_drain_latched() {
+        let (mut d, t0) = started(policy());
+        let t = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(300), mem(1200));
+        assert_eq!(d.state(), State::Draining);
+        assert_eq!(
+            d.server_answers(t, 3),
+            None,
+            "draining already takes no sessions"
+        );
+        assert_eq!(d.server_answers(t + SECOND, 0), None);
+        assert_eq!(
+            d.state(),
+            State::Draining,
+            "an answer after a stall does not undo a memory drain"
+        );
+        d.server_answers(t + 2 * SECOND, 3);
+        d.server_answers(t + 62 * SECOND, 3);
+        assert_eq!(
+            d.state(),
+            State::Recycle,
+            "a draining server that hangs past the timeout is recycled"
+        );
+    }
+
+    #[test]
+    fn memory_still_drains_a_stalled_server() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(1200));
+        d.server_answers(t0, 3);
+        assert_eq!(d.state(), State::Stalled);
+        d.observe(t0 + Duration::from_secs(30), mem(1200));
+        assert_eq!(d.state(), State::Stalled, "elevated memory under a stall");
+        d.observe(t0 + Duration::from_secs(300), mem(1200));
+        assert_eq!(
+            d.state(),
+            State::Draining,
+            "memory over the threshold for --sustain drains, stall or not"
+        );
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(1200));
+        d.server_answers(t0, 3);
+        let tr = d.server_answers(t0 + SECOND, 0).unwrap();
+        assert_eq!(tr.to, State::Elevated, "back to what memory says: elevated");
+    }
+
+    #[test]
+    fn a_lost_server_is_not_a_stalled_one() {
         let (mut d, t0) = started(policy());
         d.lost(t0, "gone".into());
         assert_eq!(
-            d.unresponsive(t0 + SECOND, 3),
+            d.server_answers(t0 + SECOND, 3),
             None,
             "a server that is gone is lost, not hung"
         );
+    }
+
+    #[test]
+    fn a_target_out_of_reach_for_less_than_the_grace_keeps_its_state() {
+        let (mut d, t0) = started(policy());
+        let t = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(300), mem(1200));
+        assert_eq!(d.state(), State::Draining);
+        assert_eq!(d.unreachable(t + SECOND, "down".into()), (false, None));
+        assert_eq!(d.unreachable(t + 10 * SECOND, "down".into()), (false, None));
+        d.observe(t + 11 * SECOND, mem(1200));
+        assert_eq!(
+            d.state(),
+            State::Draining,
+            "back within 10 s: the drain goes on"
+        );
+        d.unreachable(t + 20 * SECOND, "down".into());
+        let (lost, tr) = d.unreachable(t + 31 * SECOND, "down".into());
+        assert!(lost, "out of reach past the grace is lost");
+        assert_eq!(tr.unwrap().to, State::Lost);
+    }
+
+    #[test]
+    fn a_missing_privilege_is_fatal_only_at_the_first_incarnation() {
+        let (mut d, t0) = started(policy());
+        assert!(
+            d.missing_privilege_is_fatal(),
+            "at start: a setup error to report at once"
+        );
+        d.lost(t0, "gone".into());
+        d.new_incarnation(t0 + SECOND, policy(), "pid 43");
+        assert!(
+            !d.missing_privilege_is_fatal(),
+            "after a restart of the target, the sidecar keeps guarding"
+        );
+    }
+
+    #[test]
+    fn reasons_stay_one_short_line() {
+        let (mut d, t0) = started(policy());
+        d.lost(t0, "x".repeat(100_000));
+        assert!(d.reason().len() < 600, "a reason is capped");
     }
 
     #[test]

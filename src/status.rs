@@ -6,16 +6,17 @@
 //! rendered on the first request for a snapshot and kept for the next ones: a step that
 //! nobody scrapes costs nothing to render.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::config::{Config, MemorySource};
 use crate::limit::MemoryLimit;
 use crate::policy::State;
-use crate::sample::{MemoryKind, MemorySample};
+use crate::sources::{MemoryKind, MemorySample, ServerReport};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
@@ -37,12 +38,14 @@ pub struct Status {
     /// session, the clearest fragmentation signal there is.
     pub idle_memory_bytes: Option<u64>,
     /// Where the memory figures come from.
-    pub memory_source: crate::config::MemorySource,
-    pub kms: Option<crate::kms::KmsView>,
+    pub memory_source: MemorySource,
+    /// The server's own view (`kms`), when memprobe talks to its API.
+    #[serde(flatten)]
+    pub server: Option<ServerReport>,
     pub counters: Counters,
     /// The last transitions, oldest first.
     pub transitions: Vec<TransitionRecord>,
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -54,7 +57,7 @@ pub struct TargetStatus {
     /// The flag it was found by, e.g. `--name kurento-media-server`.
     pub found_by: String,
     /// The malloc it runs on, from /proc/PID/maps (`unknown` without ptrace access).
-    pub allocator: crate::allocator::Allocator,
+    pub allocator: crate::sources::proc::allocator::Allocator,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,6 +84,8 @@ pub struct Counters {
     pub samples_total: u64,
     pub sample_errors_total: u64,
     pub target_restarts_total: u64,
+    /// By the state entered.
+    pub transitions_total: BTreeMap<State, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,25 +96,56 @@ pub struct TransitionRecord {
     pub reason: String,
 }
 
+/// The settings in force, as `/status` shows them: rendered once from the [`Config`].
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Settings {
     pub target: String,
     pub include_children: bool,
     pub interval: String,
     pub memory: MemoryKind,
-    pub threshold: String,
+    /// The threshold is under `threshold.given`; critical as given.
     pub critical: Option<String>,
     pub memory_limit: Option<u64>,
     pub sustain: String,
     pub idle_sustain: String,
     pub drain_timeout: String,
     pub min_drain: String,
+    /// Shown without its password or query values.
     pub kms_url: Option<String>,
     pub kms_ping_interval: Option<String>,
     pub kms_timeout: Option<String>,
     pub kms_failures: Option<u32>,
-    pub memory_source: crate::config::MemorySource,
+    pub kms_hang_timeout: Option<String>,
+    pub memory_source: MemorySource,
     pub listen: String,
+    pub shutdown_delay: String,
+}
+
+impl Settings {
+    pub fn of(config: &Config) -> Self {
+        let duration = |d| humantime::format_duration(d).to_string();
+        let kms = config.kms.as_ref();
+        Settings {
+            target: config.target.to_string(),
+            include_children: config.include_children,
+            interval: duration(config.interval),
+            memory: config.memory,
+            critical: config.critical.map(|c| c.to_string()),
+            memory_limit: config.memory_limit,
+            sustain: duration(config.sustain),
+            idle_sustain: duration(config.idle_sustain),
+            drain_timeout: duration(config.drain_timeout),
+            min_drain: duration(config.min_drain),
+            kms_url: kms.map(|k| k.url.to_string()),
+            kms_ping_interval: kms.map(|k| duration(k.ping_interval)),
+            kms_timeout: kms.map(|k| duration(k.timeout)),
+            kms_failures: kms.map(|k| k.failures),
+            kms_hang_timeout: kms.map(|k| duration(k.hang_timeout)),
+            memory_source: config.memory_source,
+            listen: config.listen.to_string(),
+            shutdown_delay: duration(config.shutdown_delay),
+        }
+    }
 }
 
 /// Renders the metrics text for a status.
@@ -159,14 +195,4 @@ impl Snapshot {
         let render = || (self.render_metrics)(&self.status);
         self.metrics_body.get_or_init(render).clone()
     }
-}
-
-/// RFC 3339 wall-clock time, for people.
-pub fn timestamp(at: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
-/// A duration as the settings show it.
-pub fn duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }

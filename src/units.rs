@@ -46,6 +46,8 @@ pub enum UnitError {
     PercentOutOfRange,
     #[error("is not a duration (try 250ms, 5s, 5m or 1h30m)")]
     NotADuration,
+    #[error("is outside {0} (try 5s)")]
+    OutOfRange(DurationRange),
 }
 
 /// Parses a size in bytes: `2000000000`, `1536Mi`, `2Gi`, `1.5G`, `500M`, `512MiB`, `2GB`.
@@ -88,6 +90,74 @@ pub fn parse_size_or_percent(text: &str) -> Result<SizeOrPercent, UnitError> {
 /// Parses `250ms`, `5s`, `5m`, `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     humantime::parse_duration(text.trim()).map_err(|_| UnitError::NotADuration)
+}
+
+/// The durations a setting accepts. Every duration memprobe takes is bounded: a clock
+/// deadline far in the future overflows `Instant`, and one of a few nanoseconds spins a core.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DurationRange {
+    pub min: Duration,
+    pub max: Duration,
+    /// Whether 0 is accepted too (`--min-drain 0s`: recycle as soon as sessions reach zero).
+    pub zero: bool,
+}
+
+impl DurationRange {
+    /// 10ms to 7 days: every interval, timeout and sustain.
+    pub const STANDARD: DurationRange = DurationRange {
+        min: Duration::from_millis(10),
+        max: Duration::from_secs(7 * 24 * 3600),
+        zero: false,
+    };
+    /// 0, or 10ms to 7 days.
+    pub const OR_ZERO: DurationRange = DurationRange {
+        zero: true,
+        ..DurationRange::STANDARD
+    };
+
+    /// Parses `text` and checks it is within the range.
+    pub fn parse(self, text: &str) -> Result<Duration, UnitError> {
+        let d = parse_duration(text)?;
+        if (d.is_zero() && self.zero) || (self.min <= d && d <= self.max) {
+            Ok(d)
+        } else {
+            Err(UnitError::OutOfRange(self))
+        }
+    }
+}
+
+impl fmt::Display for DurationRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (min, max) = (Human(self.min), Human(self.max));
+        if self.zero {
+            write!(f, "0 or {min} to {max}")
+        } else {
+            write!(f, "{min} to {max}")
+        }
+    }
+}
+
+/// Cuts text that came from outside (a process name, a KMS answer, a file) to `max` bytes
+/// at a character boundary, marking the cut, and replaces control characters: whatever a
+/// target or a server sends, a reason stays one short line.
+pub fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out: String = text[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if end < text.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// RFC 3339 wall-clock time, for people.
+pub fn timestamp(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 /// Bytes shown to people: `1.62 GiB`, `512.00 MiB`, `900 B`.
@@ -223,6 +293,33 @@ mod tests {
                 "{text:?}"
             );
         }
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let standard = DurationRange::STANDARD;
+        assert_eq!(standard.parse("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(standard.parse("7days"), Ok(Duration::from_secs(604_800)));
+        for text in ["1ns", "9ms", "0s", "8days", "200000000000y"] {
+            assert_eq!(
+                standard.parse(text),
+                Err(UnitError::OutOfRange(standard)),
+                "{text:?} is outside 10ms to 7 days"
+            );
+        }
+        assert_eq!(DurationRange::OR_ZERO.parse("0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            UnitError::OutOfRange(standard).to_string(),
+            "is outside 10ms to 7days (try 5s)"
+        );
+    }
+
+    #[test]
+    fn text_from_outside_is_clipped_to_one_short_line() {
+        assert_eq!(clip("kms", 8), "kms");
+        assert_eq!(clip("0123456789", 4), "0123…");
+        assert_eq!(clip("ééé", 3), "é…", "never inside a character");
+        assert_eq!(clip("a\nb\tc", 10), "a b c", "no control characters");
     }
 
     #[test]

@@ -525,7 +525,7 @@ fn the_demo_tells_the_whole_story_and_exits_0() {
 
 #[test]
 fn the_jemalloc_demo_stays_ready() {
-    if !std::path::Path::new(memprobe::demo::JEMALLOC).exists() {
+    if !std::path::Path::new(memprobe::tools::demo::JEMALLOC).exists() {
         assert!(!strict(), "libjemalloc2 is required in strict mode");
         eprintln!("skipping: libjemalloc2 is not installed");
         return;
@@ -569,11 +569,11 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
         probe.logs()
     );
 
-    if !std::path::Path::new(memprobe::demo::JEMALLOC).exists() {
+    if !std::path::Path::new(memprobe::tools::demo::JEMALLOC).exists() {
         assert!(!strict(), "libjemalloc2 is required in strict mode");
         return eprintln!("skipping the jemalloc half: libjemalloc2 is not installed");
     }
-    let preloaded = Workload::start_with(None, &[("LD_PRELOAD", memprobe::demo::JEMALLOC)]);
+    let preloaded = Workload::start_with(None, &[("LD_PRELOAD", memprobe::tools::demo::JEMALLOC)]);
     let pid = preloaded.pid.to_string();
     let probe = Memprobe::start(&fast(&["--pid", &pid]));
     let status = probe.wait_state("healthy");

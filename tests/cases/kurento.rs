@@ -137,17 +137,21 @@ fn memory_that_stays_high_with_no_sessions_drains_after_idle_sustain() {
 }
 
 #[test]
-fn a_hung_kms_fails_readiness_and_liveness() {
+fn a_stalled_kms_takes_no_new_sessions_and_is_ready_again_when_it_answers() {
     let kms = FakeKms::start();
     let target = Workload::start(None);
-    let probe = watch(&kms, &target, &["--kms-failures", "3"]);
+    let probe = watch(
+        &kms,
+        &target,
+        &["--kms-failures", "2", "--kms-hang-timeout", "1h"],
+    );
     probe.wait_for("a ping answered", |s| {
         s["state"] == "healthy" && !s["kms"]["last_ping_seconds"].is_null()
     });
     assert!(probe.get("/metrics").body.contains("memprobe_kms_up 1"));
 
     kms.hang(true);
-    let status = probe.wait_state("recycle");
+    let status = probe.wait_state("stalled");
     assert!(
         status["reason"]
             .as_str()
@@ -155,9 +159,56 @@ fn a_hung_kms_fails_readiness_and_liveness() {
             .starts_with("kms not answering"),
         "{status:#}"
     );
+    assert_eq!(
+        probe.get("/ready").code,
+        503,
+        "a stalled KMS takes no new sessions"
+    );
+    assert_eq!(
+        probe.get("/healthz").code,
+        200,
+        "a stall shorter than --kms-hang-timeout never restarts KMS"
+    );
+    assert!(probe.get("/metrics").body.contains("memprobe_kms_up 0"));
+
+    kms.hang(false);
+    let status = probe.wait_state("healthy");
+    assert_eq!(
+        probe.get("/ready").code,
+        200,
+        "answering again: ready again"
+    );
+    assert!(
+        !states_entered(&status).contains(&"recycle".to_string()),
+        "a KMS that recovered is not restarted: {status:#}"
+    );
+}
+
+#[test]
+fn a_kms_stalled_past_the_hang_timeout_is_restarted() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let probe = watch(
+        &kms,
+        &target,
+        &["--kms-failures", "2", "--kms-hang-timeout", "1s"],
+    );
+    probe.wait_for("a ping answered", |s| {
+        s["state"] == "healthy" && !s["kms"]["last_ping_seconds"].is_null()
+    });
+    kms.hang(true);
+    let status = probe.wait_state("recycle");
+    let entered = states_entered(&status);
+    assert!(
+        entered.ends_with(&["stalled".to_string(), "recycle".to_string()]),
+        "stalled first, then recycled: {status:#}"
+    );
+    assert!(
+        status["reason"].as_str().unwrap().contains("hung"),
+        "{status:#}"
+    );
     assert_eq!(probe.get("/ready").code, 503);
     assert_eq!(probe.get("/healthz").code, 503, "a hung KMS is restarted");
-    assert!(probe.get("/metrics").body.contains("memprobe_kms_up 0"));
     assert_eq!(probe.get("/livez").code, 200, "memprobe itself is fine");
 }
 

@@ -95,8 +95,29 @@ pub enum NotFound {
     NoName(String),
     #[error("process {0} does not exist")]
     NoPid(i32),
+    #[error(
+        "permission denied reading /proc/{0}/stat (is /proc mounted with hidepid, or is the \
+         process another user's in a namespace memprobe cannot see?)"
+    )]
+    Denied(i32),
+    #[error("process {0} is a kernel thread, which has no memory of its own to watch")]
+    KernelThread(i32),
     #[error("pidfile {path}: {problem}")]
     Pidfile { path: PathBuf, problem: String },
+}
+
+/// The kernel's flag for its own threads (`PF_KTHREAD` in include/linux/sched.h).
+const PF_KTHREAD: u32 = 0x0020_0000;
+/// A pid is at most 7 digits (pid_max is at most 2^22); a pidfile has a few bytes more.
+const MAX_PIDFILE_BYTES: u64 = 32;
+/// Names from /proc are shown cut to this.
+const MAX_NAME_BYTES: usize = 64;
+
+/// Is `pid` a kernel thread (kthreadd and its children)? False when it cannot be told.
+pub fn is_kernel_thread(pid: i32) -> bool {
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|stat| stat.flags & PF_KTHREAD != 0)
 }
 
 pub struct Finder {
@@ -129,7 +150,7 @@ impl Finder {
                 pick(&candidates, &name).ok_or(NotFound::NoName(name))?
             }
         };
-        open(pid).ok_or(NotFound::NoPid(pid))
+        open(pid)
     }
 
     /// The processes going by `name`, with their start times.
@@ -168,24 +189,59 @@ impl Finder {
     }
 }
 
+/// Reads a pid from a file, reading at most a few dozen bytes of it: a pidfile that points
+/// at /dev/zero or a log file must not fill memprobe's memory, nor its reasons.
 fn read_pidfile(path: &Path) -> Result<i32, NotFound> {
+    use std::io::Read;
     let problem = |problem: String| NotFound::Pidfile {
         path: path.to_owned(),
         problem,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
-    match text.trim().parse::<i32>() {
-        Ok(pid) if pid > 0 => Ok(pid),
-        _ => Err(problem(format!("'{}' is not a process id", text.trim()))),
+    let file = std::fs::File::open(path).map_err(|e| problem(e.to_string()))?;
+    // A FIFO or a device would block or never end: a pidfile is a regular file.
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(problem("is not a regular file, so not a pidfile".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PIDFILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| problem(e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let pid = (bytes.len() as u64 <= MAX_PIDFILE_BYTES)
+        .then(|| text.trim().parse::<i32>().ok())
+        .flatten();
+    match pid {
+        Some(pid) if pid > 0 => Ok(pid),
+        _ => Err(problem(format!(
+            "'{}' is not a process id",
+            crate::units::clip(text.trim(), 16)
+        ))),
     }
 }
 
-/// Opens one process by pid; `None` if it is not there, or only as a zombie.
-pub fn open(pid: i32) -> Option<Found> {
-    let process = Process::new(pid).ok()?;
-    let stat = process.stat().ok()?;
+/// Opens one process by pid: not there, only a zombie, a kernel thread, or unreadable are
+/// each told apart.
+pub fn open(pid: i32) -> Result<Found, NotFound> {
+    let denied = |e: &procfs::ProcError| matches!(e, procfs::ProcError::PermissionDenied(_));
+    let process = Process::new(pid).map_err(|e| {
+        if denied(&e) {
+            NotFound::Denied(pid)
+        } else {
+            NotFound::NoPid(pid)
+        }
+    })?;
+    let stat = process.stat().map_err(|e| {
+        if denied(&e) {
+            NotFound::Denied(pid)
+        } else {
+            NotFound::NoPid(pid)
+        }
+    })?;
     if stat.state == 'Z' || stat.state == 'X' {
-        return None;
+        return Err(NotFound::NoPid(pid));
+    }
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(NotFound::KernelThread(pid));
     }
     let argv0 = process
         .cmdline()
@@ -197,11 +253,11 @@ pub fn open(pid: i32) -> Option<Found> {
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| stat.comm.clone());
-    Some(Found {
+    Ok(Found {
         pid,
         start_ticks: stat.starttime,
         start_time: start_time(stat.starttime),
-        name,
+        name: crate::units::clip(&name, MAX_NAME_BYTES),
         process,
     })
 }
@@ -312,9 +368,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pidfile_is_read_only_a_few_bytes_deep() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pid");
+        std::fs::write(&path, "1".repeat(1_000_000)).unwrap();
+        let e = read_pidfile(&path).unwrap_err().to_string();
+        assert!(e.len() < 200, "the reason stays one short line: {e}");
+        assert!(e.contains("is not a process id"), "{e}");
+        let e = read_pidfile(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn a_kernel_thread_is_not_a_target() {
+        // kthreadd is pid 2 wherever the host's pid namespace is seen.
+        if is_kernel_thread(2) {
+            assert_eq!(open(2).unwrap_err(), NotFound::KernelThread(2));
+        }
+        assert!(!is_kernel_thread(std::process::id() as i32));
+    }
+
+    #[test]
     fn finds_itself_by_pid() {
         let found = open(std::process::id() as i32).expect("this test process exists");
         assert!(found.start_ticks > 0);
-        assert!(open(i32::MAX).is_none(), "no such pid");
+        assert_eq!(open(i32::MAX).unwrap_err(), NotFound::NoPid(i32::MAX));
     }
 }

@@ -59,10 +59,10 @@ pub enum FrameError {
 }
 
 impl FrameError {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> super::ErrorKind {
         match self {
-            FrameError::Malformed(_) => "malformed",
-            FrameError::UnknownId(_) => "unknown_id",
+            FrameError::Malformed(_) => super::ErrorKind::Malformed,
+            FrameError::UnknownId(_) => super::ErrorKind::UnknownId,
         }
     }
 }
@@ -137,8 +137,14 @@ fn event(params: Value) -> Result<Incoming, FrameError> {
 
 /// A media pipeline's id, as opposed to an element inside one (`<pipeline>/<element>`).
 pub fn is_pipeline(object_id: &str) -> bool {
-    !object_id.contains('/') && object_id.ends_with(PIPELINE_SUFFIX)
+    object_id.len() <= MAX_ID_BYTES
+        && !object_id.contains('/')
+        && object_id.ends_with(PIPELINE_SUFFIX)
 }
+
+/// KMS's object ids are a UUID and a type name, under 100 bytes: a longer "id" is not one,
+/// and is not kept.
+pub const MAX_ID_BYTES: usize = 256;
 
 /// The `value` of a reply's result.
 pub fn value(result: &Value) -> &Value {

@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::protocol::{self, FrameError, Incoming};
-use super::{KmsSettings, RESYNC_EVERY, Reporter};
+use super::{ErrorKind, KmsSettings, RESYNC_EVERY, Reporter};
 
 /// Why a request got no useful answer.
 #[derive(Debug)]
@@ -40,6 +40,10 @@ impl fmt::Display for CallError {
         }
     }
 }
+
+/// The most pipelines followed: far more than one KMS runs, and a bound on what a broken or
+/// hostile server can make memprobe keep (with ids of at most 256 bytes, a few MiB).
+const MAX_PIPELINES: usize = 10_000;
 
 /// Ids are process-wide so they keep increasing across connections.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -106,7 +110,9 @@ where
             .call("connect", None)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let server_id = result["serverId"].as_str().map(str::to_owned);
+        let server_id = result["serverId"]
+            .as_str()
+            .map(|id| crate::units::clip(id, super::MAX_TEXT_BYTES));
         self.session_id = result["sessionId"].as_str().map(str::to_owned);
         let previous = self.reporter.view().server_id;
         if server_id != previous {
@@ -134,7 +140,7 @@ where
         if let Ok(info) = self.call("invoke", Some(protocol::invoke("getInfo"))).await {
             let version = protocol::value(&info)["version"]
                 .as_str()
-                .map(str::to_owned);
+                .map(|v| crate::units::clip(v, 64));
             self.reporter.update(|v| v.version = version);
         }
         for event in ["ObjectCreated", "ObjectDestroyed"] {
@@ -160,9 +166,9 @@ where
                 Err(_) => {
                     let message = format!(
                         "{method} got no answer within {}",
-                        crate::status::duration(self.settings.timeout)
+                        crate::units::Human(self.settings.timeout)
                     );
-                    self.reporter.error("timeout", message);
+                    self.reporter.error(ErrorKind::Timeout, message);
                     return Err(CallError::Timeout);
                 }
             };
@@ -174,8 +180,10 @@ where
                     code,
                     message,
                 })) if got == id => {
-                    self.reporter
-                        .error("error_reply", format!("{method}: error {code}: {message}"));
+                    self.reporter.error(
+                        ErrorKind::ErrorReply,
+                        format!("{method}: error {code}: {message}"),
+                    );
                     return Err(CallError::Reply { code, message });
                 }
                 Ok(_) => {}
@@ -201,8 +209,10 @@ where
             Some(Ok(Message::Binary(bytes))) => match String::from_utf8(bytes.to_vec()) {
                 Ok(text) => text,
                 Err(_) => {
-                    self.reporter
-                        .error("malformed", "a binary frame that is not UTF-8".into());
+                    self.reporter.error(
+                        ErrorKind::Malformed,
+                        "a binary frame that is not UTF-8".into(),
+                    );
                     return Ok(None);
                 }
             },
@@ -212,7 +222,12 @@ where
         match protocol::decode(&text) {
             Ok(Incoming::Created(id)) => {
                 if protocol::is_pipeline(&id) {
-                    self.pipelines.insert(id);
+                    if self.pipelines.len() < MAX_PIPELINES {
+                        self.pipelines.insert(id);
+                    } else {
+                        let message = format!("more than {MAX_PIPELINES} pipelines: not counted");
+                        self.reporter.error(ErrorKind::Oversized, message);
+                    }
                     self.publish_sessions();
                 }
                 Ok(None)
@@ -235,7 +250,7 @@ where
                     Some(id) if id < self.current_id => Ok(None),
                     Some(id) if id > self.current_id => {
                         self.reporter.error(
-                            "unknown_id",
+                            ErrorKind::UnknownId,
                             FrameError::UnknownId(id.to_string()).to_string(),
                         );
                         Ok(None)
@@ -243,7 +258,7 @@ where
                     None => {
                         if let Incoming::Error { code, message, .. } = &reply {
                             self.reporter
-                                .error("error_reply", format!("error {code}: {message}"));
+                                .error(ErrorKind::ErrorReply, format!("error {code}: {message}"));
                         }
                         Ok(None)
                     }
@@ -261,8 +276,8 @@ where
     /// The transport failed: count it and say why the connection is over.
     fn ended(&mut self, e: WsError) -> CallError {
         let kind = match e {
-            WsError::Capacity(_) => "oversized",
-            _ => "closed",
+            WsError::Capacity(_) => ErrorKind::Oversized,
+            _ => ErrorKind::Closed,
         };
         let message = format!("connection failed: {e}");
         self.reporter.error(kind, message.clone());
@@ -278,7 +293,7 @@ where
                 let latency = sent.elapsed().as_secs_f64();
                 self.reporter.update(|v| {
                     v.last_ping_seconds = Some(latency);
-                    v.last_ping_at = Some(crate::status::timestamp(std::time::SystemTime::now()));
+                    v.last_ping_at = Some(crate::units::timestamp(std::time::SystemTime::now()));
                     v.answered = true;
                     v.failed_pings = 0;
                 });
@@ -301,14 +316,17 @@ where
         {
             Ok(result) => {
                 let Some(ids) = protocol::value(&result).as_array() else {
-                    self.reporter
-                        .error("malformed", "getPipelines did not return a list".into());
+                    self.reporter.error(
+                        ErrorKind::Malformed,
+                        "getPipelines did not return a list".into(),
+                    );
                     return Ok(());
                 };
                 self.pipelines = ids
                     .iter()
                     .filter_map(Value::as_str)
                     .filter(|id| protocol::is_pipeline(id))
+                    .take(MAX_PIPELINES)
                     .map(str::to_owned)
                     .collect();
                 self.synced = true;
@@ -331,9 +349,10 @@ where
                         v.used_memory_bytes = Some(kib.saturating_mul(1024));
                         v.memory_readings += 1;
                     }),
-                    None => self
-                        .reporter
-                        .error("malformed", "getUsedMemory did not return a number".into()),
+                    None => self.reporter.error(
+                        ErrorKind::Malformed,
+                        "getUsedMemory did not return a number".into(),
+                    ),
                 }
                 Ok(())
             }

@@ -1,7 +1,8 @@
 //! Prometheus metrics, named for dashboards and alert rules to depend on.
 //!
 //! The families are brought up to a [`Status`] and rendered when a scrape first asks for that
-//! status (see `status::Snapshot`); memprobe's own `process_*` figures are read then.
+//! status (see `status::Snapshot`); memprobe's own `process_*` figures are read then. Every
+//! count lives in the status alone; the Prometheus counters follow it up ([`catch_up`]).
 
 use bytes::Bytes;
 use prometheus::core::Collector;
@@ -9,6 +10,8 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts
 use prometheus::{Gauge, TextEncoder};
 
 use crate::policy::State;
+use crate::sources::ServerReport;
+use crate::sources::kms::ErrorKind;
 use crate::status::Status;
 
 pub struct Metrics {
@@ -37,22 +40,11 @@ pub struct Metrics {
 struct KmsMetrics {
     up: IntGauge,
     sessions: IntGaugeVec,
-    ping: Gauge,
+    ping: prometheus::GaugeVec,
     rpc_errors: IntCounterVec,
     reconnects: IntCounter,
     idle_memory: IntGaugeVec,
 }
-
-/// Every kind of KMS error, so each series exists from the start.
-pub const KMS_ERROR_KINDS: [&str; 7] = [
-    "connect",
-    "timeout",
-    "closed",
-    "malformed",
-    "unknown_id",
-    "error_reply",
-    "oversized",
-];
 
 /// Registers a family. Names and labels are literals, so a failure is a bug that every test
 /// run would show, not something input can cause.
@@ -80,14 +72,17 @@ impl KmsMetrics {
                 &["kind"],
             ),
         );
-        for kind in KMS_ERROR_KINDS {
-            rpc_errors.with_label_values(&[kind]);
+        for kind in ErrorKind::ALL {
+            rpc_errors.with_label_values(&[kind.as_str()]);
         }
         let ping = register(
             r,
-            Gauge::new(
-                "memprobe_kms_ping_seconds",
-                "Latency of the last answered ping to KMS.",
+            prometheus::GaugeVec::new(
+                Opts::new(
+                    "memprobe_kms_ping_seconds",
+                    "Latency of the last answered ping to KMS; absent before the first.",
+                ),
+                &[],
             ),
         );
         KmsMetrics {
@@ -113,13 +108,18 @@ impl KmsMetrics {
     }
 
     fn render(&self, status: &Status) {
-        let Some(view) = &status.kms else { return };
+        let Some(ServerReport::Kms(view)) = &status.server else {
+            return;
+        };
         self.up
             .set(i64::from(view.connected && view.failed_pings == 0));
         set_optional(&self.sessions, view.sessions.map(i64::from));
-        self.ping.set(view.last_ping_seconds.unwrap_or(0.0));
+        match view.last_ping_seconds {
+            Some(seconds) => self.ping.with_label_values::<&str>(&[]).set(seconds),
+            None => self.ping.reset(),
+        }
         for (kind, total) in &view.rpc_errors_total {
-            catch_up(&self.rpc_errors.with_label_values(&[*kind]), *total);
+            catch_up(&self.rpc_errors.with_label_values(&[kind.as_str()]), *total);
         }
         catch_up(&self.reconnects, view.reconnects_total);
         set_optional(
@@ -257,11 +257,6 @@ impl Metrics {
         }
     }
 
-    /// Counts a transition into `to`.
-    pub fn transition(&self, to: State) {
-        self.transitions.with_label_values(&[to.as_str()]).inc();
-    }
-
     /// Brings every gauge and counter up to `status`, then renders the exposition text.
     pub fn render(&self, status: &Status) -> Bytes {
         let _one_at_a_time = self.rendering.lock().unwrap_or_else(|p| p.into_inner());
@@ -294,6 +289,9 @@ impl Metrics {
         catch_up(&self.restarts, status.counters.target_restarts_total);
         catch_up(&self.samples, status.counters.samples_total);
         catch_up(&self.sample_errors, status.counters.sample_errors_total);
+        for (to, total) in &status.counters.transitions_total {
+            catch_up(&self.transitions.with_label_values(&[to.as_str()]), *total);
+        }
         if let Some(kms) = &self.kms {
             kms.render(status);
         }

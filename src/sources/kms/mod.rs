@@ -7,12 +7,16 @@
 //! garbage-collection period keeps abandoned pipelines alive forever — a leak caused by the
 //! health checker. So the list is fetched again only after a reconnect, and every 10 minutes.
 //!
-//! The connection task publishes a [`KmsView`] through a `watch` channel; the monitor reads
-//! the latest one at each step. The session itself ([`session`]) is written over any
+//! The connection task publishes a [`KmsView`] through a `watch` channel; [`KmsSessions`]
+//! (sessions and pings) and [`KmsMemory`] (`--memory-source kms`) read the latest one at each
+//! step of the monitor. The session itself ([`session`]) is written over any
 //! `Sink`/`Stream` of WebSocket messages so tests can drive it through channels.
 
+mod memory;
 pub mod protocol;
 pub mod session;
+
+pub use memory::KmsMemory;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +26,8 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{info, warn};
 
+/// Text from KMS (errors, ids, versions) is cut to this before it is kept or shown.
+pub const MAX_TEXT_BYTES: usize = 256;
 /// Frames over this are refused: KMS's answers to memprobe are a few hundred bytes.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 /// How often the pipeline list is fetched again on a healthy connection: well over KMS's
@@ -33,7 +39,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Settings of the integration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KmsSettings {
-    pub url: String,
+    pub url: crate::secret::SecretUrl,
     pub ping_interval: Duration,
     pub timeout: Duration,
     /// Poll `getUsedMemory` this often (`--memory-source kms`), or never.
@@ -63,18 +69,63 @@ pub struct KmsView {
     #[serde(skip)]
     pub memory_readings: u64,
     pub reconnects_total: u64,
-    pub rpc_errors_total: BTreeMap<&'static str, u64>,
+    pub rpc_errors_total: BTreeMap<ErrorKind, u64>,
     pub get_pipelines_calls_total: u64,
+}
+
+/// What went wrong in an exchange with KMS: the label of `memprobe_kms_rpc_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No connection could be made.
+    Connect,
+    /// A request got no answer within `--kms-timeout`.
+    Timeout,
+    /// The connection failed or was closed.
+    Closed,
+    /// A frame that is not the JSON-RPC KMS speaks.
+    Malformed,
+    /// A reply to a request never sent.
+    UnknownId,
+    /// KMS answered with an error.
+    ErrorReply,
+    /// A frame over 1 MiB, or more pipelines than are followed.
+    Oversized,
+}
+
+impl ErrorKind {
+    /// Every kind, so each series exists from the start.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Closed,
+        ErrorKind::Malformed,
+        ErrorKind::UnknownId,
+        ErrorKind::ErrorReply,
+        ErrorKind::Oversized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Malformed => "malformed",
+            ErrorKind::UnknownId => "unknown_id",
+            ErrorKind::ErrorReply => "error_reply",
+            ErrorKind::Oversized => "oversized",
+        }
+    }
 }
 
 /// Publishes the view and logs each kind of trouble once.
 pub struct Reporter {
     view: watch::Sender<KmsView>,
-    logged: std::collections::HashSet<&'static str>,
+    logged: std::collections::HashSet<ErrorKind>,
 }
 
 impl Reporter {
-    fn new(url: &str) -> (Self, watch::Receiver<KmsView>) {
+    fn new(url: &crate::secret::SecretUrl) -> (Self, watch::Receiver<KmsView>) {
         let view = KmsView {
             url: url.to_string(),
             ..KmsView::default()
@@ -98,8 +149,10 @@ impl Reporter {
     }
 
     /// Counts an error of `kind`; logs the first of each kind.
-    pub fn error(&mut self, kind: &'static str, message: String) {
+    pub fn error(&mut self, kind: ErrorKind, message: String) {
+        let message = crate::units::clip(&message, MAX_TEXT_BYTES);
         if self.logged.insert(kind) {
+            let kind = kind.as_str();
             warn!(
                 kind,
                 "kms: {message} (further '{kind}' errors are counted, not logged)"
@@ -109,6 +162,29 @@ impl Reporter {
             *v.rpc_errors_total.entry(kind).or_default() += 1;
             v.last_error = Some(message);
         });
+    }
+}
+
+/// KMS as a session source: its pipelines, and its pings.
+pub struct KmsSessions {
+    view: watch::Receiver<KmsView>,
+}
+
+impl KmsSessions {
+    pub fn new(view: watch::Receiver<KmsView>) -> Self {
+        KmsSessions { view }
+    }
+}
+
+impl crate::sources::SessionSource for KmsSessions {
+    fn read(&mut self) -> crate::sources::ServerView {
+        let view = self.view.borrow().clone();
+        crate::sources::ServerView {
+            sessions: view.sessions.filter(|_| view.connected),
+            // Never before this serverId's first answer: KMS may be starting.
+            failed_pings: if view.answered { view.failed_pings } else { 0 },
+            report: crate::sources::ServerReport::Kms(view),
+        }
     }
 }
 
@@ -130,7 +206,7 @@ async fn run(settings: KmsSettings, mut reporter: Reporter) {
     loop {
         let attempt = tokio::time::timeout(
             settings.timeout,
-            tokio_tungstenite::connect_async_with_config(settings.url.as_str(), Some(config), true),
+            tokio_tungstenite::connect_async_with_config(settings.url.expose(), Some(config), true),
         )
         .await;
         match attempt {
@@ -143,6 +219,7 @@ async fn run(settings: KmsSettings, mut reporter: Reporter) {
                     .run()
                     .await;
                 let was_up = reporter.view().connected;
+                let ended = crate::units::clip(&ended, MAX_TEXT_BYTES);
                 reporter.update(|v| {
                     v.connected = false;
                     v.sessions = None;
@@ -166,11 +243,8 @@ async fn run(settings: KmsSettings, mut reporter: Reporter) {
             failed => {
                 let timed_out = failed.is_err();
                 let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!(
-                        "no answer within {}",
-                        crate::status::duration(settings.timeout)
-                    ),
+                    Ok(Err(e)) => crate::units::clip(&e.to_string(), MAX_TEXT_BYTES),
+                    _ => format!("no answer within {}", crate::units::Human(settings.timeout)),
                 };
                 // A KMS that is not there yet (or at all) costs one line, not one per retry.
                 if !absent_logged {
@@ -181,7 +255,7 @@ async fn run(settings: KmsSettings, mut reporter: Reporter) {
                     absent_logged = true;
                 }
                 reporter.update(|v| {
-                    *v.rpc_errors_total.entry("connect").or_default() += 1;
+                    *v.rpc_errors_total.entry(ErrorKind::Connect).or_default() += 1;
                     v.last_error = Some(why);
                     // A KMS that accepts no more connections after answering is not answering.
                     if timed_out && v.answered {

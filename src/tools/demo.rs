@@ -19,9 +19,9 @@ use tokio::time::Instant;
 use crate::Sidecar;
 use crate::config::{Config, DemoFlags, LogFormat};
 use crate::policy::State;
-use crate::sample::MemoryKind;
+use crate::sources::MemoryKind;
+use crate::sources::proc::target::TargetSpec;
 use crate::status::Status;
-use crate::target::TargetSpec;
 use crate::units::{Bytes, SizeOrPercent};
 
 pub const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
@@ -47,12 +47,13 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         drain_timeout: Duration::from_secs(20),
         min_drain: Duration::from_secs(5),
         listen,
+        shutdown_delay: Duration::ZERO,
         log_format: LogFormat::Text,
     }
 }
 
 pub async fn run(flags: DemoFlags) -> ExitCode {
-    let jemalloc = flags.allocator == "jemalloc";
+    let jemalloc = flags.allocator == crate::config::DemoAllocator::Jemalloc;
     if jemalloc && !Path::new(JEMALLOC).exists() {
         eprintln!(
             "memprobe: --allocator: 'jemalloc' needs {JEMALLOC} (apt-get install libjemalloc2)"
@@ -112,12 +113,12 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     println!();
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
+    let shutdown = crate::Shutdown::on(async move {
         tokio::select! {
             _ = stopped => {},
-            _ = crate::shutdown_signal() => {},
+            _ = tokio::signal::ctrl_c() => {},
         }
-    };
+    });
     let sidecar = Sidecar::start(config(pid as i32, addr), listener, shutdown);
     let outcome = follow(sidecar.snapshots.clone(), jemalloc).await;
     let _ = stop.send(());

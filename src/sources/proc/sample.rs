@@ -7,7 +7,7 @@
 //! target's page tables (slow for a big server, and it needs ptrace access), so it is read
 //! only under `--memory pss`.
 //!
-//! Everything here blocks on /proc; the monitor calls it from `spawn_blocking`.
+//! Everything here blocks on /proc; the monitor calls it from its own sampling thread.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -16,7 +16,7 @@ use procfs::process::{Process, Status};
 use procfs::{FromBufRead, ProcError};
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum MemoryKind {
     #[default]

@@ -12,7 +12,20 @@
 //! Handlers never read the target's /proc: the kubelet gives a probe one second, and a probe
 //! that waits on a loaded server's /proc fails exactly when it matters. (A scrape does read
 //! memprobe's own /proc/self for its `process_*` figures, as every exporter does.)
+//!
+//! The server is hyper's HTTP/1 connection under memprobe's own accept loop, because a guard
+//! must not be pushed over its memory limit by the clients it answers: each connection has
+//! [`HEADER_TIMEOUT`] to send its request head, and the same again once idle between
+//! requests; reads are buffered in at most 8 KiB; request bodies over [`MAX_BODY_BYTES`] get
+//! 413; and at most [`MAX_CONNECTIONS`] are open at once — a new one beyond that closes the
+//! oldest, so a flood of idle connections can never take the probe port's answers away.
+//!
+//! Shutdown ([`Shutdown`]): on SIGTERM `/ready` answers 503 at once and the port keeps
+//! answering for `--shutdown-delay`, so balancers and kubelets see the 503 rather than a
+//! refused connection; then requests in flight get [`SHUTDOWN_GRACE`] to finish. A second
+//! SIGTERM stops at once. SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,19 +37,115 @@ use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::status::Snapshot;
 
 /// The exposition format's Content-Type, exactly: Prometheus 3 fails a scrape without it.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// How long in-flight requests may take to finish after SIGTERM.
+/// How long requests in flight may take to finish once the port closes.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
+/// Time to send a request head, and the longest a kept-alive connection may sit idle.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections open at once; one more closes the oldest.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Requests are GET and HEAD: a body is refused past this.
+pub const MAX_BODY_BYTES: usize = 4096;
+/// hyper's smallest read buffer, which also bounds a request head.
+const MAX_BUFFER_BYTES: usize = 8192;
 const STOPPING_BODY: &str =
     r#"{"ready":false,"state":"stopping","reason":"memprobe is shutting down"}"#;
+
+/// How far a stop has gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Stop {
+    Running,
+    /// Asked once: fail `/ready`, keep answering for the shutdown delay, then close.
+    Requested,
+    /// Asked twice: close now.
+    Now,
+}
+
+/// When to stop serving: on signals, or when a future resolves (the demo, tests).
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<Stop>);
+
+impl Shutdown {
+    /// Stops on SIGTERM or SIGINT; a second one stops at once. SIGHUP, SIGUSR1 and SIGUSR2
+    /// are logged and ignored: a stray `kill -HUP` must not take the guard down.
+    pub fn on_signals() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = watch::channel(Stop::Running);
+        let listen = |kind| signal(kind).ok();
+        let mut term = listen(SignalKind::terminate());
+        let mut int = listen(SignalKind::interrupt());
+        let mut hup = listen(SignalKind::hangup());
+        let mut usr1 = listen(SignalKind::user_defined1());
+        let mut usr2 = listen(SignalKind::user_defined2());
+        tokio::spawn(async move {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            loop {
+                let ignored = tokio::select! {
+                    _ = next(&mut term) => None,
+                    _ = next(&mut int) => None,
+                    _ = next(&mut hup) => Some("SIGHUP"),
+                    _ = next(&mut usr1) => Some("SIGUSR1"),
+                    _ = next(&mut usr2) => Some("SIGUSR2"),
+                };
+                if let Some(name) = ignored {
+                    tracing::info!("{name} received and ignored: memprobe stops on SIGTERM");
+                    continue;
+                }
+                let stop = match *tx.borrow() {
+                    Stop::Running => Stop::Requested,
+                    _ => Stop::Now,
+                };
+                match stop {
+                    Stop::Requested => tracing::info!(
+                        "shutting down: /ready answers 503 from now on (a second SIGTERM stops at once)"
+                    ),
+                    _ => tracing::info!("second stop signal: stopping now"),
+                }
+                if tx.send(stop).is_err() {
+                    return;
+                }
+            }
+        });
+        Shutdown(rx)
+    }
+
+    /// Stops (as a first SIGTERM would) when `done` resolves.
+    pub fn on(done: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tx, rx) = watch::channel(Stop::Running);
+        tokio::spawn(async move {
+            done.await;
+            let _ = tx.send(Stop::Requested);
+            // Keep the sender: a dropped one would read as "stop now".
+            std::future::pending::<()>().await;
+        });
+        Shutdown(rx)
+    }
+
+    async fn reached(&mut self, stop: Stop) {
+        // A sender gone means nobody can ask any more: treat it as asked.
+        let _ = self.0.wait_for(|s| *s >= stop).await;
+    }
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -75,37 +184,102 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ))
 }
 
-/// Serves until `shutdown` resolves, then answers `/ready` with 503, stops accepting, and
-/// gives in-flight requests [`SHUTDOWN_GRACE`] to finish.
+/// The connections open, oldest first.
+struct Connections {
+    open: VecDeque<JoinHandle<()>>,
+}
+
+impl Connections {
+    /// Makes room for one more: forgets the finished, and closes the oldest at the cap.
+    fn make_room(&mut self) {
+        self.open.retain(|c| !c.is_finished());
+        while self.open.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = self.open.pop_front() {
+                oldest.abort();
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for c in self.open.drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// Serves until `shutdown`: then `/ready` answers 503, the port keeps answering for `delay`,
+/// stops accepting, and requests in flight get [`SHUTDOWN_GRACE`] (none after a second stop).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
+    delay: Duration,
 ) -> std::io::Result<()> {
-    let (stopped_tx, mut stopped) = watch::channel(false);
-    let stopper = state.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stopper.stop();
-        let _ = stopped_tx.send(true);
-    });
-    let mut graceful = stopped.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = graceful.wait_for(|s| *s).await;
-    });
-    tokio::select! {
-        result = server => result,
-        _ = async {
-            let _ = stopped.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => Ok(()),
+    let (mut requested, mut now) = (shutdown.clone(), shutdown);
+    let service = TowerToHyperService::new(app(state.clone()));
+    let graceful = GracefulShutdown::new();
+    let mut connections = Connections {
+        open: VecDeque::with_capacity(MAX_CONNECTIONS),
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_BUFFER_BYTES);
+    let mut accept_error_logged = false;
+    let mut closing_at: Option<Instant> = None;
+    loop {
+        let close = async {
+            match closing_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.make_room();
+                    let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+                    let conn = graceful.watch(conn);
+                    connections.open.push_back(tokio::spawn(async move {
+                        let _ = conn.await;
+                    }));
+                }
+                Err(e) => {
+                    // Out of descriptors or memory: wait a little rather than spin.
+                    if !accept_error_logged {
+                        tracing::warn!("accepting a connection failed: {e} (retrying)");
+                        accept_error_logged = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = requested.reached(Stop::Requested), if closing_at.is_none() => {
+                state.stop();
+                closing_at = Some(Instant::now() + delay);
+            }
+            _ = close => break,
+            _ = now.reached(Stop::Now) => {
+                connections.close_all();
+                return Ok(());
+            }
+        }
     }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+        _ = now.reached(Stop::Now) => {}
+    }
+    connections.close_all();
+    Ok(())
 }
 
 fn json(code: StatusCode, body: Bytes) -> Response {

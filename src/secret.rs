@@ -1,0 +1,154 @@
+//! Secrets in settings: a URL whose password and query values are never shown.
+//!
+//! `/status` is unauthenticated and the probe port often listens on every address, so a
+//! URL such as `ws://admin:S3cr3t@kms/kurento?token=X` is shown everywhere — `/status`,
+//! logs, error messages — as `ws://admin:***@kms/kurento?token=***`. Only the connection
+//! itself reads the real text, through [`SecretUrl::expose`]. A secret can also come from a
+//! file (`--kms-url-file`), so that it need not sit in a pod spec.
+
+use std::fmt;
+
+/// A URL that may carry credentials. `Display` and `Debug` show it redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl {
+    text: String,
+    shown: String,
+}
+
+const EXAMPLE: &str = "(try ws://127.0.0.1:8888/kurento, or none)";
+
+impl SecretUrl {
+    /// Parses a `ws://` URL; the error is a problem to show after the redacted value.
+    pub fn parse_ws(text: &str) -> Result<Self, String> {
+        if text.starts_with("wss://") {
+            return Err(format!(
+                "uses TLS, which memprobe does not speak yet {EXAMPLE}"
+            ));
+        }
+        let url = match url::Url::parse(text) {
+            Ok(url) => url,
+            Err(url::ParseError::InvalidPort) => {
+                return Err(format!("has a port over 65535 {EXAMPLE}"));
+            }
+            Err(_) => return Err(format!("is not a ws:// URL {EXAMPLE}")),
+        };
+        if url.scheme() != "ws" || url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("is not a ws:// URL {EXAMPLE}"));
+        }
+        Ok(SecretUrl {
+            shown: Self::redact(text),
+            text: text.to_string(),
+        })
+    }
+
+    /// The real URL, for the connection alone.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+
+    /// `text` with its password, a lone user name, query values and fragment replaced by
+    /// `***`. Text that is not a URL at all is shown only up to its first `@` or `?`.
+    pub fn redact(text: &str) -> String {
+        // "admin:pw@kms" parses as a URL of scheme "admin": only one with a host is one.
+        let parsed = url::Url::parse(text).ok().filter(url::Url::has_host);
+        let Some(mut url) = parsed else {
+            let cut = text.find(['?', '#']).unwrap_or(text.len());
+            let mut shown = match text[..cut].rfind('@') {
+                Some(at) => format!("***{}", &text[at..cut]),
+                None => text[..cut].to_string(),
+            };
+            if cut < text.len() {
+                shown.push_str("?***");
+            }
+            return crate::units::clip(&shown, 200);
+        };
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        } else if !url.username().is_empty() {
+            // A user name alone is often a token.
+            let _ = url.set_username("***");
+        }
+        if url.query().is_some() {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, _)| (k.into_owned(), "***".to_string()))
+                .collect();
+            let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            url.set_query(Some(&query.join("&")));
+        }
+        if url.fragment().is_some() {
+            url.set_fragment(Some("***"));
+        }
+        crate::units::clip(url.as_str(), 200)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({})", self.shown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_query_values_are_never_shown() {
+        let url = SecretUrl::parse_ws("ws://admin:S3cr3t@host/kurento?token=X&a=b").unwrap();
+        assert_eq!(
+            url.to_string(),
+            "ws://admin:***@host/kurento?token=***&a=***"
+        );
+        assert_eq!(
+            format!("{url:?}"),
+            "SecretUrl(ws://admin:***@host/kurento?token=***&a=***)"
+        );
+        assert_eq!(
+            url.expose(),
+            "ws://admin:S3cr3t@host/kurento?token=X&a=b",
+            "the connection gets the real URL"
+        );
+    }
+
+    #[test]
+    fn a_user_name_alone_is_taken_for_a_token() {
+        assert_eq!(
+            SecretUrl::redact("ws://abcdef123@host:8888/kurento"),
+            "ws://***@host:8888/kurento"
+        );
+    }
+
+    #[test]
+    fn a_url_without_secrets_is_shown_as_given() {
+        let url = SecretUrl::parse_ws("ws://127.0.0.1:8888/kurento").unwrap();
+        assert_eq!(url.to_string(), "ws://127.0.0.1:8888/kurento");
+    }
+
+    #[test]
+    fn text_that_is_not_a_url_is_cut_before_anything_secret() {
+        assert_eq!(SecretUrl::redact("admin:pw@kms"), "***@kms");
+        assert_eq!(SecretUrl::redact("not a url?token=X"), "not a url?***");
+    }
+
+    #[test]
+    fn only_ws_urls_with_a_host_and_a_valid_port() {
+        assert!(SecretUrl::parse_ws("http://kms/kurento").is_err());
+        assert!(
+            SecretUrl::parse_ws("wss://kms/kurento")
+                .unwrap_err()
+                .contains("TLS")
+        );
+        assert!(
+            SecretUrl::parse_ws("ws://kms:70000/kurento")
+                .unwrap_err()
+                .starts_with("has a port over 65535")
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Sources: what memprobe learns about the server it guards.
+//!
+//! Two small families, each behind one narrow seam:
+//!
+//! - a **memory source** ([`MemorySource`]) finds the target and samples its memory, once per
+//!   step: [`proc`] reads `/proc` of a shared PID namespace; [`kms::KmsMemory`] asks KMS
+//!   itself (`getUsedMemory`), where an incarnation is a KMS `serverId`;
+//! - a **session source** ([`SessionSource`]) tells how many sessions are live and whether
+//!   the server still answers its own API: [`kms`] follows KMS's pipelines over JSON-RPC.
+//!
+//! The monitor reads one of each per step and never looks inside them; a new media server
+//! is one new module here and one line where sources are built ([`build`]).
+
+pub mod kms;
+pub mod proc;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::{Config, MemorySource as MemoryFrom};
+use crate::limit::MemoryLimit;
+use crate::status::TargetStatus;
+
+pub use proc::sample::{MemoryKind, MemorySample, SampleError};
+
+/// What one step of a memory source saw.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A new sample of the incarnation already tracked.
+    Sampled(MemorySample),
+    /// A new incarnation of the target, with its limit and, when it could be taken, a first
+    /// sample.
+    Found {
+        target: TargetStatus,
+        limit: MemoryLimit,
+        first: Option<Result<MemorySample, SampleError>>,
+    },
+    /// The tracked target is gone for sure (its process exited).
+    Gone(String),
+    /// The tracked target is out of reach, perhaps briefly (its API connection dropped).
+    Unreachable(String),
+    /// No target to track, and why.
+    NotFound(String),
+    /// A sample failed while the target still exists.
+    Failed(SampleError),
+    /// Nothing new since the last step.
+    Unchanged,
+}
+
+/// Finds the target and samples its memory. Runs on the sampling thread; may block.
+pub trait MemorySource: Send {
+    fn step(&mut self, now: Instant) -> Outcome;
+    /// The monitor has given the tracked target up: the next find is a new incarnation.
+    fn forget(&mut self);
+}
+
+/// A session source's word at one step.
+#[derive(Clone, Debug, Default)]
+pub struct ServerView {
+    /// Live sessions, when known.
+    pub sessions: Option<u32>,
+    /// Pings in a row without an answer since the server last answered; 0 while it answers
+    /// or before it ever has (a server that is starting is not hung).
+    pub failed_pings: u32,
+    /// What `/status` and `/metrics` show of it.
+    pub report: ServerReport,
+}
+
+/// The server's own view, for the outlets.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerReport {
+    Kms(kms::KmsView),
+}
+
+impl Default for ServerReport {
+    fn default() -> Self {
+        ServerReport::Kms(kms::KmsView::default())
+    }
+}
+
+/// Sessions and liveness from the server's own API.
+pub trait SessionSource: Send {
+    fn read(&mut self) -> ServerView;
+}
+
+/// The sources a configuration asks for. Starts the API connections on the current runtime.
+pub fn build(config: &Config) -> (Box<dyn MemorySource>, Option<Box<dyn SessionSource>>) {
+    let kms = config.kms.as_ref().map(|k| {
+        kms::spawn(kms::KmsSettings {
+            url: k.url.clone(),
+            ping_interval: k.ping_interval,
+            timeout: k.timeout,
+            memory_interval: (config.memory_source == MemoryFrom::Kms).then_some(config.interval),
+        })
+    });
+    let memory: Box<dyn MemorySource> = match (config.memory_source, &kms) {
+        (MemoryFrom::Kms, Some(view)) => {
+            Box::new(kms::KmsMemory::new(view.clone(), config.memory_limit))
+        }
+        _ => Box::new(proc::ProcMemory::new(config)),
+    };
+    let sessions = kms.map(|view| Box::new(kms::KmsSessions::new(view)) as Box<dyn SessionSource>);
+    (memory, sessions)
+}

@@ -1,0 +1,85 @@
+//! Memory from `/proc`: the target found by pid, pidfile or name in a shared PID namespace,
+//! and sampled through its kept `/proc/PID` descriptor.
+//!
+//! - [`target`] — finding the process and telling its incarnations apart.
+//! - [`sample`] — one memory sample from `/proc/PID/status` (and `smaps_rollup` for PSS).
+//! - [`allocator`] — which malloc the target runs on, from its mapped libraries.
+
+pub mod allocator;
+pub mod sample;
+pub mod target;
+
+use tokio::time::Instant;
+
+use super::{MemorySource, Outcome};
+use crate::config::Config;
+use crate::limit;
+use crate::status::TargetStatus;
+use sample::{MemoryKind, SampleError, Sampler};
+use target::Finder;
+
+/// The finder and the incarnation it found.
+pub struct ProcMemory {
+    finder: Finder,
+    target: Option<Sampler>,
+    memory: MemoryKind,
+    include_children: bool,
+    memory_limit: Option<u64>,
+}
+
+impl ProcMemory {
+    pub fn new(config: &Config) -> Self {
+        ProcMemory {
+            finder: Finder::new(config.target.clone()),
+            target: None,
+            memory: config.memory,
+            include_children: config.include_children,
+            memory_limit: config.memory_limit,
+        }
+    }
+}
+
+impl MemorySource for ProcMemory {
+    fn step(&mut self, _now: Instant) -> Outcome {
+        if let Some(sampler) = &mut self.target {
+            return match sampler.sample(self.memory, self.include_children) {
+                Ok(s) => Outcome::Sampled(s),
+                Err(SampleError::Gone(pid)) => {
+                    self.target = None;
+                    Outcome::Gone(format!("process {pid} exited"))
+                }
+                Err(e) => Outcome::Failed(e),
+            };
+        }
+        match self.finder.find() {
+            Err(not_found) => Outcome::NotFound(not_found.to_string()),
+            Ok(found) => {
+                let target = TargetStatus {
+                    pid: Some(found.pid),
+                    name: found.name.clone(),
+                    start_time: Some(crate::units::timestamp(found.start_time)),
+                    found_by: self.finder.spec().to_string(),
+                    allocator: allocator::of(&found.process),
+                };
+                let limit = limit::resolve(self.memory_limit, Some(found.pid));
+                let first = match Sampler::new(found.process) {
+                    Ok(mut sampler) => {
+                        let first = sampler.sample(self.memory, self.include_children);
+                        self.target = Some(sampler);
+                        first
+                    }
+                    Err(e) => Err(e),
+                };
+                Outcome::Found {
+                    target,
+                    limit,
+                    first: Some(first),
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self) {
+        self.target = None;
+    }
+}
