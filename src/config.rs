@@ -98,9 +98,12 @@ pub struct WatchFlags {
     #[arg(
         long,
         env = "MEMPROBE_INCLUDE_CHILDREN",
-        value_parser = clap::builder::BoolishValueParser::new()
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        hide_possible_values = true
     )]
-    include_children: bool,
+    include_children: Option<String>,
     /// Time between samples
     #[arg(
         long,
@@ -383,6 +386,10 @@ pub enum ParseError {
 impl WatchFlags {
     fn validate(self, check: &Checker, host_total_bytes: u64) -> Result<Config, FlagError> {
         let target = check.target(self.pid.clone(), self.pidfile.clone(), self.name.clone())?;
+        let include_children = match &self.include_children {
+            Some(text) => check.boolean("include_children", text)?,
+            None => false,
+        };
         let memory: MemoryKind = check.choice("memory", &self.memory)?;
         let threshold = check.unit("threshold", &self.threshold, units::parse_size_or_percent)?;
         let critical = self
@@ -416,7 +423,7 @@ impl WatchFlags {
         }
         Ok(Config {
             target,
-            include_children: self.include_children,
+            include_children,
             interval: check.duration("interval", &self.interval)?,
             memory,
             threshold,
@@ -564,6 +571,19 @@ impl Checker<'_> {
         self.unit(id, text, |t| range.parse(t))
     }
 
+    /// A boolean as people write it, in a flag or a variable.
+    fn boolean(&self, id: &str, text: &str) -> Result<bool, FlagError> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+            "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+            _ => Err(self.error(
+                id,
+                text,
+                "is not a boolean (try true or false; 1/0, yes/no and on/off work too)",
+            )),
+        }
+    }
+
     /// One of a `ValueEnum`'s names: `is not rss, anon or pss (try rss)`.
     fn choice<T: ValueEnum>(&self, id: &str, text: &str) -> Result<T, FlagError> {
         T::from_str(text.trim(), true).map_err(|_| {
@@ -666,7 +686,7 @@ impl Checker<'_> {
                 });
             }
         }
-        if flags.include_children {
+        if flags.include_children.is_some() {
             return Err(FlagError {
                 origin: self.origin("include_children"),
                 value: None,
@@ -847,6 +867,27 @@ mod tests {
             Duration::ZERO
         );
         assert!(sidecar(&["--shutdown-delay", "1h"]).is_err());
+    }
+
+    #[test]
+    fn include_children_is_a_flag_or_a_boolean() {
+        assert!(!sidecar(&[]).unwrap().include_children);
+        assert!(sidecar(&["--include-children"]).unwrap().include_children);
+        assert!(
+            sidecar(&["--include-children", "--pid", "4194303"])
+                .unwrap()
+                .include_children
+        );
+        assert!(
+            !sidecar(&["--include-children=off"])
+                .unwrap()
+                .include_children
+        );
+        assert!(
+            sidecar(&["--include-children=maybe"])
+                .unwrap_err()
+                .starts_with("--include-children: 'maybe' is not a boolean")
+        );
     }
 
     #[test]

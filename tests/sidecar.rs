@@ -4,6 +4,8 @@
 mod container;
 #[path = "cases/deploy.rs"]
 mod deploy;
+#[path = "cases/hardening.rs"]
+mod hardening;
 mod harness;
 #[path = "cases/kurento.rs"]
 mod kurento;

@@ -22,6 +22,26 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const MEMPROBE: &str = env!("CARGO_BIN_EXE_memprobe");
+/// The static binary the image ships, as `.ci/run` builds it before the tests.
+pub const SHIPPED: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/x86_64-unknown-linux-musl/release/memprobe"
+);
+
+/// The shipped static binary, or `None` (with a printed reason) when it has not been built
+/// and strict mode is off.
+pub fn shipped() -> Option<PathBuf> {
+    let path = PathBuf::from(SHIPPED);
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        !strict(),
+        "{SHIPPED} is required in strict mode: .ci/run builds it before the tests"
+    );
+    eprintln!("skipping the shipped binary's figures: {SHIPPED} is not built (see .ci/run)");
+    None
+}
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// `.ci/run` sets this: a test that needs an outside tool fails instead of skipping.
@@ -159,7 +179,12 @@ impl Memprobe {
     }
 
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(MEMPROBE)
+        Self::start_binary(std::path::Path::new(MEMPROBE), args, env)
+    }
+
+    /// Starts this very binary (the shipped static one, say) with these arguments.
+    pub fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(binary)
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .envs(env.iter().copied())
@@ -248,11 +273,38 @@ impl Memprobe {
 
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`).
+    pub fn signal(&self, name: &str) {
         let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(sent.success());
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("wait memprobe").is_none()
+    }
+
+    /// Resident memory of the memprobe process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("memprobe's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait memprobe") {
