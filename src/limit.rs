@@ -204,4 +204,17 @@ mod tests {
             "a cgroup limit above the host's memory is no limit"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_cgroup_file_makes_the_lookup_panic(text in "\\PC*|([0-9]{1,2}:[a-z,=]{0,20}:/[a-z/]{0,20}\\n){0,4}") {
+                let root = tempfile::tempdir().unwrap();
+                let _ = cgroup_limit(&text, root.path());
+            }
+        }
+    }
 }

@@ -918,4 +918,167 @@ mod tests {
             d.reason()
         );
     }
+
+    mod properties {
+        //! What must hold for every sequence of inputs, not only the ones written above.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        /// One thing that can happen to a decider, a `gap_ms` after the previous one.
+        #[derive(Clone, Debug)]
+        enum Event {
+            Sample {
+                gap_ms: u64,
+                mib: u64,
+                sessions: Option<u32>,
+            },
+            Pings {
+                gap_ms: u64,
+                failed: u32,
+            },
+            Lost {
+                gap_ms: u64,
+            },
+            Unreachable {
+                gap_ms: u64,
+            },
+            Reborn {
+                gap_ms: u64,
+            },
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            let gap = 0u64..120_000;
+            prop_oneof![
+                6 => (gap.clone(), 0u64..3000, proptest::option::of(0u32..4))
+                    .prop_map(|(gap_ms, mib, sessions)| Event::Sample { gap_ms, mib, sessions }),
+                2 => (gap.clone(), 0u32..6).prop_map(|(gap_ms, failed)| Event::Pings { gap_ms, failed }),
+                1 => gap.clone().prop_map(|gap_ms| Event::Lost { gap_ms }),
+                1 => gap.clone().prop_map(|gap_ms| Event::Unreachable { gap_ms }),
+                1 => gap.prop_map(|gap_ms| Event::Reborn { gap_ms }),
+            ]
+        }
+
+        /// Plays `events`, calling `check` with the decider and the transition after each.
+        fn play(events: &[Event], mut check: impl FnMut(&Decider, Option<&Transition>, &Event)) {
+            let (mut d, mut t) = started(policy());
+            for e in events {
+                let (gap_ms, tr) = match e {
+                    Event::Sample {
+                        gap_ms,
+                        mib,
+                        sessions,
+                    } => {
+                        t += Duration::from_millis(*gap_ms);
+                        let obs = Observation {
+                            memory_bytes: mib * MI,
+                            sessions: *sessions,
+                        };
+                        (gap_ms, d.observe(t, obs))
+                    }
+                    Event::Pings { gap_ms, failed } => {
+                        t += Duration::from_millis(*gap_ms);
+                        (gap_ms, d.server_answers(t, *failed))
+                    }
+                    Event::Lost { gap_ms } => {
+                        t += Duration::from_millis(*gap_ms);
+                        (gap_ms, d.lost(t, "gone".into()))
+                    }
+                    Event::Unreachable { gap_ms } => {
+                        t += Duration::from_millis(*gap_ms);
+                        (gap_ms, d.unreachable(t, "down".into()).1)
+                    }
+                    Event::Reborn { gap_ms } => {
+                        t += Duration::from_millis(*gap_ms);
+                        (gap_ms, Some(d.new_incarnation(t, policy(), "pid 7")))
+                    }
+                };
+                let _ = gap_ms;
+                check(&d, tr.as_ref(), e);
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn ready_only_when_healthy_or_elevated(events in prop::collection::vec(event(), 1..80)) {
+                play(&events, |d, _, _| {
+                    let s = d.state();
+                    assert_eq!(
+                        s.ready(),
+                        matches!(s, State::Healthy | State::Elevated),
+                        "ready is never true in draining, stalled, recycle, lost or starting"
+                    );
+                    assert_eq!(s.healthy(), s != State::Recycle, "only recycle fails liveness");
+                });
+            }
+
+            #[test]
+            fn recycle_happens_at_most_once_per_incarnation(events in prop::collection::vec(event(), 1..80)) {
+                let mut recycles = 0;
+                play(&events, |_, tr, e| {
+                    if matches!(e, Event::Reborn { .. }) {
+                        recycles = 0;
+                    }
+                    if tr.is_some_and(|tr| tr.to == State::Recycle) {
+                        recycles += 1;
+                    }
+                    assert!(recycles <= 1, "recycled twice in one incarnation");
+                });
+            }
+
+            #[test]
+            fn over_the_threshold_for_less_than_sustain_never_drains(
+                samples in prop::collection::vec((0u64..20_000, any::<bool>()), 1..120)
+            ) {
+                // No sessions known and no critical level: only --sustain can drain.
+                let (mut d, mut t) = started(policy());
+                let mut run_since: Option<Instant> = None;
+                let mut longest = Duration::ZERO;
+                for (gap_ms, over) in samples {
+                    t += Duration::from_millis(gap_ms);
+                    if over {
+                        let since = *run_since.get_or_insert(t);
+                        longest = longest.max(t - since);
+                    } else {
+                        run_since = None;
+                    }
+                    d.observe(t, mem(if over { 1200 } else { 900 }));
+                    if d.state() == State::Draining {
+                        prop_assert!(
+                            longest >= policy().sustain,
+                            "drained after an unbroken run over the threshold of only {longest:?}"
+                        );
+                    }
+                }
+            }
+
+            #[test]
+            fn a_stall_shorter_than_the_hang_timeout_never_recycles(
+                pings in prop::collection::vec((0u64..20_000, 0u32..6), 1..120)
+            ) {
+                // Memory stays under the threshold: only a hang can recycle.
+                let (mut d, mut t) = started(policy());
+                d.observe(t, mem(500));
+                let mut stall_since: Option<Instant> = None;
+                let mut longest = Duration::ZERO;
+                for (gap_ms, failed) in pings {
+                    t += Duration::from_millis(gap_ms);
+                    if failed >= 3 {
+                        let since = *stall_since.get_or_insert(t);
+                        longest = longest.max(t - since);
+                    } else {
+                        stall_since = None;
+                    }
+                    d.server_answers(t, failed);
+                    if d.state() == State::Recycle {
+                        prop_assert!(
+                            longest >= policy().server.hang_timeout,
+                            "recycled after a stall of only {longest:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

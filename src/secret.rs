@@ -151,4 +151,27 @@ mod tests {
                 .starts_with("has a port over 65535")
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn a_password_is_never_shown(
+                user in "[a-z]{1,8}", password in "[A-Za-z0-9]{6,16}", host in "[a-z]{1,10}", token in "[A-Za-z0-9]{6,16}"
+            ) {
+                let text = format!("ws://{user}:{password}@{host}:8888/kurento?token={token}");
+                let shown = SecretUrl::redact(&text);
+                prop_assert!(!shown.contains(&format!(":{password}@")), "{shown}");
+                prop_assert!(!shown.contains(&format!("={token}")), "{shown}");
+            }
+
+            #[test]
+            fn no_text_makes_redaction_panic(text in "\\PC*") {
+                let _ = SecretUrl::redact(&text);
+                let _ = SecretUrl::parse_ws(&text);
+            }
+        }
+    }
 }

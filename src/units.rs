@@ -330,4 +330,42 @@ mod tests {
         assert_eq!(Human(Duration::from_millis(300_400)).to_string(), "5m");
         assert_eq!(Human(Duration::from_millis(250)).to_string(), "250ms");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_text_makes_a_parser_panic(text in "\\PC*") {
+                let _ = parse_size(&text);
+                let _ = parse_size_or_percent(&text);
+                let _ = DurationRange::STANDARD.parse(&text);
+                let _ = DurationRange::OR_ZERO.parse(&text);
+            }
+
+            #[test]
+            fn sizes_and_durations_as_people_write_them(
+                n in 0u64..1_000_000, unit in prop::sample::select(vec!["", "Ki", "Mi", "Gi", "MiB", "G", "%", "ms", "s", "m", "h", "d", "y"])
+            ) {
+                let text = format!("{n}{unit}");
+                let _ = parse_size_or_percent(&text);
+                let _ = DurationRange::STANDARD.parse(&text);
+            }
+
+            #[test]
+            fn a_bounded_duration_is_within_its_range(text in "[0-9]{1,25}(ns|us|ms|s|m|h|d|y)") {
+                if let Ok(d) = DurationRange::STANDARD.parse(&text) {
+                    prop_assert!(DurationRange::STANDARD.min <= d && d <= DurationRange::STANDARD.max);
+                }
+            }
+
+            #[test]
+            fn clipped_text_is_short_and_one_line(text in "\\PC*|[\\x00-\\x7f]{0,300}", max in 0usize..100) {
+                let out = clip(&text, max);
+                prop_assert!(out.len() <= max + '…'.len_utf8());
+                prop_assert!(!out.contains('\n'));
+            }
+        }
+    }
 }

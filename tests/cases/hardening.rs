@@ -21,8 +21,8 @@ fn probe(addr: SocketAddr, path: &str) -> (u16, Duration) {
         .timeout_global(Some(Duration::from_secs(5)))
         .build()
         .into();
-    let code = harness::request(&agent, "GET", &format!("http://{addr}{path}"))
-        .map_or(0, |r| r.code);
+    let code =
+        harness::request(&agent, "GET", &format!("http://{addr}{path}")).map_or(0, |r| r.code);
     (code, started.elapsed())
 }
 
@@ -118,7 +118,10 @@ fn a_kept_alive_connection_idle_past_the_header_timeout_is_closed() {
     assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
     let started = Instant::now();
     let closed = stream.read(&mut buffer).map_or(true, |n| n == 0);
-    assert!(closed, "an idle kept-alive connection is closed by memprobe");
+    assert!(
+        closed,
+        "an idle kept-alive connection is closed by memprobe"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "closed after the 5 s header timeout, not never"
@@ -201,14 +204,27 @@ fn values_that_would_overflow_or_spin_exit_2_naming_the_flag() {
     for (args, names) in [
         (&["--interval", "200000000000y"][..], "--interval"),
         (&["--kms-timeout", "300000000000y"], "--kms-timeout"),
-        (&["--kms-ping-interval", "300000000000y"], "--kms-ping-interval"),
+        (
+            &["--kms-ping-interval", "300000000000y"],
+            "--kms-ping-interval",
+        ),
         (&["--interval", "1ns"], "--interval"),
         (&["--threshold", "-5MiB"], "--threshold"),
         (
-            &["--memory-limit", "4Gi", "--threshold", "80%", "--critical", "1Mi"],
+            &[
+                "--memory-limit",
+                "4Gi",
+                "--threshold",
+                "80%",
+                "--critical",
+                "1Mi",
+            ],
             "--critical",
         ),
-        (&["--memory-limit", "4Gi", "--threshold", "5Gi"], "--threshold"),
+        (
+            &["--memory-limit", "4Gi", "--threshold", "5Gi"],
+            "--threshold",
+        ),
         (&["--memory-limit", "1"], "--memory-limit"),
         (&["--kms-url", "ws://kms:70000/kurento"], "--kms-url"),
         (&["--pid", "2"], "--pid"),
@@ -265,7 +281,8 @@ fn on_sigterm_ready_fails_at_once_the_port_answers_through_the_delay_then_exits_
     let mut memprobe = Memprobe::start(&fast(&["--pid", &pid, "--shutdown-delay", "2s"]));
     memprobe.wait_state("healthy");
     let mut kept = TcpStream::connect(memprobe.addr).unwrap();
-    kept.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     assert_eq!(on_connection(&mut kept, "/ready"), "HTTP/1.1 200 OK");
 
     memprobe.signal("TERM");
@@ -299,9 +316,17 @@ fn a_second_sigterm_stops_at_once_and_other_signals_are_ignored() {
         memprobe.signal(signal);
     }
     memprobe.wait_for("the ignored signals logged", |_| {
-        memprobe.logs().iter().filter(|l| l.contains("ignored")).count() == 3
+        memprobe
+            .logs()
+            .iter()
+            .filter(|l| l.contains("ignored"))
+            .count()
+            == 3
     });
-    assert!(memprobe.running(), "SIGHUP, SIGUSR1 and SIGUSR2 are not fatal");
+    assert!(
+        memprobe.running(),
+        "SIGHUP, SIGUSR1 and SIGUSR2 are not fatal"
+    );
     assert_eq!(memprobe.get("/livez").code, 200);
 
     memprobe.signal("TERM");

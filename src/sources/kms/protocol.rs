@@ -250,4 +250,29 @@ mod tests {
         ));
         assert!(!is_pipeline("manager_ServerManager"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_frame_makes_the_decoder_panic(text in "\\PC*") {
+                let _ = decode(&text);
+            }
+
+            #[test]
+            fn json_frames_of_any_shape_decode_or_are_refused(
+                id in prop_oneof![Just("1".to_string()), Just("\"x\"".to_string()), Just("null".to_string()), Just("-5".to_string()), Just("1e999".to_string())],
+                body in prop_oneof![
+                    Just(r#""result":{"value":"a"}"#.to_string()),
+                    Just(r#""error":{"code":"x"}"#.to_string()),
+                    Just(r#""method":"onEvent","params":{"value":{"type":"ObjectCreated","data":{"object":7}}}"#.to_string()),
+                    Just(r#""method":"onEvent","params":null"#.to_string()),
+                ],
+            ) {
+                let _ = decode(&format!(r#"{{"jsonrpc":"2.0","id":{id},{body}}}"#));
+            }
+        }
+    }
 }

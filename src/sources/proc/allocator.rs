@@ -104,4 +104,16 @@ mod tests {
         let me = procfs::process::Process::myself().unwrap();
         assert_eq!(of(&me), Allocator::Glibc);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_maps_line_makes_detection_panic(lines in prop::collection::vec("\\PC*", 0..20)) {
+                let _ = detect(lines.iter().map(String::as_str));
+            }
+        }
+    }
 }

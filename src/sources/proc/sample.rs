@@ -312,4 +312,18 @@ mod tests {
             "a reaped process reads as gone through its kept /proc descriptor"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn no_status_file_makes_its_parser_panic(
+                text in "\\PC*|(Name:\\t[a-z]{0,9}\\n|VmRSS:\\t[0-9]{0,25} kB\\n|RssAnon:\\t[0-9 a-z]{0,25}\\n){0,6}"
+            ) {
+                let _ = Status::from_buf_read(text.as_bytes());
+            }
+        }
+    }
 }

@@ -396,4 +396,23 @@ mod tests {
         assert!(found.start_ticks > 0);
         assert_eq!(open(i32::MAX).unwrap_err(), NotFound::NoPid(i32::MAX));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn no_pidfile_content_panics_and_every_refusal_is_short(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("x.pid");
+                std::fs::write(&path, &bytes).unwrap();
+                match read_pidfile(&path) {
+                    Ok(pid) => prop_assert!(pid > 0),
+                    Err(e) => prop_assert!(e.to_string().len() < 200 + path.as_os_str().len()),
+                }
+            }
+        }
+    }
 }
