@@ -178,11 +178,7 @@ fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
     target_out.read_line(&mut hello).unwrap();
     assert!(hello.starts_with("workload ready"), "target said {hello:?}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_port();
     let listen = format!("127.0.0.1:{port}");
     let memprobe = run(podman(&bin)
         .args(["run", "-d", "--pod", &cleanup.pod, &image])

@@ -71,7 +71,7 @@ fn a_drain_waits_for_the_last_session_then_recycles_after_min_drain() {
     assert_eq!(status["kms"]["connected"], true);
 
     target.send("alloc 150MiB");
-    let status = probe.wait_state("draining");
+    probe.wait_state("draining");
     assert_eq!(probe.get("/ready").code, 503);
     probe.wait_for("the reason to count sessions", |s| {
         s["reason"]
@@ -82,11 +82,8 @@ fn a_drain_waits_for_the_last_session_then_recycles_after_min_drain() {
 
     kms.destroy_pipeline(&first);
     probe.wait_for("1 session", |s| s["sessions"] == 1);
-    assert_eq!(
-        probe.status()["state"],
-        "draining",
-        "a session is still live"
-    );
+    let status = probe.status();
+    assert_eq!(status["state"], "draining", "a session is still live");
     assert!(status["transitions"].as_array().unwrap().len() >= 3);
 
     kms.destroy_pipeline(&second);
@@ -236,11 +233,7 @@ fn a_kms_that_never_answered_is_not_hung() {
 #[test]
 fn an_absent_kms_costs_one_log_line_and_never_liveness() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_port();
     let url = format!("ws://127.0.0.1:{port}/kurento");
     let target = Workload::start(None);
     let pid = target.pid.to_string();

@@ -67,6 +67,14 @@ pub fn tool(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// A loopback port that was free a moment ago: nothing listens there now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
 /// A process name unique to this test run, for `--name`.
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);

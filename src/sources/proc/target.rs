@@ -6,15 +6,14 @@
 //! is gone, even if the kernel has handed its pid to another one. So a reused pid can never be
 //! sampled as if it were the old target; it is found again as a new incarnation.
 //!
-//! Finding by name uses sysinfo's process table: a full /proc scan, done only while the target
-//! is lost.
+//! Finding by name is a full /proc scan, done only while the target is lost. It goes through
+//! procfs, like every other read here: one crate for /proc, with pids as the kernel's i32.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use procfs::process::Process;
-use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 
 /// Which process to watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,7 +121,6 @@ pub fn is_kernel_thread(pid: i32) -> bool {
 
 pub struct Finder {
     spec: TargetSpec,
-    system: Option<System>,
     own_pid: i32,
 }
 
@@ -130,7 +128,6 @@ impl Finder {
     pub fn new(spec: TargetSpec) -> Self {
         Finder {
             spec,
-            system: None,
             own_pid: std::process::id() as i32,
         }
     }
@@ -153,37 +150,32 @@ impl Finder {
         open(pid)
     }
 
-    /// The processes going by `name`, with their start times.
-    fn scan(&mut self, name: &str) -> Vec<Candidate> {
-        if self.system.is_none() {
-            self.system = System::new().ok();
-        }
-        let Some(system) = self.system.as_mut() else {
+    /// The processes going by `name`, with their start times. The comm in `stat` is read
+    /// first; the executable's link and argv[0] only when it does not already match.
+    fn scan(&self, name: &str) -> Vec<Candidate> {
+        let Ok(all) = procfs::process::all_processes() else {
             return Vec::new();
         };
-        let what = ProcessRefreshKind::nothing()
-            .with_exe(UpdateKind::OnlyIfNotSet)
-            .with_cmd(UpdateKind::OnlyIfNotSet)
-            .without_tasks();
-        system.refresh_processes_specifics(ProcessesToUpdate::All, true, what);
-        system
-            .processes()
-            .values()
-            .filter(|p| p.thread_kind().is_none())
-            .map(|p| Candidate {
-                pid: p.pid().as_u32() as i32,
-                ppid: p.parent().map(|pp| pp.as_u32() as i32),
-                comm: p.name().to_string_lossy().into_owned(),
-                exe: p.exe().map(|e| e.to_string_lossy().into_owned()),
-                argv0: p.cmd().first().map(|a| a.to_string_lossy().into_owned()),
-                start_ticks: 0,
-            })
-            .filter(|c| c.pid != self.own_pid && name_matches(c, name))
-            .map(|mut c| {
-                c.start_ticks = Process::new(c.pid)
-                    .and_then(|p| p.stat())
-                    .map_or(u64::MAX, |s| s.starttime);
-                c
+        all.filter_map(Result::ok)
+            .filter(|p| p.pid != self.own_pid)
+            .filter_map(|p| {
+                let stat = p.stat().ok()?;
+                if stat.flags & PF_KTHREAD != 0 {
+                    return None;
+                }
+                let mut c = Candidate {
+                    pid: stat.pid,
+                    ppid: Some(stat.ppid),
+                    comm: stat.comm,
+                    exe: None,
+                    argv0: None,
+                    start_ticks: stat.starttime,
+                };
+                if !name_matches(&c, name) {
+                    c.exe = p.exe().ok().map(|e| e.to_string_lossy().into_owned());
+                    c.argv0 = p.cmdline().ok().and_then(|argv| argv.into_iter().next());
+                }
+                name_matches(&c, name).then_some(c)
             })
             .collect()
     }
