@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A flood of idle and half-sent connections against a running memprobe.
 
-    python3 bench/flood.py PID HOST:PORT [COUNT]
+    python3 benches/flood.py PID HOST:PORT [COUNT]
 
 Opens COUNT (10,000) connections, every other one sending half a request head; meanwhile
 times 20 probes of /ready and /healthz from a separate client and reads memprobe's resident
