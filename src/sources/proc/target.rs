@@ -214,21 +214,12 @@ fn read_pidfile(path: &Path) -> Result<i32, NotFound> {
 /// Opens one process by pid: not there, only a zombie, a kernel thread, or unreadable are
 /// each told apart.
 pub fn open(pid: i32) -> Result<Found, NotFound> {
-    let denied = |e: &procfs::ProcError| matches!(e, procfs::ProcError::PermissionDenied(_));
-    let process = Process::new(pid).map_err(|e| {
-        if denied(&e) {
-            NotFound::Denied(pid)
-        } else {
-            NotFound::NoPid(pid)
-        }
-    })?;
-    let stat = process.stat().map_err(|e| {
-        if denied(&e) {
-            NotFound::Denied(pid)
-        } else {
-            NotFound::NoPid(pid)
-        }
-    })?;
+    let not_found = |e: procfs::ProcError| match e {
+        procfs::ProcError::PermissionDenied(_) => NotFound::Denied(pid),
+        _ => NotFound::NoPid(pid),
+    };
+    let process = Process::new(pid).map_err(not_found)?;
+    let stat = process.stat().map_err(not_found)?;
     if stat.state == 'Z' || stat.state == 'X' {
         return Err(NotFound::NoPid(pid));
     }
