@@ -117,6 +117,16 @@ fn a_kept_alive_connection_idle_past_the_header_timeout_is_closed() {
     let n = stream.read(&mut buffer).unwrap();
     assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
     let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    assert!(
+        stream.read(&mut buffer).is_err(),
+        "the connection is kept alive for a while: this checks the idle timeout, not a close"
+    );
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let closed = stream.read(&mut buffer).map_or(true, |n| n == 0);
     assert!(
         closed,

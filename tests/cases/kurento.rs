@@ -133,18 +133,22 @@ fn memory_that_stays_high_with_no_sessions_drains_after_idle_sustain() {
     assert!(metrics.contains("memprobe_kms_sessions 0"), "{metrics}");
 }
 
-#[test]
-fn a_stalled_kms_takes_no_new_sessions_and_is_ready_again_when_it_answers() {
+/// A fake KMS that has answered a ping, watched with 2 failed pings to a stall and this
+/// hang timeout.
+fn answering_kms(hang_timeout: &str) -> (FakeKms, Workload, Memprobe) {
     let kms = FakeKms::start();
     let target = Workload::start(None);
-    let probe = watch(
-        &kms,
-        &target,
-        &["--kms-failures", "2", "--kms-hang-timeout", "1h"],
-    );
+    let extra = ["--kms-failures", "2", "--kms-hang-timeout", hang_timeout];
+    let probe = watch(&kms, &target, &extra);
     probe.wait_for("a ping answered", |s| {
         s["state"] == "healthy" && !s["kms"]["last_ping_seconds"].is_null()
     });
+    (kms, target, probe)
+}
+
+#[test]
+fn a_stalled_kms_takes_no_new_sessions_and_is_ready_again_when_it_answers() {
+    let (kms, _target, probe) = answering_kms("1h");
     assert!(probe.get("/metrics").body.contains("memprobe_kms_up 1"));
 
     kms.hang(true);
@@ -183,16 +187,7 @@ fn a_stalled_kms_takes_no_new_sessions_and_is_ready_again_when_it_answers() {
 
 #[test]
 fn a_kms_stalled_past_the_hang_timeout_is_restarted() {
-    let kms = FakeKms::start();
-    let target = Workload::start(None);
-    let probe = watch(
-        &kms,
-        &target,
-        &["--kms-failures", "2", "--kms-hang-timeout", "1s"],
-    );
-    probe.wait_for("a ping answered", |s| {
-        s["state"] == "healthy" && !s["kms"]["last_ping_seconds"].is_null()
-    });
+    let (kms, _target, probe) = answering_kms("1s");
     kms.hang(true);
     let status = probe.wait_state("recycle");
     let entered = states_entered(&status);
