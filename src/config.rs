@@ -94,6 +94,14 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     name: Option<String>,
+    /// With --name: match only processes of this user (a name or a uid), on a shared host
+    #[arg(
+        long,
+        env = "MEMPROBE_USER",
+        value_name = "USER",
+        allow_hyphen_values = true
+    )]
+    user: Option<String>,
     /// Add up the memory of the target's descendants
     #[arg(
         long,
@@ -289,6 +297,8 @@ pub enum LogFormat {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub target: TargetSpec,
+    /// `--user`: with `--name`, only processes of this uid.
+    pub user: Option<u32>,
     pub include_children: bool,
     pub interval: Duration,
     pub memory: MemoryKind,
@@ -299,8 +309,12 @@ pub struct Config {
     pub idle_sustain: Duration,
     pub drain_timeout: Duration,
     pub min_drain: Duration,
-    /// The Kurento integration; `None` with `--kms-url none`.
+    /// The Kurento integration; `None` with `--kms-url none`, or when the target is plainly
+    /// not KMS and no `--kms-url` was given.
     pub kms: Option<KmsConfig>,
+    /// Why the Kurento integration is off though nobody said `--kms-url none`, to be said
+    /// once at start.
+    pub kms_off: Option<String>,
     pub memory_source: MemorySource,
     pub listen: SocketAddr,
     pub shutdown_delay: Duration,
@@ -386,6 +400,11 @@ pub enum ParseError {
 impl WatchFlags {
     fn validate(self, check: &Checker, host_total_bytes: u64) -> Result<Config, FlagError> {
         let target = check.target(self.pid.clone(), self.pidfile.clone(), self.name.clone())?;
+        let user = self
+            .user
+            .as_deref()
+            .map(|text| check.user(text, &target))
+            .transpose()?;
         let include_children = match &self.include_children {
             Some(text) => check.boolean("include_children", text)?,
             None => false,
@@ -404,7 +423,11 @@ impl WatchFlags {
             .transpose()?;
         let limit = crate::limit::choose(memory_limit, None, host_total_bytes);
         self.check_sizes(check, threshold, critical, limit)?;
-        let kms = check.kms(&self)?;
+        let kms_off = check.kms_not_asked(&target);
+        let kms = match kms_off {
+            Some(_) => None,
+            None => check.kms(&self)?,
+        };
         let memory_source: MemorySource = check.choice("memory_source", &self.memory_source)?;
         if memory_source == MemorySource::Kms {
             check.kms_source(&self, kms.is_some(), memory)?;
@@ -423,6 +446,7 @@ impl WatchFlags {
         }
         Ok(Config {
             target,
+            user,
             include_children,
             interval: check.duration("interval", &self.interval)?,
             memory,
@@ -432,6 +456,7 @@ impl WatchFlags {
             sustain: check.duration("sustain", &self.sustain)?,
             idle_sustain: check.duration("idle_sustain", &self.idle_sustain)?,
             kms,
+            kms_off,
             memory_source,
             drain_timeout: check.duration("drain_timeout", &self.drain_timeout)?,
             min_drain: check.duration("min_drain", &self.min_drain)?,
@@ -571,6 +596,27 @@ impl Checker<'_> {
         self.unit(id, text, |t| range.parse(t))
     }
 
+    /// `--user`: a uid, or a user name as this system resolves it; only with `--name`.
+    fn user(&self, text: &str, target: &TargetSpec) -> Result<u32, FlagError> {
+        if !matches!(target, TargetSpec::Name(_)) {
+            let problem = "narrows --name only: a pid is already one process (drop --user)";
+            return Err(self.error("user", text, problem));
+        }
+        let text = text.trim();
+        if let Ok(uid) = text.parse::<u32>() {
+            return Ok(uid);
+        }
+        uzers::get_user_by_name(text)
+            .map(|u| u.uid())
+            .ok_or_else(|| {
+                self.error(
+                    "user",
+                    text,
+                    "is not a user on this system (try a numeric uid, e.g. --user 1000)",
+                )
+            })
+    }
+
     /// A boolean as people write it, in a flag or a variable.
     fn boolean(&self, id: &str, text: &str) -> Result<bool, FlagError> {
         match text.trim().to_ascii_lowercase().as_str() {
@@ -600,6 +646,26 @@ impl Checker<'_> {
             let example = names.first().cloned().unwrap_or_default();
             self.error(id, text, &format!("is not {listed} (try {example})"))
         })
+    }
+
+    /// A target picked by `--pid`, `--pidfile` or a `--name` other than KMS's is not KMS:
+    /// without a `--kms-url` (or its file), memprobe does not try to reach one.
+    fn kms_not_asked(&self, target: &TargetSpec) -> Option<String> {
+        let given = |id: &str| {
+            matches!(
+                self.matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        if given("kms_url") || given("kms_url_file") {
+            return None;
+        }
+        match target {
+            TargetSpec::Name(name) if name == DEFAULT_NAME => None,
+            other => Some(format!(
+                "kms: off, since the target ({other}) is not KMS; --kms-url turns it on"
+            )),
+        }
     }
 
     fn kms(&self, flags: &WatchFlags) -> Result<Option<KmsConfig>, FlagError> {
@@ -664,17 +730,13 @@ impl Checker<'_> {
         kms_on: bool,
         memory: MemoryKind,
     ) -> Result<(), FlagError> {
-        if !kms_on {
-            let problem = "needs the Kurento integration: --kms-url is none (try --kms-url ws://127.0.0.1:8888/kurento)";
-            return Err(self.error("memory_source", "kms", problem));
-        }
         let set = |id: &str| {
             matches!(
                 self.matches.value_source(id),
                 Some(ValueSource::CommandLine | ValueSource::EnvVariable)
             )
         };
-        for id in ["pid", "pidfile", "name"] {
+        for id in ["pid", "pidfile", "name", "user"] {
             if set(id) {
                 return Err(FlagError {
                     origin: self.origin(id),
@@ -697,6 +759,10 @@ impl Checker<'_> {
             let problem =
                 "is not available from KMS, which reports resident memory (try --memory rss)";
             return Err(self.error("memory", memory.as_str(), problem));
+        }
+        if !kms_on {
+            let problem = "needs the Kurento integration: --kms-url is none (try --kms-url ws://127.0.0.1:8888/kurento)";
+            return Err(self.error("memory_source", "kms", problem));
         }
         Ok(())
     }
@@ -887,6 +953,38 @@ mod tests {
             sidecar(&["--include-children=maybe"])
                 .unwrap_err()
                 .starts_with("--include-children: 'maybe' is not a boolean")
+        );
+    }
+
+    #[test]
+    fn a_target_that_is_not_kms_needs_no_kms() {
+        for args in [
+            &["--pid", "4194303"][..],
+            &["--pidfile", "/run/x.pid"],
+            &["--name", "python3"],
+        ] {
+            let c = sidecar(args).unwrap();
+            assert_eq!(c.kms, None, "{args:?}: no KMS to reach");
+            assert!(c.kms_off.unwrap().starts_with("kms: off"));
+        }
+        let c = sidecar(&["--pid", "4194303", "--kms-url", "ws://kms:8888/kurento"]).unwrap();
+        assert!(c.kms.is_some(), "a --kms-url given turns it on");
+        let c = sidecar(&[]).unwrap();
+        assert!(c.kms.is_some() && c.kms_off.is_none(), "KMS by default");
+    }
+
+    #[test]
+    fn a_user_narrows_a_name() {
+        assert_eq!(sidecar(&["--user", "1000"]).unwrap().user, Some(1000));
+        assert_eq!(sidecar(&["--user", "root"]).unwrap().user, Some(0));
+        assert_eq!(
+            sidecar(&["--user", "no-such-user-here"]).unwrap_err(),
+            "--user: 'no-such-user-here' is not a user on this system (try a numeric uid, e.g. --user 1000)"
+        );
+        assert!(
+            sidecar(&["--user", "0", "--pid", "4194303"])
+                .unwrap_err()
+                .starts_with("--user: '0' narrows --name only")
         );
     }
 

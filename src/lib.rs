@@ -71,6 +71,9 @@ impl Sidecar {
     /// says to stop.
     pub fn start(config: Config, listener: TcpListener, shutdown: Shutdown) -> Self {
         let config = Arc::new(config);
+        if let Some(why) = &config.kms_off {
+            tracing::info!("{why}");
+        }
         let (memory, sessions) = sources::build(&config);
         let metrics = Arc::new(outlets::metrics::Metrics::new(
             config.critical.is_some(),

@@ -414,6 +414,8 @@ mod tests {
                 "memprobe",
                 "--name",
                 "kms-under-test",
+                "--kms-url",
+                "ws://127.0.0.1:8888/kurento",
                 "--threshold",
                 "100Mi",
                 "--interval",

@@ -4,6 +4,8 @@
 mod container;
 #[path = "cases/deploy.rs"]
 mod deploy;
+#[path = "cases/first_contact.rs"]
+mod first_contact;
 #[path = "cases/hardening.rs"]
 mod hardening;
 mod harness;
@@ -359,7 +361,7 @@ fn memory_pss_without_ptrace_access_exits_saying_which_privilege_is_missing() {
             std::fs::metadata("/proc/1").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
         let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m));
         if owner_of_1.ok() == me.ok() {
-            eprintln!("skipping: PID 1 is this user's own, and only root can run as another");
+            harness::skip("PID 1 is this user's own, and only root can run as another");
             return;
         }
         run_to_end(
@@ -538,7 +540,7 @@ fn the_demo_tells_the_whole_story_and_exits_0() {
 fn the_jemalloc_demo_stays_ready() {
     if !std::path::Path::new(memprobe::tools::demo::JEMALLOC).exists() {
         assert!(!strict(), "libjemalloc2 is required in strict mode");
-        eprintln!("skipping: libjemalloc2 is not installed");
+        harness::skip("libjemalloc2 is not installed");
         return;
     }
     let output = run_to_end(
@@ -563,7 +565,7 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
     // The workload is this test build of memprobe: it runs on glibc's malloc only where the
     // build is for glibc.
     if !cfg!(target_env = "gnu") {
-        eprintln!("skipping: this build's workload does not run on glibc's malloc");
+        harness::skip("this build's workload does not run on glibc's malloc");
         return;
     }
     // The default --name, matched through argv[0].
@@ -588,7 +590,7 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
 
     if !std::path::Path::new(memprobe::tools::demo::JEMALLOC).exists() {
         assert!(!strict(), "libjemalloc2 is required in strict mode");
-        return eprintln!("skipping the jemalloc half: libjemalloc2 is not installed");
+        return harness::skip("the jemalloc half: libjemalloc2 is not installed");
     }
     let preloaded = Workload::start_with(None, &[("LD_PRELOAD", memprobe::tools::demo::JEMALLOC)]);
     let pid = preloaded.pid.to_string();

@@ -34,6 +34,7 @@ const GIVE_UP: Duration = Duration::from_secs(150);
 fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
     Config {
         target: TargetSpec::Pid(pid),
+        user: None,
         include_children: false,
         interval: Duration::from_secs(1),
         memory: MemoryKind::Rss,
@@ -43,6 +44,7 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         sustain: Duration::from_secs(10),
         idle_sustain: Duration::from_secs(10),
         kms: None,
+        kms_off: None,
         memory_source: crate::config::MemorySource::Proc,
         drain_timeout: Duration::from_secs(20),
         min_drain: Duration::from_secs(5),

@@ -39,10 +39,24 @@ pub fn shipped() -> Option<PathBuf> {
         !strict(),
         "{SHIPPED} is required in strict mode: .ci/run builds it before the tests"
     );
-    eprintln!("skipping the shipped binary's figures: {SHIPPED} is not built (see .ci/run)");
+    skip(&format!(
+        "{SHIPPED} is not built (.ci/run builds it; MEMPROBE_STRICT=1 makes this fail)"
+    ));
     None
 }
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Says that a check did not run, and why, on the terminal itself: the test harness captures
+/// what tests print, so a skip printed the usual way would be seen only with --nocapture,
+/// and the test would show a plain `ok`.
+pub fn skip(why: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
 
 /// `.ci/run` sets this: a test that needs an outside tool fails instead of skipping.
 pub fn strict() -> bool {
@@ -62,7 +76,9 @@ pub fn tool(name: &str) -> Option<PathBuf> {
             !strict(),
             "{name} is required in strict mode (MEMPROBE_STRICT=1) but is not installed"
         );
-        eprintln!("skipping: {name} is not installed (set MEMPROBE_STRICT=1 to make this fail)");
+        skip(&format!(
+            "{name} is not installed (.ci/run installs it; MEMPROBE_STRICT=1 makes this fail)"
+        ));
     }
     found
 }

@@ -30,7 +30,7 @@ pub struct ProcMemory {
 impl ProcMemory {
     pub fn new(config: &Config) -> Self {
         ProcMemory {
-            finder: Finder::new(config.target.clone()),
+            finder: Finder::new(config.target.clone(), config.user),
             target: None,
             memory: config.memory,
             include_children: config.include_children,
@@ -58,7 +58,7 @@ impl MemorySource for ProcMemory {
                     pid: Some(found.pid),
                     name: found.name.clone(),
                     start_time: Some(crate::units::timestamp(found.start_time)),
-                    found_by: self.finder.spec().to_string(),
+                    found_by: self.finder.describe(),
                     allocator: allocator::of(&found.process),
                 };
                 let limit = limit::resolve(self.memory_limit, Some(found.pid));

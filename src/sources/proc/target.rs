@@ -92,6 +92,8 @@ pub struct Found {
 pub enum NotFound {
     #[error("no process named {0}")]
     NoName(String),
+    #[error("no process named {0} of user {1}")]
+    NoNameOfUser(String, u32),
     #[error("process {0} does not exist")]
     NoPid(i32),
     #[error(
@@ -121,19 +123,26 @@ pub fn is_kernel_thread(pid: i32) -> bool {
 
 pub struct Finder {
     spec: TargetSpec,
+    /// `--user`: only processes of this uid go by the name.
+    user: Option<u32>,
     own_pid: i32,
 }
 
 impl Finder {
-    pub fn new(spec: TargetSpec) -> Self {
+    pub fn new(spec: TargetSpec, user: Option<u32>) -> Self {
         Finder {
             spec,
+            user,
             own_pid: std::process::id() as i32,
         }
     }
 
-    pub fn spec(&self) -> &TargetSpec {
-        &self.spec
+    /// How the target is chosen, as flags: `--name kms --user 1000`.
+    pub fn describe(&self) -> String {
+        match self.user {
+            Some(uid) => format!("{} --user {uid}", self.spec),
+            None => self.spec.to_string(),
+        }
     }
 
     /// Looks for the target once. Blocking: reads /proc.
@@ -144,7 +153,13 @@ impl Finder {
             TargetSpec::Name(name) => {
                 let name = name.clone();
                 let candidates = self.scan(&name);
-                pick(&candidates, &name).ok_or(NotFound::NoName(name))?
+                match pick(&candidates, &name) {
+                    Some(pid) => pid,
+                    None => match self.user {
+                        Some(uid) => return Err(NotFound::NoNameOfUser(name, uid)),
+                        None => return Err(NotFound::NoName(name)),
+                    },
+                }
             }
         };
         open(pid)
@@ -158,6 +173,7 @@ impl Finder {
         };
         all.filter_map(Result::ok)
             .filter(|p| p.pid != self.own_pid)
+            .filter(|p| self.user.is_none() || p.uid().ok() == self.user)
             .filter_map(|p| {
                 let stat = p.stat().ok()?;
                 if stat.flags & PF_KTHREAD != 0 {
