@@ -1,6 +1,6 @@
 # memprobe: a static binary in an empty image, running as a non-root user.
 #
-#   docker build -t memprobe .
+#   docker build -t memprobe:0.1.0 .       (the tag the manifests under deploy/ use)
 #
 # The `runtime` stage only copies the binary from `build`, so an image can also be made from
 # a binary built elsewhere: podman build --build-context build=DIR --target runtime .

@@ -54,7 +54,7 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
 #[test]
 fn the_prometheus_rule_carries_the_same_rules_as_the_rules_file() {
     let file = yaml("deploy/prometheus/alerts.yml");
-    let crd = yaml("deploy/kubernetes/base/prometheusrule.yaml");
+    let crd = yaml("deploy/kubernetes/components/monitoring/prometheusrule.yaml");
     assert_eq!(crd["kind"], "PrometheusRule");
     assert_eq!(
         crd["spec"], file,
@@ -155,6 +155,43 @@ fn kubernetes_manifests_render_validate_and_pass_checkov() {
             .arg(out.path()),
     );
     assert!(said.contains("Failed checks: 0"), "{said}");
+}
+
+#[test]
+fn the_base_applies_on_a_bare_cluster() {
+    let Some(kubectl) = tool("kubectl") else {
+        return;
+    };
+    let yaml = check(
+        Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(path("deploy/kubernetes/base")),
+    );
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML"))
+        .collect();
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["apiVersion"].as_str().unwrap(),
+                d["kind"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for kind in &kinds {
+        // Built-in groups are the core ("v1"), bare names ("apps/v1") and *.k8s.io ones.
+        let group = kind.split_once('/').map_or("", |(g, _)| g);
+        assert!(
+            !group.contains('.') || group.ends_with(".k8s.io"),
+            "{kind} needs a CRD: it belongs in components/, not the base"
+        );
+    }
+    assert!(
+        kinds.iter().any(|k| k == "v1 Namespace"),
+        "the base creates its namespace: {kinds:?}"
+    );
 }
 
 #[test]
