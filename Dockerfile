@@ -6,12 +6,20 @@
 # a binary built elsewhere: podman build --build-context build=DIR --target runtime .
 # (DIR holding `memprobe`), which is how the tests build it without pulling the Rust image.
 
+# Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 builds each architecture
+# in its own (emulated) build stage, from TARGETARCH.
 FROM rust:1.95-slim-bookworm AS build
+ARG TARGETARCH=amd64
 WORKDIR /src
-RUN rustup target add x86_64-unknown-linux-musl
+RUN case "$TARGETARCH" in \
+      amd64) echo x86_64-unknown-linux-musl > /target ;; \
+      arm64) echo aarch64-unknown-linux-musl > /target ;; \
+      *) echo "unsupported TARGETARCH $TARGETARCH (amd64 or arm64)" >&2; exit 1 ;; \
+    esac \
+    && rustup target add "$(cat /target)"
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl \
-    && cp target/x86_64-unknown-linux-musl/release/memprobe /memprobe
+RUN cargo build --release --locked --target "$(cat /target)" \
+    && cp "target/$(cat /target)/release/memprobe" /memprobe
 
 FROM scratch AS runtime
 LABEL org.opencontainers.image.title="memprobe" \

@@ -1,5 +1,7 @@
 //! End to end: the real `memprobe` binary against real `memprobe workload` processes.
 
+#[path = "cases/arm64.rs"]
+mod arm64;
 #[path = "cases/container.rs"]
 mod container;
 #[path = "cases/deploy.rs"]

@@ -28,6 +28,12 @@ pub const SHIPPED: &str = concat!(
     "/target/x86_64-unknown-linux-musl/release/memprobe"
 );
 
+/// The static arm64 binary, as `.ci/run` cross-builds it before the tests.
+pub const SHIPPED_ARM64: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/target/aarch64-unknown-linux-musl/release/memprobe"
+);
+
 /// The shipped static binary, or `None` (with a printed reason) when it has not been built
 /// and strict mode is off.
 pub fn shipped() -> Option<PathBuf> {
@@ -208,7 +214,12 @@ impl Memprobe {
 
     /// Starts this very binary (the shipped static one, say) with these arguments.
     pub fn start_binary(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(binary)
+        Self::start_command(Command::new(binary), args, env)
+    }
+
+    /// Starts memprobe as `command` runs it (under an emulator, say), with these arguments.
+    pub fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = command
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .envs(env.iter().copied())
