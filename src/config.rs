@@ -16,7 +16,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 
 use crate::limit::MemoryLimit;
-use crate::secret::SecretUrl;
+use crate::secret::{SecretUrl, Token};
 use crate::sources::MemoryKind;
 use crate::sources::proc::target::TargetSpec;
 use crate::units::{self, Bytes, DurationRange, SizeOrPercent, UnitError};
@@ -52,6 +52,8 @@ pub enum Command {
     Demo(DemoFlags),
     /// The workload the demo and the tests watch: simulated media sessions, driven on stdin
     Workload(crate::tools::workload::WorkloadFlags),
+    /// Ask a running memprobe to drain, and wait for its last session (systemd ExecStop=, scripts)
+    Drain(crate::tools::drain::DrainFlags),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -266,6 +268,17 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     shutdown_delay: String,
+    /// Bearer token that allows POST/DELETE /drain and GET /drain?wait [default: no admin API]
+    #[arg(
+        long,
+        env = "MEMPROBE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// Read --admin-token from this file (a mounted Secret)
+    #[arg(long, env = "MEMPROBE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
     /// Log format: text or json (level from RUST_LOG, default info)
     #[arg(
         long,
@@ -318,6 +331,8 @@ pub struct Config {
     pub memory_source: MemorySource,
     pub listen: SocketAddr,
     pub shutdown_delay: Duration,
+    /// The admin API's token; without one, `/drain` answers 404.
+    pub admin_token: Option<Token>,
     pub log_format: LogFormat,
 }
 
@@ -353,6 +368,7 @@ pub enum Invocation {
     Sidecar(Box<Config>),
     Demo(DemoFlags),
     Workload(crate::tools::workload::WorkloadFlags),
+    Drain(crate::tools::drain::DrainFlags),
 }
 
 /// Reads the command line and the environment. `Err` carries clap's own outcome (help,
@@ -379,6 +395,7 @@ where
     Ok(match cli.command {
         Some(Command::Demo(flags)) => Invocation::Demo(flags),
         Some(Command::Workload(flags)) => Invocation::Workload(flags),
+        Some(Command::Drain(flags)) => Invocation::Drain(flags),
         None => {
             let check = Checker {
                 matches: &matches,
@@ -444,6 +461,7 @@ impl WatchFlags {
             let problem = "is over 5m: a kubelet kills a pod 30s after SIGTERM by default (try 1s)";
             return Err(check.error("shutdown_delay", &self.shutdown_delay, problem));
         }
+        let admin_token = check.admin_token(&self)?;
         Ok(Config {
             target,
             user,
@@ -462,6 +480,7 @@ impl WatchFlags {
             min_drain: check.duration("min_drain", &self.min_drain)?,
             listen,
             shutdown_delay,
+            admin_token,
             log_format: check.choice("log_format", &self.log_format)?,
         })
     }
@@ -615,6 +634,37 @@ impl Checker<'_> {
                     "is not a user on this system (try a numeric uid, e.g. --user 1000)",
                 )
             })
+    }
+
+    /// `--admin-token` or the file it is in; never echoed in an error.
+    fn admin_token(&self, flags: &WatchFlags) -> Result<Option<Token>, FlagError> {
+        let text = match (&flags.admin_token, &flags.admin_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(FlagError {
+                    origin: format!(
+                        "{} and {}",
+                        self.origin("admin_token"),
+                        self.origin("admin_token_file")
+                    ),
+                    value: None,
+                    problem: "only one may be given (keep the file)".into(),
+                });
+            }
+            (Some(text), None) => text.clone(),
+            (None, Some(path)) => read_secret_file(path).map_err(|problem| {
+                self.error("admin_token_file", &path.display().to_string(), &problem)
+            })?,
+            (None, None) => return Ok(None),
+        };
+        let id = match flags.admin_token_file {
+            Some(_) => "admin_token_file",
+            None => "admin_token",
+        };
+        Token::new(&text).map(Some).map_err(|problem| FlagError {
+            origin: self.origin(id),
+            value: None,
+            problem,
+        })
     }
 
     /// A boolean as people write it, in a flag or a variable.
@@ -971,6 +1021,19 @@ mod tests {
         assert!(c.kms.is_some(), "a --kms-url given turns it on");
         let c = sidecar(&[]).unwrap();
         assert!(c.kms.is_some() && c.kms_off.is_none(), "KMS by default");
+    }
+
+    #[test]
+    fn an_admin_token_is_checked_and_never_echoed() {
+        assert_eq!(sidecar(&[]).unwrap().admin_token, None);
+        let c = sidecar(&["--admin-token", "0123456789abcdef0123"]).unwrap();
+        assert!(c.admin_token.is_some());
+        let e = sidecar(&["--admin-token", "hunter2"]).unwrap_err();
+        assert_eq!(
+            e,
+            "--admin-token: is shorter than 16 characters (try: openssl rand -hex 32)"
+        );
+        assert!(!e.contains("hunter2"));
     }
 
     #[test]

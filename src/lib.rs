@@ -82,13 +82,15 @@ impl Sidecar {
         let render: RenderMetrics = Arc::new(move |status: &Status| metrics.render(status));
         let now = tokio::time::Instant::now();
         let (monitor, snapshots) = Monitor::new(Arc::clone(&config), memory, sessions, render, now);
-        let state = outlets::http::AppState::new(snapshots.clone(), config.interval);
+        let (requests, inbox) = sources::operator::channel();
+        let state = outlets::http::AppState::new(snapshots.clone(), config.interval)
+            .with_admin(config.admin_token.clone(), requests);
         let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
         let sampler = std::thread::Builder::new()
             .name("memprobe-sampler".into())
             .spawn(move || {
                 let clock = tokio::time::Instant::now;
-                let _ = stopped_tx.send(monitor.run(clock, std::thread::sleep));
+                let _ = stopped_tx.send(monitor.run(clock, |d| inbox.wait(d)));
             });
         let delay = config.shutdown_delay;
         let task = tokio::spawn(async move {

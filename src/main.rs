@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Invocation::Drain(flags) => runtime(memprobe::tools::drain::run(flags)),
         Invocation::Demo(flags) => {
             if let Err(e) = init_logging(LogFormat::Text) {
                 eprintln!("memprobe: {e}");

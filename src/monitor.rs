@@ -27,8 +27,11 @@ use tracing::{info, warn};
 use crate::config::{Config, check_sizes};
 use crate::limit::{self, MemoryLimit};
 use crate::policy::{Decider, Observation, Policy, ServerPolicy, State, Transition};
+use crate::sources::operator::{Asked, Request};
 use crate::sources::proc::allocator::Allocator;
-use crate::sources::{MemorySample, MemorySource, Outcome, SampleError, SessionSource};
+use crate::sources::{
+    MemorySample, MemorySource, Outcome, SampleError, ServerReport, SessionSource,
+};
 use crate::status::{Counters, MemoryStatus, RenderMetrics, Settings, Snapshot, Status};
 use crate::status::{TargetStatus, ThresholdStatus, TransitionRecord};
 use crate::units::{Bytes, Human};
@@ -60,6 +63,8 @@ pub struct Monitor {
     not_found: Option<String>,
     last_error: Option<String>,
     backoff: Duration,
+    /// The session source's last report, published again after an operator's request.
+    server: Option<ServerReport>,
     render: RenderMetrics,
     publish: watch::Sender<Arc<Snapshot>>,
 }
@@ -96,6 +101,7 @@ impl Monitor {
             not_found: None,
             last_error: None,
             backoff: FIRST_BACKOFF,
+            server: None,
             render,
             publish,
             config,
@@ -105,18 +111,49 @@ impl Monitor {
     }
 
     /// Runs on the calling thread until nobody reads the snapshots any more, or until a
-    /// fatal error; `clock` tells the time and `sleep` waits.
+    /// fatal error; `clock` tells the time and `wait` waits up to a duration for an operator's
+    /// request, which is answered at once, between steps.
     pub fn run(
         mut self,
         clock: impl Fn() -> Instant,
-        sleep: impl Fn(Duration),
+        wait: impl Fn(Duration) -> Option<Asked>,
     ) -> Result<(), Fatal> {
         while !self.publish.is_closed() {
             let started = clock();
             let next = self.step(&clock)?;
-            sleep((started + next).saturating_duration_since(clock()));
+            let due = started + next;
+            loop {
+                let left = due.saturating_duration_since(clock());
+                if left.is_zero() {
+                    break;
+                }
+                match wait(left) {
+                    Some(asked) => self.answer(clock(), asked),
+                    None => break,
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Hands an operator's request to the policy, publishes the outcome and replies with it.
+    pub fn answer(&mut self, now: Instant, asked: Asked) {
+        let outcome = match asked.request {
+            Request::Drain => self.decider.request_drain(now, &asked.who),
+            Request::CancelDrain => self.decider.cancel_drain(now, &asked.who),
+        };
+        match &outcome {
+            Ok(Some(tr)) => {
+                if let Request::Drain = asked.request {
+                    self.counters.drain_requests_total += 1;
+                }
+                self.record(tr.clone());
+            }
+            Ok(None) => {}
+            Err(refused) => info!("{:?} from {} refused: {refused}", asked.request, asked.who),
+        }
+        self.publish(now, self.server.clone());
+        let _ = asked.reply.send(outcome.map(|_| self.decider.state()));
     }
 
     /// One step: read the sources, decide, publish. Returns the time to the next step.
@@ -133,7 +170,8 @@ impl Monitor {
         {
             self.record(tr);
         }
-        self.publish(now, server.map(|s| s.report));
+        self.server = server.map(|s| s.report);
+        self.publish(now, self.server.clone());
         Ok(if self.target.is_some() {
             self.backoff = FIRST_BACKOFF;
             self.config.interval
@@ -291,7 +329,7 @@ impl Monitor {
         });
     }
 
-    fn status(&self, now: Instant, server: Option<crate::sources::ServerReport>) -> Status {
+    fn status(&self, now: Instant, server: Option<ServerReport>) -> Status {
         let state = self.decider.state();
         let policy = self.decider.policy();
         Status {
@@ -320,11 +358,12 @@ impl Monitor {
             server,
             counters: self.counters.clone(),
             transitions: self.history.iter().cloned().collect(),
+            drain_requested_by: self.decider.requested_by().map(str::to_owned),
             settings: Arc::clone(&self.settings),
         }
     }
 
-    fn publish(&mut self, now: Instant, server: Option<crate::sources::ServerReport>) {
+    fn publish(&mut self, now: Instant, server: Option<ServerReport>) {
         let status = self.status(now, server);
         self.publish.send_replace(Arc::new(Snapshot::new(
             status,

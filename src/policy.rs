@@ -149,6 +149,8 @@ pub struct Decider {
     stalled_since: Option<Instant>,
     /// When the target went out of reach, while it is.
     unreachable_since: Option<Instant>,
+    /// Who asked for the drain in force, while memory has not latched it too.
+    requested_by: Option<String>,
     incarnations: u64,
     reason: String,
 }
@@ -168,6 +170,7 @@ impl Decider {
             sampled: false,
             stalled_since: None,
             unreachable_since: None,
+            requested_by: None,
             incarnations: 0,
             reason: "looking for the target process".to_string(),
         }
@@ -201,6 +204,7 @@ impl Decider {
         self.sampled = false;
         self.stalled_since = None;
         self.unreachable_since = None;
+        self.requested_by = None;
         self.enter(
             now,
             State::Starting,
@@ -220,6 +224,7 @@ impl Decider {
 
     /// The target process is not there any more.
     pub fn lost(&mut self, now: Instant, why: String) -> Option<Transition> {
+        self.requested_by = None;
         self.over_since = None;
         self.idle_over_since = None;
         self.stalled_since = None;
@@ -294,6 +299,48 @@ impl Decider {
         }
     }
 
+    /// Who asked for the drain in force, while it is a requested one.
+    pub fn requested_by(&self) -> Option<&str> {
+        self.requested_by.as_deref()
+    }
+
+    /// Someone (`who`) asks for a drain now: the instance takes no new sessions, exactly as in
+    /// a memory drain, but is never recycled for it — a requested drain holds the instance out
+    /// of rotation until it is cancelled or the process ends (a pod deleted, an upgrade).
+    /// Refused while there is no target, or one already to be restarted.
+    pub fn request_drain(
+        &mut self,
+        now: Instant,
+        who: &str,
+    ) -> Result<Option<Transition>, DrainRefused> {
+        match self.state {
+            State::Lost => Err(DrainRefused::NoTarget),
+            State::Recycle => Err(DrainRefused::Recycling),
+            State::Draining => Ok(None),
+            State::Starting | State::Healthy | State::Elevated | State::Stalled => {
+                self.requested_by = Some(crate::units::clip(who, 64));
+                Ok(self.enter(now, State::Draining, format!("drain requested by {who}")))
+            }
+        }
+    }
+
+    /// Cancels a requested drain: the instance returns to the state its memory gives. A
+    /// memory drain is never cancelled (fragmentation does not heal).
+    pub fn cancel_drain(
+        &mut self,
+        now: Instant,
+        who: &str,
+    ) -> Result<Option<Transition>, DrainRefused> {
+        match (self.state, self.requested_by.take()) {
+            (State::Draining, Some(_)) => {
+                let to = self.memory_state();
+                Ok(self.enter(now, to, format!("requested drain cancelled by {who}")))
+            }
+            (State::Draining, None) => Err(DrainRefused::MemoryDrain),
+            _ => Ok(None),
+        }
+    }
+
     /// The state the memory alone gives, outside a latch.
     fn memory_state(&self) -> State {
         match (self.sampled, self.over_since) {
@@ -334,6 +381,26 @@ impl Decider {
         match self.state {
             State::Lost => None,
             State::Recycle => None,
+            State::Draining if self.requested_by.is_some() => {
+                let (to, why) = self.judge(now, mem);
+                let drained_for = now - self.since;
+                if to == State::Draining {
+                    // Memory now asks for the drain too: it latches, and may end in recycle.
+                    self.requested_by = None;
+                    self.reason = crate::units::clip(
+                        &format!("{why} (a requested drain, now latched by memory)"),
+                        MAX_REASON_BYTES,
+                    );
+                } else {
+                    let who = self.requested_by.as_deref().unwrap_or("?");
+                    self.reason = format!(
+                        "drain requested by {who} {} ago, {}",
+                        Human(drained_for),
+                        sessions_left(obs.sessions)
+                    );
+                }
+                None
+            }
             State::Draining => {
                 let drained_for = now - self.since;
                 if drained_for >= p.drain_timeout {
@@ -421,6 +488,17 @@ impl Decider {
         self.since = now;
         Some(Transition { from, to, reason })
     }
+}
+
+/// Why a drain request or cancellation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DrainRefused {
+    #[error("no target to drain: the server is not running")]
+    NoTarget,
+    #[error("the server is already to be restarted")]
+    Recycling,
+    #[error("this is a memory drain, which is never cancelled: fragmentation does not heal")]
+    MemoryDrain,
 }
 
 fn sessions_left(sessions: Option<u32>) -> String {
@@ -895,6 +973,67 @@ mod tests {
             !d.missing_privilege_is_fatal(),
             "after a restart of the target, the sidecar keeps guarding"
         );
+    }
+
+    #[test]
+    fn a_requested_drain_takes_no_new_sessions_and_is_never_recycled_for() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, with_sessions(500, 2));
+        let tr = d.request_drain(t0, "admin").unwrap().expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Healthy, State::Draining));
+        assert_eq!(tr.reason, "drain requested by admin");
+        assert!(!d.state().ready() && d.state().healthy());
+        d.observe(t0 + Duration::from_secs(7200), with_sessions(500, 0));
+        assert_eq!(
+            d.state(),
+            State::Draining,
+            "neither zero sessions nor --drain-timeout recycles a requested drain"
+        );
+        assert!(
+            d.reason()
+                .starts_with("drain requested by admin 2h ago, 0 sessions left")
+        );
+    }
+
+    #[test]
+    fn a_requested_drain_can_be_cancelled_and_a_memory_drain_cannot() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(1200));
+        d.request_drain(t0, "admin").unwrap();
+        let tr = d.cancel_drain(t0 + SECOND, "admin").unwrap().unwrap();
+        assert_eq!(
+            tr.to,
+            State::Elevated,
+            "cancelled: back to what memory says"
+        );
+        let t = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(300), mem(1200));
+        assert_eq!(d.state(), State::Draining);
+        assert_eq!(
+            d.cancel_drain(t, "admin"),
+            Err(DrainRefused::MemoryDrain),
+            "a memory drain is never cancelled"
+        );
+        assert_eq!(d.cancel_drain(t, "admin"), Err(DrainRefused::MemoryDrain));
+    }
+
+    #[test]
+    fn memory_latches_a_requested_drain() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(1200));
+        d.request_drain(t0, "admin").unwrap();
+        d.observe(t0 + Duration::from_secs(300), mem(1200));
+        assert_eq!(d.requested_by(), None, "memory has latched the drain");
+        assert_eq!(
+            d.cancel_drain(t0 + Duration::from_secs(301), "admin"),
+            Err(DrainRefused::MemoryDrain)
+        );
+    }
+
+    #[test]
+    fn a_drain_needs_a_server_to_drain() {
+        let (mut d, t0) = started(policy());
+        d.lost(t0, "gone".into());
+        assert_eq!(d.request_drain(t0, "admin"), Err(DrainRefused::NoTarget));
     }
 
     #[test]

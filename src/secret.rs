@@ -95,6 +95,45 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// A bearer token for the admin API (`--admin-token`): never shown, compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A token of at least 16 characters, without spaces or control characters.
+    pub fn new(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.len() < 16 {
+            return Err("is shorter than 16 characters (try: openssl rand -hex 32)".into());
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err("holds spaces or control characters (try: openssl rand -hex 32)".into());
+        }
+        Ok(Token(text.to_string()))
+    }
+
+    /// Whether an `Authorization` header carries this token, as `Bearer TOKEN`. Takes the
+    /// same time however much of it matches.
+    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(given) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        given.ct_eq(self.0.as_bytes()).into()
+    }
+
+    /// The token itself, for a client sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +154,20 @@ mod tests {
             "ws://admin:S3cr3t@host/kurento?token=X&a=b",
             "the connection gets the real URL"
         );
+    }
+
+    #[test]
+    fn a_token_admits_only_itself_as_a_bearer() {
+        let token = Token::new("0123456789abcdef0123").unwrap();
+        assert!(token.admits(Some(b"Bearer 0123456789abcdef0123")));
+        assert!(!token.admits(Some(b"Bearer 0123456789abcdef012")));
+        assert!(
+            !token.admits(Some(b"0123456789abcdef0123")),
+            "the scheme is needed"
+        );
+        assert!(!token.admits(None));
+        assert_eq!(format!("{token:?}"), "Token(***)");
+        assert!(Token::new("short").is_err());
     }
 
     #[test]

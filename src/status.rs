@@ -45,6 +45,8 @@ pub struct Status {
     pub counters: Counters,
     /// The last transitions, oldest first.
     pub transitions: Vec<TransitionRecord>,
+    /// Who asked for the drain in force, while it is a requested one (`admin`).
+    pub drain_requested_by: Option<String>,
     pub settings: Arc<Settings>,
 }
 
@@ -86,6 +88,8 @@ pub struct Counters {
     pub target_restarts_total: u64,
     /// By the state entered.
     pub transitions_total: BTreeMap<State, u64>,
+    /// Drains asked for by an operator (`POST /drain`).
+    pub drain_requests_total: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -119,6 +123,8 @@ pub struct Settings {
     pub memory_source: MemorySource,
     pub listen: String,
     pub shutdown_delay: String,
+    /// Whether `/drain` is on (an admin token is set); the token is never shown.
+    pub admin_api: bool,
 }
 
 impl Settings {
@@ -144,6 +150,7 @@ impl Settings {
             memory_source: config.memory_source,
             listen: config.listen.to_string(),
             shutdown_delay: duration(config.shutdown_delay),
+            admin_api: config.admin_token.is_some(),
         }
     }
 }

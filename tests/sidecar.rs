@@ -6,6 +6,8 @@ mod arm64;
 mod container;
 #[path = "cases/deploy.rs"]
 mod deploy;
+#[path = "cases/drain.rs"]
+mod drain;
 #[path = "cases/first_contact.rs"]
 mod first_contact;
 #[path = "cases/hardening.rs"]
@@ -174,7 +176,7 @@ fn a_pidfile_is_read_again_when_the_process_is_gone() {
     assert_eq!(status["counters"]["target_restarts_total"], 1);
 }
 
-const METRIC_NAMES: [&str; 14] = [
+const METRIC_NAMES: [&str; 15] = [
     "memprobe_target_up",
     "memprobe_target_memory_bytes",
     "memprobe_threshold_bytes",
@@ -188,6 +190,7 @@ const METRIC_NAMES: [&str; 14] = [
     "memprobe_target_restarts_total",
     "memprobe_samples_total",
     "memprobe_sample_errors_total",
+    "memprobe_drain_requests_total",
     "memprobe_build_info",
 ];
 

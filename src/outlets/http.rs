@@ -47,7 +47,11 @@ use tokio::time::Instant;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use crate::secret::Token;
+use crate::sources::operator::Requests;
 use crate::status::Snapshot;
+
+mod drain;
 
 /// The exposition format's Content-Type, exactly: Prometheus 3 fails a scrape without it.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -153,6 +157,8 @@ pub struct AppState {
     stopping: Arc<AtomicBool>,
     /// `/livez` fails after three intervals without a completed step.
     stale_after: Duration,
+    /// The admin API: its token, and where drain requests go. `None`: `/drain` is 404.
+    admin: Option<(Token, Requests)>,
 }
 
 impl AppState {
@@ -161,7 +167,14 @@ impl AppState {
             snapshots,
             stopping: Arc::new(AtomicBool::new(false)),
             stale_after: interval * 3,
+            admin: None,
         }
+    }
+
+    /// Turns the admin API on when there is a token.
+    pub fn with_admin(mut self, token: Option<Token>, requests: Requests) -> Self {
+        self.admin = token.map(|t| (t, requests));
+        self
     }
 
     /// From now on `/ready` answers 503.
@@ -181,6 +194,10 @@ pub fn app(state: AppState) -> Router {
         .route("/livez", get(livez))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route(
+            "/drain",
+            get(drain::wait).post(drain::start).delete(drain::cancel),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

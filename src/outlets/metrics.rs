@@ -31,6 +31,7 @@ pub struct Metrics {
     restarts: IntCounter,
     samples: IntCounter,
     sample_errors: IntCounter,
+    drain_requests: IntCounter,
     allocator: IntGaugeVec,
     kms: Option<KmsMetrics>,
 }
@@ -237,6 +238,11 @@ impl Metrics {
                 "memprobe_sample_errors_total",
                 "Samples that failed while the target existed.",
             ),
+            drain_requests: counter(
+                &r,
+                "memprobe_drain_requests_total",
+                "Drains asked for by an operator (POST /drain) that started one.",
+            ),
             allocator: register(
                 &r,
                 IntGaugeVec::new(
@@ -289,6 +295,7 @@ impl Metrics {
         catch_up(&self.restarts, status.counters.target_restarts_total);
         catch_up(&self.samples, status.counters.samples_total);
         catch_up(&self.sample_errors, status.counters.sample_errors_total);
+        catch_up(&self.drain_requests, status.counters.drain_requests_total);
         for (to, total) in &status.counters.transitions_total {
             catch_up(&self.transitions.with_label_values(&[to.as_str()]), *total);
         }

@@ -6,12 +6,14 @@
 //!   step: [`proc`] reads `/proc` of a shared PID namespace; [`kms::KmsMemory`] asks KMS
 //!   itself (`getUsedMemory`), where an incarnation is a KMS `serverId`;
 //! - a **session source** ([`SessionSource`]) tells how many sessions are live and whether
-//!   the server still answers its own API: [`kms`] follows KMS's pipelines over JSON-RPC.
+//!   the server still answers its own API: [`kms`] follows KMS's pipelines over JSON-RPC;
+//! - the **operator** ([`operator`]) asks for drains, through the probe port.
 //!
 //! The monitor reads one of each per step and never looks inside them; a new media server
 //! is one new module here and one line where sources are built ([`build`]).
 
 pub mod kms;
+pub mod operator;
 pub mod proc;
 
 use serde::Serialize;

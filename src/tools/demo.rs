@@ -50,6 +50,7 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         min_drain: Duration::from_secs(5),
         listen,
         shutdown_delay: Duration::ZERO,
+        admin_token: None,
         log_format: LogFormat::Text,
     }
 }

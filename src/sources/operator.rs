@@ -1,0 +1,70 @@
+//! The operator: drains asked for by a person or by Kubernetes (`POST /drain` on the probe
+//! port, `memprobe drain`, a pod's preStop), as a source like any other.
+//!
+//! The HTTP outlet holds the [`Requests`] side and sends each request with a reply channel;
+//! the monitor's thread receives them between steps — a request wakes it at once, so `/ready`
+//! turns 503 within the request, not an interval later — hands them to the policy, publishes,
+//! and replies with the outcome.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::policy::{DrainRefused, State};
+
+/// What an operator asks.
+#[derive(Debug)]
+pub enum Request {
+    Drain,
+    CancelDrain,
+}
+
+/// One request, who made it, and where the outcome goes (the state after it).
+#[derive(Debug)]
+pub struct Asked {
+    pub request: Request,
+    pub who: String,
+    pub reply: oneshot::Sender<Result<State, DrainRefused>>,
+}
+
+/// The sending side, for the outlet that takes requests.
+#[derive(Clone)]
+pub struct Requests(mpsc::Sender<Asked>);
+
+impl Requests {
+    /// Sends a request and waits for its outcome; `None` when the monitor has stopped.
+    pub async fn ask(&self, request: Request, who: &str) -> Option<Result<State, DrainRefused>> {
+        let (reply, outcome) = oneshot::channel();
+        let asked = Asked {
+            request,
+            who: who.to_string(),
+            reply,
+        };
+        self.0.send(asked).ok()?;
+        outcome.await.ok()
+    }
+}
+
+/// The receiving side, for the monitor's thread.
+pub struct Inbox(mpsc::Receiver<Asked>);
+
+impl Inbox {
+    /// Waits up to `timeout` for a request. Once every sender is gone it only sleeps.
+    pub fn wait(&self, timeout: Duration) -> Option<Asked> {
+        match self.0.recv_timeout(timeout) {
+            Ok(asked) => Some(asked),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                None
+            }
+        }
+    }
+}
+
+/// A new pair of ends.
+pub fn channel() -> (Requests, Inbox) {
+    let (tx, rx) = mpsc::channel();
+    (Requests(tx), Inbox(rx))
+}

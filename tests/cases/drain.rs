@@ -1,0 +1,323 @@
+//! Drains on demand: the admin API with the fake KMS's sessions, the `memprobe drain` client,
+//! and the pod-deletion sequence the kubelet plays, read from the rendered manifest.
+
+// Waiters block on the real clock.
+#![allow(clippy::disallowed_types)]
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::fake_kms::FakeKms;
+use crate::harness::{MEMPROBE, Memprobe, Workload, strict, tool};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// memprobe watching `target` with `kms` and the admin API on, its token in a file.
+fn with_admin(kms: &FakeKms, target: &Workload) -> (Memprobe, tempfile::NamedTempFile) {
+    let mut token = tempfile::NamedTempFile::new().unwrap();
+    writeln!(token, "{TOKEN}").unwrap();
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let probe = Memprobe::start(&[
+        "--interval",
+        "100ms",
+        "--threshold",
+        "1Gi",
+        "--kms-url",
+        &url,
+        "--kms-ping-interval",
+        "200ms",
+        "--kms-timeout",
+        "1s",
+        "--pid",
+        &pid,
+        "--admin-token-file",
+        token.path().to_str().unwrap(),
+    ]);
+    (probe, token)
+}
+
+/// One admin call; the status code and the JSON body.
+fn admin(probe: &Memprobe, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let url = format!("http://{}{path}", probe.addr);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut response = match (method, &auth) {
+        ("POST", Some(a)) => agent.post(&url).header("Authorization", a).send_empty(),
+        ("POST", None) => agent.post(&url).send_empty(),
+        ("DELETE", Some(a)) => agent.delete(&url).header("Authorization", a).call(),
+        ("DELETE", None) => agent.delete(&url).call(),
+        ("GET", Some(a)) => agent.get(&url).header("Authorization", a).call(),
+        ("GET", None) => agent.get(&url).call(),
+        other => panic!("no {other:?} here"),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let code = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_requested_drain_stops_new_sessions_at_once_and_its_waiter_returns_with_the_last() {
+    let kms = FakeKms::start();
+    let sessions: Vec<String> = (0..3).map(|_| kms.create_pipeline(1)).collect();
+    let target = Workload::start(None);
+    let (probe, _token) = with_admin(&kms, &target);
+    probe.wait_for("3 sessions, healthy", |s| {
+        s["state"] == "healthy" && s["sessions"] == 3
+    });
+
+    assert_eq!(admin(&probe, "POST", "/drain", None).0, 401, "no token");
+    assert_eq!(
+        admin(&probe, "POST", "/drain", Some("wrong-token-0123456789")).0,
+        401,
+        "a wrong token"
+    );
+    assert_eq!(
+        probe.get("/ready").code,
+        200,
+        "refused calls change nothing"
+    );
+
+    let (code, body) = admin(&probe, "POST", "/drain", Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["draining"], true);
+    assert_eq!(
+        probe.get("/ready").code,
+        503,
+        "no new sessions from the moment the drain is answered"
+    );
+    assert_eq!(probe.get("/healthz").code, 200, "the live calls go on");
+    let status = probe.status();
+    assert_eq!(status["drain_requested_by"], "admin");
+    assert_eq!(status["reason"], "drain requested by admin");
+    assert!(
+        !status.to_string().contains(TOKEN),
+        "the token is never shown"
+    );
+
+    // A waiter, and another one that gives up at once.
+    let addr = probe.addr;
+    let waiter = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let mut r = agent
+            .get(format!("http://{addr}/drain?wait=30s"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap();
+        let code = r.status().as_u16();
+        let body: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        (code, body, Instant::now())
+    });
+    let (code, body) = admin(&probe, "GET", "/drain?wait=200ms", Some(TOKEN));
+    assert_eq!(code, 503, "sessions still live at the deadline: {body}");
+    assert_eq!(body["sessions"], 3);
+
+    for pipeline in &sessions {
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !waiter.is_finished(),
+            "the waiter waits while sessions live"
+        );
+        kms.destroy_pipeline(pipeline);
+    }
+    let last_ended = Instant::now();
+    let (code, body, answered) = waiter.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["drained"], true);
+    assert!(
+        answered.duration_since(last_ended) < Duration::from_secs(5),
+        "the waiter answers within an interval of the last session's end"
+    );
+    let status = probe.wait_for("zero sessions", |s| s["sessions"] == 0);
+    assert_eq!(
+        status["state"], "draining",
+        "a requested drain is not recycled for: it holds until cancelled or stopped"
+    );
+
+    let (code, body) = admin(&probe, "DELETE", "/drain", Some(TOKEN));
+    assert_eq!(code, 200, "{body}");
+    probe.wait_state("healthy");
+    assert_eq!(probe.get("/ready").code, 200, "cancelled: ready again");
+    let metrics = probe.get("/metrics").body;
+    assert!(
+        metrics.contains("memprobe_drain_requests_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn without_a_token_there_is_no_admin_api() {
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&["--interval", "100ms", "--pid", &pid]);
+    probe.wait_state("healthy");
+    assert_eq!(admin(&probe, "POST", "/drain", Some(TOKEN)).0, 404);
+    assert_eq!(probe.get("/ready").code, 200);
+}
+
+#[test]
+fn memprobe_drain_exits_0_when_drained_1_at_the_deadline_2_on_bad_input() {
+    let kms = FakeKms::start();
+    let session = kms.create_pipeline(1);
+    let target = Workload::start(None);
+    let (probe, token) = with_admin(&kms, &target);
+    probe.wait_for("1 session", |s| s["sessions"] == 1);
+    let url = format!("http://{}", probe.addr);
+    let drain = |args: &[&str], token_file: &str| {
+        Command::new(MEMPROBE)
+            .arg("drain")
+            .args(["--url", &url, "--token-file", token_file])
+            .args(args)
+            .output()
+            .expect("run memprobe drain")
+    };
+    let token_path = token.path().to_str().unwrap();
+
+    let out = drain(&["--wait", "300ms"], token_path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not drained by the deadline"));
+    assert_eq!(
+        probe.get("/ready").code,
+        503,
+        "the drain started all the same"
+    );
+
+    kms.destroy_pipeline(&session);
+    let out = drain(&["--wait", "20s"], token_path);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("drained"));
+
+    let wrong = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(wrong.path(), "another-token-0123456789").unwrap();
+    let out = drain(&[], wrong.path().to_str().unwrap());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a refused token is bad input: {out:?}"
+    );
+    let out = drain(&["--wait", "soon"], token_path);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1);
+    assert!(stderr.contains("--wait: 'soon'"), "{stderr}");
+}
+
+/// What the rendered manifest says happens when a KMS pod is deleted.
+struct PreStop {
+    /// The KMS container's preStop exec command.
+    command: Vec<String>,
+    /// The KMS container's plain environment.
+    env: Vec<(String, String)>,
+    /// The pod's terminationGracePeriodSeconds.
+    grace: u64,
+}
+
+/// The KMS container's preStop hook and environment in the rendered base manifest.
+fn pre_stop() -> Option<PreStop> {
+    let kubectl = tool("kubectl")?;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(kubectl)
+        .arg("kustomize")
+        .arg(format!("{root}/deploy/kubernetes/base"))
+        .output()
+        .expect("kubectl kustomize");
+    assert!(out.status.success());
+    let yaml = String::from_utf8_lossy(&out.stdout).into_owned();
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment")?;
+    let spec = &deployment["spec"]["template"]["spec"];
+    let kms = spec["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == "kms")?;
+    let command = kms["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()?
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let env = kms["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let grace = spec["terminationGracePeriodSeconds"].as_u64()?;
+    Some(PreStop {
+        command,
+        env,
+        grace,
+    })
+}
+
+#[test]
+fn deleting_a_pod_sends_kms_its_sigterm_only_once_its_last_session_has_ended() {
+    let Some(PreStop {
+        command,
+        env,
+        grace,
+    }) = pre_stop()
+    else {
+        assert!(!strict(), "the rendered base has no preStop hook for KMS");
+        return;
+    };
+    let kms = FakeKms::start();
+    let session = kms.create_pipeline(1);
+    let mut target = Workload::start(None);
+    let (probe, _token) = with_admin(&kms, &target);
+    probe.wait_for("1 session", |s| s["sessions"] == 1);
+
+    // The kubelet runs the hook in the KMS container, which shares the pod's network: the
+    // probe port is on 127.0.0.1 there. Here only the port and the token's path differ.
+    let port = probe.addr.port().to_string();
+    let mut hook = Command::new(&command[0]);
+    hook.args(&command[1..]);
+    for (name, value) in &env {
+        hook.env(name, value);
+    }
+    // The Secret's part: the token in the environment, as secretKeyRef puts it.
+    hook.env("MEMPROBE_PORT", &port)
+        .env("MEMPROBE_ADMIN_TOKEN", TOKEN);
+    let started = Instant::now();
+    let mut running = hook.spawn().expect("run the preStop hook");
+    probe.wait_for("the drain the hook asked for", |s| s["state"] == "draining");
+    assert_eq!(
+        probe.get("/ready").code,
+        503,
+        "the Service stops routing at once"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "the hook waits while a session is live"
+    );
+    kms.destroy_pipeline(&session);
+    let status = running.wait().unwrap();
+    assert!(status.success(), "the hook ends once drained");
+    // The kubelet's next step: SIGTERM to KMS.
+    let live = probe.status()["sessions"].as_u64();
+    assert_eq!(live, Some(0), "zero sessions are live when SIGTERM is sent");
+    target.kill();
+    assert!(
+        started.elapsed() < Duration::from_secs(grace),
+        "within the grace period"
+    );
+}
