@@ -361,15 +361,26 @@ async fn not_found(uri: Uri) -> Response {
     json(StatusCode::NOT_FOUND, Bytes::from(body.to_string()))
 }
 
-async fn method_not_allowed() -> Response {
-    let body = r#"{"error":"method not allowed","allowed":["GET","HEAD"]}"#;
+async fn method_not_allowed(uri: Uri) -> Response {
+    // `/drain` (the admin API) also takes POST and DELETE; every other path is read-only.
+    let (allow, body) = if uri.path() == "/drain" {
+        (
+            "GET, HEAD, POST, DELETE",
+            r#"{"error":"method not allowed","allowed":["GET","HEAD","POST","DELETE"]}"#,
+        )
+    } else {
+        (
+            "GET, HEAD",
+            r#"{"error":"method not allowed","allowed":["GET","HEAD"]}"#,
+        )
+    };
     let mut response = json(
         StatusCode::METHOD_NOT_ALLOWED,
         Bytes::from_static(body.as_bytes()),
     );
     response
         .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
@@ -461,6 +472,9 @@ mod tests {
         let (code, _, response) = call(&state, "POST", "/ready").await;
         assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()[header::ALLOW], "GET, HEAD");
+        let (code, _, response) = call(&state, "PUT", "/drain").await;
+        assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()[header::ALLOW], "GET, HEAD, POST, DELETE");
         let (code, body, _) = call(&state, "GET", "/nope").await;
         assert_eq!(code, StatusCode::NOT_FOUND);
         assert!(body.contains(r#""path":"/nope""#), "{body}");
