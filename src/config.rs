@@ -16,6 +16,7 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 
 use crate::limit::MemoryLimit;
+use crate::outlets::agent::AgentWeight;
 use crate::secret::{SecretUrl, Token};
 use crate::sources::MemoryKind;
 use crate::sources::proc::target::TargetSpec;
@@ -259,6 +260,23 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     listen: String,
+    /// Address for HAProxy's agent-check (one line per connection: up, drain or down) [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_AGENT_LISTEN",
+        value_name = "ADDR",
+        allow_hyphen_values = true
+    )]
+    agent_listen: Option<String>,
+    /// The agent's weight for a ready instance: fixed (100%) or headroom (falls as memory fills)
+    #[arg(
+        long,
+        env = "MEMPROBE_AGENT_WEIGHT",
+        default_value = "fixed",
+        value_name = "fixed|headroom",
+        allow_hyphen_values = true
+    )]
+    agent_weight: String,
     /// After SIGTERM, keep answering (/ready 503) this long before closing the port
     #[arg(
         long,
@@ -330,6 +348,9 @@ pub struct Config {
     pub kms_off: Option<String>,
     pub memory_source: MemorySource,
     pub listen: SocketAddr,
+    /// HAProxy's agent-check, when on.
+    pub agent_listen: Option<SocketAddr>,
+    pub agent_weight: AgentWeight,
     pub shutdown_delay: Duration,
     /// The admin API's token; without one, `/drain` answers 404.
     pub admin_token: Option<Token>,
@@ -462,6 +483,20 @@ impl WatchFlags {
             return Err(check.error("shutdown_delay", &self.shutdown_delay, problem));
         }
         let admin_token = check.admin_token(&self)?;
+        let agent_listen = self
+            .agent_listen
+            .as_deref()
+            .map(|text| {
+                text.trim().parse().map_err(|_| {
+                    check.error(
+                        "agent_listen",
+                        text,
+                        "is not an address:port (try 0.0.0.0:8898)",
+                    )
+                })
+            })
+            .transpose()?;
+        let agent_weight: AgentWeight = check.choice("agent_weight", &self.agent_weight)?;
         Ok(Config {
             target,
             user,
@@ -479,6 +514,8 @@ impl WatchFlags {
             drain_timeout: check.duration("drain_timeout", &self.drain_timeout)?,
             min_drain: check.duration("min_drain", &self.min_drain)?,
             listen,
+            agent_listen,
+            agent_weight,
             shutdown_delay,
             admin_token,
             log_format: check.choice("log_format", &self.log_format)?,

@@ -20,7 +20,7 @@
 //! - `monitor` — the loop that reads the sources, asks the policy, and publishes snapshots.
 //! - `status` — the published snapshot: `/status` data and pre-rendered answers.
 //! - `outlets` — what memprobe tells, each reading the published snapshot only: HTTP probes,
-//!   `/status` and Prometheus `/metrics`.
+//!   `/status`, Prometheus `/metrics`, the admin API, and HAProxy's agent-check.
 //! - [`tools`] — `memprobe demo` and `memprobe workload`, beside the sidecar, not in it.
 
 #![forbid(unsafe_code)]
@@ -67,9 +67,14 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the sources and the sampling loop, and serves on `listener` until `shutdown`
-    /// says to stop.
-    pub fn start(config: Config, listener: TcpListener, shutdown: Shutdown) -> Self {
+    /// Starts the sources and the sampling loop, and serves on `listener` (and HAProxy's
+    /// agent on `agent`) until `shutdown` says to stop.
+    pub fn start(
+        config: Config,
+        listener: TcpListener,
+        agent: Option<TcpListener>,
+        shutdown: Shutdown,
+    ) -> Self {
         let config = Arc::new(config);
         if let Some(why) = &config.kms_off {
             tracing::info!("{why}");
@@ -93,6 +98,14 @@ impl Sidecar {
                 let _ = stopped_tx.send(monitor.run(clock, |d| inbox.wait(d)));
             });
         let delay = config.shutdown_delay;
+        let weight = config.agent_weight;
+        let agent_state = state.clone();
+        let agent = async move {
+            match agent {
+                Some(listener) => outlets::agent::serve(listener, agent_state, weight).await,
+                None => std::future::pending().await,
+            }
+        };
         let task = tokio::spawn(async move {
             if let Err(e) = sampler {
                 return Err(RunError::Sampler(e));
@@ -101,6 +114,7 @@ impl Sidecar {
                 served = outlets::http::serve(listener, state, shutdown, delay) => {
                     served.map_err(RunError::from)
                 }
+                () = agent => Ok(()),
                 stopped = stopped => match stopped {
                     Ok(Err(fatal)) => Err(fatal.into()),
                     // The loop ends only once nobody reads its snapshots.

@@ -124,7 +124,23 @@ async fn sidecar(config: Config) -> ExitCode {
     };
     let addr = listener.local_addr().map_or(config.listen, |a| a);
     tracing::info!(%addr, watching = %config.target, "listening on {addr}, watching {}", config.target);
-    match Sidecar::start(config, listener, Shutdown::on_signals())
+    let agent = match config.agent_listen {
+        None => None,
+        Some(at) => match TcpListener::bind(at).await {
+            Ok(agent) => {
+                let bound = agent.local_addr().map_or(at, |a| a);
+                tracing::info!(agent = %bound, "HAProxy agent on {bound}");
+                Some(agent)
+            }
+            Err(e) => {
+                eprintln!(
+                    "memprobe: --agent-listen {at}: cannot listen there: {e} (try another port, e.g. --agent-listen 0.0.0.0:8897)"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match Sidecar::start(config, listener, agent, Shutdown::on_signals())
         .wait()
         .await
     {

@@ -122,6 +122,8 @@ pub struct Settings {
     pub kms_hang_timeout: Option<String>,
     pub memory_source: MemorySource,
     pub listen: String,
+    pub agent_listen: Option<String>,
+    pub agent_weight: String,
     pub shutdown_delay: String,
     /// Whether `/drain` is on (an admin token is set); the token is never shown.
     pub admin_api: bool,
@@ -149,6 +151,8 @@ impl Settings {
             kms_hang_timeout: kms.map(|k| duration(k.hang_timeout)),
             memory_source: config.memory_source,
             listen: config.listen.to_string(),
+            agent_listen: config.agent_listen.map(|a| a.to_string()),
+            agent_weight: format!("{:?}", config.agent_weight).to_lowercase(),
             shutdown_delay: duration(config.shutdown_delay),
             admin_api: config.admin_token.is_some(),
         }

@@ -10,6 +10,8 @@ mod deploy;
 mod drain;
 #[path = "cases/first_contact.rs"]
 mod first_contact;
+#[path = "cases/haproxy.rs"]
+mod haproxy;
 #[path = "cases/hardening.rs"]
 mod hardening;
 mod harness;

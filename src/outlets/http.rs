@@ -154,7 +154,7 @@ impl Shutdown {
 #[derive(Clone)]
 pub struct AppState {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    stopping: Arc<AtomicBool>,
+    pub(super) stopping: Arc<AtomicBool>,
     /// `/livez` fails after three intervals without a completed step.
     stale_after: Duration,
     /// The admin API: its token, and where drain requests go. `None`: `/drain` is 404.
@@ -182,7 +182,7 @@ impl AppState {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    fn latest(&self) -> Arc<Snapshot> {
+    pub(super) fn latest(&self) -> Arc<Snapshot> {
         Arc::clone(&self.snapshots.borrow())
     }
 }

@@ -1,10 +1,13 @@
 //! Outlets: what memprobe tells, each reading the published [`Snapshot`] and never reaching
 //! back into the monitor.
 //!
-//! - [`http`] — the probe port: `/ready`, `/healthz`, `/livez`, `/status`, `/metrics`.
+//! - [`http`] — the probe port: `/ready`, `/healthz`, `/livez`, `/status`, `/metrics`, and
+//!   the admin API (`/drain`).
+//! - [`agent`] — HAProxy's agent-check: one line per connection, with a memory-aware weight.
 //! - [`metrics`] — the Prometheus families, rendered from a snapshot's status.
 //!
 //! [`Snapshot`]: crate::status::Snapshot
 
+pub mod agent;
 pub mod http;
 pub mod metrics;

@@ -49,6 +49,8 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         drain_timeout: Duration::from_secs(20),
         min_drain: Duration::from_secs(5),
         listen,
+        agent_listen: None,
+        agent_weight: Default::default(),
         shutdown_delay: Duration::ZERO,
         admin_token: None,
         log_format: LogFormat::Text,
@@ -122,7 +124,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             _ = tokio::signal::ctrl_c() => {},
         }
     });
-    let sidecar = Sidecar::start(config(pid as i32, addr), listener, shutdown);
+    let sidecar = Sidecar::start(config(pid as i32, addr), listener, None, shutdown);
     let outcome = follow(sidecar.snapshots.clone(), jemalloc).await;
     let _ = stop.send(());
     if let Err(e) = sidecar.wait().await {

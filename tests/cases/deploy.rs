@@ -217,6 +217,38 @@ fn dockerfiles_pass_hadolint() {
 }
 
 #[test]
+fn the_haproxy_config_is_valid() {
+    let Some(haproxy) = tool("haproxy") else {
+        return;
+    };
+    let said = check(
+        Command::new(haproxy)
+            .arg("-c")
+            .arg("-f")
+            .arg(path("deploy/haproxy/haproxy.cfg")),
+    );
+    assert!(said.contains("Configuration file is valid"), "{said}");
+    let text = std::fs::read_to_string(path("deploy/haproxy/haproxy.cfg")).unwrap();
+    let config: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect();
+    let config = config.join("\n");
+    assert!(
+        config.contains("option httpchk GET /healthz"),
+        "restart on /healthz"
+    );
+    assert!(
+        config.contains("agent-check agent-port 8898"),
+        "drain through the agent"
+    );
+    assert!(
+        !config.contains("shutdown-sessions"),
+        "marking a server down must never cut its calls"
+    );
+}
+
+#[test]
 fn the_compose_file_is_valid() {
     let Some(compose) = tool("docker-compose") else {
         return;

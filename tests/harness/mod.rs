@@ -270,6 +270,25 @@ impl Memprobe {
         self.child.id()
     }
 
+    /// Where the HAProxy agent listens (`--agent-listen`), as memprobe logged it.
+    pub fn agent_addr(&self) -> SocketAddr {
+        let start = Instant::now();
+        loop {
+            let found = self.logs().iter().find_map(|line| {
+                let v: Value = serde_json::from_str(line).ok()?;
+                v["agent"].as_str()?.parse().ok()
+            });
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "memprobe never said where its agent listens"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }

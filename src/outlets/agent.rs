@@ -1,0 +1,190 @@
+//! The HAProxy agent (`--agent-listen`): HAProxy's `agent-check` opens a TCP connection,
+//! reads one line and the agent closes. The line is made from the published snapshot, never
+//! from /proc:
+//!
+//! | state                      | line                    | HAProxy shows |
+//! |----------------------------|-------------------------|---------------|
+//! | healthy, elevated          | `up ready 100%`, or the headroom weight | UP, weighted |
+//! | draining, stalled, stopping | `up drain`             | DRAIN: no new sessions; established and sticky ones go on |
+//!
+//! Only `down` carries the reason (`#...`): HAProxy reads a comment after down, fail or
+//! stopped alone.
+//! | recycle, lost, starting    | `down #<reason>`        | DOWN |
+//!
+//! Draining is `drain`, not `down`: a DOWN server's persistent (sticky) clients are sent to
+//! another server mid-call, a DRAIN server keeps them — exactly "accept no new sessions".
+//!
+//! With `--agent-weight headroom` the weight falls as memory fills: 100% up to half the
+//! threshold, then linearly down to 1% at the threshold (and 1% over it, while elevated), so
+//! the fuller instances of a fleet get fewer new sessions long before any of them drains.
+//!
+//! A connection is answered in the accept loop itself — one non-blocking write of a line of
+//! at most a few hundred bytes, then close — so no connection is ever held and a flood costs
+//! nothing to keep.
+
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+
+use super::http::AppState;
+use crate::policy::State;
+use crate::status::Status;
+
+/// How the weight of a ready instance is set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentWeight {
+    /// Always 100%.
+    #[default]
+    Fixed,
+    /// 100% up to half the threshold, falling linearly to 1% at the threshold.
+    Headroom,
+}
+
+/// The weight, in percent, for `memory_bytes` under `threshold_bytes`.
+pub fn headroom_weight(memory_bytes: u64, threshold_bytes: u64) -> u8 {
+    let half = threshold_bytes / 2;
+    if memory_bytes <= half {
+        return 100;
+    }
+    if memory_bytes >= threshold_bytes || threshold_bytes == half {
+        return 1;
+    }
+    let left = (threshold_bytes - memory_bytes) as f64 / (threshold_bytes - half) as f64;
+    (left * 100.0).round().clamp(1.0, 100.0) as u8
+}
+
+/// The agent's line for a status (and whether memprobe is stopping).
+pub fn line(status: &Status, weight: AgentWeight, stopping: bool) -> String {
+    if stopping {
+        return "up drain\n".to_string();
+    }
+    match status.state {
+        State::Healthy | State::Elevated => {
+            let percent = match (weight, &status.memory) {
+                (AgentWeight::Headroom, Some(memory)) => {
+                    headroom_weight(memory.deciding_bytes, status.threshold.bytes)
+                }
+                _ => 100,
+            };
+            format!("up ready {percent}%\n")
+        }
+        // No comment here: HAProxy reads a comment only after down, fail or stopped, and takes
+        // the words of any other as commands.
+        State::Draining | State::Stalled => "up drain\n".to_string(),
+        State::Recycle | State::Lost | State::Starting => {
+            format!("down #{}\n", comment(&status.reason))
+        }
+    }
+}
+
+/// A reason as an agent comment: one line, short.
+fn comment(reason: &str) -> String {
+    crate::units::clip(reason, 200)
+}
+
+/// Answers every connection on `listener` with the line for the latest snapshot; forever.
+pub async fn serve(listener: TcpListener, state: AppState, weight: AgentWeight) {
+    let mut error_logged = false;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let snap = state.latest();
+                let stopping = state.stopping.load(Ordering::SeqCst);
+                let text = line(&snap.status, weight, stopping);
+                // A fresh socket's send buffer takes a short line whole; if not, the check is
+                // simply missed, which HAProxy does not count against the server.
+                let _ = stream.try_write(text.as_bytes());
+            }
+            Err(e) => {
+                if !error_logged {
+                    tracing::warn!("agent: accepting a connection failed: {e} (retrying)");
+                    error_logged = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{MemoryStatus, ThresholdStatus};
+
+    const MI: u64 = 1 << 20;
+
+    fn status(state: State, memory_mib: u64) -> Status {
+        Status {
+            state,
+            reason: "rss 1.62 GiB over threshold 1.50 GiB for 5m".into(),
+            memory: Some(MemoryStatus {
+                deciding: crate::sources::MemoryKind::Rss,
+                deciding_bytes: memory_mib * MI,
+                sample: crate::sources::MemorySample::rss_only(memory_mib * MI),
+                sampled_at: String::new(),
+            }),
+            threshold: ThresholdStatus {
+                bytes: 1000 * MI,
+                ..ThresholdStatus::default()
+            },
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn each_state_has_its_line() {
+        let fixed = AgentWeight::Fixed;
+        assert_eq!(
+            line(&status(State::Healthy, 900), fixed, false),
+            "up ready 100%\n"
+        );
+        assert_eq!(
+            line(&status(State::Elevated, 1200), fixed, false),
+            "up ready 100%\n"
+        );
+        assert_eq!(
+            line(&status(State::Draining, 1200), fixed, false),
+            "up drain\n",
+            "draining is DRAIN, not DOWN: sticky calls stay"
+        );
+        assert_eq!(
+            line(&status(State::Stalled, 100), fixed, false),
+            "up drain\n"
+        );
+        for s in [State::Recycle, State::Lost, State::Starting] {
+            assert!(
+                line(&status(s, 100), fixed, false).starts_with("down #"),
+                "{s:?}"
+            );
+        }
+        assert_eq!(
+            line(&status(State::Healthy, 100), fixed, true),
+            "up drain\n"
+        );
+    }
+
+    #[test]
+    fn a_reason_cannot_break_the_line() {
+        let mut s = status(State::Lost, 0);
+        s.reason = format!("no process named x\nup ready 100%{}", "y".repeat(1000));
+        let text = line(&s, AgentWeight::Fixed, false);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.len() < 260);
+    }
+
+    #[test]
+    fn the_headroom_weight_falls_from_half_the_threshold_to_the_threshold() {
+        let t = 1000 * MI;
+        assert_eq!(headroom_weight(0, t), 100);
+        assert_eq!(headroom_weight(500 * MI, t), 100, "full weight up to half");
+        assert_eq!(headroom_weight(750 * MI, t), 50, "halfway: half the weight");
+        assert_eq!(headroom_weight(900 * MI, t), 20);
+        assert_eq!(headroom_weight(t, t), 1, "never below 1%");
+        assert_eq!(headroom_weight(2 * t, t), 1);
+        let headroom = AgentWeight::Headroom;
+        assert_eq!(
+            line(&status(State::Healthy, 750), headroom, false),
+            "up ready 50%\n"
+        );
+    }
+}
