@@ -17,6 +17,7 @@ use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 
 use crate::limit::MemoryLimit;
 use crate::outlets::agent::AgentWeight;
+use crate::outlets::recycle::RecycleAction;
 use crate::secret::{SecretUrl, Token};
 use crate::sources::MemoryKind;
 use crate::sources::proc::target::TargetSpec;
@@ -277,6 +278,24 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     agent_weight: String,
+    /// What restarts the server at recycle: none (Kubernetes' liveness probe does), signal:TERM, or exec:COMMAND
+    #[arg(
+        long,
+        env = "MEMPROBE_ON_RECYCLE",
+        default_value = "none",
+        value_name = "ACTION",
+        allow_hyphen_values = true
+    )]
+    on_recycle: String,
+    /// Run the recycle action again if the same server is still there this long after
+    #[arg(
+        long,
+        env = "MEMPROBE_RECYCLE_RETRY",
+        default_value = "5m",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    recycle_retry: String,
     /// After SIGTERM, keep answering (/ready 503) this long before closing the port
     #[arg(
         long,
@@ -351,6 +370,9 @@ pub struct Config {
     /// HAProxy's agent-check, when on.
     pub agent_listen: Option<SocketAddr>,
     pub agent_weight: AgentWeight,
+    /// `--on-recycle`, checked to be possible at start.
+    pub on_recycle: RecycleAction,
+    pub recycle_retry: Duration,
     pub shutdown_delay: Duration,
     /// The admin API's token; without one, `/drain` answers 404.
     pub admin_token: Option<Token>,
@@ -497,6 +519,10 @@ impl WatchFlags {
             })
             .transpose()?;
         let agent_weight: AgentWeight = check.choice("agent_weight", &self.agent_weight)?;
+        let on_recycle = RecycleAction::parse(&self.on_recycle)
+            .map_err(|problem| check.error("on_recycle", &self.on_recycle, &problem))?;
+        check.signal_possible(&on_recycle, &target, memory_source)?;
+        let recycle_retry = check.duration("recycle_retry", &self.recycle_retry)?;
         Ok(Config {
             target,
             user,
@@ -516,6 +542,8 @@ impl WatchFlags {
             listen,
             agent_listen,
             agent_weight,
+            on_recycle,
+            recycle_retry,
             shutdown_delay,
             admin_token,
             log_format: check.choice("log_format", &self.log_format)?,
@@ -702,6 +730,33 @@ impl Checker<'_> {
             value: None,
             problem,
         })
+    }
+
+    /// A signal needs a pid, and with `--pid` the permission to signal it (signal 0 tells).
+    fn signal_possible(
+        &self,
+        action: &RecycleAction,
+        target: &TargetSpec,
+        memory_source: MemorySource,
+    ) -> Result<(), FlagError> {
+        let RecycleAction::Signal(_) = action else {
+            return Ok(());
+        };
+        let value = action.to_string();
+        if memory_source == MemorySource::Kms {
+            let problem = "needs a process, but --memory-source kms has no pid (use exec:, or --memory-source proc)";
+            return Err(self.error("on_recycle", &value, problem));
+        }
+        if let TargetSpec::Pid(pid) = target {
+            let pid = nix::unistd::Pid::from_raw(*pid);
+            if let Err(nix::errno::Errno::EPERM) = nix::sys::signal::kill(pid, None) {
+                let problem = format!(
+                    "may not signal process {pid}: run memprobe as its user, or grant CAP_KILL"
+                );
+                return Err(self.error("on_recycle", &value, &problem));
+            }
+        }
+        Ok(())
     }
 
     /// A boolean as people write it, in a flag or a variable.

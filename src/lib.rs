@@ -89,7 +89,7 @@ impl Sidecar {
         let (monitor, snapshots) = Monitor::new(Arc::clone(&config), memory, sessions, render, now);
         let (requests, inbox) = sources::operator::channel();
         let state = outlets::http::AppState::new(snapshots.clone(), config.interval)
-            .with_admin(config.admin_token.clone(), requests);
+            .with_admin(config.admin_token.clone(), requests.clone());
         let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
         let sampler = std::thread::Builder::new()
             .name("memprobe-sampler".into())
@@ -100,6 +100,12 @@ impl Sidecar {
         let delay = config.shutdown_delay;
         let weight = config.agent_weight;
         let agent_state = state.clone();
+        let recycle = outlets::recycle::run(
+            snapshots.clone(),
+            config.on_recycle.clone(),
+            config.recycle_retry,
+            requests.clone(),
+        );
         let agent = async move {
             match agent {
                 Some(listener) => outlets::agent::serve(listener, agent_state, weight).await,
@@ -115,6 +121,7 @@ impl Sidecar {
                     served.map_err(RunError::from)
                 }
                 () = agent => Ok(()),
+                () = recycle => Ok(()),
                 stopped = stopped => match stopped {
                     Ok(Err(fatal)) => Err(fatal.into()),
                     // The loop ends only once nobody reads its snapshots.

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::config::{Config, check_sizes};
 use crate::limit::{self, MemoryLimit};
 use crate::policy::{Decider, Observation, Policy, ServerPolicy, State, Transition};
-use crate::sources::operator::{Asked, Request};
+use crate::sources::operator::{Asked, Message, Request};
 use crate::sources::proc::allocator::Allocator;
 use crate::sources::{
     MemorySample, MemorySource, Outcome, SampleError, ServerReport, SessionSource,
@@ -65,6 +65,8 @@ pub struct Monitor {
     backoff: Duration,
     /// The session source's last report, published again after an operator's request.
     server: Option<ServerReport>,
+    /// The last run of the recycle action.
+    recycle_action: Option<crate::outlets::recycle::ActionRecord>,
     render: RenderMetrics,
     publish: watch::Sender<Arc<Snapshot>>,
 }
@@ -102,6 +104,7 @@ impl Monitor {
             last_error: None,
             backoff: FIRST_BACKOFF,
             server: None,
+            recycle_action: None,
             render,
             publish,
             config,
@@ -116,7 +119,7 @@ impl Monitor {
     pub fn run(
         mut self,
         clock: impl Fn() -> Instant,
-        wait: impl Fn(Duration) -> Option<Asked>,
+        wait: impl Fn(Duration) -> Option<Message>,
     ) -> Result<(), Fatal> {
         while !self.publish.is_closed() {
             let started = clock();
@@ -128,7 +131,16 @@ impl Monitor {
                     break;
                 }
                 match wait(left) {
-                    Some(asked) => self.answer(clock(), asked),
+                    Some(Message::Ask(asked)) => self.answer(clock(), asked),
+                    Some(Message::RecycleActionRan(record)) => {
+                        *self
+                            .counters
+                            .recycle_actions_total
+                            .entry(record.result)
+                            .or_default() += 1;
+                        self.recycle_action = Some(record);
+                        self.publish(clock(), self.server.clone());
+                    }
                     None => break,
                 }
             }
@@ -359,6 +371,8 @@ impl Monitor {
             counters: self.counters.clone(),
             transitions: self.history.iter().cloned().collect(),
             drain_requested_by: self.decider.requested_by().map(str::to_owned),
+            incarnation: self.decider.incarnations(),
+            recycle_action: self.recycle_action.clone(),
             settings: Arc::clone(&self.settings),
         }
     }

@@ -47,6 +47,10 @@ pub struct Status {
     pub transitions: Vec<TransitionRecord>,
     /// Who asked for the drain in force, while it is a requested one (`admin`).
     pub drain_requested_by: Option<String>,
+    /// Incarnations of the target found so far: the one tracked is the last.
+    pub incarnation: u64,
+    /// The last run of the recycle action (`--on-recycle`).
+    pub recycle_action: Option<crate::outlets::recycle::ActionRecord>,
     pub settings: Arc<Settings>,
 }
 
@@ -90,6 +94,8 @@ pub struct Counters {
     pub transitions_total: BTreeMap<State, u64>,
     /// Drains asked for by an operator (`POST /drain`).
     pub drain_requests_total: u64,
+    /// Runs of the recycle action, by result (`ok`, `failed`, `timeout`).
+    pub recycle_actions_total: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -124,6 +130,8 @@ pub struct Settings {
     pub listen: String,
     pub agent_listen: Option<String>,
     pub agent_weight: String,
+    pub on_recycle: String,
+    pub recycle_retry: String,
     pub shutdown_delay: String,
     /// Whether `/drain` is on (an admin token is set); the token is never shown.
     pub admin_api: bool,
@@ -153,6 +161,8 @@ impl Settings {
             listen: config.listen.to_string(),
             agent_listen: config.agent_listen.map(|a| a.to_string()),
             agent_weight: format!("{:?}", config.agent_weight).to_lowercase(),
+            on_recycle: config.on_recycle.to_string(),
+            recycle_retry: duration(config.recycle_retry),
             shutdown_delay: duration(config.shutdown_delay),
             admin_api: config.admin_token.is_some(),
         }

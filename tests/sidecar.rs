@@ -17,6 +17,8 @@ mod hardening;
 mod harness;
 #[path = "cases/kurento.rs"]
 mod kurento;
+#[path = "cases/recycle.rs"]
+mod recycle;
 
 use std::collections::HashSet;
 use std::process::Command;

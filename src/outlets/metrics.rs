@@ -32,6 +32,7 @@ pub struct Metrics {
     samples: IntCounter,
     sample_errors: IntCounter,
     drain_requests: IntCounter,
+    recycle_actions: IntCounterVec,
     allocator: IntGaugeVec,
     kms: Option<KmsMetrics>,
 }
@@ -238,6 +239,22 @@ impl Metrics {
                 "memprobe_sample_errors_total",
                 "Samples that failed while the target existed.",
             ),
+            recycle_actions: {
+                let v = register(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "memprobe_recycle_actions_total",
+                            "Runs of the recycle action (--on-recycle), by result.",
+                        ),
+                        &["result"],
+                    ),
+                );
+                for result in ["ok", "failed", "timeout"] {
+                    v.with_label_values(&[result]);
+                }
+                v
+            },
             drain_requests: counter(
                 &r,
                 "memprobe_drain_requests_total",
@@ -296,6 +313,9 @@ impl Metrics {
         catch_up(&self.samples, status.counters.samples_total);
         catch_up(&self.sample_errors, status.counters.sample_errors_total);
         catch_up(&self.drain_requests, status.counters.drain_requests_total);
+        for (result, total) in &status.counters.recycle_actions_total {
+            catch_up(&self.recycle_actions.with_label_values(&[*result]), *total);
+        }
         for (to, total) in &status.counters.transitions_total {
             catch_up(&self.transitions.with_label_values(&[to.as_str()]), *total);
         }

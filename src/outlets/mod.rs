@@ -4,6 +4,7 @@
 //! - [`http`] — the probe port: `/ready`, `/healthz`, `/livez`, `/status`, `/metrics`, and
 //!   the admin API (`/drain`).
 //! - [`agent`] — HAProxy's agent-check: one line per connection, with a memory-aware weight.
+//! - [`recycle`] — the recycle action: a signal or a command, once per incarnation.
 //! - [`metrics`] — the Prometheus families, rendered from a snapshot's status.
 //!
 //! [`Snapshot`]: crate::status::Snapshot
@@ -11,3 +12,4 @@
 pub mod agent;
 pub mod http;
 pub mod metrics;
+pub mod recycle;

@@ -20,6 +20,14 @@ pub enum Request {
     CancelDrain,
 }
 
+/// What reaches the monitor through this channel.
+#[derive(Debug)]
+pub enum Message {
+    Ask(Asked),
+    /// A recycle action ran (`--on-recycle`): recorded for `/status` and `/metrics`.
+    RecycleActionRan(crate::outlets::recycle::ActionRecord),
+}
+
 /// One request, who made it, and where the outcome goes (the state after it).
 #[derive(Debug)]
 pub struct Asked {
@@ -30,7 +38,7 @@ pub struct Asked {
 
 /// The sending side, for the outlet that takes requests.
 #[derive(Clone)]
-pub struct Requests(mpsc::Sender<Asked>);
+pub struct Requests(mpsc::Sender<Message>);
 
 impl Requests {
     /// Sends a request and waits for its outcome; `None` when the monitor has stopped.
@@ -41,17 +49,22 @@ impl Requests {
             who: who.to_string(),
             reply,
         };
-        self.0.send(asked).ok()?;
+        self.0.send(Message::Ask(asked)).ok()?;
         outcome.await.ok()
+    }
+
+    /// Reports a recycle action's run.
+    pub fn report(&self, record: crate::outlets::recycle::ActionRecord) {
+        let _ = self.0.send(Message::RecycleActionRan(record));
     }
 }
 
 /// The receiving side, for the monitor's thread.
-pub struct Inbox(mpsc::Receiver<Asked>);
+pub struct Inbox(mpsc::Receiver<Message>);
 
 impl Inbox {
     /// Waits up to `timeout` for a request. Once every sender is gone it only sleeps.
-    pub fn wait(&self, timeout: Duration) -> Option<Asked> {
+    pub fn wait(&self, timeout: Duration) -> Option<Message> {
         match self.0.recv_timeout(timeout) {
             Ok(asked) => Some(asked),
             Err(mpsc::RecvTimeoutError::Timeout) => None,

@@ -51,6 +51,8 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         listen,
         agent_listen: None,
         agent_weight: Default::default(),
+        on_recycle: crate::outlets::recycle::RecycleAction::None,
+        recycle_retry: Duration::from_secs(300),
         shutdown_delay: Duration::ZERO,
         admin_token: None,
         log_format: LogFormat::Text,

@@ -158,6 +158,13 @@ impl Workload {
         line.trim().to_string()
     }
 
+    /// Sends one command without waiting for its answer (the target may not live to give it).
+    pub fn tell(&mut self, command: &str) {
+        let stdin = self.stdin.as_mut().expect("workload stdin open");
+        writeln!(stdin, "{command}").expect("write to workload");
+        stdin.flush().expect("flush workload stdin");
+    }
+
     /// Sends one command and returns its answer (after the work is done).
     pub fn send(&mut self, command: &str) -> String {
         let stdin = self.stdin.as_mut().expect("workload stdin open");
@@ -174,6 +181,11 @@ impl Workload {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running (reaped once it is not).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 }
 
