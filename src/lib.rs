@@ -10,6 +10,7 @@
 //! Data flows one way: sources → decide → publish → outlets.
 //!
 //! - [`config`] — flags and environment, parsed raw, then validated into a `Config`.
+//! - `client` — one HTTP request over a fresh connection (`memprobe drain`, Janus's admin API).
 //! - `units` — sizes, percentages and durations, parsed, bounded and shown.
 //! - `secret` — URLs whose passwords and query values are never shown.
 //! - `limit` — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
@@ -25,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+mod client;
 pub mod config;
 mod limit;
 mod monitor;

@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::body::Body;
 use clap::Args;
-use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::config::read_secret_file;
 use crate::secret::Token;
@@ -93,13 +89,13 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
                 crate::secret::SecretUrl::redact(&flags.url)
             ))
         })?;
-    let host = url.host_str().unwrap_or_default().to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let path = match wait {
-        Some(d) => format!("/drain?wait={}ms", d.as_millis()),
-        None => "/drain".to_string(),
-    };
-    let (code, body) = post(&host, port, &path, &token, wait)
+    let mut target = url.clone();
+    target.set_path("/drain");
+    target.set_query(wait.map(|d| format!("wait={}ms", d.as_millis())).as_deref());
+    let auth = vec![("authorization", format!("Bearer {}", token.expose()))];
+    // memprobe answers a wait at its deadline; a little more covers the round trip.
+    let patience = wait.unwrap_or_default() + Duration::from_secs(10);
+    let (code, body) = crate::client::post(&target, &auth, String::new(), patience)
         .await
         .map_err(|e| (NOT_DRAINED, format!("cannot reach memprobe at {url}: {e}")))?;
     let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -124,45 +120,4 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
             format!("memprobe answered {other}: {}", detail("error")),
         )),
     }
-}
-
-/// One `POST` over a fresh connection; the status and the body.
-async fn post(
-    host: &str,
-    port: u16,
-    path: &str,
-    token: &Token,
-    wait: Option<Duration>,
-) -> Result<(u16, bytes::Bytes), String> {
-    let connect = TcpStream::connect((host, port));
-    let stream = tokio::time::timeout(Duration::from_secs(5), connect)
-        .await
-        .map_err(|_| "no connection within 5s".to_string())?
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = hyper::Request::post(path)
-        .header(hyper::header::HOST, host)
-        .header(
-            hyper::header::AUTHORIZATION,
-            format!("Bearer {}", token.expose()),
-        )
-        .body(Body::empty())
-        .map_err(|e| e.to_string())?;
-    // memprobe answers a wait at its deadline; a little more covers the round trip.
-    let patience = wait.unwrap_or_default() + Duration::from_secs(10);
-    let response = tokio::time::timeout(patience, sender.send_request(request))
-        .await
-        .map_err(|_| "no answer in time".to_string())?
-        .map_err(|e| e.to_string())?;
-    let code = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((code, body))
 }
