@@ -24,6 +24,8 @@ use crate::sources::proc::target::TargetSpec;
 use crate::units::{self, Bytes, DurationRange, SizeOrPercent, UnitError};
 
 pub const DEFAULT_NAME: &str = "kurento-media-server";
+/// The process name watched by default with `--janus-url`.
+pub const JANUS_NAME: &str = "janus";
 /// The longest `--shutdown-delay`: a kubelet gives a pod 30 s by default to stop.
 const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
 /// The most a file holding a URL is read of.
@@ -204,6 +206,43 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     kms_url: String,
+    /// Janus's admin API, for sessions, health and its drain switch (e.g. http://127.0.0.1:7088/admin) [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_URL",
+        value_name = "URL",
+        allow_hyphen_values = true
+    )]
+    janus_url: Option<String>,
+    /// Janus's admin_secret
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    janus_secret: Option<String>,
+    /// Read --janus-secret from this file
+    #[arg(long, env = "MEMPROBE_JANUS_SECRET_FILE", value_name = "PATH")]
+    janus_secret_file: Option<PathBuf>,
+    /// Time between polls of Janus's admin API
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_POLL",
+        default_value = "5s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    janus_poll: String,
+    /// Turn Janus's own accept_new_sessions off when draining (a client reaching it anyway gets 472)
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_DRAIN_SWITCH",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    janus_drain_switch: Option<String>,
     /// Read --kms-url from this file (for a URL that carries a secret)
     #[arg(long, env = "MEMPROBE_KMS_URL_FILE", value_name = "PATH")]
     kms_url_file: Option<PathBuf>,
@@ -365,6 +404,8 @@ pub struct Config {
     /// Why the Kurento integration is off though nobody said `--kms-url none`, to be said
     /// once at start.
     pub kms_off: Option<String>,
+    /// The Janus integration; `None` without `--janus-url`.
+    pub janus: Option<JanusConfig>,
     pub memory_source: MemorySource,
     pub listen: SocketAddr,
     /// HAProxy's agent-check, when on.
@@ -377,6 +418,17 @@ pub struct Config {
     /// The admin API's token; without one, `/drain` answers 404.
     pub admin_token: Option<Token>,
     pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JanusConfig {
+    pub url: url::Url,
+    pub secret: Option<crate::secret::Secret>,
+    pub poll: Duration,
+    /// Each admin call's deadline: the poll interval, at most 3 s.
+    pub timeout: Duration,
+    /// Set Janus's accept_new_sessions to follow memprobe's drains.
+    pub drain_switch: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -459,7 +511,18 @@ pub enum ParseError {
 
 impl WatchFlags {
     fn validate(self, check: &Checker, host_total_bytes: u64) -> Result<Config, FlagError> {
-        let target = check.target(self.pid.clone(), self.pidfile.clone(), self.name.clone())?;
+        let janus = check.janus(&self)?;
+        let default_name = if janus.is_some() {
+            JANUS_NAME
+        } else {
+            DEFAULT_NAME
+        };
+        let target = check.target(
+            self.pid.clone(),
+            self.pidfile.clone(),
+            self.name.clone(),
+            default_name,
+        )?;
         let user = self
             .user
             .as_deref()
@@ -483,7 +546,10 @@ impl WatchFlags {
             .transpose()?;
         let limit = crate::limit::choose(memory_limit, None, host_total_bytes);
         self.check_sizes(check, threshold, critical, limit)?;
-        let kms_off = check.kms_not_asked(&target);
+        let kms_off = match &janus {
+            Some(_) => Some("kms: off, since --janus-url watches Janus".to_string()),
+            None => check.kms_not_asked(&target),
+        };
         let kms = match kms_off {
             Some(_) => None,
             None => check.kms(&self)?,
@@ -536,6 +602,7 @@ impl WatchFlags {
             idle_sustain: check.duration("idle_sustain", &self.idle_sustain)?,
             kms,
             kms_off,
+            janus,
             memory_source,
             drain_timeout: check.duration("drain_timeout", &self.drain_timeout)?,
             min_drain: check.duration("min_drain", &self.min_drain)?,
@@ -790,6 +857,80 @@ impl Checker<'_> {
         })
     }
 
+    /// `--janus-url` and its companions; refused beside an explicit `--kms-url` or
+    /// `--memory-source kms`: memprobe watches one media server.
+    fn janus(&self, flags: &WatchFlags) -> Result<Option<JanusConfig>, FlagError> {
+        let Some(text) = &flags.janus_url else {
+            return Ok(None);
+        };
+        let given = |id: &str| {
+            matches!(
+                self.matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        if (given("kms_url") && flags.kms_url.trim() != "none") || given("kms_url_file") {
+            return Err(FlagError {
+                origin: format!(
+                    "{} and {}",
+                    self.origin("janus_url"),
+                    self.origin("kms_url")
+                ),
+                value: None,
+                problem: "memprobe watches one media server: give one of them".into(),
+            });
+        }
+        if flags.memory_source.trim() == "kms" {
+            return Err(self.error(
+                "memory_source",
+                "kms",
+                "reads KMS, but --janus-url watches Janus (try --memory-source proc)",
+            ));
+        }
+        let url = url::Url::parse(text.trim())
+            .ok()
+            .filter(|u| u.scheme() == "http" && u.host_str().is_some_and(|h| !h.is_empty()))
+            .ok_or_else(|| {
+                self.error(
+                    "janus_url",
+                    &SecretUrl::redact(text),
+                    "is not an http:// URL (try http://127.0.0.1:7088/admin)",
+                )
+            })?;
+        let secret = match (&flags.janus_secret, &flags.janus_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(FlagError {
+                    origin: format!(
+                        "{} and {}",
+                        self.origin("janus_secret"),
+                        self.origin("janus_secret_file")
+                    ),
+                    value: None,
+                    problem: "only one may be given (keep the file)".into(),
+                });
+            }
+            (Some(text), None) => Some(crate::secret::Secret::new(text)),
+            (None, Some(path)) => Some(crate::secret::Secret::new(
+                &read_secret_file(path).map_err(|problem| {
+                    self.error("janus_secret_file", &path.display().to_string(), &problem)
+                })?,
+            )),
+            (None, None) => None,
+        };
+        let poll = self.duration("janus_poll", &flags.janus_poll)?;
+        let drain_switch = match &flags.janus_drain_switch {
+            Some(text) => self.boolean("janus_drain_switch", text)?,
+            None => true,
+        };
+        Ok(Some(JanusConfig {
+            url,
+            secret,
+            poll,
+            timeout: poll.min(Duration::from_secs(3)),
+            drain_switch,
+        }))
+    }
+
     /// A target picked by `--pid`, `--pidfile` or a `--name` other than KMS's is not KMS:
     /// without a `--kms-url` (or its file), memprobe does not try to reach one.
     fn kms_not_asked(&self, target: &TargetSpec) -> Option<String> {
@@ -914,6 +1055,7 @@ impl Checker<'_> {
         pid: Option<String>,
         pidfile: Option<PathBuf>,
         name: Option<String>,
+        default_name: &str,
     ) -> Result<TargetSpec, FlagError> {
         let given: Vec<&str> = [
             ("pid", pid.is_some()),
@@ -947,7 +1089,7 @@ impl Checker<'_> {
         if let Some(path) = pidfile {
             return Ok(TargetSpec::Pidfile(path));
         }
-        let name = name.unwrap_or_else(|| DEFAULT_NAME.to_string());
+        let name = name.unwrap_or_else(|| default_name.to_string());
         if name.is_empty() || name.contains('/') || name.len() > 255 {
             let shown = units::clip(&name, 64);
             return Err(self.error(
@@ -1126,6 +1268,39 @@ mod tests {
             "--admin-token: is shorter than 16 characters (try: openssl rand -hex 32)"
         );
         assert!(!e.contains("hunter2"));
+    }
+
+    #[test]
+    fn janus_watches_janus_and_only_janus() {
+        let c = sidecar(&["--janus-url", "http://127.0.0.1:7088/admin"]).unwrap();
+        assert_eq!(
+            c.target,
+            TargetSpec::Name("janus".into()),
+            "the default name"
+        );
+        assert_eq!(c.kms, None, "no KMS beside Janus");
+        let janus = c.janus.unwrap();
+        assert_eq!(janus.poll, Duration::from_secs(5));
+        assert!(janus.drain_switch);
+        assert!(
+            sidecar(&[
+                "--janus-url",
+                "http://127.0.0.1:7088/admin",
+                "--kms-url",
+                "ws://kms:8888/kurento"
+            ])
+            .unwrap_err()
+            .contains("one media server")
+        );
+        let c = sidecar(&[
+            "--janus-url",
+            "http://127.0.0.1:7088/admin",
+            "--janus-secret",
+            "janusoverlord",
+        ])
+        .unwrap();
+        assert!(!format!("{c:?}").contains("janusoverlord"), "never shown");
+        assert!(sidecar(&["--janus-url", "ws://x/admin"]).is_err());
     }
 
     #[test]

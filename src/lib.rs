@@ -81,10 +81,15 @@ impl Sidecar {
         if let Some(why) = &config.kms_off {
             tracing::info!("{why}");
         }
-        let (memory, sessions) = sources::build(&config);
+        let sources::Sources {
+            memory,
+            sessions,
+            janus_switch,
+        } = sources::build(&config);
         let metrics = Arc::new(outlets::metrics::Metrics::new(
             config.critical.is_some(),
             config.kms.is_some(),
+            config.janus.is_some(),
         ));
         let render: RenderMetrics = Arc::new(move |status: &Status| metrics.render(status));
         let now = tokio::time::Instant::now();
@@ -108,6 +113,15 @@ impl Sidecar {
             config.recycle_retry,
             requests.clone(),
         );
+        let janus_switch = {
+            let (snapshots, requests) = (snapshots.clone(), requests.clone());
+            async move {
+                match janus_switch {
+                    Some(switch) => outlets::janus_switch::run(snapshots, switch, requests).await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
         let agent = async move {
             match agent {
                 Some(listener) => outlets::agent::serve(listener, agent_state, weight).await,
@@ -124,6 +138,7 @@ impl Sidecar {
                 }
                 () = agent => Ok(()),
                 () = recycle => Ok(()),
+                () = janus_switch => Ok(()),
                 stopped = stopped => match stopped {
                     Ok(Err(fatal)) => Err(fatal.into()),
                     // The loop ends only once nobody reads its snapshots.

@@ -95,6 +95,27 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// A secret value (Janus's admin secret): never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: &str) -> Self {
+        Secret(text.trim().to_string())
+    }
+
+    /// The value itself, for the request that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 /// A bearer token for the admin API (`--admin-token`): never shown, compared in constant time.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);

@@ -15,6 +15,8 @@ mod haproxy;
 #[path = "cases/hardening.rs"]
 mod hardening;
 mod harness;
+#[path = "cases/janus.rs"]
+mod janus;
 #[path = "cases/kurento.rs"]
 mod kurento;
 #[path = "cases/recycle.rs"]

@@ -35,6 +35,55 @@ pub struct Metrics {
     recycle_actions: IntCounterVec,
     allocator: IntGaugeVec,
     kms: Option<KmsMetrics>,
+    servers: Option<ServerMetrics>,
+}
+
+/// Families for any media server's own API, labelled by server (`kms`, `janus`); registered
+/// only when one is watched. KMS keeps its `memprobe_kms_*` names beside them.
+struct ServerMetrics {
+    sessions: IntGaugeVec,
+    up: IntGaugeVec,
+}
+
+impl ServerMetrics {
+    fn new(r: &Registry) -> Self {
+        ServerMetrics {
+            sessions: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "memprobe_sessions",
+                        "Live sessions, as the server reports them.",
+                    ),
+                    &["server"],
+                ),
+            ),
+            up: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "memprobe_session_source_up",
+                        "1 while the server's API answers and its session count can be read.",
+                    ),
+                    &["server"],
+                ),
+            ),
+        }
+    }
+
+    fn render(&self, status: &Status) {
+        self.sessions.reset();
+        let Some(report) = &status.server else {
+            return;
+        };
+        let server = report.server();
+        if let Some(n) = status.sessions {
+            self.sessions.with_label_values(&[server]).set(i64::from(n));
+        }
+        self.up
+            .with_label_values(&[server])
+            .set(i64::from(status.sessions.is_some()));
+    }
 }
 
 /// The Kurento families, registered only when the integration is on (an alert on
@@ -148,8 +197,9 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 
 impl Metrics {
     /// Registers every family. The names are literals; a failure here is a bug, not input.
-    pub fn new(with_critical: bool, with_kms: bool) -> Self {
+    pub fn new(with_critical: bool, with_kms: bool, with_janus: bool) -> Self {
         let r = Registry::new();
+        let servers = (with_kms || with_janus).then(|| ServerMetrics::new(&r));
         let memory = register(
             &r,
             IntGaugeVec::new(
@@ -271,6 +321,7 @@ impl Metrics {
                 ),
             ),
             kms: with_kms.then(|| KmsMetrics::new(&r)),
+            servers,
             rendering: std::sync::Mutex::new(()),
             registry: r,
             memory,
@@ -321,6 +372,9 @@ impl Metrics {
         }
         if let Some(kms) = &self.kms {
             kms.render(status);
+        }
+        if let Some(servers) = &self.servers {
+            servers.render(status);
         }
 
         let mut text = Vec::with_capacity(4096);

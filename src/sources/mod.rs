@@ -6,12 +6,14 @@
 //!   step: [`proc`] reads `/proc` of a shared PID namespace; [`kms::KmsMemory`] asks KMS
 //!   itself (`getUsedMemory`), where an incarnation is a KMS `serverId`;
 //! - a **session source** ([`SessionSource`]) tells how many sessions are live and whether
-//!   the server still answers its own API: [`kms`] follows KMS's pipelines over JSON-RPC;
+//!   the server still answers its own API: [`kms`] follows KMS's pipelines over JSON-RPC,
+//!   [`janus`] polls Janus's admin API;
 //! - the **operator** ([`operator`]) asks for drains, through the probe port.
 //!
 //! The monitor reads one of each per step and never looks inside them; a new media server
 //! is one new module here and one line where sources are built ([`build`]).
 
+pub mod janus;
 pub mod kms;
 pub mod operator;
 pub mod proc;
@@ -73,6 +75,17 @@ pub struct ServerView {
 #[serde(rename_all = "lowercase")]
 pub enum ServerReport {
     Kms(kms::KmsView),
+    Janus(janus::JanusView),
+}
+
+impl ServerReport {
+    /// The server's name, for labels: `kms`, `janus`.
+    pub fn server(&self) -> &'static str {
+        match self {
+            ServerReport::Kms(_) => "kms",
+            ServerReport::Janus(_) => "janus",
+        }
+    }
 }
 
 impl Default for ServerReport {
@@ -86,8 +99,29 @@ pub trait SessionSource: Send {
     fn read(&mut self) -> ServerView;
 }
 
+/// The sources a configuration asks for, started.
+pub struct Sources {
+    pub memory: Box<dyn MemorySource>,
+    pub sessions: Option<Box<dyn SessionSource>>,
+    /// Janus's own drain switch, when Janus is watched and memprobe may set it.
+    pub janus_switch: Option<janus::DrainSwitch>,
+}
+
 /// The sources a configuration asks for. Starts the API connections on the current runtime.
-pub fn build(config: &Config) -> (Box<dyn MemorySource>, Option<Box<dyn SessionSource>>) {
+pub fn build(config: &Config) -> Sources {
+    if let Some(j) = &config.janus {
+        let (sessions, _view, switch) = janus::spawn(janus::JanusSettings {
+            url: j.url.clone(),
+            secret: j.secret.as_ref().map(|s| s.expose().to_string()),
+            poll: j.poll,
+            timeout: j.timeout,
+        });
+        return Sources {
+            memory: Box::new(proc::ProcMemory::new(config)),
+            sessions: Some(Box::new(sessions)),
+            janus_switch: j.drain_switch.then_some(switch),
+        };
+    }
     let kms = config.kms.as_ref().map(|k| {
         kms::spawn(kms::KmsSettings {
             url: k.url.clone(),
@@ -103,5 +137,9 @@ pub fn build(config: &Config) -> (Box<dyn MemorySource>, Option<Box<dyn SessionS
         _ => Box::new(proc::ProcMemory::new(config)),
     };
     let sessions = kms.map(|view| Box::new(kms::KmsSessions::new(view)) as Box<dyn SessionSource>);
-    (memory, sessions)
+    Sources {
+        memory,
+        sessions,
+        janus_switch: None,
+    }
 }

@@ -45,6 +45,7 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         idle_sustain: Duration::from_secs(10),
         kms: None,
         kms_off: None,
+        janus: None,
         memory_source: crate::config::MemorySource::Proc,
         drain_timeout: Duration::from_secs(20),
         min_drain: Duration::from_secs(5),

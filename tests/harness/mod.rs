@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod fake_kms;
+pub mod janus;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -1,0 +1,280 @@
+//! Janus awareness (`--janus-url`): its live sessions, whether it answers, and its own
+//! drain switch — over the admin API, `POST http://HOST:7088/admin`.
+//!
+//! Every `--janus-poll` a task sends `ping` (a `pong` says the admin loop is alive) and
+//! `list_sessions` (the session count: unlike KMS's getPipelines it has no side effect, so
+//! polling it is fine), and reads `info` (version, `accepting-new-sessions`) once per contact.
+//! Errors come as HTTP 200 with `"janus":"error"`: the body decides, not the status; a 403 is a
+//! wrong secret, said once and never taken for zero sessions.
+//!
+//! A poll that times out after Janus has answered counts as a failed ping, like KMS's; a
+//! refused connection does not (Janus is not there: that is `lost`, not hung).
+//!
+//! The drain switch (`accept_new_sessions`) is set through [`DrainSwitch`], by the outlet that
+//! follows memprobe's decision.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::client::ClientError;
+
+/// Text from Janus is cut to this before it is kept or shown.
+const MAX_TEXT_BYTES: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct JanusSettings {
+    pub url: url::Url,
+    /// The admin secret, if Janus has one; never shown.
+    pub secret: Option<String>,
+    pub poll: Duration,
+    pub timeout: Duration,
+}
+
+/// What memprobe knows of Janus, as of the last poll.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JanusView {
+    pub url: String,
+    /// The last poll was answered.
+    pub connected: bool,
+    pub version: Option<String>,
+    /// Live sessions (`list_sessions`), when the last poll could read them.
+    pub sessions: Option<u32>,
+    /// Janus's own drain switch (`accepting-new-sessions`).
+    pub accepting_new_sessions: Option<bool>,
+    pub last_ping_seconds: Option<f64>,
+    pub last_error: Option<String>,
+    /// Whether Janus has answered since it was last not there.
+    pub answered: bool,
+    /// Polls in a row that timed out since Janus last answered.
+    pub failed_pings: u32,
+    pub errors_total: BTreeMap<&'static str, u64>,
+}
+
+/// Sets Janus's `accept_new_sessions`.
+#[derive(Clone)]
+pub struct DrainSwitch(mpsc::UnboundedSender<bool>);
+
+impl DrainSwitch {
+    pub fn set_accepting(&self, accept: bool) {
+        let _ = self.0.send(accept);
+    }
+}
+
+/// Janus as a session source.
+pub struct JanusSessions {
+    view: watch::Receiver<JanusView>,
+}
+
+impl crate::sources::SessionSource for JanusSessions {
+    fn read(&mut self) -> crate::sources::ServerView {
+        let view = self.view.borrow().clone();
+        crate::sources::ServerView {
+            sessions: view.sessions.filter(|_| view.connected),
+            failed_pings: if view.answered { view.failed_pings } else { 0 },
+            report: crate::sources::ServerReport::Janus(view),
+        }
+    }
+}
+
+/// Starts the polling task.
+pub fn spawn(settings: JanusSettings) -> (JanusSessions, watch::Receiver<JanusView>, DrainSwitch) {
+    let view = JanusView {
+        url: settings.url.to_string(),
+        ..JanusView::default()
+    };
+    let (tx, rx) = watch::channel(view);
+    let (switch_tx, switch_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(settings, tx, switch_rx));
+    (
+        JanusSessions { view: rx.clone() },
+        rx,
+        DrainSwitch(switch_tx),
+    )
+}
+
+/// Why an admin call gave nothing usable.
+#[derive(Debug)]
+enum CallError {
+    /// Janus is not there.
+    Absent,
+    Timeout,
+    /// 403: the secret is wrong or missing.
+    Unauthorized(String),
+    Other(&'static str, String),
+}
+
+impl CallError {
+    fn kind(&self) -> &'static str {
+        match self {
+            CallError::Absent => "connect",
+            CallError::Timeout => "timeout",
+            CallError::Unauthorized(_) => "unauthorized",
+            CallError::Other(kind, _) => kind,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            CallError::Absent => "connection refused".into(),
+            CallError::Timeout => "no answer in time".into(),
+            CallError::Unauthorized(reason) => format!(
+                "Janus refused the admin secret (error 403: {reason}): check --janus-secret"
+            ),
+            CallError::Other(_, message) => message.clone(),
+        }
+    }
+}
+
+async fn call(settings: &JanusSettings, request: &str, extra: Value) -> Result<Value, CallError> {
+    let mut body = json!({"janus": request, "transaction": format!("memprobe-{request}")});
+    if let (Some(map), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        map.extend(extra.clone());
+    }
+    if let (Some(secret), Some(map)) = (&settings.secret, body.as_object_mut())
+        && request != "info"
+    {
+        map.insert("admin_secret".into(), Value::from(secret.clone()));
+    }
+    let answer = crate::client::post(&settings.url, &[], body.to_string(), settings.timeout).await;
+    let (_, bytes) = match answer {
+        Ok(answer) => answer,
+        Err(ClientError::Refused) => return Err(CallError::Absent),
+        Err(ClientError::Timeout(_)) => return Err(CallError::Timeout),
+        Err(ClientError::Failed(e)) => return Err(CallError::Other("closed", e)),
+    };
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| CallError::Other("malformed", format!("{request}: the answer is not JSON")))?;
+    if value["janus"] == "error" {
+        let code = value["error"]["code"].as_i64().unwrap_or(0);
+        let reason = crate::units::clip(
+            value["error"]["reason"].as_str().unwrap_or(""),
+            MAX_TEXT_BYTES,
+        );
+        return Err(if code == 403 {
+            CallError::Unauthorized(reason)
+        } else {
+            CallError::Other("error_reply", format!("{request}: error {code}: {reason}"))
+        });
+    }
+    Ok(value)
+}
+
+async fn run(
+    settings: JanusSettings,
+    view: watch::Sender<JanusView>,
+    mut switch: mpsc::UnboundedReceiver<bool>,
+) {
+    let mut logged = std::collections::HashSet::new();
+    let mut fail = |view: &watch::Sender<JanusView>, e: &CallError| {
+        let kind = e.kind();
+        let message = crate::units::clip(&e.message(), MAX_TEXT_BYTES);
+        if logged.insert(kind) {
+            warn!(
+                kind,
+                "janus: {message} (further '{kind}' errors are counted, not logged)"
+            );
+        }
+        view.send_modify(|v| {
+            *v.errors_total.entry(kind).or_default() += 1;
+            v.last_error = Some(message);
+        });
+    };
+    let mut ticker = tokio::time::interval(settings.poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut informed = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Some(accept) = switch.recv() => {
+                match call(&settings, "accept_new_sessions", json!({"accept": accept})).await {
+                    Ok(_) => {
+                        info!("janus: accept_new_sessions {accept}");
+                        view.send_modify(|v| v.accepting_new_sessions = Some(accept));
+                    }
+                    Err(e) => fail(&view, &e),
+                }
+                continue;
+            }
+        }
+        let sent = tokio::time::Instant::now();
+        match call(&settings, "ping", json!({})).await {
+            Ok(_) => {
+                let latency = sent.elapsed().as_secs_f64();
+                view.send_modify(|v| {
+                    v.connected = true;
+                    v.answered = true;
+                    v.failed_pings = 0;
+                    v.last_ping_seconds = Some(latency);
+                });
+            }
+            Err(CallError::Absent) => {
+                informed = false;
+                fail(&view, &CallError::Absent);
+                view.send_modify(|v| {
+                    v.connected = false;
+                    v.answered = false;
+                    v.failed_pings = 0;
+                    v.sessions = None;
+                });
+                continue;
+            }
+            Err(CallError::Timeout) => {
+                fail(&view, &CallError::Timeout);
+                view.send_modify(|v| {
+                    v.connected = false;
+                    v.failed_pings += 1;
+                });
+                continue;
+            }
+            Err(e @ CallError::Unauthorized(_)) => {
+                fail(&view, &e);
+                view.send_modify(|v| {
+                    v.connected = false;
+                    v.sessions = None;
+                });
+                continue;
+            }
+            Err(e) => {
+                fail(&view, &e);
+                continue;
+            }
+        }
+        if !informed && let Ok(answer) = call(&settings, "info", json!({})).await {
+            informed = true;
+            let version = answer["version_string"]
+                .as_str()
+                .map(|v| crate::units::clip(v, 64));
+            let accepting = answer["accepting-new-sessions"].as_bool();
+            info!(
+                "janus: {} answers, version {}",
+                settings.url,
+                version.as_deref().unwrap_or("?")
+            );
+            view.send_modify(|v| {
+                v.version = version;
+                v.accepting_new_sessions = accepting;
+            });
+        }
+        match call(&settings, "list_sessions", json!({})).await {
+            Ok(answer) => {
+                let count = answer["sessions"].as_array().map(|s| s.len() as u32);
+                if count.is_none() {
+                    fail(
+                        &view,
+                        &CallError::Other("malformed", "list_sessions gave no list".into()),
+                    );
+                }
+                view.send_modify(|v| v.sessions = count);
+            }
+            Err(e) => {
+                fail(&view, &e);
+                view.send_modify(|v| v.sessions = None);
+            }
+        }
+    }
+}
