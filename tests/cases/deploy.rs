@@ -211,7 +211,11 @@ fn dockerfiles_pass_hadolint() {
     let Some(hadolint) = tool("hadolint") else {
         return;
     };
-    for file in ["Dockerfile", "deploy/kurento-jemalloc/Dockerfile"] {
+    for file in [
+        "Dockerfile",
+        "deploy/kurento-jemalloc/Dockerfile",
+        "deploy/janus/Dockerfile",
+    ] {
         check(Command::new(&hadolint).arg(path(file)));
     }
 }
@@ -300,10 +304,15 @@ fn the_compose_file_is_valid() {
     let Some(compose) = tool("docker-compose") else {
         return;
     };
-    check(
-        Command::new(compose)
-            .arg("-f")
-            .arg(path("deploy/compose/docker-compose.yml"))
-            .args(["config", "-q"]),
-    );
+    for file in [
+        "deploy/compose/docker-compose.yml",
+        "deploy/compose/docker-compose.janus.yml",
+    ] {
+        check(
+            Command::new(&compose)
+                .arg("-f")
+                .arg(path(file))
+                .args(["config", "-q"]),
+        );
+    }
 }
