@@ -429,6 +429,10 @@ pub struct JanusConfig {
     pub timeout: Duration,
     /// Set Janus's accept_new_sessions to follow memprobe's drains.
     pub drain_switch: bool,
+    /// Failed pings in a row that stall it, and how long a stall may last (the
+    /// `--kms-failures` and `--kms-hang-timeout` rules, for Janus).
+    pub failures: u32,
+    pub hang_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -857,6 +861,17 @@ impl Checker<'_> {
         })
     }
 
+    /// `--kms-failures`: failed pings in a row that stall the server.
+    fn failures(&self, flags: &WatchFlags) -> Result<u32, FlagError> {
+        match flags.kms_failures.trim().parse::<u32>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => {
+                let problem = "is not a count from 1 to 1000 (try 3)";
+                Err(self.error("kms_failures", &flags.kms_failures, problem))
+            }
+        }
+    }
+
     /// `--janus-url` and its companions; refused beside an explicit `--kms-url` or
     /// `--memory-source kms`: memprobe watches one media server.
     fn janus(&self, flags: &WatchFlags) -> Result<Option<JanusConfig>, FlagError> {
@@ -928,6 +943,8 @@ impl Checker<'_> {
             poll,
             timeout: poll.min(Duration::from_secs(3)),
             drain_switch,
+            failures: self.failures(flags)?,
+            hang_timeout: self.duration("kms_hang_timeout", &flags.kms_hang_timeout)?,
         }))
     }
 
@@ -990,13 +1007,7 @@ impl Checker<'_> {
             .map_err(|problem: String| self.error(id, &shown, &problem))?;
         let ping_interval = self.duration("kms_ping_interval", &flags.kms_ping_interval)?;
         let timeout = self.duration("kms_timeout", &flags.kms_timeout)?;
-        let failures = match flags.kms_failures.trim().parse::<u32>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                let problem = "is not a count from 1 to 1000 (try 3)";
-                return Err(self.error("kms_failures", &flags.kms_failures, problem));
-            }
-        };
+        let failures = self.failures(flags)?;
         Ok(Some(KmsConfig {
             url,
             ping_interval,

@@ -417,11 +417,19 @@ fn policy(config: &Config, limit: MemoryLimit) -> Policy {
         idle_sustain: config.idle_sustain,
         drain_timeout: config.drain_timeout,
         min_drain: config.min_drain,
-        server: kms.map_or_else(ServerPolicy::default, |k| ServerPolicy {
-            name: "kms",
-            failures: k.failures,
-            hang_timeout: k.hang_timeout,
-        }),
+        server: match (kms, &config.janus) {
+            (Some(k), _) => ServerPolicy {
+                name: "kms",
+                failures: k.failures,
+                hang_timeout: k.hang_timeout,
+            },
+            (None, Some(j)) => ServerPolicy {
+                name: "janus",
+                failures: j.failures,
+                hang_timeout: j.hang_timeout,
+            },
+            (None, None) => ServerPolicy::default(),
+        },
         // A dropped connection that comes back within a ping interval (or two request
         // deadlines) is the same KMS.
         reconnect_grace: kms.map_or(Duration::ZERO, |k| k.ping_interval.max(k.timeout * 2)),

@@ -281,10 +281,10 @@ impl Decider {
         if stalled_for >= server.hang_timeout {
             let why = format!(
                 "{} not answering for {} after {failed_pings} failed pings \
-                 (--{}-hang-timeout): hung",
+                 (--kms-hang-timeout {}): hung",
                 server.name,
                 Human(stalled_for),
-                server.name
+                Human(server.hang_timeout)
             );
             return self.enter(now, State::Recycle, why);
         }

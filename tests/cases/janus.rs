@@ -177,3 +177,75 @@ fn a_wrong_secret_is_said_once_and_never_taken_for_zero_sessions() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_janus_that_is_not_accepting_when_memprobe_starts_stays_drained() {
+    let Some(bin) = tool("janus") else { return };
+    let janus = Janus::start(&bin);
+    let switched = janus
+        .admin(serde_json::json!({"janus": "accept_new_sessions", "accept": false, "transaction": "a"}))
+        .unwrap();
+    assert_eq!(switched["janus"], "success");
+    let dir = tempfile::tempdir().unwrap();
+    let probe = watch(
+        &janus,
+        &dir.path().join("janus.pid"),
+        &["--janus-secret", SECRET, "--threshold", "1Gi"],
+    );
+    let status = probe.wait_state("draining");
+    assert_eq!(status["drain_requested_by"], "janus", "{status:#}");
+    assert_eq!(
+        probe.get("/ready").code,
+        503,
+        "memprobe and Janus agree: no new sessions"
+    );
+}
+
+#[test]
+fn a_janus_that_stops_answering_is_stalled_and_ready_again_once_it_answers() {
+    let Some(bin) = tool("janus") else { return };
+    let janus = Janus::start(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let probe = watch(
+        &janus,
+        &dir.path().join("janus.pid"),
+        &[
+            "--janus-secret",
+            SECRET,
+            "--threshold",
+            "1Gi",
+            "--kms-failures",
+            "2",
+            "--kms-hang-timeout",
+            "1h",
+        ],
+    );
+    probe.wait_state("healthy");
+    // A frozen process: its admin API accepts connections but answers nothing.
+    let pid = janus.pid().to_string();
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    signal("-STOP");
+    let status = probe.wait_state("stalled");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("janus not answering"),
+        "{status:#}"
+    );
+    assert_eq!(probe.get("/ready").code, 503);
+    assert_eq!(
+        probe.get("/healthz").code,
+        200,
+        "a stall is not yet a restart"
+    );
+    signal("-CONT");
+    probe.wait_state("healthy");
+    assert_eq!(probe.get("/ready").code, 200);
+}
