@@ -12,17 +12,20 @@
 //! - [`config`] — flags and environment, parsed raw, then validated into a `Config`.
 //! - `client` — one HTTP request over a fresh connection (`memprobe drain`, Janus's admin API).
 //! - `units` — sizes, percentages and durations, parsed, bounded and shown.
-//! - `secret` — URLs whose passwords and query values are never shown.
+//! - `secret` — URLs, tokens and secrets that are never shown.
 //! - `limit` — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
-//! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`) and
-//!   sessions and liveness (KMS's JSON-RPC); one module per member, one trait per family.
+//! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`),
+//!   sessions and liveness (KMS's JSON-RPC, Janus's admin API), and the operator's drains;
+//!   one module per member, one trait per family.
 //! - `policy` — the pure state machine: healthy → elevated → draining → recycle, stalls,
 //!   reconnects; every rule a unit test.
 //! - `monitor` — the loop that reads the sources, asks the policy, and publishes snapshots.
 //! - `status` — the published snapshot: `/status` data and pre-rendered answers.
-//! - `outlets` — what memprobe tells, each reading the published snapshot only: HTTP probes,
-//!   `/status`, Prometheus `/metrics`, the admin API, and HAProxy's agent-check.
-//! - [`tools`] — `memprobe demo` and `memprobe workload`, beside the sidecar, not in it.
+//! - `outlets` — what memprobe tells or does, each reading the published snapshot: HTTP probes,
+//!   `/status`, Prometheus `/metrics`, the admin API, HAProxy's agent-check, recycle actions
+//!   and Janus's drain switch.
+//! - [`tools`] — `memprobe demo`, `memprobe workload` and `memprobe drain`, beside the
+//!   sidecar, not in it.
 
 #![forbid(unsafe_code)]
 
