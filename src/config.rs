@@ -335,6 +335,15 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     recycle_retry: String,
+    /// How far back the status page (GET /) and /history.json reach (at most 2000 samples)
+    #[arg(
+        long,
+        env = "MEMPROBE_HISTORY",
+        default_value = "1h",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    history: String,
     /// After SIGTERM, keep answering (/ready 503) this long before closing the port
     #[arg(
         long,
@@ -415,6 +424,8 @@ pub struct Config {
     pub on_recycle: RecycleAction,
     pub recycle_retry: Duration,
     pub shutdown_delay: Duration,
+    /// How far back the page's history reaches.
+    pub history: Duration,
     /// The admin API's token; without one, `/drain` answers 404.
     pub admin_token: Option<Token>,
     pub log_format: LogFormat,
@@ -616,6 +627,7 @@ impl WatchFlags {
             on_recycle,
             recycle_retry,
             shutdown_delay,
+            history: check.duration("history", &self.history)?,
             admin_token,
             log_format: check.choice("log_format", &self.log_format)?,
         })

@@ -32,7 +32,7 @@ use crate::sources::proc::allocator::Allocator;
 use crate::sources::{
     MemorySample, MemorySource, Outcome, SampleError, ServerReport, SessionSource,
 };
-use crate::status::{Counters, MemoryStatus, RenderMetrics, Settings, Snapshot, Status};
+use crate::status::{Counters, MemoryStatus, Point, RenderMetrics, Settings, Snapshot, Status};
 use crate::status::{TargetStatus, ThresholdStatus, TransitionRecord};
 use crate::units::{Bytes, Human};
 
@@ -67,6 +67,9 @@ pub struct Monitor {
     server: Option<ServerReport>,
     /// The last run of the recycle action.
     recycle_action: Option<crate::outlets::recycle::ActionRecord>,
+    /// Recent samples (`--history`), and how many are kept.
+    points: VecDeque<Point>,
+    points_kept: usize,
     render: RenderMetrics,
     publish: watch::Sender<Arc<Snapshot>>,
 }
@@ -86,6 +89,7 @@ impl Monitor {
         // Replaced by the first real publish below, before anyone can read it.
         let placeholder = Snapshot::new(Status::default(), now, Arc::clone(&render));
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
+        let points_kept = history_points(&config);
         let mut monitor = Monitor {
             settings: Arc::new(Settings::of(&config)),
             memory,
@@ -105,6 +109,8 @@ impl Monitor {
             backoff: FIRST_BACKOFF,
             server: None,
             recycle_action: None,
+            points: VecDeque::new(),
+            points_kept,
             render,
             publish,
             config,
@@ -300,6 +306,21 @@ impl Monitor {
         if let Some(tr) = self.decider.observe(now, obs) {
             self.record(tr);
         }
+        if self.points.len() >= self.points_kept {
+            self.points.pop_front();
+        }
+        let at_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.points.push_back(Point {
+            at_ms,
+            memory_bytes: obs.memory_bytes,
+            rss_bytes: s.rss_bytes,
+            anon_bytes: s.anon_bytes,
+            sessions: self.session_count,
+            state: self.decider.state(),
+            incarnation: self.decider.incarnations(),
+        });
     }
 
     fn gone(&mut self, now: Instant, why: String) {
@@ -373,6 +394,7 @@ impl Monitor {
             drain_requested_by: self.decider.requested_by().map(str::to_owned),
             incarnation: self.decider.incarnations(),
             recycle_action: self.recycle_action.clone(),
+            history: self.points.iter().copied().collect(),
             settings: Arc::clone(&self.settings),
         }
     }
@@ -385,6 +407,16 @@ impl Monitor {
             Arc::clone(&self.render),
         )));
     }
+}
+
+/// The most samples the history keeps, whatever `--history` and `--interval` say: the page
+/// stays small and a step's copy cheap.
+pub const MAX_POINTS: usize = 2000;
+
+/// How many samples `--history` covers at `--interval`.
+fn history_points(config: &Config) -> usize {
+    let per = config.interval.as_secs_f64().max(0.001);
+    ((config.history.as_secs_f64() / per).ceil() as usize).clamp(1, MAX_POINTS)
 }
 
 /// The policy one incarnation is judged by, under its memory limit. Sizes that cannot work

@@ -52,6 +52,24 @@ pub struct Status {
     /// The last run of the recycle action (`--on-recycle`).
     pub recycle_action: Option<crate::outlets::recycle::ActionRecord>,
     pub settings: Arc<Settings>,
+    /// Recent samples, oldest first, for the page and `/history.json` (not in `/status`).
+    #[serde(skip)]
+    pub history: Arc<[Point]>,
+}
+
+/// One sample as the history keeps it.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Point {
+    /// Wall-clock time, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The figure that decides.
+    pub memory_bytes: u64,
+    pub rss_bytes: u64,
+    pub anon_bytes: Option<u64>,
+    pub sessions: Option<u32>,
+    pub state: State,
+    /// Which incarnation of the target it was taken of.
+    pub incarnation: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -132,6 +150,7 @@ pub struct Settings {
     pub janus_poll: Option<String>,
     pub janus_drain_switch: Option<bool>,
     pub listen: String,
+    pub history: String,
     pub agent_listen: Option<String>,
     pub agent_weight: String,
     pub on_recycle: String,
@@ -166,6 +185,7 @@ impl Settings {
             janus_poll: config.janus.as_ref().map(|j| duration(j.poll)),
             janus_drain_switch: config.janus.as_ref().map(|j| j.drain_switch),
             listen: config.listen.to_string(),
+            history: duration(config.history),
             agent_listen: config.agent_listen.map(|a| a.to_string()),
             agent_weight: format!("{:?}", config.agent_weight).to_lowercase(),
             on_recycle: config.on_recycle.to_string(),
@@ -188,6 +208,8 @@ pub struct Snapshot {
     pub healthz_body: Bytes,
     status_body: OnceLock<Bytes>,
     metrics_body: OnceLock<Bytes>,
+    page_body: OnceLock<Bytes>,
+    history_body: OnceLock<Bytes>,
     render_metrics: RenderMetrics,
 }
 
@@ -206,10 +228,24 @@ impl Snapshot {
             healthz_body: probe("live", status.live),
             status_body: OnceLock::new(),
             metrics_body: OnceLock::new(),
+            page_body: OnceLock::new(),
+            history_body: OnceLock::new(),
             render_metrics,
             ticked_at,
             status,
         }
+    }
+
+    /// `/`: the status page.
+    pub fn page_body(&self) -> Bytes {
+        let render = || Bytes::from(crate::outlets::page::render(&self.status));
+        self.page_body.get_or_init(render).clone()
+    }
+
+    /// `/history.json`: the samples the page draws.
+    pub fn history_body(&self) -> Bytes {
+        let render = || Bytes::from(serde_json::to_vec(&*self.status.history).unwrap_or_default());
+        self.history_body.get_or_init(render).clone()
     }
 
     /// `/status`: the status as pretty JSON.

@@ -19,6 +19,8 @@ mod harness;
 mod janus;
 #[path = "cases/kurento.rs"]
 mod kurento;
+#[path = "cases/page.rs"]
+mod page;
 #[path = "cases/recycle.rs"]
 mod recycle;
 

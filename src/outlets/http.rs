@@ -194,6 +194,8 @@ pub fn app(state: AppState) -> Router {
         .route("/livez", get(livez))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
+        .route("/", get(page))
+        .route("/history.json", get(history))
         .route(
             "/drain",
             get(drain::wait).post(drain::start).delete(drain::cancel),
@@ -352,11 +354,25 @@ async fn metrics(Extract(state): Extract<AppState>) -> Response {
         .into_response()
 }
 
+async fn page(Extract(state): Extract<AppState>) -> Response {
+    let body = state.latest().page_body();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn history(Extract(state): Extract<AppState>) -> Response {
+    json(StatusCode::OK, state.latest().history_body())
+}
+
 async fn not_found(uri: Uri) -> Response {
     let body = serde_json::json!({
         "error": "not found",
         "path": uri.path(),
-        "endpoints": ["/ready", "/healthz", "/livez", "/status", "/metrics"],
+        "endpoints": ["/", "/ready", "/healthz", "/livez", "/status", "/metrics", "/history.json"],
     });
     json(StatusCode::NOT_FOUND, Bytes::from(body.to_string()))
 }

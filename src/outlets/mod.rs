@@ -7,6 +7,7 @@
 //! - [`recycle`] — the recycle action: a signal or a command, once per incarnation.
 //! - [`janus_switch`] — Janus's own accept_new_sessions, following memprobe's drains.
 //! - [`metrics`] — the Prometheus families, rendered from a snapshot's status.
+//! - [`page`] — the status page (`GET /`): memory against the threshold over time, in SVG.
 //!
 //! [`Snapshot`]: crate::status::Snapshot
 
@@ -14,4 +15,5 @@ pub mod agent;
 pub mod http;
 pub mod janus_switch;
 pub mod metrics;
+pub mod page;
 pub mod recycle;

@@ -55,6 +55,7 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         on_recycle: crate::outlets::recycle::RecycleAction::None,
         recycle_retry: Duration::from_secs(300),
         shutdown_delay: Duration::ZERO,
+        history: Duration::from_secs(300),
         admin_token: None,
         log_format: LogFormat::Text,
     }

@@ -1,0 +1,72 @@
+//! The status page, loaded by a real headless Chromium: the DOM the browser built has the
+//! memory series, the threshold line, a draining band and the state; a screenshot is kept
+//! under target/test-artifacts/.
+
+use std::process::Command;
+
+use crate::harness::{Memprobe, Workload, tool};
+
+#[test]
+fn chromium_shows_memory_the_threshold_and_the_draining_band() {
+    let Some(chromium) = tool("chromium") else {
+        return;
+    };
+    let mut target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&crate::fast(&["--pid", &pid, "--sustain", "1s"]));
+    probe.wait_state("healthy");
+    target.send("alloc 150MiB");
+    probe.wait_state("draining");
+    // A few samples while draining, so the band has a width.
+    probe.wait_for("samples while draining", |s| {
+        s["counters"]["samples_total"].as_u64() >= Some(30)
+    });
+    let url = format!("http://{}/", probe.addr);
+    let profile = tempfile::tempdir().unwrap();
+    let browser = |extra: &[&str]| {
+        Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("run chromium")
+    };
+    let dom = browser(&["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("<polyline id=\"memory\""),
+        "the memory series: {dom}"
+    );
+    assert!(dom.contains("<line id=\"threshold\""), "the threshold line");
+    assert!(dom.contains("class=\"band draining\""), "a draining band");
+    assert!(
+        dom.contains("id=\"state\">draining</span>"),
+        "the state says draining"
+    );
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = browser(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=900,900",
+        "--hide-scrollbars",
+    ]);
+    assert!(shot.is_file(), "a screenshot: {out:?}");
+
+    let history = probe.get("/history.json");
+    assert_eq!(history.content_type, "application/json");
+    let points = history.json();
+    assert!(points.as_array().is_some_and(|p| p.len() >= 30));
+    assert!(
+        probe.get("/").body.len() < 64 * 1024,
+        "the page's size budget"
+    );
+}
