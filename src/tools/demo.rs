@@ -88,7 +88,9 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     });
+    // Named for what it is, so the lines say "demo-workload", not "memprobe".
     workload
+        .arg0("demo-workload")
         .arg("workload")
         .stdin(Stdio::piped()) // held open: the workload exits when the demo does
         .stdout(Stdio::null())
@@ -108,8 +110,9 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         return ExitCode::FAILURE;
     };
 
+    println!("memprobe demo: open http://{addr}/ to watch it as a chart");
     println!(
-        "memprobe demo: watching a workload of media-like sessions (pid {pid}, {} malloc)",
+        "  watching demo-workload, media-like sessions (pid {pid}, {} malloc)",
         if jemalloc { "jemalloc" } else { "glibc" }
     );
     println!(
@@ -196,7 +199,7 @@ fn line(elapsed: Duration, status: &Status) -> String {
     let rss = status.memory.as_ref().map_or(0, |m| m.sample.rss_bytes);
     let code = |ok: bool| if ok { 200 } else { 503 };
     format!(
-        "[{:>3}s] rss {:>10}  threshold {}  {:<8}  ready {}  live {}",
+        "[{:>3}s] rss {:>10}  threshold {}  {:<8}  /ready {}  /healthz {}",
         elapsed.as_secs(),
         Bytes(rss).to_string(),
         Bytes(status.threshold.bytes),
