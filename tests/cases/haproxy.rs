@@ -195,6 +195,16 @@ fn request(stream: &mut TcpStream, cookie: Option<&str>) -> String {
     String::from_utf8(body).unwrap()
 }
 
+/// Backend `name`: a tiny HTTP server, checked through `probe`'s HTTP port and agent.
+fn server(name: &'static str, probe: &Memprobe) -> Server {
+    Server {
+        name,
+        traffic: backend(name),
+        memprobe: probe.addr,
+        agent: probe.agent_addr(),
+    }
+}
+
 /// A workload and the memprobe watching it, with the agent on.
 fn watched(extra: &[&str]) -> (Workload, Memprobe) {
     let target = Workload::start(None);
@@ -226,20 +236,7 @@ fn a_draining_server_is_drain_in_haproxy_keeping_its_sticky_calls_then_down_at_r
     ];
     let (mut target_a, probe_a) = watched(&settings);
     let (_target_b, probe_b) = watched(&settings);
-    let servers = [
-        Server {
-            name: "a",
-            traffic: backend("a"),
-            memprobe: probe_a.addr,
-            agent: probe_a.agent_addr(),
-        },
-        Server {
-            name: "b",
-            traffic: backend("b"),
-            memprobe: probe_b.addr,
-            agent: probe_b.agent_addr(),
-        },
-    ];
+    let servers = [server("a", &probe_a), server("b", &probe_b)];
     let haproxy = Haproxy::start(&bin, &servers);
     haproxy.wait_for("both servers UP", |s| {
         s.get("a").is_some_and(|a| a.0.starts_with("UP"))
@@ -286,20 +283,7 @@ fn with_headroom_weights_the_fuller_server_gets_fewer_new_sessions() {
     probe_a.wait_for("a's sample of 300 MiB", |s| {
         s["memory"]["rss_bytes"].as_u64() > Some(290 << 20)
     });
-    let servers = [
-        Server {
-            name: "a",
-            traffic: backend("a"),
-            memprobe: probe_a.addr,
-            agent: probe_a.agent_addr(),
-        },
-        Server {
-            name: "b",
-            traffic: backend("b"),
-            memprobe: probe_b.addr,
-            agent: probe_b.agent_addr(),
-        },
-    ];
+    let servers = [server("a", &probe_a), server("b", &probe_b)];
     let haproxy = Haproxy::start(&bin, &servers);
     haproxy.wait_for("a weighted below b", |s| {
         matches!((s.get("a"), s.get("b")), (Some(a), Some(b))
