@@ -80,6 +80,18 @@ impl Sidecar {
         agent: Option<TcpListener>,
         shutdown: Shutdown,
     ) -> Self {
+        Self::start_with_reports(config, listener, agent, shutdown, None)
+    }
+
+    /// [`Sidecar::start`], also showing what the target reports of itself (the demo's
+    /// workload does).
+    pub(crate) fn start_with_reports(
+        config: Config,
+        listener: TcpListener,
+        agent: Option<TcpListener>,
+        shutdown: Shutdown,
+        reports: Option<sources::reported::Feed>,
+    ) -> Self {
         let config = Arc::new(config);
         if let Some(why) = &config.kms_off {
             tracing::info!("{why}");
@@ -96,7 +108,11 @@ impl Sidecar {
         ));
         let render: RenderMetrics = Arc::new(move |status: &Status| metrics.render(status));
         let now = tokio::time::Instant::now();
-        let (monitor, snapshots) = Monitor::new(Arc::clone(&config), memory, sessions, render, now);
+        let (mut monitor, snapshots) =
+            Monitor::new(Arc::clone(&config), memory, sessions, render, now);
+        if let Some(feed) = reports {
+            monitor.show_reports(feed);
+        }
         let (requests, inbox) = sources::operator::channel();
         let state = outlets::http::AppState::new(snapshots.clone(), config.interval)
             .with_admin(config.admin_token.clone(), requests.clone());

@@ -29,6 +29,7 @@ use crate::limit::{self, MemoryLimit};
 use crate::policy::{Decider, Observation, Policy, ServerPolicy, State, Transition};
 use crate::sources::operator::{Asked, Message, Request};
 use crate::sources::proc::allocator::Allocator;
+use crate::sources::reported::{self, Reported};
 use crate::sources::{
     MemorySample, MemorySource, Outcome, SampleError, ServerReport, SessionSource,
 };
@@ -50,6 +51,8 @@ pub struct Monitor {
     settings: Arc<Settings>,
     memory: Box<dyn MemorySource>,
     sessions: Option<Box<dyn SessionSource>>,
+    /// What the target says of itself, when it reports (the demo's workload).
+    reported: Option<reported::Feed>,
     decider: Decider,
     target: Option<TargetStatus>,
     limit: MemoryLimit,
@@ -94,6 +97,7 @@ impl Monitor {
             settings: Arc::new(Settings::of(&config)),
             memory,
             sessions,
+            reported: None,
             decider,
             target: None,
             limit,
@@ -117,6 +121,16 @@ impl Monitor {
         };
         monitor.publish(now, None);
         (monitor, snapshots)
+    }
+
+    /// Shows what the target reports of itself beside what memprobe measures.
+    pub fn show_reports(&mut self, feed: reported::Feed) {
+        self.reported = Some(feed);
+    }
+
+    /// The target's latest report, if it reports.
+    fn reported(&self) -> Option<Reported> {
+        self.reported.as_ref().and_then(|feed| *feed.borrow())
     }
 
     /// Runs on the calling thread until nobody reads the snapshots any more, or until a
@@ -312,12 +326,14 @@ impl Monitor {
         let at_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let reported = self.reported();
         self.points.push_back(Point {
             at_ms,
             memory_bytes: obs.memory_bytes,
             rss_bytes: s.rss_bytes,
             anon_bytes: s.anon_bytes,
-            sessions: self.session_count,
+            sessions: self.session_count.or(reported.map(|r| r.sessions)),
+            live_bytes: reported.map(|r| r.live_bytes),
             state: self.decider.state(),
             incarnation: self.decider.incarnations(),
         });
@@ -386,6 +402,7 @@ impl Monitor {
                 critical_bytes: policy.critical_bytes,
                 limit: self.limit,
             },
+            reported: self.reported(),
             idle_memory_bytes: self.idle_memory,
             memory_source: self.config.memory_source,
             server,
@@ -620,6 +637,40 @@ mod tests {
             ]
         );
         assert_eq!(snap.status.counters.transitions_total[&State::Draining], 1);
+    }
+
+    #[test]
+    fn what_the_target_reports_is_shown_beside_its_samples_and_never_decides() {
+        let mut rig = Rig::new();
+        let (tell, feed) = watch::channel(None);
+        rig.monitor.show_reports(feed);
+        rig.step(SECOND, found(42, 50));
+        let snap = rig.sample(SECOND, 150);
+        assert_eq!(snap.status.reported, None, "nothing reported yet");
+        assert_eq!(snap.status.history.last().unwrap().live_bytes, None);
+        tell.send_replace(Some(Reported {
+            live_bytes: 3 * MI,
+            sessions: 0,
+        }));
+        for _ in 0..5 {
+            rig.sample(SECOND, 150);
+        }
+        let snap = rig.sample(SECOND, 150);
+        let last = snap.status.history.last().unwrap();
+        assert_eq!(last.live_bytes, Some(3 * MI));
+        assert_eq!(
+            last.sessions,
+            Some(0),
+            "the reported sessions, for the chart"
+        );
+        assert_eq!(snap.status.reported.unwrap().live_bytes, 3 * MI);
+        assert_eq!(snap.status.sessions, None, "no session source said so");
+        assert_eq!(
+            snap.status.state,
+            State::Draining,
+            "0 reported sessions do not recycle: {}",
+            snap.status.reason
+        );
     }
 
     #[test]

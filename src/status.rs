@@ -34,6 +34,10 @@ pub struct Status {
     pub target: Option<TargetStatus>,
     pub memory: Option<MemoryStatus>,
     pub threshold: ThresholdStatus,
+    /// What the target says of itself, when it reports (only the demo's workload does):
+    /// shown beside resident memory, never decided on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reported: Option<crate::sources::reported::Reported>,
     /// The last sample taken with zero sessions: under glibc it ratchets up session after
     /// session, the clearest fragmentation signal there is.
     pub idle_memory_bytes: Option<u64>,
@@ -67,6 +71,8 @@ pub struct Point {
     pub rss_bytes: u64,
     pub anon_bytes: Option<u64>,
     pub sessions: Option<u32>,
+    /// Live bytes as the target reports them (only the demo's workload does).
+    pub live_bytes: Option<u64>,
     pub state: State,
     /// Which incarnation of the target it was taken of.
     pub incarnation: u64,
@@ -258,5 +264,18 @@ impl Snapshot {
     pub fn metrics_body(&self) -> Bytes {
         let render = || (self.render_metrics)(&self.status);
         self.metrics_body.get_or_init(render).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_history_stays_small() {
+        // The ring and the copy each publish shares: 2,000 points of at most 80 bytes, so
+        // at most 160 KB each (BENCHMARKS.md, "Status page with a full history").
+        assert!(std::mem::size_of::<Point>() <= 80);
+        assert!(crate::monitor::MAX_POINTS * std::mem::size_of::<Point>() <= 160_000);
     }
 }

@@ -547,6 +547,36 @@ fn the_demo_tells_the_whole_story_and_exits_0() {
         stdout.contains("curl -i http://127.0.0.1:"),
         "the URLs to try are printed"
     );
+    assert!(
+        stdout.contains("sessions 0 (55 ended)"),
+        "sessions, and those that ended: {stdout}"
+    );
+    let (resident, live) = resident_for_live(&stdout);
+    assert!(
+        resident > 4.0 * live,
+        "resident memory far above live memory at recycle: {stdout}"
+    );
+}
+
+/// Reads "resident 245.12 MiB for 12.08 MiB live" at the end of the glibc demo.
+fn resident_for_live(stdout: &str) -> (f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("resident "))
+        .unwrap_or_else(|| panic!("the resident-for-live line: {stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (mib(words[1], words[2]), mib(words[4], words[5]))
+}
+
+/// "12.08" "MiB" in MiB.
+fn mib(figure: &str, unit: &str) -> f64 {
+    let figure: f64 = figure.parse().expect("a figure");
+    match unit {
+        "KiB" => figure / 1024.0,
+        "MiB" => figure,
+        "GiB" => figure * 1024.0,
+        other => panic!("unit {other}"),
+    }
 }
 
 #[test]
@@ -571,6 +601,29 @@ fn the_jemalloc_demo_stays_ready() {
         "jemalloc never drains: {stdout}"
     );
     assert!(stdout.contains("stayed ready"));
+    // Both runs' idle figures, side by side.
+    let idle = |name: &str| {
+        let row = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("the {name} row: {stdout}"));
+        let words: Vec<&str> = row.split_whitespace().collect();
+        let n = words.len();
+        (
+            mib(words[n - 4], words[n - 3]),
+            mib(words[n - 2], words[n - 1]),
+        )
+    };
+    let (glibc_resident, glibc_live) = idle("glibc malloc");
+    let (jemalloc_resident, jemalloc_live) = idle("jemalloc");
+    assert!(
+        glibc_resident > 3.0 * jemalloc_resident,
+        "glibc keeps far more resident than jemalloc once idle: {stdout}"
+    );
+    assert!(
+        glibc_live < 2.0 * jemalloc_live && jemalloc_live < 2.0 * glibc_live,
+        "for about the same live memory: {stdout}"
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! asset and no script framework, so it works air-gapped and through `kubectl port-forward`.
 //! An SVG chart draws the deciding memory figure (and rss beside it when they differ), the
 //! threshold, critical and limit lines, shaded bands where the target was elevated, draining,
-//! stalled or to be recycled, a mark at each restart, and the session count on a second axis.
+//! stalled or to be recycled, a mark at each restart, the session count on a second axis, and
+//! the live bytes the target reports of itself when it does (the demo's workload), so that
+//! fragmentation shows as resident memory high above live memory.
 //! Beside it: the state, the reason, ready and live, the allocator (with a hint on glibc), the
 //! last transitions, and links to `/status`, `/metrics` and `/history.json`. It reloads itself
 //! every interval (a meta refresh), and follows the reader's light or dark scheme.
@@ -65,9 +67,9 @@ pub fn render(status: &Status) -> String {
 <title>memprobe: {state}</title>
 <style>
 :root {{ color-scheme: light dark; --fg:#1b1b1b; --bg:#fafafa; --muted:#666; --grid:#ddd;
-  --mem:#1f6feb; --rss:#8fb4f0; --thr:#d29922; --crit:#cf222e; --lim:#888; --ses:#2da44e; }}
+  --mem:#1f6feb; --rss:#8fb4f0; --thr:#d29922; --crit:#cf222e; --lim:#888; --ses:#2da44e; --live:#8250df; }}
 @media (prefers-color-scheme: dark) {{ :root {{ --fg:#e6e6e6; --bg:#111; --muted:#999;
-  --grid:#333; --mem:#58a6ff; --rss:#2f5a8f; --ses:#3fb950; }} }}
+  --grid:#333; --mem:#58a6ff; --rss:#2f5a8f; --ses:#3fb950; --live:#bc8cff; }} }}
 body {{ font: 15px/1.4 system-ui, sans-serif; color: var(--fg); background: var(--bg);
   margin: 0 auto; padding: 12px; max-width: 820px; }}
 h1 {{ font-size: 20px; margin: 4px 0; }} .muted {{ color: var(--muted); }}
@@ -283,10 +285,17 @@ fn chart(page: &mut String, status: &Status) {
         }
         page.push_str("\"/>\n");
     };
-    if points.iter().any(|p| p.rss_bytes != p.memory_bytes) {
+    let rss = points.iter().any(|p| p.rss_bytes != p.memory_bytes);
+    if rss {
         polyline(page, "rss", "--rss", &|p: &Point| p.rss_bytes);
     }
     polyline(page, "memory", "--mem", &|p: &Point| p.memory_bytes);
+    let live = points.iter().any(|p| p.live_bytes.is_some());
+    if live {
+        polyline(page, "live-bytes", "--live", &|p: &Point| {
+            p.live_bytes.unwrap_or(0)
+        });
+    }
     // Sessions on the right axis.
     let most = points.iter().filter_map(|p| p.sessions).max();
     if let Some(most) = most {
@@ -310,6 +319,36 @@ fn chart(page: &mut String, status: &Status) {
         );
     }
     page.push_str("</svg>\n");
+    legend(
+        page,
+        status.settings.memory.as_str(),
+        rss,
+        live,
+        most.is_some(),
+    );
+}
+
+/// What each line of the chart is.
+fn legend(page: &mut String, deciding: &str, rss: bool, live: bool, sessions: bool) {
+    let key = |page: &mut String, color: &str, what: &str| {
+        let _ = write!(
+            page,
+            "<span style=\"color:var({color})\">&#9473;</span> {what} &nbsp; "
+        );
+    };
+    page.push_str("<p class=\"muted\" id=\"legend\">");
+    key(page, "--mem", &format!("{deciding} (decides)"));
+    if rss {
+        key(page, "--rss", "rss");
+    }
+    if live {
+        key(page, "--live", "live, as the workload reports it");
+    }
+    if sessions {
+        key(page, "--ses", "sessions (right axis)");
+    }
+    key(page, "--thr", "threshold");
+    page.push_str("</p>\n");
 }
 
 #[cfg(test)]
@@ -326,6 +365,7 @@ mod tests {
             rss_bytes: mib * MI,
             anon_bytes: None,
             sessions: Some(2),
+            live_bytes: None,
             state,
             incarnation: 1,
         }
@@ -368,6 +408,10 @@ mod tests {
             page.contains("<polyline id=\"sessions\""),
             "sessions on a second axis"
         );
+        assert!(
+            !page.contains("id=\"live-bytes\""),
+            "no live series when the target does not report it"
+        );
         assert!(page.contains(">draining</span>"));
         assert!(page.contains("rss &lt;b&gt;150"), "the reason is escaped");
         assert!(page.len() < 64 * 1024);
@@ -375,8 +419,13 @@ mod tests {
 
     #[test]
     fn two_thousand_samples_stay_under_the_size_budget() {
+        // Every series drawn: memory, rss, live and sessions.
         let history: Vec<Point> = (0..2000)
-            .map(|s| point(s, 50 + s % 90, State::Healthy))
+            .map(|s| Point {
+                rss_bytes: (60 + s % 90) * MI,
+                live_bytes: Some(s % 7 * MI),
+                ..point(s, 50 + s % 90, State::Healthy)
+            })
             .collect();
         let status = Status {
             threshold: ThresholdStatus {
@@ -387,6 +436,16 @@ mod tests {
             ..Status::default()
         };
         let page = render(&status);
+        for series in ["memory", "rss", "live-bytes", "sessions"] {
+            assert!(
+                page.contains(&format!("<polyline id=\"{series}\"")),
+                "{series}"
+            );
+        }
+        assert!(
+            page.contains("live, as the workload reports it"),
+            "in the legend"
+        );
         assert!(page.len() < 64 * 1024, "{} bytes", page.len());
     }
 }

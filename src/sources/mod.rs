@@ -8,7 +8,9 @@
 //! - a **session source** ([`SessionSource`]) tells how many sessions are live and whether
 //!   the server still answers its own API: [`kms`] follows KMS's pipelines over JSON-RPC,
 //!   [`janus`] polls Janus's admin API;
-//! - the **operator** ([`operator`]) asks for drains, through the probe port.
+//! - the **operator** ([`operator`]) asks for drains, through the probe port;
+//! - the target itself may **report** its live bytes ([`reported`]): only the demo's
+//!   workload does, for the page.
 //!
 //! The monitor reads one of each per step and never looks inside them; a new media server
 //! is one new module here and one line where sources are built ([`build`]).
@@ -17,6 +19,7 @@ pub mod janus;
 pub mod kms;
 pub mod operator;
 pub mod proc;
+pub mod reported;
 
 use serde::Serialize;
 use tokio::time::Instant;

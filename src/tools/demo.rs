@@ -6,14 +6,21 @@
 //! between the workload's live memory (a few MiB) and the resident memory glibc keeps after
 //! a few waves (over 200 MiB here), so a newcomer sees healthy → elevated → draining →
 //! recycle. With `--allocator jemalloc` the same workload gives its memory back after each
-//! wave, and the spikes never last long enough to drain.
+//! wave, and the spikes never last long enough to drain; a twin on glibc's malloc runs beside
+//! it, and the demo ends with both runs' idle figures side by side.
+//!
+//! The workload reports what it holds live (`--report`), and every line shows it beside
+//! resident memory, as the page's chart does: fragmentation is resident memory high above
+//! live memory, with no session left.
 
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::Sidecar;
@@ -21,15 +28,24 @@ use crate::config::{Config, DemoFlags, LogFormat};
 use crate::policy::State;
 use crate::sources::MemoryKind;
 use crate::sources::proc::target::TargetSpec;
+use crate::sources::reported::Reported;
 use crate::status::Status;
+use crate::tools::workload::Report;
 use crate::units::{Bytes, SizeOrPercent};
 
 pub const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+/// jemalloc's settings: a background thread hands freed pages back even while idle, as the
+/// deploy/ setups have it for KMS; and since the demo's sessions last a second where a call
+/// lasts minutes, the decay is scaled down with them (jemalloc's default is 10 s).
+const JEMALLOC_CONF: &str = "background_thread:true,dirty_decay_ms:1000";
 const THRESHOLD_BYTES: u64 = 128 << 20;
-/// Long enough for every wave of the workload to have run and been judged.
-const JEMALLOC_WATCH: Duration = Duration::from_secs(45);
+/// How long after its last wave a workload's resident memory is read as its idle figure:
+/// jemalloc hands freed pages back over about 10 s (its default `dirty_decay_ms`).
+const SETTLE: Duration = Duration::from_secs(12);
 /// The glibc story takes about 45 s here; past this something is wrong.
 const GIVE_UP: Duration = Duration::from_secs(150);
+/// How often the workload reports its live bytes.
+const REPORT_EVERY: &str = "250ms";
 
 fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
     Config {
@@ -81,40 +97,42 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(flags.listen);
 
-    let mut workload = Command::new(match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("memprobe: cannot find my own executable to start the workload: {e}");
-            return ExitCode::FAILURE;
-        }
-    });
-    // Named for what it is, so the lines say "demo-workload", not "memprobe".
-    workload
-        .arg0("demo-workload")
-        .arg("workload")
-        .stdin(Stdio::piped()) // held open: the workload exits when the demo does
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
-    if jemalloc {
-        workload.env("LD_PRELOAD", JEMALLOC);
-    }
-    let mut child = match workload.spawn() {
-        Ok(child) => child,
+    let mut watched = match Workload::start(jemalloc) {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("memprobe: cannot start the workload: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let Some(pid) = child.id() else {
-        eprintln!("memprobe: the workload exited at once");
-        return ExitCode::FAILURE;
+    // The jemalloc run is told beside the same workload on glibc's malloc.
+    let twin = if jemalloc {
+        match Workload::start(false) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("memprobe: cannot start the glibc workload beside it: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
     };
+    let pid = watched.pid;
 
     println!("memprobe demo: open http://{addr}/ to watch it as a chart");
     println!(
         "  watching demo-workload, media-like sessions (pid {pid}, {} malloc)",
-        if jemalloc { "jemalloc" } else { "glibc" }
+        if jemalloc {
+            "jemalloc, MALLOC_CONF=background_thread:true,dirty_decay_ms:1000"
+        } else {
+            "glibc"
+        }
     );
+    if let Some(twin) = &twin {
+        println!(
+            "  beside it, the same workload on glibc's malloc (pid {}), not watched",
+            twin.pid
+        );
+    }
     println!(
         "  threshold {}, one sample a second, drain after 10s over it, recycle 20s later",
         Bytes(THRESHOLD_BYTES)
@@ -131,38 +149,151 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             _ = tokio::signal::ctrl_c() => {},
         }
     });
-    let sidecar = Sidecar::start(config(pid as i32, addr), listener, None, shutdown);
-    let outcome = follow(sidecar.snapshots.clone(), jemalloc).await;
+    let sidecar = Sidecar::start_with_reports(
+        config(pid as i32, addr),
+        listener,
+        None,
+        shutdown,
+        Some(watched.shown.clone()),
+    );
+    let outcome = follow(sidecar.snapshots.clone(), &watched, twin.as_ref()).await;
     let _ = stop.send(());
     if let Err(e) = sidecar.wait().await {
         eprintln!("memprobe: {e}");
     }
-    let _ = child.kill().await;
+    let _ = watched.child.kill().await;
+    if let Some(mut twin) = twin {
+        let _ = twin.child.kill().await;
+    }
     outcome
+}
+
+/// A running `memprobe workload` and what it reports.
+struct Workload {
+    child: Child,
+    pid: u32,
+    /// Its whole latest report.
+    reports: watch::Receiver<Option<Report>>,
+    /// What the sidecar shows of it.
+    shown: watch::Receiver<Option<Reported>>,
+}
+
+impl Workload {
+    fn start(jemalloc: bool) -> std::io::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        // Named for what it is, so the lines say "demo-workload", not "memprobe".
+        command
+            .arg0("demo-workload")
+            .args(["workload", "--report", REPORT_EVERY])
+            .stdin(Stdio::piped()) // held open: the workload exits when the demo does
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if jemalloc {
+            command
+                .env("LD_PRELOAD", JEMALLOC)
+                .env("MALLOC_CONF", JEMALLOC_CONF);
+        }
+        let mut child = command.spawn()?;
+        let (Some(pid), Some(stdout)) = (child.id(), child.stdout.take()) else {
+            return Err(std::io::Error::other("it exited at once"));
+        };
+        let (full, reports) = watch::channel(None);
+        let (show, shown) = watch::channel(None);
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(report) = Report::parse(&line) {
+                    full.send_replace(Some(report));
+                    show.send_replace(Some(Reported {
+                        live_bytes: report.live_bytes,
+                        sessions: report.sessions,
+                    }));
+                }
+            }
+        });
+        Ok(Workload {
+            child,
+            pid,
+            reports,
+            shown,
+        })
+    }
+
+    /// Its resident memory now, when it can be read.
+    fn rss(&self) -> Option<u64> {
+        let process = procfs::process::Process::new(self.pid as i32).ok()?;
+        crate::sources::proc::sample::sample_process(&process, MemoryKind::Rss)
+            .ok()
+            .map(|s| s.rss_bytes)
+    }
+
+    fn report(&self) -> Option<Report> {
+        *self.reports.borrow()
+    }
+
+    fn idle(&self) -> bool {
+        self.report().is_some_and(|r| r.idle())
+    }
 }
 
 /// Prints one line per sample until the story has been told.
 async fn follow(
     mut snapshots: tokio::sync::watch::Receiver<std::sync::Arc<crate::status::Snapshot>>,
-    jemalloc: bool,
+    watched: &Workload,
+    twin: Option<&Workload>,
 ) -> ExitCode {
     let start = Instant::now();
     let mut printed = 0;
     let mut worst = State::Healthy;
+    let mut idle_since: Option<Instant> = None;
     loop {
-        let deadline = start + if jemalloc { JEMALLOC_WATCH } else { GIVE_UP };
-        let changed = tokio::time::timeout_at(deadline, snapshots.changed()).await;
+        let changed = tokio::time::timeout_at(start + GIVE_UP, snapshots.changed()).await;
         let status = snapshots.borrow_and_update().status.clone();
         if status.counters.samples_total > printed {
             printed = status.counters.samples_total;
-            println!("{}", line(start.elapsed(), &status));
+            let beside = twin.and_then(Workload::rss).map_or(String::new(), |rss| {
+                format!("  (glibc beside it: rss {})", Bytes(rss))
+            });
+            let ended = watched.report().map(|r| r.ended);
+            println!("{}{beside}", line(start.elapsed(), &status, ended));
         }
         if matches!(status.state, State::Draining | State::Recycle) {
             worst = status.state;
         }
+        if let Some(twin) = twin
+            && watched.idle()
+            && twin.idle()
+        {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SETTLE && worst == State::Healthy {
+                println!();
+                compare(twin, watched);
+                println!();
+                println!(
+                    "stayed ready for {}s: jemalloc gave each wave's memory back, so the spikes \
+                     never lasted the 10s it takes to drain",
+                    start.elapsed().as_secs()
+                );
+                return ExitCode::SUCCESS;
+            }
+        }
         match (changed, status.state) {
+            (_, State::Recycle) if twin.is_some() => {
+                eprintln!(
+                    "memprobe: even on jemalloc the workload stayed over the threshold: {}",
+                    status.reason
+                );
+                return ExitCode::FAILURE;
+            }
             (_, State::Recycle) => {
                 println!();
+                if let (Some(m), Some(r)) = (&status.memory, status.reported) {
+                    println!(
+                        "resident {} for {} live: the rest is heap glibc's malloc cannot give back",
+                        Bytes(m.sample.rss_bytes),
+                        Bytes(r.live_bytes)
+                    );
+                }
                 println!(
                     "recycle: /healthz answers 503, so the kubelet restarts the server now that it \
                      has drained. With jemalloc it stays healthy: memprobe demo --allocator jemalloc"
@@ -173,18 +304,10 @@ async fn follow(
                 eprintln!("memprobe: the workload exited unexpectedly");
                 return ExitCode::FAILURE;
             }
-            (Err(_), _) if jemalloc && worst == State::Healthy => {
-                println!();
-                println!(
-                    "stayed ready for {}s: jemalloc gave each wave's memory back, so the spikes \
-                     never lasted the 10s it takes to drain",
-                    JEMALLOC_WATCH.as_secs()
-                );
-                return ExitCode::SUCCESS;
-            }
             (Err(_), _) => {
                 eprintln!(
-                    "memprobe: the demo did not reach recycle in time (state {:?})",
+                    "memprobe: the demo did not reach {} in time (state {:?})",
+                    if twin.is_some() { "idle" } else { "recycle" },
                     status.state
                 );
                 return ExitCode::FAILURE;
@@ -195,13 +318,42 @@ async fn follow(
     }
 }
 
-fn line(elapsed: Duration, status: &Status) -> String {
+/// Both runs' idle figures, side by side.
+fn compare(glibc: &Workload, jemalloc: &Workload) {
+    let waves = jemalloc.report().map_or(0, |r| r.waves);
+    println!(
+        "idle, {}s after the last of {waves} waves:  resident     live",
+        SETTLE.as_secs()
+    );
+    for (name, run) in [("glibc malloc", glibc), ("jemalloc", jemalloc)] {
+        let rss = run.rss().map_or("?".to_string(), |b| Bytes(b).to_string());
+        let live = run
+            .report()
+            .map_or("?".to_string(), |r| Bytes(r.live_bytes).to_string());
+        println!("  {name:<31} {rss:>10}  {live:>10}");
+    }
+}
+
+/// One sample: resident memory, what the workload holds live and its sessions (now, and
+/// ended so far), the state and the probes' answers.
+fn line(elapsed: Duration, status: &Status, ended: Option<u32>) -> String {
     let rss = status.memory.as_ref().map_or(0, |m| m.sample.rss_bytes);
     let code = |ok: bool| if ok { 200 } else { 503 };
+    let (live, sessions) = status
+        .reported
+        .map_or(("?".to_string(), "?".to_string()), |r| {
+            let ended = ended.map_or(String::new(), |n| format!(" ({n} ended)"));
+            (
+                Bytes(r.live_bytes).to_string(),
+                format!("{}{ended}", r.sessions),
+            )
+        });
     format!(
-        "[{:>3}s] rss {:>10}  threshold {}  {:<8}  /ready {}  /healthz {}",
+        "[{:>3}s] rss {:>10}  live {:>10}  sessions {:<12}  threshold {}  {:<8}  /ready {}  /healthz {}",
         elapsed.as_secs(),
         Bytes(rss).to_string(),
+        live,
+        sessions,
         Bytes(status.threshold.bytes),
         status.state.as_str(),
         code(status.ready),

@@ -15,9 +15,15 @@
 //! | `sessions N`   | run one wave of N sessions now                                    |
 //! | `spawn 100MiB` | start a child workload holding that much                          |
 //! | `exit`         | exit (so does the end of stdin)                                   |
+//!
+//! With `--report 250ms` it also says, on stdout and that often, what it holds live and how
+//! many sessions run and have ended, as `report live=BYTES sessions=N ended=N waves=DONE/ALL`:
+//! what no outside reader of the process can tell, and what the demo shows beside resident
+//! memory.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -40,6 +46,9 @@ pub struct WorkloadFlags {
     /// Pause between waves
     #[arg(long, default_value = "1500ms", value_parser = duration)]
     pub pause: Duration,
+    /// Print a report line this often: live bytes, sessions, waves done (0s: never)
+    #[arg(long, default_value = "0s", value_parser = duration)]
+    pub report: Duration,
 }
 
 fn size(text: &str) -> Result<u64, units::UnitError> {
@@ -54,6 +63,72 @@ fn duration(text: &str) -> Result<Duration, units::UnitError> {
 const BUFFER_BYTES: std::ops::RangeInclusive<usize> = 512..=60 * 1024;
 /// One buffer in this many outlives its session.
 const SURVIVOR_ONE_IN: u32 = 100;
+
+/// What the workload holds: bytes its sessions and `alloc` hold, and sessions running.
+/// Counted by the workload itself, so they are its live memory whatever the allocator keeps.
+static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+static SESSIONS: AtomicU32 = AtomicU32::new(0);
+static SESSIONS_ENDED: AtomicU32 = AtomicU32::new(0);
+static WAVES_DONE: AtomicU32 = AtomicU32::new(0);
+
+/// One report line: what the workload says of itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub live_bytes: u64,
+    pub sessions: u32,
+    /// Sessions that have run and ended so far.
+    pub ended: u32,
+    pub waves_done: u32,
+    pub waves: u32,
+}
+
+impl Report {
+    fn now(waves: u32) -> Self {
+        Report {
+            live_bytes: LIVE_BYTES.load(Ordering::Relaxed),
+            sessions: SESSIONS.load(Ordering::Relaxed),
+            ended: SESSIONS_ENDED.load(Ordering::Relaxed),
+            waves_done: WAVES_DONE.load(Ordering::Relaxed),
+            waves,
+        }
+    }
+
+    /// Every wave has run and no session is left: what remains resident is what the
+    /// allocator keeps.
+    pub fn idle(&self) -> bool {
+        self.waves_done == self.waves && self.sessions == 0
+    }
+
+    /// Reads a `report live=… sessions=… ended=… waves=…/…` line; None for any other line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut words = line.trim().split(' ');
+        if words.next()? != "report" {
+            return None;
+        }
+        let mut field = |name: &str| words.next()?.strip_prefix(name)?.strip_prefix('=');
+        let live_bytes = field("live")?.parse().ok()?;
+        let sessions = field("sessions")?.parse().ok()?;
+        let ended = field("ended")?.parse().ok()?;
+        let (done, all) = field("waves")?.split_once('/')?;
+        Some(Report {
+            live_bytes,
+            sessions,
+            ended,
+            waves_done: done.parse().ok()?,
+            waves: all.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "report live={} sessions={} ended={} waves={}/{}",
+            self.live_bytes, self.sessions, self.ended, self.waves_done, self.waves
+        )
+    }
+}
 
 /// A command read from stdin.
 #[derive(Debug, PartialEq)]
@@ -91,6 +166,7 @@ pub fn parse_order(line: &str) -> Result<Order, String> {
 
 /// Runs one session on this thread; returns the buffers that outlive it.
 fn session(size: u64, hold: Duration) -> Vec<Box<[u8]>> {
+    SESSIONS.fetch_add(1, Ordering::Relaxed);
     let mut rng = fastrand::Rng::new();
     let mut buffers = Vec::new();
     let mut total = 0u64;
@@ -99,12 +175,18 @@ fn session(size: u64, hold: Duration) -> Vec<Box<[u8]>> {
         // Filled, not zeroed, so every page is really touched.
         buffers.push(vec![0x5a_u8; len].into_boxed_slice());
         total += len as u64;
+        LIVE_BYTES.fetch_add(len as u64, Ordering::Relaxed);
     }
     thread::sleep(hold);
-    buffers
+    let kept: Vec<_> = buffers
         .into_iter()
         .filter(|_| rng.u32(0..SURVIVOR_ONE_IN) == 0)
-        .collect()
+        .collect();
+    let kept_bytes: u64 = kept.iter().map(|b| b.len() as u64).sum();
+    LIVE_BYTES.fetch_sub(total - kept_bytes, Ordering::Relaxed);
+    SESSIONS.fetch_sub(1, Ordering::Relaxed);
+    SESSIONS_ENDED.fetch_add(1, Ordering::Relaxed);
+    kept
 }
 
 /// Runs `count` sessions at once, each on its own thread (so on its own malloc arena).
@@ -130,14 +212,30 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
         thread::spawn(move || {
             for n in 1..=flags.waves {
                 wave(n, size, hold, &survivors);
+                WAVES_DONE.store(n, Ordering::Relaxed);
                 thread::sleep(pause);
             }
         });
     }
+    // One writer at a time: report lines and answers never interleave.
+    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    if !flags.report.is_zero() {
+        let (stdout, every, waves) = (Arc::clone(&stdout), flags.report, flags.waves);
+        thread::spawn(move || {
+            loop {
+                let line = Report::now(waves).to_string();
+                if say(&stdout, &line).is_err() {
+                    return;
+                }
+                thread::sleep(every);
+            }
+        });
+    }
 
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "workload ready pid={}", std::process::id())?;
-    out.flush()?;
+    say(
+        &stdout,
+        &format!("workload ready pid={}", std::process::id()),
+    )?;
     let mut ballast: Vec<Vec<u8>> = Vec::new();
     let mut children: Vec<(Child, ChildStdin)> = Vec::new();
     for line in std::io::stdin().lock().lines() {
@@ -148,10 +246,13 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
         let answer = match parse_order(&line) {
             Ok(Order::Alloc(bytes)) => {
                 ballast.push(vec![0x5a_u8; bytes as usize]);
+                LIVE_BYTES.fetch_add(bytes, Ordering::Relaxed);
                 format!("ok alloc {bytes}")
             }
             Ok(Order::Free) => {
+                let freed: u64 = ballast.iter().map(|b| b.len() as u64).sum();
                 ballast = Vec::new();
+                LIVE_BYTES.fetch_sub(freed, Ordering::Relaxed);
                 "ok free".to_string()
             }
             Ok(Order::Sessions(n)) => {
@@ -169,14 +270,22 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
             Ok(Order::Exit) => break,
             Err(e) => format!("error {e}"),
         };
-        writeln!(out, "{answer}")?;
-        out.flush()?;
+        say(&stdout, &answer)?;
     }
     for (mut child, stdin) in children {
         drop(stdin);
         let _ = child.wait();
     }
     Ok(())
+}
+
+/// Writes one whole line to stdout.
+fn say(stdout: &Mutex<std::io::Stdout>, line: &str) -> std::io::Result<()> {
+    let mut out = stdout
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    writeln!(out, "{line}")?;
+    out.flush()
 }
 
 /// Starts a child workload that allocates `bytes`, and waits until it has. The child exits
@@ -225,6 +334,34 @@ mod tests {
                 .unwrap_err()
                 .starts_with("unknown command 'dance'")
         );
+    }
+
+    #[test]
+    fn reports_read_back_and_other_lines_are_not_reports() {
+        let report = Report {
+            live_bytes: 3 << 20,
+            sessions: 2,
+            ended: 8,
+            waves_done: 4,
+            waves: 10,
+        };
+        assert_eq!(
+            report.to_string(),
+            "report live=3145728 sessions=2 ended=8 waves=4/10"
+        );
+        assert_eq!(Report::parse(&report.to_string()), Some(report));
+        assert!(!report.idle());
+        for other in [
+            "ok alloc 5",
+            "workload ready pid=3",
+            "report live=x sessions=2 ended=0 waves=4/10",
+            "report live=1 sessions=2 ended=0",
+            "report sessions=2 live=1 ended=0 waves=1/1",
+        ] {
+            assert_eq!(Report::parse(other), None, "{other}");
+        }
+        let idle = Report::parse("report live=1 sessions=0 ended=6 waves=3/3").unwrap();
+        assert!(idle.idle());
     }
 
     #[test]

@@ -70,3 +70,73 @@ fn chromium_shows_memory_the_threshold_and_the_draining_band() {
         "the page's size budget"
     );
 }
+
+/// The demo's page shows what the workload holds live as a second series, beside resident
+/// memory, so fragmentation is visible: resident high, live low.
+#[test]
+fn the_demos_page_shows_live_memory_beside_resident_memory() {
+    use std::io::{BufRead, BufReader};
+    let Some(chromium) = tool("chromium") else {
+        return;
+    };
+    let mut demo = crate::harness::Reaped(
+        Command::new(crate::harness::MEMPROBE)
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the demo"),
+    );
+    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("the page's URL first: {first}"))
+        .to_string();
+    // Until a sample line shows the workload's report: "live 1.2 MiB", not "live ?".
+    let reported = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with('[') && l.contains(" live ") && !l.contains("live          ?"));
+    assert!(reported.is_some(), "a sample line with live bytes");
+    let agent = crate::harness::agent();
+    let history = crate::harness::request(&agent, "GET", &format!("{url}history.json")).unwrap();
+    let points = history.json();
+    let last = points.as_array().and_then(|p| p.last()).cloned().unwrap();
+    assert!(
+        last["live_bytes"].as_u64().is_some(),
+        "live bytes in /history.json: {last}"
+    );
+    let status = crate::harness::request(&agent, "GET", &format!("{url}status")).unwrap();
+    assert!(status.json()["reported"]["live_bytes"].as_u64().is_some());
+
+    let profile = tempfile::tempdir().unwrap();
+    let dom = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    assert!(
+        dom.contains("<polyline id=\"live-bytes\""),
+        "the live series: {dom}"
+    );
+    assert!(
+        dom.contains("<polyline id=\"memory\""),
+        "beside resident memory"
+    );
+    assert!(
+        dom.contains("live, as the workload reports it"),
+        "in the legend"
+    );
+}

@@ -433,3 +433,13 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .output()
         .expect("run memprobe")
 }
+
+/// A child process killed and reaped when the test ends, pass or fail.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
