@@ -9,6 +9,12 @@
 //! - `/status` — the whole decision, as JSON.
 //! - `/metrics` — Prometheus text format.
 //!
+//! `/ready` and `/healthz` take a short path beside the router ([`Probes`]): a GET or HEAD
+//! without a body is answered straight from the snapshot's pre-rendered bytes, with static
+//! headers, no routing and no boxing, so the probe a kubelet or balancer sends every second
+//! costs next to nothing. Everything else goes through the router, which answers the same
+//! probes the same way when they come with a body or another method.
+//!
 //! Handlers never read the target's /proc: the kubelet gives a probe one second, and a probe
 //! that waits on a loaded server's /proc fails exactly when it matters. (A scrape does read
 //! memprobe's own /proc/self for its `process_*` figures, as every exporter does.)
@@ -33,13 +39,17 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State as Extract;
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::{Either, Map, Ready};
+use http_body_util::Full;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -65,6 +75,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const MAX_BODY_BYTES: usize = 4096;
 /// hyper's smallest read buffer, which also bounds a request head.
 const MAX_BUFFER_BYTES: usize = 8192;
+const JSON: &str = "application/json";
+/// Every answer is for now only: no cache between memprobe and its reader may keep one.
+const NO_STORE: &str = "no-store";
 const STOPPING_BODY: &str =
     r#"{"ready":false,"state":"stopping","reason":"memprobe is shutting down"}"#;
 
@@ -189,8 +202,8 @@ impl AppState {
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/ready", get(ready))
-        .route("/healthz", get(healthz))
+        .route("/ready", get(probe))
+        .route("/healthz", get(probe))
         .route("/livez", get(livez))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -206,8 +219,79 @@ pub fn app(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
+            HeaderValue::from_static(NO_STORE),
         ))
+}
+
+/// An answer's body: a probe's bytes as they are, or whatever the router made.
+pub type AnswerBody = http_body_util::Either<Full<Bytes>, axum::body::Body>;
+type Answered = Result<Response<AnswerBody>, std::convert::Infallible>;
+type Routed = Result<Response, std::convert::Infallible>;
+
+/// The probe port's service: `/ready` and `/healthz` straight from the snapshot, the rest
+/// through the router.
+#[derive(Clone)]
+pub struct Probes {
+    state: AppState,
+    router: TowerToHyperService<Router>,
+}
+
+impl Probes {
+    pub fn new(state: AppState) -> Self {
+        Probes {
+            router: TowerToHyperService::new(app(state.clone())),
+            state,
+        }
+    }
+
+    /// The short path's answer, for a bodiless GET or HEAD of a probe.
+    fn probe(&self, request: &Request<Incoming>) -> Option<Response<AnswerBody>> {
+        let method = request.method();
+        if !(method == Method::GET || method == Method::HEAD) || !request.body().is_end_stream() {
+            return None;
+        }
+        let (code, body) = probe_answer(&self.state, request.uri().path())?;
+        let mut response = Response::new(AnswerBody::Left(Full::new(body)));
+        *response.status_mut() = code;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+        Some(response)
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Probes {
+    type Response = Response<AnswerBody>;
+    type Error = std::convert::Infallible;
+    type Future = Either<
+        Ready<Answered>,
+        Map<TowerToHyperServiceFuture<Router, Request<Incoming>>, fn(Routed) -> Answered>,
+    >;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        match self.probe(&request) {
+            Some(answer) => Either::Left(futures_util::future::ready(Ok(answer))),
+            None => {
+                let routed: fn(Routed) -> Answered =
+                    |routed| routed.map(|r| r.map(AnswerBody::Right));
+                Either::Right(self.router.call(request).map(routed))
+            }
+        }
+    }
+}
+
+/// `/ready` and `/healthz`: the code and the pre-rendered body, from the latest snapshot.
+fn probe_answer(state: &AppState, path: &str) -> Option<(StatusCode, Bytes)> {
+    let snap = state.snapshots.borrow();
+    match path {
+        "/ready" if state.stopping.load(Ordering::SeqCst) => Some((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from_static(STOPPING_BODY.as_bytes()),
+        )),
+        "/ready" => Some((verdict(snap.status.ready), snap.ready_body.clone())),
+        "/healthz" => Some((verdict(snap.status.live), snap.healthz_body.clone())),
+        _ => None,
+    }
 }
 
 /// The connections open, oldest first.
@@ -242,7 +326,7 @@ pub async fn serve(
     delay: Duration,
 ) -> std::io::Result<()> {
     let (mut requested, mut now) = (shutdown.clone(), shutdown);
-    let service = TowerToHyperService::new(app(state.clone()));
+    let service = Probes::new(state.clone());
     let graceful = GracefulShutdown::new();
     let mut connections = Connections {
         open: VecDeque::with_capacity(MAX_CONNECTIONS),
@@ -302,7 +386,12 @@ pub async fn serve(
 }
 
 fn json(code: StatusCode, body: Bytes) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(JSON))],
+        body,
+    )
+        .into_response()
 }
 
 fn verdict(ok: bool) -> StatusCode {
@@ -313,20 +402,12 @@ fn verdict(ok: bool) -> StatusCode {
     }
 }
 
-async fn ready(Extract(state): Extract<AppState>) -> Response {
-    if state.stopping.load(Ordering::SeqCst) {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Bytes::from_static(STOPPING_BODY.as_bytes()),
-        );
+/// `/ready` and `/healthz` when they come with a body (the short path takes the others).
+async fn probe(Extract(state): Extract<AppState>, uri: Uri) -> Response {
+    match probe_answer(&state, uri.path()) {
+        Some((code, body)) => json(code, body),
+        None => not_found(uri).await,
     }
-    let snap = state.latest();
-    json(verdict(snap.status.ready), snap.ready_body.clone())
-}
-
-async fn healthz(Extract(state): Extract<AppState>) -> Response {
-    let snap = state.latest();
-    json(verdict(snap.status.live), snap.healthz_body.clone())
 }
 
 async fn livez(Extract(state): Extract<AppState>) -> Response {

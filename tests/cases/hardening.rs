@@ -354,3 +354,74 @@ fn a_second_sigterm_stops_at_once_and_other_signals_are_ignored() {
         "the second SIGTERM does not wait for the 5 m delay"
     );
 }
+
+/// One raw HTTP/1.1 exchange on a fresh connection: the answer's status line, its headers
+/// but `date` (sorted), and its body.
+fn exchange(addr: SocketAddr, request: &str) -> (String, Vec<String>, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or_default().to_string();
+    let mut headers: Vec<String> = lines
+        .map(str::to_ascii_lowercase)
+        .filter(|h| !h.starts_with("date:"))
+        .collect();
+    headers.sort();
+    (status, headers, body.to_string())
+}
+
+/// `/ready` and `/healthz` take a short path beside the router; it must answer exactly as
+/// the router does (which still takes probes that come with a body), on the shipped binary.
+#[test]
+fn the_probes_short_path_answers_exactly_as_the_router() {
+    let Some(binary) = shipped() else {
+        return;
+    };
+    let mut target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let memprobe = Memprobe::start_binary(&binary, &fast(&["--pid", &pid, "--sustain", "1s"]), &[]);
+    let compare = |path: &str| {
+        let short = exchange(
+            memprobe.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        );
+        let routed = exchange(
+            memprobe.addr,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}"
+            ),
+        );
+        assert_eq!(short, routed, "{path}: the short path and the router agree");
+        let head = exchange(
+            memprobe.addr,
+            &format!("HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!((&head.0, &head.1), (&short.0, &short.1), "HEAD: same head");
+        assert_eq!(head.2, "", "HEAD: no body");
+        short
+    };
+    memprobe.wait_state("healthy");
+    let (status, headers, body) = compare("/ready");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        headers.contains(&"cache-control: no-store".to_string()),
+        "{headers:?}"
+    );
+    assert!(headers.contains(&"content-type: application/json".to_string()));
+    assert!(body.contains(r#""ready":true"#), "{body}");
+    compare("/healthz");
+    target.send("alloc 150MiB");
+    memprobe.wait_state("draining");
+    let (status, _, body) = compare("/ready");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+    assert!(body.contains(r#""state":"draining""#), "{body}");
+    let (status, _, _) = compare("/healthz");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
