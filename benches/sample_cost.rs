@@ -73,7 +73,7 @@ fn us(d: Duration) -> String {
 }
 
 fn main() {
-    println!("## Cost of one sample (median µs per sample, this machine)\n");
+    println!("### Cost of one sample (median µs per sample, this machine)\n");
     println!(
         "| target | statm, opened each time | status, opened each time | rss / anon: status kept open (memprobe) | pss: + smaps_rollup |"
     );
@@ -111,7 +111,7 @@ fn main() {
         );
     }
 
-    println!("\n## With --include-children (median µs per sample, rss)\n");
+    println!("\n### With --include-children (median µs per sample, rss)\n");
     println!("| descendants | without --include-children | with --include-children |");
     println!("|---|---|---|");
     for children in [0, 4, 16] {
@@ -130,7 +130,7 @@ fn main() {
         println!("| {children} | {} | {} |", us(alone), us(with));
     }
 
-    println!("\n## Start to first answer on /livez (median of 20 starts)\n");
+    println!("\n### Start to first answer on /livez (median of 20 starts)\n");
     let startup = median(20, || {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()

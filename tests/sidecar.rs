@@ -6,6 +6,8 @@ mod arm64;
 mod container;
 #[path = "cases/deploy.rs"]
 mod deploy;
+#[path = "cases/docs.rs"]
+mod docs;
 #[path = "cases/drain.rs"]
 mod drain;
 #[path = "cases/first_contact.rs"]
