@@ -12,10 +12,11 @@
 //! every interval (a meta refresh), and follows the reader's light or dark scheme.
 
 use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
 
 use crate::policy::State;
 use crate::status::{Point, Status};
-use crate::units::Bytes;
+use crate::units::{Bytes, Human};
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 260.0;
@@ -93,7 +94,7 @@ td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; 
         live = status.live,
         reason = esc(&status.reason),
     );
-    if let Some(next) = next_decision(status) {
+    if let Some(next) = next_decision(status, SystemTime::now()) {
         let _ = writeln!(page, "<p class=\"muted\" id=\"next\">{}</p>", esc(&next));
     }
     if let Some(t) = &status.target {
@@ -134,8 +135,15 @@ fn seconds(text: &str) -> u64 {
 }
 
 /// How long until the next decision, in words, when one is pending.
-fn next_decision(status: &Status) -> Option<String> {
-    let sustain = humantime::parse_duration(&status.settings.sustain).ok()?;
+fn next_decision(status: &Status, now: SystemTime) -> Option<String> {
+    let setting = |text: &str| humantime::parse_duration(text).ok();
+    let sustain = setting(&status.settings.sustain)?;
+    // Time in the current state, from when it began.
+    let in_state = humantime::parse_rfc3339_weak(&status.since)
+        .ok()
+        .and_then(|since| now.duration_since(since).ok())
+        .unwrap_or_default();
+    let left = |of: Duration| Human(of.saturating_sub(in_state));
     match status.state {
         State::Elevated => {
             let left = sustain.as_secs_f64() - status.over_threshold_seconds;
@@ -145,10 +153,25 @@ fn next_decision(status: &Status) -> Option<String> {
                 status.settings.sustain
             ))
         }
-        State::Draining if status.drain_requested_by.is_none() => Some(format!(
-            "recycles once no session is left (after --min-drain {}), or at --drain-timeout {}",
-            status.settings.min_drain, status.settings.drain_timeout
-        )),
+        State::Draining if status.drain_requested_by.is_none() => {
+            let timeout = setting(&status.settings.drain_timeout)?;
+            let min_drain = setting(&status.settings.min_drain)?;
+            let latest = format!(
+                "at the latest in {} (--drain-timeout {})",
+                left(timeout),
+                status.settings.drain_timeout
+            );
+            Some(match status.sessions {
+                None => format!("recycles {latest}: the session count is unknown"),
+                Some(_) if in_state < min_drain => format!(
+                    "recycles once no session is left, not before {} from now (--min-drain {}), \
+                     and {latest}",
+                    left(min_drain),
+                    status.settings.min_drain
+                ),
+                Some(_) => format!("recycles as soon as no session is left, and {latest}"),
+            })
+        }
         _ => None,
     }
 }
@@ -415,6 +438,44 @@ mod tests {
         assert!(page.contains(">draining</span>"));
         assert!(page.contains("rss &lt;b&gt;150"), "the reason is escaped");
         assert!(page.len() < 64 * 1024);
+    }
+
+    #[test]
+    fn the_page_tells_how_long_until_the_next_decision() {
+        let settings = crate::status::Settings {
+            sustain: "5m".into(),
+            min_drain: "1m".into(),
+            drain_timeout: "1h".into(),
+            ..crate::status::Settings::default()
+        };
+        let since = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let status = |state, sessions| Status {
+            state,
+            since: crate::units::timestamp(since),
+            sessions,
+            over_threshold_seconds: 60.0,
+            settings: std::sync::Arc::new(settings.clone()),
+            ..Status::default()
+        };
+        let at = |secs| since + Duration::from_secs(secs);
+        assert_eq!(
+            next_decision(&status(State::Elevated, None), at(60)).unwrap(),
+            "drains in 240s if memory stays over the threshold (--sustain 5m)"
+        );
+        assert_eq!(
+            next_decision(&status(State::Draining, Some(3)), at(20)).unwrap(),
+            "recycles once no session is left, not before 40s from now (--min-drain 1m), \
+             and at the latest in 59m 40s (--drain-timeout 1h)"
+        );
+        assert_eq!(
+            next_decision(&status(State::Draining, Some(3)), at(600)).unwrap(),
+            "recycles as soon as no session is left, and at the latest in 50m (--drain-timeout 1h)"
+        );
+        assert_eq!(
+            next_decision(&status(State::Draining, None), at(600)).unwrap(),
+            "recycles at the latest in 50m (--drain-timeout 1h): the session count is unknown"
+        );
+        assert_eq!(next_decision(&status(State::Healthy, None), at(600)), None);
     }
 
     #[test]
