@@ -335,8 +335,9 @@ fn chart(page: &mut String, status: &Status) {
         }
         let _ = writeln!(
             page,
-            "\"/><text x=\"{}\" y=\"{}\">{} sessions</text>",
-            WIDTH - RIGHT + 4.0,
+            // The right axis's top, right-aligned so that it stays inside the chart.
+            "\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} sessions</text>",
+            WIDTH - 2.0,
             TOP + 10.0,
             most
         );
