@@ -2,9 +2,28 @@
 //! memory series, the threshold line, a draining band and the state; a screenshot is kept
 //! under target/test-artifacts/.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::harness::{Memprobe, Workload, tool};
+
+/// Headless Chromium, on a fresh profile, loading `url` with `extra` flags.
+fn browse(chromium: &Path, url: &str, extra: &[&str]) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run chromium")
+}
 
 #[test]
 fn chromium_shows_memory_the_threshold_and_the_draining_band() {
@@ -22,23 +41,7 @@ fn chromium_shows_memory_the_threshold_and_the_draining_band() {
         s["counters"]["samples_total"].as_u64() >= Some(30)
     });
     let url = format!("http://{}/", probe.addr);
-    let profile = tempfile::tempdir().unwrap();
-    let browser = |extra: &[&str]| {
-        Command::new(&chromium)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--no-first-run",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .expect("run chromium")
-    };
-    let dom = browser(&["--dump-dom"]);
+    let dom = browse(&chromium, &url, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(
         dom.contains("<polyline id=\"memory\""),
@@ -54,11 +57,15 @@ fn chromium_shows_memory_the_threshold_and_the_draining_band() {
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("status-page.png");
     let _ = std::fs::remove_file(&shot);
-    let out = browser(&[
-        &format!("--screenshot={}", shot.display()),
-        "--window-size=900,900",
-        "--hide-scrollbars",
-    ]);
+    let out = browse(
+        &chromium,
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=900,900",
+            "--hide-scrollbars",
+        ],
+    );
     assert!(shot.is_file(), "a screenshot: {out:?}");
 
     let history = probe.get("/history.json");
@@ -112,20 +119,7 @@ fn the_demos_page_shows_live_memory_beside_resident_memory() {
     let status = crate::harness::request(&agent, "GET", &format!("{url}status")).unwrap();
     assert!(status.json()["reported"]["live_bytes"].as_u64().is_some());
 
-    let profile = tempfile::tempdir().unwrap();
-    let dom = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&url)
-        .output()
-        .expect("run chromium");
+    let dom = browse(&chromium, &url, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&dom.stdout);
     assert!(
         dom.contains("<polyline id=\"live-bytes\""),
