@@ -94,9 +94,12 @@ fn dashboard_queries_parse_as_promql() {
     );
 }
 
-/// The base and every overlay, rendered by kustomize.
+/// The base, every overlay and the Janus setup, rendered by kustomize.
 fn rendered(kubectl: &Path) -> Vec<(String, String)> {
-    let mut dirs = vec![path("deploy/kubernetes/base")];
+    let mut dirs = vec![
+        path("deploy/kubernetes/base"),
+        path("deploy/kubernetes/janus"),
+    ];
     let overlays = std::fs::read_dir(path("deploy/kubernetes/overlays")).unwrap();
     dirs.extend(overlays.map(|e| e.unwrap().path()));
     dirs.iter()
@@ -131,8 +134,9 @@ fn kubernetes_manifests_render_validate_and_pass_checkov() {
                 .args(["--strict", "-k", version])
                 .arg(&file),
         );
+        let deployment = if name == "janus" { "janus" } else { "kms" };
         assert!(
-            said.contains("passed for resource deployment/kms"),
+            said.contains(&format!("passed for resource deployment/{deployment}")),
             "{name}: {said}"
         );
         if name == "pre-1.29" {
@@ -157,19 +161,25 @@ fn kubernetes_manifests_render_validate_and_pass_checkov() {
     assert!(said.contains("Failed checks: 0"), "{said}");
 }
 
+/// The documents kustomize renders from `dir`.
+fn documents(kubectl: &Path, dir: &str) -> Vec<Value> {
+    let yaml = check(Command::new(kubectl).arg("kustomize").arg(path(dir)));
+    serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML"))
+        .collect()
+}
+
 #[test]
-fn the_base_applies_on_a_bare_cluster() {
+fn the_base_and_the_janus_setup_apply_on_a_bare_cluster() {
     let Some(kubectl) = tool("kubectl") else {
         return;
     };
-    let yaml = check(
-        Command::new(&kubectl)
-            .arg("kustomize")
-            .arg(path("deploy/kubernetes/base")),
-    );
-    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
-        .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML"))
-        .collect();
+    for dir in ["deploy/kubernetes/base", "deploy/kubernetes/janus"] {
+        only_built_in_kinds(&documents(&kubectl, dir));
+    }
+}
+
+fn only_built_in_kinds(docs: &[Value]) {
     let kinds: Vec<String> = docs
         .iter()
         .map(|d| {
@@ -190,8 +200,95 @@ fn the_base_applies_on_a_bare_cluster() {
     }
     assert!(
         kinds.iter().any(|k| k == "v1 Namespace"),
-        "the base creates its namespace: {kinds:?}"
+        "it creates its namespace: {kinds:?}"
     );
+}
+
+/// memprobe as the Janus manifest runs it — its arguments and environment, rendered by
+/// kustomize — watching a real Janus: it finds it, reads its sessions through the admin API
+/// with the secret from the file the Secret is mounted as, and judges it healthy.
+#[test]
+fn the_janus_manifests_memprobe_watches_a_real_janus() {
+    use crate::harness::janus::{Janus, SECRET};
+    let (Some(kubectl), Some(janus_bin)) = (tool("kubectl"), tool("janus")) else {
+        return;
+    };
+    let docs = documents(&kubectl, "deploy/kubernetes/janus");
+    let pod = &docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment")["spec"]["template"]["spec"];
+    let memprobe = &pod["initContainers"][0];
+    let janus_container = &pod["containers"][0];
+    assert_eq!(memprobe["name"], "memprobe");
+    assert_eq!(janus_container["name"], "janus");
+    // The secret file memprobe is told to read is where the Secret is mounted, under the key
+    // Janus's entrypoint reads too.
+    let mount = memprobe["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let secret_file = format!("{mount}/admin-secret");
+    let janus_env = janus_container["env"].as_array().unwrap();
+    assert!(
+        janus_env
+            .iter()
+            .any(|e| e["name"] == "JANUS_ADMIN_SECRET_FILE" && e["value"] == secret_file.as_str()),
+        "Janus reads the same file: {janus_env:?}"
+    );
+    assert_eq!(janus_container["volumeMounts"][0]["mountPath"], mount);
+
+    let janus = Janus::start(&janus_bin);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("admin-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let pidfile = dir.path().join("janus.pid");
+    std::fs::write(&pidfile, janus.pid().to_string()).unwrap();
+    // The manifest's arguments, with this test's Janus port and secret file in place of the
+    // pod's; and a pidfile, since other tests' Janus run on this machine too.
+    let admin_url = janus.admin_url();
+    let mut args: Vec<String> = memprobe["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("http://127.0.0.1:7088/admin", &admin_url)
+                .replace(&secret_file, secret.to_str().unwrap())
+        })
+        .collect();
+    assert!(
+        args.iter().any(|a| a.contains(&admin_url)),
+        "the admin API on Janus's default port, over the pod's loopback: {args:?}"
+    );
+    args.extend(["--pidfile".into(), pidfile.to_str().unwrap().into()]);
+    // Its environment: the plain values, and the memory limit as the downward API gives it.
+    let limit = janus_container["resources"]["limits"]["memory"]
+        .as_str()
+        .unwrap();
+    assert_eq!(limit, "2Gi");
+    let mut env: Vec<(String, String)> = memprobe["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    env.push(("MEMPROBE_MEMORY_LIMIT".into(), (2u64 << 30).to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let probe = crate::harness::Memprobe::start_with(&args, &env);
+    let status = probe.wait_for("Janus found, healthy, with its sessions", |s| {
+        s["state"] == "healthy" && s["sessions"] == 0
+    });
+    assert_eq!(status["janus"]["version"], "1.1.2");
+    assert_eq!(status["threshold"]["given"], "80%");
+    assert_eq!(status["threshold"]["bytes"], (2u64 << 30) * 8 / 10);
+    let session = janus.create().unwrap();
+    probe.wait_for("1 session", |s| s["sessions"] == 1);
+    janus.destroy(session);
 }
 
 #[test]
