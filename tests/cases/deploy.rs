@@ -234,6 +234,26 @@ fn the_janus_manifests_memprobe_watches_a_real_janus() {
         "Janus reads the same file: {janus_env:?}"
     );
     assert_eq!(janus_container["volumeMounts"][0]["mountPath"], mount);
+    // The preStop drain is KMS's, which drain::deleting_a_pod_… runs for real.
+    let kms_docs = documents(&kubectl, "deploy/kubernetes/base");
+    let kms = &kms_docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("KMS's Deployment")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        janus_container["lifecycle"], kms["lifecycle"],
+        "the same preStop hook"
+    );
+    let hook_env = |c: &Value| {
+        let mut env = crate::harness::plain_env(c);
+        env.retain(|(name, _)| name.starts_with("MEMPROBE_"));
+        env
+    };
+    assert_eq!(
+        hook_env(janus_container),
+        hook_env(kms),
+        "with the same settings"
+    );
 
     let janus = Janus::start(&janus_bin);
     let dir = tempfile::tempdir().unwrap();
@@ -265,17 +285,7 @@ fn the_janus_manifests_memprobe_watches_a_real_janus() {
         .as_str()
         .unwrap();
     assert_eq!(limit, "2Gi");
-    let mut env: Vec<(String, String)> = memprobe["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_string(),
-                e["value"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
+    let mut env = crate::harness::plain_env(memprobe);
     env.push(("MEMPROBE_MEMORY_LIMIT".into(), (2u64 << 30).to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -248,18 +248,7 @@ fn pre_stop() -> Option<PreStop> {
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    let env = kms["env"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_string(),
-                e["value"].as_str()?.to_string(),
-            ))
-        })
-        .collect();
+    let env = crate::harness::plain_env(kms);
     let grace = spec["terminationGracePeriodSeconds"].as_u64()?;
     Some(PreStop {
         command,

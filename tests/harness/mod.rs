@@ -443,3 +443,15 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// A Kubernetes container's environment variables that have a plain value (not `valueFrom`).
+pub fn plain_env(container: &serde_json::Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .map(|vars| {
+            vars.iter()
+                .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
