@@ -435,6 +435,9 @@ pub struct Config {
 pub struct JanusConfig {
     pub url: url::Url,
     pub secret: Option<crate::secret::Secret>,
+    /// Where the secret came from, read again when Janus refuses it: a rotated Secret is
+    /// picked up without a restart.
+    pub secret_file: Option<PathBuf>,
     pub poll: Duration,
     /// Each admin call's deadline: the poll interval, at most 3 s.
     pub timeout: Duration,
@@ -952,6 +955,7 @@ impl Checker<'_> {
         Ok(Some(JanusConfig {
             url,
             secret,
+            secret_file: flags.janus_secret_file.clone(),
             poll,
             timeout: poll.min(Duration::from_secs(3)),
             drain_switch,

@@ -31,6 +31,9 @@ pub struct JanusSettings {
     pub url: url::Url,
     /// The admin secret, if Janus has one; never shown.
     pub secret: Option<String>,
+    /// The file it was read from (`--janus-secret-file`): read again each time Janus refuses
+    /// the secret, so that a rotated Secret is taken up without restarting memprobe.
+    pub secret_file: Option<std::path::PathBuf>,
     pub poll: Duration,
     pub timeout: Duration,
 }
@@ -123,7 +126,8 @@ impl CallError {
             CallError::Absent => "connection refused".into(),
             CallError::Timeout => "no answer in time".into(),
             CallError::Unauthorized(reason) => format!(
-                "Janus refused the admin secret (error 403: {reason}): check --janus-secret"
+                "Janus refused the admin secret (error 403: {reason}): check --janus-secret or \
+                 the file --janus-secret-file names"
             ),
             CallError::Other(_, message) => message.clone(),
         }
@@ -164,16 +168,15 @@ async fn call(settings: &JanusSettings, request: &str, extra: Value) -> Result<V
     Ok(value)
 }
 
-async fn run(
-    settings: JanusSettings,
-    view: watch::Sender<JanusView>,
-    mut switch: mpsc::UnboundedReceiver<bool>,
-) {
-    let mut logged = std::collections::HashSet::new();
-    let mut fail = |view: &watch::Sender<JanusView>, e: &CallError| {
+/// Kinds of error already logged: each is said once, then counted.
+#[derive(Default)]
+struct Said(std::collections::HashSet<&'static str>);
+
+impl Said {
+    fn fail(&mut self, view: &watch::Sender<JanusView>, e: &CallError) {
         let kind = e.kind();
         let message = crate::units::clip(&e.message(), MAX_TEXT_BYTES);
-        if logged.insert(kind) {
+        if self.0.insert(kind) {
             warn!(
                 kind,
                 "janus: {message} (further '{kind}' errors are counted, not logged)"
@@ -183,7 +186,42 @@ async fn run(
             *v.errors_total.entry(kind).or_default() += 1;
             v.last_error = Some(message);
         });
+    }
+}
+
+/// Reads `--janus-secret-file` again after a refusal; true when it holds a new secret. A file
+/// that cannot be read is said once (in `said`), and the secret in use is kept.
+fn reread_secret(settings: &mut JanusSettings, said: &mut Said) -> bool {
+    let Some(path) = &settings.secret_file else {
+        return false;
     };
+    match crate::config::read_secret_file(path) {
+        Ok(secret) if settings.secret.as_ref() != Some(&secret) => {
+            info!(
+                "janus: {} holds a new admin secret; using it",
+                path.display()
+            );
+            settings.secret = Some(secret);
+            // A refusal of the new secret is news: say it again.
+            said.0.remove("unauthorized");
+            true
+        }
+        Ok(_) => false,
+        Err(problem) => {
+            if said.0.insert("secret_file") {
+                warn!("janus: --janus-secret-file {}: {problem}", path.display());
+            }
+            false
+        }
+    }
+}
+
+async fn run(
+    mut settings: JanusSettings,
+    view: watch::Sender<JanusView>,
+    mut switch: mpsc::UnboundedReceiver<bool>,
+) {
+    let mut said = Said::default();
     let mut ticker = tokio::time::interval(settings.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut informed = false;
@@ -196,7 +234,12 @@ async fn run(
                         info!("janus: accept_new_sessions {accept}");
                         view.send_modify(|v| v.accepting_new_sessions = Some(accept));
                     }
-                    Err(e) => fail(&view, &e),
+                    Err(e) => {
+                        said.fail(&view, &e);
+                        if matches!(e, CallError::Unauthorized(_)) {
+                            reread_secret(&mut settings, &mut said);
+                        }
+                    }
                 }
                 continue;
             }
@@ -214,7 +257,7 @@ async fn run(
             }
             Err(CallError::Absent) => {
                 informed = false;
-                fail(&view, &CallError::Absent);
+                said.fail(&view, &CallError::Absent);
                 view.send_modify(|v| {
                     v.connected = false;
                     v.answered = false;
@@ -224,7 +267,7 @@ async fn run(
                 continue;
             }
             Err(CallError::Timeout) => {
-                fail(&view, &CallError::Timeout);
+                said.fail(&view, &CallError::Timeout);
                 view.send_modify(|v| {
                     v.connected = false;
                     v.failed_pings += 1;
@@ -232,15 +275,18 @@ async fn run(
                 continue;
             }
             Err(e @ CallError::Unauthorized(_)) => {
-                fail(&view, &e);
+                said.fail(&view, &e);
                 view.send_modify(|v| {
                     v.connected = false;
                     v.sessions = None;
                 });
+                if reread_secret(&mut settings, &mut said) {
+                    ticker.reset_immediately();
+                }
                 continue;
             }
             Err(e) => {
-                fail(&view, &e);
+                said.fail(&view, &e);
                 continue;
             }
         }
@@ -264,7 +310,7 @@ async fn run(
             Ok(answer) => {
                 let count = answer["sessions"].as_array().map(|s| s.len() as u32);
                 if count.is_none() {
-                    fail(
+                    said.fail(
                         &view,
                         &CallError::Other("malformed", "list_sessions gave no list".into()),
                     );
@@ -272,8 +318,13 @@ async fn run(
                 view.send_modify(|v| v.sessions = count);
             }
             Err(e) => {
-                fail(&view, &e);
+                said.fail(&view, &e);
                 view.send_modify(|v| v.sessions = None);
+                if matches!(e, CallError::Unauthorized(_))
+                    && reread_secret(&mut settings, &mut said)
+                {
+                    ticker.reset_immediately();
+                }
             }
         }
     }

@@ -116,6 +116,7 @@ pub fn build(config: &Config) -> Sources {
         let (sessions, _view, switch) = janus::spawn(janus::JanusSettings {
             url: j.url.clone(),
             secret: j.secret.as_ref().map(|s| s.expose().to_string()),
+            secret_file: j.secret_file.clone(),
             poll: j.poll,
             timeout: j.timeout,
         });

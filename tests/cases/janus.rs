@@ -249,3 +249,48 @@ fn a_janus_that_stops_answering_is_stalled_and_ready_again_once_it_answers() {
     probe.wait_state("healthy");
     assert_eq!(probe.get("/ready").code, 200);
 }
+
+/// A rotated secret: the file `--janus-secret-file` names is read again when Janus refuses
+/// the secret, so writing the right one there is enough, with no restart of memprobe.
+#[test]
+fn a_secret_file_is_read_again_when_janus_refuses_its_secret() {
+    let Some(bin) = tool("janus") else { return };
+    let janus = Janus::start(&bin);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-secret");
+    std::fs::write(&file, "the-old-secret\n").unwrap();
+    let probe = watch(
+        &janus,
+        &dir.path().join("janus.pid"),
+        &[
+            "--janus-secret-file",
+            file.to_str().unwrap(),
+            "--threshold",
+            "1Gi",
+        ],
+    );
+    probe.wait_for("the refusal", |s| {
+        s["janus"]["errors_total"]["unauthorized"].as_u64() >= Some(2)
+    });
+    assert!(probe.status()["sessions"].is_null());
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let session = janus.create().unwrap();
+    probe.wait_for("the new secret taken, and the session seen", |s| {
+        s["sessions"] == 1
+    });
+    let logs = probe.logs();
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains("holds a new admin secret"))
+            .count(),
+        1,
+        "said once: {logs:#?}"
+    );
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains(SECRET) || l.contains("the-old-secret")),
+        "neither secret is ever shown"
+    );
+    janus.destroy(session);
+}
