@@ -452,6 +452,9 @@ pub struct JanusConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct KmsConfig {
     pub url: SecretUrl,
+    /// Where the URL came from (`--kms-url-file`), read again when KMS cannot be reached: a
+    /// rotated Secret is picked up without a restart.
+    pub url_file: Option<PathBuf>,
     pub ping_interval: Duration,
     pub timeout: Duration,
     pub failures: u32,
@@ -1026,6 +1029,7 @@ impl Checker<'_> {
         let failures = self.failures(flags)?;
         Ok(Some(KmsConfig {
             url,
+            url_file: flags.kms_url_file.clone(),
             ping_interval,
             timeout,
             failures,

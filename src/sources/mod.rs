@@ -129,6 +129,7 @@ pub fn build(config: &Config) -> Sources {
     let kms = config.kms.as_ref().map(|k| {
         kms::spawn(kms::KmsSettings {
             url: k.url.clone(),
+            url_file: k.url_file.clone(),
             ping_interval: k.ping_interval,
             timeout: k.timeout,
             memory_interval: (config.memory_source == MemoryFrom::Kms).then_some(config.interval),

@@ -419,3 +419,56 @@ fn with_memory_from_kms_a_brief_disconnection_keeps_the_drain() {
     assert_eq!(status["counters"]["target_restarts_total"], 0);
     assert!(!states_entered(&status).contains(&"lost".to_string()));
 }
+
+/// A rotated URL: the file `--kms-url-file` names is read again after each connection that
+/// failed or ended, so writing the new URL there is enough, with no restart of memprobe.
+#[test]
+fn a_url_file_is_read_again_when_kms_cannot_be_reached() {
+    let kms = FakeKms::start();
+    let session = kms.create_pipeline(1);
+    let target = Workload::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kms-url");
+    // Nothing listens there; the password must never be shown.
+    let nowhere = format!(
+        "ws://user:old-password@127.0.0.1:{}/kurento",
+        crate::harness::free_port()
+    );
+    std::fs::write(&file, format!("{nowhere}\n")).unwrap();
+    let pid = target.pid.to_string();
+    let probe = Memprobe::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "100ms",
+        "--threshold",
+        "100MiB",
+        "--kms-url-file",
+        file.to_str().unwrap(),
+        "--kms-ping-interval",
+        "200ms",
+        "--kms-timeout",
+        "1s",
+    ]);
+    probe.wait_for("KMS out of reach", |s| errors_of(s, "connect") >= 2);
+    assert!(probe.status()["sessions"].is_null());
+    let url = kms.url().replace("ws://", "ws://user:new-password@");
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+    probe.wait_for("the new URL taken, and the session seen", |s| {
+        s["sessions"] == 1
+    });
+    let logs = probe.logs();
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains("holds a new URL"))
+            .count(),
+        1,
+        "said once: {logs:#?}"
+    );
+    let shown = format!("{logs:?}{}", probe.status());
+    assert!(
+        !shown.contains("old-password") && !shown.contains("new-password"),
+        "no password is ever shown: {shown}"
+    );
+    kms.destroy_pipeline(&session);
+}

@@ -40,6 +40,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq)]
 pub struct KmsSettings {
     pub url: crate::secret::SecretUrl,
+    /// The file the URL was read from (`--kms-url-file`): read again after each connection
+    /// that failed or ended, so that a rotated URL is taken up without restarting memprobe.
+    pub url_file: Option<std::path::PathBuf>,
     pub ping_interval: Duration,
     pub timeout: Duration,
     /// Poll `getUsedMemory` this often (`--memory-source kms`), or never.
@@ -196,13 +199,14 @@ pub fn spawn(settings: KmsSettings) -> watch::Receiver<KmsView> {
 }
 
 /// Connects, runs a session, reconnects with capped exponential backoff; forever.
-async fn run(settings: KmsSettings, mut reporter: Reporter) {
+async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
     let mut backoff = FIRST_BACKOFF;
     let mut ever_connected = false;
     let mut absent_logged = false;
+    let mut unreadable_logged = false;
     loop {
         let attempt = tokio::time::timeout(
             settings.timeout,
@@ -264,7 +268,45 @@ async fn run(settings: KmsSettings, mut reporter: Reporter) {
                 });
             }
         }
+        if reread_url(&mut settings, &reporter, &mut unreadable_logged) {
+            absent_logged = false;
+            backoff = FIRST_BACKOFF;
+            continue;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Reads `--kms-url-file` again; true when it holds a new URL, now in `settings`. A file
+/// that cannot be read or holds no ws:// URL is said once, and the URL in use is kept.
+fn reread_url(
+    settings: &mut KmsSettings,
+    reporter: &Reporter,
+    unreadable_logged: &mut bool,
+) -> bool {
+    let Some(path) = &settings.url_file else {
+        return false;
+    };
+    let read = crate::config::read_secret_file(path)
+        .and_then(|text| crate::secret::SecretUrl::parse_ws(&text));
+    match read {
+        Ok(url) if url != settings.url => {
+            info!(
+                "kms: {} holds a new URL, {url}; connecting to it",
+                path.display()
+            );
+            reporter.update(|v| v.url = url.to_string());
+            settings.url = url;
+            *unreadable_logged = false;
+            true
+        }
+        Ok(_) => false,
+        Err(problem) => {
+            if !std::mem::replace(unreadable_logged, true) {
+                warn!("kms: --kms-url-file {}: {problem}", path.display());
+            }
+            false
+        }
     }
 }
