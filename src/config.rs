@@ -428,6 +428,8 @@ pub struct Config {
     pub history: Duration,
     /// The admin API's token; without one, `/drain` answers 404.
     pub admin_token: Option<Token>,
+    /// The file the token was read from, read again as calls come (at most once a second).
+    pub admin_token_file: Option<PathBuf>,
     pub log_format: LogFormat,
 }
 
@@ -635,6 +637,7 @@ impl WatchFlags {
             shutdown_delay,
             history: check.duration("history", &self.history)?,
             admin_token,
+            admin_token_file: self.admin_token_file.clone(),
             log_format: check.choice("log_format", &self.log_format)?,
         })
     }

@@ -114,8 +114,13 @@ impl Sidecar {
             monitor.show_reports(feed);
         }
         let (requests, inbox) = sources::operator::channel();
-        let state = outlets::http::AppState::new(snapshots.clone(), config.interval)
-            .with_admin(config.admin_token.clone(), requests.clone());
+        let state = outlets::http::AppState::new(snapshots.clone(), config.interval).with_admin(
+            config
+                .admin_token
+                .clone()
+                .map(|token| secret::AdminToken::new(token, config.admin_token_file.clone())),
+            requests.clone(),
+        );
         let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
         let sampler = std::thread::Builder::new()
             .name("memprobe-sampler".into())

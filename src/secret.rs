@@ -155,9 +155,89 @@ impl fmt::Debug for Token {
     }
 }
 
+/// The admin token in force: the one given, or the one its file (`--admin-token-file`) holds
+/// now. The file is read again before a call is judged, at most once a second, so a rotated
+/// Secret takes over — and the old token stops working — with no restart.
+pub struct AdminToken {
+    current: std::sync::Mutex<(Token, Option<tokio::time::Instant>)>,
+    file: Option<std::path::PathBuf>,
+}
+
+/// How often the token file may be read, however many calls come.
+const TOKEN_FILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl AdminToken {
+    pub fn new(token: Token, file: Option<std::path::PathBuf>) -> Self {
+        AdminToken {
+            current: std::sync::Mutex::new((token, Some(tokio::time::Instant::now()))),
+            file,
+        }
+    }
+
+    /// Whether an `Authorization` header carries the token in force.
+    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(path) = &self.file
+            && current.1.is_none_or(|at| at.elapsed() >= TOKEN_FILE_EVERY)
+        {
+            current.1 = Some(tokio::time::Instant::now());
+            match crate::config::read_secret_file(path).and_then(|text| Token::new(&text)) {
+                Ok(token) if token != current.0 => {
+                    tracing::info!(
+                        "{} holds a new admin token; the old one no longer works",
+                        path.display()
+                    );
+                    current.0 = token;
+                }
+                Ok(_) => {}
+                // The token in force stays: a file being rewritten must not open or close
+                // the API by accident.
+                Err(problem) => tracing::warn!(
+                    "--admin-token-file {}: {problem}; the token in force is kept",
+                    path.display()
+                ),
+            }
+        }
+        current.0.admits(authorization)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_that_changes_takes_over_and_the_old_token_stops_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let old = "old-token-0123456789";
+        let new = "new-token-9876543210";
+        std::fs::write(&file, old).unwrap();
+        let token = AdminToken::new(Token::new(old).unwrap(), Some(file.clone()));
+        let bearer = |t: &str| format!("Bearer {t}");
+        assert!(token.admits(Some(bearer(old).as_bytes())));
+        std::fs::write(&file, format!("{new}\n")).unwrap();
+        // Read again at most once a second: force the next read.
+        token.current.lock().unwrap().1 = None;
+        assert!(
+            token.admits(Some(bearer(new).as_bytes())),
+            "the new one works"
+        );
+        assert!(
+            !token.admits(Some(bearer(old).as_bytes())),
+            "the old one does not"
+        );
+        // A file being rewritten (empty, or too short) keeps the token in force.
+        std::fs::write(&file, "").unwrap();
+        token.current.lock().unwrap().1 = None;
+        assert!(token.admits(Some(bearer(new).as_bytes())));
+        std::fs::write(&file, "short").unwrap();
+        token.current.lock().unwrap().1 = None;
+        assert!(token.admits(Some(bearer(new).as_bytes())));
+    }
 
     #[test]
     fn passwords_and_query_values_are_never_shown() {

@@ -57,7 +57,7 @@ use tokio::time::Instant;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::secret::Token;
+use crate::secret::AdminToken;
 use crate::sources::operator::Requests;
 use crate::status::Snapshot;
 
@@ -171,7 +171,7 @@ pub struct AppState {
     /// `/livez` fails after three intervals without a completed step.
     stale_after: Duration,
     /// The admin API: its token, and where drain requests go. `None`: `/drain` is 404.
-    admin: Option<(Token, Requests)>,
+    admin: Option<(Arc<AdminToken>, Requests)>,
 }
 
 impl AppState {
@@ -185,8 +185,8 @@ impl AppState {
     }
 
     /// Turns the admin API on when there is a token.
-    pub fn with_admin(mut self, token: Option<Token>, requests: Requests) -> Self {
-        self.admin = token.map(|t| (t, requests));
+    pub fn with_admin(mut self, token: Option<AdminToken>, requests: Requests) -> Self {
+        self.admin = token.map(|t| (Arc::new(t), requests));
         self
     }
 

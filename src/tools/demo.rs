@@ -73,6 +73,7 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         shutdown_delay: Duration::ZERO,
         history: Duration::from_secs(300),
         admin_token: None,
+        admin_token_file: None,
         log_format: LogFormat::Text,
     }
 }

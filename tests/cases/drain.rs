@@ -310,3 +310,31 @@ fn deleting_a_pod_sends_kms_its_sigterm_only_once_its_last_session_has_ended() {
         "within the grace period"
     );
 }
+
+/// A rotated token: `--admin-token-file` is read again as calls come (at most once a
+/// second), so the new token works and the old one stops working, with no restart.
+#[test]
+fn a_rotated_admin_token_takes_over_and_the_old_one_stops_working() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (probe, token) = with_admin(&kms, &target);
+    probe.wait_state("healthy");
+    assert_eq!(admin(&probe, "GET", "/drain", Some(TOKEN)).0, 200);
+    let rotated = "rotated-token-fedcba9876543210";
+    std::fs::write(token.path(), format!("{rotated}\n")).unwrap();
+    // Within a second or so of the change the file is read again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin(&probe, "GET", "/drain", Some(rotated)).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated token never took over"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        admin(&probe, "GET", "/drain", Some(TOKEN)).0,
+        401,
+        "the old token no longer works"
+    );
+    probe.said_once_and_never_shown("holds a new admin token", &[rotated, TOKEN]);
+}

@@ -306,6 +306,18 @@ impl Memprobe {
         self.logs.lock().unwrap().clone()
     }
 
+    /// A rotation's check: exactly one log line says `news`, and no secret shows in the logs
+    /// or in `/status`.
+    pub fn said_once_and_never_shown(&self, news: &str, secrets: &[&str]) {
+        let logs = self.logs();
+        let saying = logs.iter().filter(|l| l.contains(news)).count();
+        assert_eq!(saying, 1, "'{news}' said once: {logs:#?}");
+        let shown = format!("{logs:?}{}", self.status());
+        for secret in secrets {
+            assert!(!shown.contains(secret), "{secret} is shown: {shown}");
+        }
+    }
+
     pub fn request(&self, method: &str, path: &str) -> Reply {
         request(&self.agent, method, &format!("http://{}{path}", self.addr))
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
