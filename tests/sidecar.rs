@@ -644,16 +644,10 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
     probe.wait_for("a few samples", |s| {
         s["counters"]["samples_total"].as_u64() >= Some(3)
     });
-    let warnings = probe
-        .logs()
-        .iter()
-        .filter(|l| l.contains("glibc's malloc"))
-        .count();
-    assert_eq!(
-        warnings,
-        1,
-        "one warning naming the jemalloc image: {:#?}",
-        probe.logs()
+    let warning = probe.said_once("glibc's malloc");
+    assert!(
+        warning.contains("kurento-jemalloc"),
+        "one warning naming the jemalloc image: {warning}"
     );
 
     if !std::path::Path::new(memprobe::tools::demo::JEMALLOC).exists() {

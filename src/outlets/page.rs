@@ -382,6 +382,18 @@ mod tests {
 
     const MI: u64 = 1 << 20;
 
+    /// A status with this history, under a 100 MiB threshold.
+    fn with_history(history: Vec<Point>) -> Status {
+        Status {
+            threshold: ThresholdStatus {
+                bytes: 100 * MI,
+                ..ThresholdStatus::default()
+            },
+            history: history.into(),
+            ..Status::default()
+        }
+    }
+
     fn point(at_s: u64, mib: u64, state: State) -> Point {
         Point {
             at_ms: at_s * 1000,
@@ -410,12 +422,7 @@ mod tests {
         let status = Status {
             state: State::Draining,
             reason: "rss <b>150</b> MiB over threshold".into(),
-            threshold: ThresholdStatus {
-                bytes: 100 * MI,
-                ..ThresholdStatus::default()
-            },
-            history: history.into(),
-            ..Status::default()
+            ..with_history(history)
         };
         let page = render(&status);
         assert!(
@@ -489,15 +496,7 @@ mod tests {
                 ..point(s, 50 + s % 90, State::Healthy)
             })
             .collect();
-        let status = Status {
-            threshold: ThresholdStatus {
-                bytes: 100 * MI,
-                ..ThresholdStatus::default()
-            },
-            history: history.into(),
-            ..Status::default()
-        };
-        let page = render(&status);
+        let page = render(&with_history(history));
         for series in ["memory", "rss", "live-bytes", "sessions"] {
             assert!(
                 page.contains(&format!("<polyline id=\"{series}\"")),

@@ -11,13 +11,8 @@ fn a_target_that_is_not_kms_gets_no_kms_connection_and_one_line_saying_so() {
     let status = probe.wait_state("healthy");
     assert!(status["kms"].is_null(), "no KMS view: {status:#}");
     assert!(status["settings"]["kms_url"].is_null());
-    let said: Vec<String> = probe
-        .logs()
-        .into_iter()
-        .filter(|l| l.contains("kms"))
-        .collect();
-    assert_eq!(said.len(), 1, "one line about KMS: {said:#?}");
-    assert!(said[0].contains("kms: off"), "{said:#?}");
+    let said = probe.said_once("kms");
+    assert!(said.contains("kms: off"), "one line about KMS: {said}");
     let metrics = probe.get("/metrics").body;
     assert!(!metrics.contains("memprobe_kms_"), "{metrics}");
 }

@@ -306,13 +306,17 @@ impl Memprobe {
         self.logs.lock().unwrap().clone()
     }
 
-    /// A rotation's check: exactly one log line says `news`, and no secret shows in the logs
-    /// or in `/status`.
-    pub fn said_once_and_never_shown(&self, news: &str, secrets: &[&str]) {
+    /// The one log line that says `news`; fails unless exactly one does.
+    pub fn said_once(&self, news: &str) -> String {
         let logs = self.logs();
-        let saying = logs.iter().filter(|l| l.contains(news)).count();
-        assert_eq!(saying, 1, "'{news}' said once: {logs:#?}");
-        let shown = format!("{logs:?}{}", self.status());
+        let saying: Vec<&String> = logs.iter().filter(|l| l.contains(news)).collect();
+        assert_eq!(saying.len(), 1, "'{news}' said once: {logs:#?}");
+        saying[0].clone()
+    }
+
+    /// Fails if any of `secrets` shows in the logs or in `/status`.
+    pub fn never_shown(&self, secrets: &[&str]) {
+        let shown = format!("{}{}", self.logs().join("\n"), self.status());
         for secret in secrets {
             assert!(!shown.contains(secret), "{secret} is shown: {shown}");
         }
