@@ -155,12 +155,66 @@ impl fmt::Debug for Token {
     }
 }
 
+/// A file holding a secret that may be rewritten while memprobe runs (a Kubernetes Secret
+/// mounted as a file is updated in place). Read again on demand: a new value is handed over,
+/// and a file that cannot be used (empty or unreadable mid-rewrite, say) is said once and
+/// leaves the value in force as it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecretFile {
+    flag: &'static str,
+    path: std::path::PathBuf,
+    unusable_said: bool,
+}
+
+impl SecretFile {
+    pub fn new(flag: &'static str, path: std::path::PathBuf) -> Self {
+        SecretFile {
+            flag,
+            path,
+            unusable_said: false,
+        }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The value the file holds now, parsed, when it differs from `current`.
+    pub fn changed<T: PartialEq>(
+        &mut self,
+        current: Option<&T>,
+        parse: impl FnOnce(String) -> Result<T, String>,
+    ) -> Option<T> {
+        match crate::config::read_secret_file(&self.path).and_then(parse) {
+            Ok(value) => {
+                self.unusable_said = false;
+                (current != Some(&value)).then_some(value)
+            }
+            Err(problem) => {
+                if !std::mem::replace(&mut self.unusable_said, true) {
+                    tracing::warn!(
+                        "{} {}: {problem}; the value in force is kept",
+                        self.flag,
+                        self.path.display()
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
 /// The admin token in force: the one given, or the one its file (`--admin-token-file`) holds
 /// now. The file is read again before a call is judged, at most once a second, so a rotated
 /// Secret takes over — and the old token stops working — with no restart.
-pub struct AdminToken {
-    current: std::sync::Mutex<(Token, Option<tokio::time::Instant>)>,
-    file: Option<std::path::PathBuf>,
+pub struct AdminToken(std::sync::Mutex<Held>);
+
+/// The token in force, and the file it may be replaced from.
+struct Held {
+    token: Token,
+    file: Option<SecretFile>,
+    /// When the file was last read.
+    read_at: Option<tokio::time::Instant>,
 }
 
 /// How often the token file may be read, however many calls come.
@@ -168,40 +222,37 @@ const TOKEN_FILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AdminToken {
     pub fn new(token: Token, file: Option<std::path::PathBuf>) -> Self {
-        AdminToken {
-            current: std::sync::Mutex::new((token, Some(tokio::time::Instant::now()))),
-            file,
-        }
+        AdminToken(std::sync::Mutex::new(Held {
+            token,
+            file: file.map(|path| SecretFile::new("--admin-token-file", path)),
+            read_at: Some(tokio::time::Instant::now()),
+        }))
     }
 
     /// Whether an `Authorization` header carries the token in force.
     pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
-        let mut current = self
-            .current
+        let mut held = self
+            .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(path) = &self.file
-            && current.1.is_none_or(|at| at.elapsed() >= TOKEN_FILE_EVERY)
+        let Held {
+            token,
+            file,
+            read_at,
+        } = &mut *held;
+        if let Some(file) = file
+            && read_at.is_none_or(|at| at.elapsed() >= TOKEN_FILE_EVERY)
         {
-            current.1 = Some(tokio::time::Instant::now());
-            match crate::config::read_secret_file(path).and_then(|text| Token::new(&text)) {
-                Ok(token) if token != current.0 => {
-                    tracing::info!(
-                        "{} holds a new admin token; the old one no longer works",
-                        path.display()
-                    );
-                    current.0 = token;
-                }
-                Ok(_) => {}
-                // The token in force stays: a file being rewritten must not open or close
-                // the API by accident.
-                Err(problem) => tracing::warn!(
-                    "--admin-token-file {}: {problem}; the token in force is kept",
-                    path.display()
-                ),
+            *read_at = Some(tokio::time::Instant::now());
+            if let Some(new) = file.changed(Some(&*token), |text| Token::new(&text)) {
+                tracing::info!(
+                    "{} holds a new admin token; the old one no longer works",
+                    file.path().display()
+                );
+                *token = new;
             }
         }
-        current.0.admits(authorization)
+        token.admits(authorization)
     }
 }
 
@@ -221,7 +272,7 @@ mod tests {
         assert!(token.admits(Some(bearer(old).as_bytes())));
         std::fs::write(&file, format!("{new}\n")).unwrap();
         // Read again at most once a second: force the next read.
-        token.current.lock().unwrap().1 = None;
+        token.0.lock().unwrap().read_at = None;
         assert!(
             token.admits(Some(bearer(new).as_bytes())),
             "the new one works"
@@ -232,10 +283,10 @@ mod tests {
         );
         // A file being rewritten (empty, or too short) keeps the token in force.
         std::fs::write(&file, "").unwrap();
-        token.current.lock().unwrap().1 = None;
+        token.0.lock().unwrap().read_at = None;
         assert!(token.admits(Some(bearer(new).as_bytes())));
         std::fs::write(&file, "short").unwrap();
-        token.current.lock().unwrap().1 = None;
+        token.0.lock().unwrap().read_at = None;
         assert!(token.admits(Some(bearer(new).as_bytes())));
     }
 

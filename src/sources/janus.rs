@@ -33,7 +33,7 @@ pub struct JanusSettings {
     pub secret: Option<String>,
     /// The file it was read from (`--janus-secret-file`): read again each time Janus refuses
     /// the secret, so that a rotated Secret is taken up without restarting memprobe.
-    pub secret_file: Option<std::path::PathBuf>,
+    pub secret_file: Option<crate::secret::SecretFile>,
     pub poll: Duration,
     pub timeout: Duration,
 }
@@ -189,31 +189,27 @@ impl Said {
     }
 }
 
-/// Reads `--janus-secret-file` again after a refusal; true when it holds a new secret. A file
-/// that cannot be read is said once (in `said`), and the secret in use is kept.
+/// Reads `--janus-secret-file` again after a refusal; true when it holds a new secret.
 fn reread_secret(settings: &mut JanusSettings, said: &mut Said) -> bool {
-    let Some(path) = &settings.secret_file else {
+    let JanusSettings {
+        secret,
+        secret_file: Some(file),
+        ..
+    } = settings
+    else {
         return false;
     };
-    match crate::config::read_secret_file(path) {
-        Ok(secret) if settings.secret.as_ref() != Some(&secret) => {
-            info!(
-                "janus: {} holds a new admin secret; using it",
-                path.display()
-            );
-            settings.secret = Some(secret);
-            // A refusal of the new secret is news: say it again.
-            said.0.remove("unauthorized");
-            true
-        }
-        Ok(_) => false,
-        Err(problem) => {
-            if said.0.insert("secret_file") {
-                warn!("janus: --janus-secret-file {}: {problem}", path.display());
-            }
-            false
-        }
-    }
+    let Some(new) = file.changed(secret.as_ref(), Ok) else {
+        return false;
+    };
+    info!(
+        "janus: {} holds a new admin secret; using it",
+        file.path().display()
+    );
+    *secret = Some(new);
+    // A refusal of the new secret is news: say it again.
+    said.0.remove("unauthorized");
+    true
 }
 
 async fn run(

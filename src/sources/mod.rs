@@ -116,7 +116,10 @@ pub fn build(config: &Config) -> Sources {
         let (sessions, _view, switch) = janus::spawn(janus::JanusSettings {
             url: j.url.clone(),
             secret: j.secret.as_ref().map(|s| s.expose().to_string()),
-            secret_file: j.secret_file.clone(),
+            secret_file: j
+                .secret_file
+                .clone()
+                .map(|path| crate::secret::SecretFile::new("--janus-secret-file", path)),
             poll: j.poll,
             timeout: j.timeout,
         });
@@ -129,7 +132,10 @@ pub fn build(config: &Config) -> Sources {
     let kms = config.kms.as_ref().map(|k| {
         kms::spawn(kms::KmsSettings {
             url: k.url.clone(),
-            url_file: k.url_file.clone(),
+            url_file: k
+                .url_file
+                .clone()
+                .map(|path| crate::secret::SecretFile::new("--kms-url-file", path)),
             ping_interval: k.ping_interval,
             timeout: k.timeout,
             memory_interval: (config.memory_source == MemoryFrom::Kms).then_some(config.interval),

@@ -42,7 +42,7 @@ pub struct KmsSettings {
     pub url: crate::secret::SecretUrl,
     /// The file the URL was read from (`--kms-url-file`): read again after each connection
     /// that failed or ended, so that a rotated URL is taken up without restarting memprobe.
-    pub url_file: Option<std::path::PathBuf>,
+    pub url_file: Option<crate::secret::SecretFile>,
     pub ping_interval: Duration,
     pub timeout: Duration,
     /// Poll `getUsedMemory` this often (`--memory-source kms`), or never.
@@ -206,7 +206,6 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
     let mut backoff = FIRST_BACKOFF;
     let mut ever_connected = false;
     let mut absent_logged = false;
-    let mut unreadable_logged = false;
     loop {
         let attempt = tokio::time::timeout(
             settings.timeout,
@@ -268,7 +267,7 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
                 });
             }
         }
-        if reread_url(&mut settings, &reporter, &mut unreadable_logged) {
+        if reread_url(&mut settings, &reporter) {
             absent_logged = false;
             backoff = FIRST_BACKOFF;
             continue;
@@ -278,35 +277,26 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
     }
 }
 
-/// Reads `--kms-url-file` again; true when it holds a new URL, now in `settings`. A file
-/// that cannot be read or holds no ws:// URL is said once, and the URL in use is kept.
-fn reread_url(
-    settings: &mut KmsSettings,
-    reporter: &Reporter,
-    unreadable_logged: &mut bool,
-) -> bool {
-    let Some(path) = &settings.url_file else {
+/// Reads `--kms-url-file` again; true when it holds a new URL, now in `settings`.
+fn reread_url(settings: &mut KmsSettings, reporter: &Reporter) -> bool {
+    let KmsSettings {
+        url,
+        url_file: Some(file),
+        ..
+    } = settings
+    else {
         return false;
     };
-    let read = crate::config::read_secret_file(path)
-        .and_then(|text| crate::secret::SecretUrl::parse_ws(&text));
-    match read {
-        Ok(url) if url != settings.url => {
-            info!(
-                "kms: {} holds a new URL, {url}; connecting to it",
-                path.display()
-            );
-            reporter.update(|v| v.url = url.to_string());
-            settings.url = url;
-            *unreadable_logged = false;
-            true
-        }
-        Ok(_) => false,
-        Err(problem) => {
-            if !std::mem::replace(unreadable_logged, true) {
-                warn!("kms: --kms-url-file {}: {problem}", path.display());
-            }
-            false
-        }
-    }
+    let Some(new) = file.changed(Some(&*url), |text| {
+        crate::secret::SecretUrl::parse_ws(&text)
+    }) else {
+        return false;
+    };
+    info!(
+        "kms: {} holds a new URL, {new}; connecting to it",
+        file.path().display()
+    );
+    reporter.update(|v| v.url = new.to_string());
+    *url = new;
+    true
 }
