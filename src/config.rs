@@ -282,6 +282,15 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     kms_hang_timeout: String,
+    /// KMS's garbageCollectorPeriod: getPipelines is never called more often than this
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_GC_PERIOD",
+        default_value = "240s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    kms_gc_period: String,
     /// Where memory figures come from: proc (/proc of a shared PID namespace) or kms (getUsedMemory)
     #[arg(
         long,
@@ -461,6 +470,7 @@ pub struct KmsConfig {
     pub timeout: Duration,
     pub failures: u32,
     pub hang_timeout: Duration,
+    pub gc_period: Duration,
 }
 
 /// A refused setting: where it came from, the value, and what would work.
@@ -1037,6 +1047,7 @@ impl Checker<'_> {
             timeout,
             failures,
             hang_timeout: self.duration("kms_hang_timeout", &flags.kms_hang_timeout)?,
+            gc_period: self.duration("kms_gc_period", &flags.kms_gc_period)?,
         }))
     }
 

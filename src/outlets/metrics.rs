@@ -94,6 +94,7 @@ struct KmsMetrics {
     ping: prometheus::GaugeVec,
     rpc_errors: IntCounterVec,
     reconnects: IntCounter,
+    undestroyed: IntCounter,
     idle_memory: IntGaugeVec,
 }
 
@@ -150,6 +151,11 @@ impl KmsMetrics {
                 "memprobe_kms_reconnects_total",
                 "Connections to KMS made again after one ended.",
             ),
+            undestroyed: counter(
+                r,
+                "memprobe_kms_undestroyed_pipelines_total",
+                "Pipelines KMS stopped listing without an ObjectDestroyed event.",
+            ),
             idle_memory: optional_gauge(
                 r,
                 "memprobe_idle_memory_bytes",
@@ -173,6 +179,7 @@ impl KmsMetrics {
             catch_up(&self.rpc_errors.with_label_values(&[kind.as_str()]), *total);
         }
         catch_up(&self.reconnects, view.reconnects_total);
+        catch_up(&self.undestroyed, view.undestroyed_pipelines_total);
         set_optional(
             &self.idle_memory,
             status.idle_memory_bytes.map(|b| b as i64),

@@ -138,6 +138,7 @@ pub fn build(config: &Config) -> Sources {
                 .map(|path| crate::secret::SecretFile::new("--kms-url-file", path)),
             ping_interval: k.ping_interval,
             timeout: k.timeout,
+            gc_period: k.gc_period,
             memory_interval: (config.memory_source == MemoryFrom::Kms).then_some(config.interval),
         })
     });

@@ -5,7 +5,8 @@
 //! events. It does not poll `getPipelines`: KMS implements that call by referencing every
 //! pipeline into a hidden session, and a checker calling it more often than KMS's 240 s
 //! garbage-collection period keeps abandoned pipelines alive forever — a leak caused by the
-//! health checker. So the list is fetched again only after a reconnect, and every 10 minutes.
+//! health checker. So the list is fetched again only after a reconnect, every 10 minutes, and
+//! when a count above zero has heard no event for a period ([`pipelines`] says why and how).
 //!
 //! The connection task publishes a [`KmsView`] through a `watch` channel; [`KmsSessions`]
 //! (sessions and pings) and [`KmsMemory`] (`--memory-source kms`) read the latest one at each
@@ -13,6 +14,7 @@
 //! `Sink`/`Stream` of WebSocket messages so tests can drive it through channels.
 
 mod memory;
+mod pipelines;
 pub mod protocol;
 pub mod session;
 
@@ -45,6 +47,8 @@ pub struct KmsSettings {
     pub url_file: Option<crate::secret::SecretFile>,
     pub ping_interval: Duration,
     pub timeout: Duration,
+    /// KMS's `garbageCollectorPeriod`: the least time between two `getPipelines`.
+    pub gc_period: Duration,
     /// Poll `getUsedMemory` this often (`--memory-source kms`), or never.
     pub memory_interval: Option<Duration>,
 }
@@ -74,6 +78,8 @@ pub struct KmsView {
     pub reconnects_total: u64,
     pub rpc_errors_total: BTreeMap<ErrorKind, u64>,
     pub get_pipelines_calls_total: u64,
+    /// Pipelines `getPipelines` stopped listing without an `ObjectDestroyed`.
+    pub undestroyed_pipelines_total: u64,
 }
 
 /// What went wrong in an exchange with KMS: the label of `memprobe_kms_rpc_errors_total`.

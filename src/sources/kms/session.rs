@@ -8,16 +8,20 @@
 //! Written over any `Sink` + `Stream` of WebSocket messages, so channels can stand in for the
 //! socket.
 
-use std::collections::HashSet;
 use std::fmt;
+use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::pipelines::{Applied, MAX_PIPELINES, Pipelines};
 use super::protocol::{self, FrameError, Incoming};
 use super::{ErrorKind, KmsSettings, RESYNC_EVERY, Reporter};
+
+/// How often the session looks whether the list is due or a missing pipeline's grace is over.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Why a request got no useful answer.
 #[derive(Debug)]
@@ -41,10 +45,6 @@ impl fmt::Display for CallError {
     }
 }
 
-/// The most pipelines followed: far more than one KMS runs, and a bound on what a broken or
-/// hostile server can make memprobe keep (with ids of at most 256 bytes, a few MiB).
-const MAX_PIPELINES: usize = 10_000;
-
 /// Ids are process-wide so they keep increasing across connections.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -55,8 +55,7 @@ pub struct Session<'a, S> {
     session_id: Option<String>,
     /// The id of the request in flight; replies below it are late answers, above it unknown.
     current_id: u64,
-    pipelines: HashSet<String>,
-    synced: bool,
+    pipelines: Pipelines,
 }
 
 impl<'a, S> Session<'a, S>
@@ -70,8 +69,7 @@ where
             reporter,
             session_id: None,
             current_id: 0,
-            pipelines: HashSet::new(),
-            synced: false,
+            pipelines: Pipelines::new(settings.gc_period),
         }
     }
 
@@ -87,17 +85,18 @@ where
         self.handshake().await?;
         let period = self.settings.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
-        let mut resync = tokio::time::interval_at(Instant::now() + RESYNC_EVERY, RESYNC_EVERY);
+        let mut housekeeping =
+            tokio::time::interval_at(Instant::now() + HOUSEKEEPING, HOUSEKEEPING);
         let memory_period = self.settings.memory_interval.unwrap_or(RESYNC_EVERY);
         let mut memory = tokio::time::interval(memory_period);
-        for timer in [&mut ping, &mut resync, &mut memory] {
+        for timer in [&mut ping, &mut housekeeping, &mut memory] {
             timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         }
         loop {
             tokio::select! {
                 frame = self.ws.next() => self.frame(frame)?,
                 _ = ping.tick() => self.ping().await?,
-                _ = resync.tick() => self.resync().await?,
+                _ = housekeeping.tick() => self.housekeeping().await?,
                 _ = memory.tick(), if self.settings.memory_interval.is_some() => {
                     self.used_memory().await?
                 }
@@ -222,18 +221,22 @@ where
         match protocol::decode(&text) {
             Ok(Incoming::Created(id)) => {
                 if protocol::is_pipeline(&id) {
-                    if self.pipelines.len() < MAX_PIPELINES {
-                        self.pipelines.insert(id);
-                    } else {
-                        let message = format!("more than {MAX_PIPELINES} pipelines: not counted");
-                        self.reporter.error(ErrorKind::Oversized, message);
+                    match self.pipelines.created(Instant::now(), &id) {
+                        Applied::Changed => self.publish_sessions(),
+                        Applied::Unchanged => {}
+                        Applied::Full => {
+                            let message =
+                                format!("more than {MAX_PIPELINES} pipelines: not counted");
+                            self.reporter.error(ErrorKind::Oversized, message);
+                        }
                     }
-                    self.publish_sessions();
                 }
                 Ok(None)
             }
             Ok(Incoming::Destroyed(id)) => {
-                if self.pipelines.remove(&id) {
+                if protocol::is_pipeline(&id)
+                    && self.pipelines.destroyed(Instant::now(), &id) == Applied::Changed
+                {
                     self.publish_sessions();
                 }
                 Ok(None)
@@ -307,35 +310,74 @@ where
         }
     }
 
-    /// Fetches the pipeline list: once per connection, then every [`RESYNC_EVERY`].
+    /// Fetches the list when it is due, and reports pipelines KMS forgot to announce destroyed.
+    async fn housekeeping(&mut self) -> Result<(), String> {
+        let undestroyed = self.pipelines.take_undestroyed(Instant::now());
+        if undestroyed > 0 {
+            self.undestroyed(undestroyed);
+        }
+        if self.pipelines.resync_due(Instant::now()) {
+            self.resync().await?;
+        }
+        Ok(())
+    }
+
+    /// Fetches the pipeline list: once per connection, then when [`Pipelines::resync_due`].
     async fn resync(&mut self) -> Result<(), String> {
         self.reporter.update(|v| v.get_pipelines_calls_total += 1);
-        match self
+        self.pipelines.list_requested(Instant::now());
+        let result = self
             .call("invoke", Some(protocol::invoke("getPipelines")))
-            .await
-        {
+            .await;
+        match result {
             Ok(result) => {
                 let Some(ids) = protocol::value(&result).as_array() else {
+                    self.pipelines.list_failed();
                     self.reporter.error(
                         ErrorKind::Malformed,
                         "getPipelines did not return a list".into(),
                     );
                     return Ok(());
                 };
-                self.pipelines = ids
+                let ids = ids
                     .iter()
                     .filter_map(Value::as_str)
-                    .filter(|id| protocol::is_pipeline(id))
-                    .take(MAX_PIPELINES)
-                    .map(str::to_owned)
-                    .collect();
-                self.synced = true;
+                    .filter(|id| protocol::is_pipeline(id));
+                let merged = self.pipelines.list_arrived(Instant::now(), ids);
+                if merged.unannounced > 0 {
+                    tracing::debug!(
+                        "kms: getPipelines listed {} pipelines never announced created",
+                        merged.unannounced
+                    );
+                }
                 self.publish_sessions();
                 Ok(())
             }
-            Err(CallError::Ended(why)) => Err(why),
-            Err(_) => Ok(()),
+            Err(CallError::Ended(why)) => {
+                self.pipelines.list_failed();
+                Err(why)
+            }
+            Err(_) => {
+                self.pipelines.list_failed();
+                Ok(())
+            }
         }
+    }
+
+    /// KMS no longer lists pipelines whose `ObjectDestroyed` never came: count them, and say so
+    /// once, with the numbers.
+    fn undestroyed(&mut self, count: usize) {
+        let count = count as u64;
+        if self.reporter.view().undestroyed_pipelines_total == 0 {
+            tracing::warn!(
+                "kms: {count} pipeline(s) released without an ObjectDestroyed event \
+                 (getPipelines no longer lists them; {} now counted); KMS may be failing to \
+                 tear media down: see memprobe_kms_undestroyed_pipelines_total",
+                self.pipelines.count().unwrap_or(0)
+            );
+        }
+        self.reporter
+            .update(|v| v.undestroyed_pipelines_total += count);
     }
 
     async fn used_memory(&mut self) -> Result<(), String> {
@@ -362,9 +404,236 @@ where
     }
 
     fn publish_sessions(&mut self) {
-        if self.synced {
-            let count = self.pipelines.len() as u32;
+        if let Some(count) = self.pipelines.count() {
+            let count = count as u32;
             self.reporter.update(|v| v.sessions = Some(count));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session driven through channels with the literal frames a real KMS 7.3 sends
+    //! (`shared/reference/kurento-jsonrpc.md`), events placed around the `getPipelines` reply.
+
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use futures_util::{Sink, Stream};
+    use serde_json::Value;
+    use tokio::sync::mpsc;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+    use super::super::{KmsSettings, KmsView, Reporter};
+    use super::Session;
+
+    /// memprobe's end of a WebSocket whose other end is the test.
+    struct Pipe {
+        from_kms: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        to_kms: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_kms.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.to_kms
+                .send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The test's end: reads memprobe's requests and sends KMS's frames.
+    struct Kms {
+        requests: mpsc::UnboundedReceiver<Message>,
+        frames: mpsc::UnboundedSender<Result<Message, WsError>>,
+    }
+
+    const P1: &str = "6ba9067f-2d55-4a19-9f3c-6b6ec1f0a4b1_kurento.MediaPipeline";
+    const P2: &str = "0d3c5c4e-76f1-4f5e-9a0b-9c1d2e3f4a5b_kurento.MediaPipeline";
+
+    impl Kms {
+        /// The next request: its id and operation (or method).
+        async fn request(&mut self) -> (u64, String) {
+            let Some(Message::Text(text)) = self.requests.recv().await else {
+                panic!("memprobe sent no request");
+            };
+            let v: Value = serde_json::from_str(&text).expect("memprobe sends JSON");
+            let op = v["params"]["operation"]
+                .as_str()
+                .or(v["method"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            (v["id"].as_u64().expect("an id"), op)
+        }
+
+        fn send(&self, frame: String) {
+            self.frames
+                .send(Ok(Message::text(frame)))
+                .expect("session alive");
+        }
+
+        fn reply(&self, id: u64, value: &str) {
+            self.send(format!(
+                r#"{{"id":{id},"jsonrpc":"2.0","result":{{"sessionId":"sid","value":{value}}}}}"#
+            ));
+        }
+
+        fn created(&self, object: &str) {
+            self.send(format!(
+                r#"{{"jsonrpc":"2.0","method":"onEvent","params":{{"value":{{"data":{{"object":"{object}","source":"manager_ServerManager","tags":[],"timestampMillis":"1796152024638"}},"object":"manager_ServerManager","type":"ObjectCreated"}}}}}}"#
+            ));
+        }
+
+        fn destroyed(&self, object: &str) {
+            self.send(format!(
+                r#"{{"jsonrpc":"2.0","method":"onEvent","params":{{"value":{{"data":{{"objectId":"{object}","source":"manager_ServerManager","tags":[],"timestampMillis":"1796152025772"}},"object":"manager_ServerManager","type":"ObjectDestroyed"}}}}}}"#
+            ));
+        }
+
+        /// Answers the handshake up to (not including) the getPipelines reply; returns its id.
+        async fn handshake(&mut self) -> u64 {
+            let (id, op) = self.request().await;
+            assert_eq!(op, "connect");
+            self.send(format!(
+                r#"{{"id":{id},"jsonrpc":"2.0","result":{{"serverId":"s1","sessionId":"sid"}}}}"#
+            ));
+            loop {
+                let (id, op) = self.request().await;
+                match op.as_str() {
+                    "getInfo" => self.reply(id, r#"{"version":"7.3.0"}"#),
+                    "subscribe" => self.reply(id, r#""sub""#),
+                    "getPipelines" => return id,
+                    other => panic!("unexpected request {other}"),
+                }
+            }
+        }
+    }
+
+    fn settings() -> KmsSettings {
+        KmsSettings {
+            url: crate::secret::SecretUrl::parse_ws("ws://127.0.0.1:8888/kurento").expect("url"),
+            url_file: None,
+            ping_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(3),
+            gc_period: Duration::from_secs(240),
+            memory_interval: None,
+        }
+    }
+
+    /// Starts a session; returns the test's end and the published view.
+    fn start() -> (Kms, tokio::sync::watch::Receiver<KmsView>) {
+        let (frames, from_kms) = mpsc::unbounded_channel();
+        let (to_kms, requests) = mpsc::unbounded_channel();
+        let settings = Box::leak(Box::new(settings()));
+        let (reporter, view) = Reporter::new(&settings.url);
+        let reporter = Box::leak(Box::new(reporter));
+        tokio::spawn(Session::new(Pipe { from_kms, to_kms }, settings, reporter).run());
+        (Kms { requests, frames }, view)
+    }
+
+    async fn sessions_become(view: &mut tokio::sync::watch::Receiver<KmsView>, n: u32) {
+        let waited = tokio::time::timeout(
+            Duration::from_secs(1),
+            view.wait_for(|v| v.sessions == Some(n)),
+        )
+        .await
+        .is_ok();
+        assert!(
+            waited,
+            "sessions should become {n}, are {:?}",
+            view.borrow().sessions
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipeline_created_before_the_list_reply_is_not_wiped_out_by_it() {
+        let (mut kms, mut view) = start();
+        let list = kms.handshake().await;
+        // Another client created P2 after KMS took the list; its event comes first.
+        kms.created(P2);
+        kms.reply(list, &format!(r#"["{P1}"]"#));
+        sessions_become(&mut view, 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipeline_destroyed_before_the_list_reply_is_not_revived_by_it() {
+        let (mut kms, mut view) = start();
+        let list = kms.handshake().await;
+        kms.reply(list, &format!(r#"["{P1}","{P2}"]"#));
+        sessions_become(&mut view, 2).await;
+        // The periodic resync: P1 is released after KMS took the list; its children's
+        // events and its own come before the reply.
+        tokio::time::sleep(Duration::from_secs(601)).await;
+        let list = loop {
+            match kms.request().await {
+                (id, op) if op == "getPipelines" => break id,
+                (id, _) => kms.reply(id, r#""pong""#),
+            }
+        };
+        kms.destroyed(&format!("{P1}/e1_kurento.WebRtcEndpoint"));
+        kms.destroyed(P1);
+        kms.reply(list, &format!(r#"["{P1}","{P2}"]"#));
+        sessions_become(&mut view, 1).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_after_the_list_reply_count_once() {
+        let (mut kms, mut view) = start();
+        let list = kms.handshake().await;
+        kms.reply(list, &format!(r#"["{P1}"]"#));
+        // P1's creation event follows the reply that already listed it.
+        kms.created(P1);
+        kms.created(P2);
+        sessions_become(&mut view, 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_count_kms_stopped_announcing_converges_within_a_gc_period() {
+        let (mut kms, mut view) = start();
+        let list = kms.handshake().await;
+        kms.reply(list, "[]");
+        kms.created(P1);
+        sessions_become(&mut view, 1).await;
+        // P1 is released, and KMS sends no ObjectDestroyed: only a list can tell.
+        let started = tokio::time::Instant::now();
+        let list = loop {
+            match kms.request().await {
+                (id, op) if op == "getPipelines" => break id,
+                (id, _) => kms.reply(id, r#""pong""#),
+            }
+        };
+        let after = started.elapsed();
+        assert!(
+            after >= Duration::from_secs(240) && after <= Duration::from_secs(242),
+            "a quiet count above zero is checked one gc period after its last event, not {after:?}"
+        );
+        kms.reply(list, "[]");
+        sessions_become(&mut view, 0).await;
+        // Its event does not come within the grace: counted as undestroyed.
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let (id, _) = kms.request().await;
+                kms.reply(id, r#""pong""#);
+            }
+        });
+        let _ = waited.await;
+        assert_eq!(view.borrow().undestroyed_pipelines_total, 1);
     }
 }
