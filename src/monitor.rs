@@ -482,6 +482,9 @@ fn policy(config: &Config, limit: MemoryLimit) -> Policy {
         // A dropped connection that comes back within a ping interval (or two request
         // deadlines) is the same KMS.
         reconnect_grace: kms.map_or(Duration::ZERO, |k| k.ping_interval.max(k.timeout * 2)),
+        // More than a few intervals between two steps is memprobe's own pause; the 5 s floor
+        // keeps a busy machine's late steps at short intervals from counting as one.
+        max_gap: (config.interval * 3).max(config.interval + Duration::from_secs(5)),
     }
 }
 

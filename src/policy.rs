@@ -95,6 +95,11 @@ pub struct Policy {
     /// A target out of reach for less than this keeps its state: a KMS connection that drops
     /// and comes back with the same serverId is the same server, and its drain goes on.
     pub reconnect_grace: Duration,
+    /// Two samples (or two looks at the server's API) further apart than this mean memprobe
+    /// itself was not running in between (SIGSTOP, a frozen cgroup, a suspended VM): what it
+    /// did not see is no evidence, so the windows of `sustain`, `idle_sustain` and
+    /// `hang_timeout` start again from the step after the gap.
+    pub max_gap: Duration,
 }
 
 /// How a server that stops answering its API is judged.
@@ -145,6 +150,9 @@ pub struct Decider {
     idle_over_since: Option<Instant>,
     /// Whether this incarnation has had a sample yet.
     sampled: bool,
+    /// When the last sample was judged, and when the server's API was last looked at.
+    last_sample: Option<Instant>,
+    last_server_look: Option<Instant>,
     /// When the server stopped answering its API (enough failed pings), while it does not.
     stalled_since: Option<Instant>,
     /// When the target went out of reach, while it is.
@@ -168,6 +176,8 @@ impl Decider {
             over_since: None,
             idle_over_since: None,
             sampled: false,
+            last_sample: None,
+            last_server_look: None,
             stalled_since: None,
             unreachable_since: None,
             requested_by: None,
@@ -261,6 +271,12 @@ impl Decider {
     /// before that returns it to the state its memory gives.
     pub fn server_answers(&mut self, now: Instant, failed_pings: u32) -> Option<Transition> {
         let server = self.policy.server.clone();
+        if gap(&mut self.last_server_look, now, self.policy.max_gap) {
+            // memprobe was not running: the pings it could not send are not KMS's silence.
+            if let Some(since) = &mut self.stalled_since {
+                *since = now;
+            }
+        }
         if matches!(self.state, State::Lost | State::Recycle) {
             self.stalled_since = None;
             return None;
@@ -354,6 +370,11 @@ impl Decider {
     pub fn observe(&mut self, now: Instant, obs: Observation) -> Option<Transition> {
         self.sampled = true;
         self.unreachable_since = None;
+        if gap(&mut self.last_sample, now, self.policy.max_gap) {
+            // memprobe was not running: memory may have been anywhere in between.
+            self.over_since = None;
+            self.idle_over_since = None;
+        }
         let p = &self.policy;
         let mem = obs.memory_bytes;
         let kind = p.memory;
@@ -501,6 +522,12 @@ pub enum DrainRefused {
     MemoryDrain,
 }
 
+/// Records a step at `now`; true when the previous one was more than `max_gap` before.
+fn gap(last: &mut Option<Instant>, now: Instant, max_gap: Duration) -> bool {
+    let previous = last.replace(now);
+    previous.is_some_and(|at| now.saturating_duration_since(at) > max_gap)
+}
+
 fn sessions_left(sessions: Option<u32>) -> String {
     match sessions {
         None => "session count unknown".to_string(),
@@ -531,6 +558,7 @@ mod tests {
                 hang_timeout: Duration::from_secs(60),
             },
             reconnect_grace: Duration::from_secs(10),
+            max_gap: Duration::from_secs(600),
         }
     }
 
@@ -869,6 +897,100 @@ mod tests {
             "a server that answers again returns to the state its memory gives"
         );
         assert_eq!(tr.reason, "kms answers again after a stall of 1m");
+    }
+
+    #[test]
+    fn a_pause_of_memprobe_restarts_the_sustain_window() {
+        // Over at t0, then memprobe is stopped for longer than max_gap: memory may have been
+        // below the threshold all that time, so the window starts again after the gap.
+        let mut p = policy();
+        p.max_gap = Duration::from_secs(15);
+        let (mut d, t0) = started(p);
+        let t = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(100), mem(1200));
+        let after_pause = t + Duration::from_secs(250);
+        d.observe(after_pause, mem(1200));
+        assert_eq!(
+            d.state(),
+            State::Elevated,
+            "a gap in the samples is no evidence: 100 s seen + 250 s unseen never drains"
+        );
+        assert_eq!(d.over_for(after_pause), Duration::ZERO);
+        let t = feed(
+            &mut d,
+            after_pause + 5 * SECOND,
+            5 * SECOND,
+            Duration::from_secs(290),
+            mem(1200),
+        );
+        assert_eq!(d.state(), State::Elevated, "295 s seen after the gap");
+        d.observe(t + 5 * SECOND, mem(1200));
+        assert_eq!(
+            d.state(),
+            State::Draining,
+            "a full --sustain of samples after the gap drains"
+        );
+    }
+
+    #[test]
+    fn a_gap_no_longer_than_max_gap_is_not_a_pause() {
+        let mut p = policy();
+        p.max_gap = Duration::from_secs(15);
+        let (mut d, t0) = started(p);
+        let mut t = t0;
+        while t <= t0 + Duration::from_secs(300) {
+            d.observe(t, mem(1200));
+            t += Duration::from_secs(15);
+        }
+        assert_eq!(
+            d.state(),
+            State::Draining,
+            "late samples within max_gap still cover the window"
+        );
+    }
+
+    #[test]
+    fn a_pause_of_memprobe_restarts_the_idle_window() {
+        let mut p = policy();
+        p.max_gap = Duration::from_secs(15);
+        let (mut d, t0) = started(p);
+        d.observe(t0, with_sessions(1200, 0));
+        d.observe(t0 + Duration::from_secs(70), with_sessions(1200, 0));
+        assert_eq!(
+            d.state(),
+            State::Elevated,
+            "idle memory unseen for 70 s is no evidence for --idle-sustain"
+        );
+    }
+
+    #[test]
+    fn a_pause_of_memprobe_is_not_a_hang() {
+        let mut p = policy();
+        p.max_gap = Duration::from_secs(15);
+        let (mut d, t0) = started(p);
+        d.observe(t0, mem(500));
+        d.server_answers(t0, 3);
+        assert_eq!(d.state(), State::Stalled);
+        // memprobe stopped for 100 s; at SIGCONT the ping in flight has timed out too.
+        let resumed = t0 + Duration::from_secs(100);
+        d.observe(resumed, mem(500));
+        d.server_answers(resumed, 4);
+        assert_eq!(
+            d.state(),
+            State::Stalled,
+            "time memprobe did not run is not time the server failed to answer"
+        );
+        d.server_answers(resumed + Duration::from_secs(10), 5);
+        d.server_answers(resumed + Duration::from_secs(20), 6);
+        let mut t = resumed + Duration::from_secs(20);
+        while t < resumed + Duration::from_secs(60) {
+            t += Duration::from_secs(10);
+            d.server_answers(t, 7);
+        }
+        assert_eq!(
+            d.state(),
+            State::Recycle,
+            "a stall seen for --kms-hang-timeout after the pause is a hang"
+        );
     }
 
     #[test]
