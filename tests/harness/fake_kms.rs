@@ -423,9 +423,16 @@ impl FakeKms {
     /// KMS's SIGTERM: every connection dropped with no `ObjectDestroyed`, nothing listening
     /// until [`FakeKms::start_again`].
     pub fn sigterm(&self) {
-        for task in self.inner.tasks.lock().unwrap().drain(..) {
+        let tasks: Vec<JoinHandle<()>> = self.inner.tasks.lock().unwrap().drain(..).collect();
+        for task in &tasks {
             task.abort();
         }
+        // Once the accept task is gone, so is the listener: connections are refused.
+        self._runtime.block_on(async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        });
         let mut s = self.state();
         s.epoch += 1;
         s.running = false;
@@ -803,10 +810,21 @@ impl Inner {
             s.emit(event.kind, &event.object);
         }
         drop(s);
+        // One task per kind and delay, so that the events keep their order.
+        let mut later: Vec<(&'static str, Duration, Vec<String>)> = Vec::new();
         for event in caused {
             if let When::Later(delay) = event.when {
-                self.send_later(event.kind, vec![event.object], delay);
+                match later
+                    .iter_mut()
+                    .find(|(k, d, _)| *k == event.kind && *d == delay)
+                {
+                    Some((_, _, objects)) => objects.push(event.object),
+                    None => later.push((event.kind, delay, vec![event.object])),
+                }
             }
+        }
+        for (kind, delay, objects) in later {
+            self.send_later(kind, objects, delay);
         }
         true
     }
@@ -1138,7 +1156,8 @@ impl State {
                 }
                 let list = self.pipelines();
                 // KMS lists through the hidden session "", which then holds every object.
-                let objects: Vec<String> = self.objects.keys().cloned().collect();
+                let mut objects: Vec<String> = self.objects.keys().cloned().collect();
+                objects.push(SERVER_MANAGER.to_string());
                 for object in objects {
                     self.ref_object("", &object);
                 }
