@@ -21,6 +21,8 @@ mod harness;
 mod janus;
 #[path = "cases/kurento.rs"]
 mod kurento;
+#[path = "cases/kurento_fake.rs"]
+mod kurento_fake;
 #[path = "cases/page.rs"]
 mod page;
 #[path = "cases/recycle.rs"]

@@ -1,11 +1,16 @@
 //! Kurento-aware behaviour, end to end: the real memprobe binary and a real workload, with a
-//! fake KMS (KMS cannot be installed here) that follows Kurento's protocol reference.
+//! fake KMS (KMS cannot be installed here) that answers as a real KMS 7.3 was recorded
+//! answering (its conformance tests are in `kurento_fake.rs`).
+
+#![allow(clippy::disallowed_types)]
+
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::fake_kms::FakeKms;
-use crate::harness::{Memprobe, Workload};
+use crate::harness::fake_kms::{Client, FakeKms, FakeKmsConfig};
+use crate::harness::{DEADLINE, Memprobe, Workload};
 use crate::{MI, states_entered};
 
 /// Fast settings against a fake KMS: samples every 100 ms, pings every 200 ms, and a timeout
@@ -459,4 +464,238 @@ fn a_url_file_is_read_again_when_kms_cannot_be_reached() {
     probe.said_once("holds a new URL");
     probe.never_shown(&["old-password", "new-password"]);
     kms.destroy_pipeline(&session);
+}
+
+/// Waits for a condition on the fake's side, with the harness's deadline.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "waited {DEADLINE:?} for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// memprobe has read every frame the fake sent before now: a ping it sends after this one's
+/// reply comes after them on the socket.
+fn frames_read_by(kms: &FakeKms) {
+    let pings = kms.requests_of("ping");
+    wait_until("two more pings", || kms.requests_of("ping") >= pings + 2);
+}
+
+/// KMS destroys a pipeline's elements first, each with its own ObjectDestroyed: the elements
+/// are no sessions, and the count drops once, at the pipeline's own event.
+#[test]
+fn a_pipeline_with_elements_is_one_session_that_ends_at_its_own_event() {
+    let kms = FakeKms::start();
+    let pipeline = kms.create_pipeline(3);
+    let target = Workload::start(None);
+    let probe = watch(&kms, &target, &[]);
+    probe.wait_for("one session for a pipeline and its 3 elements", |s| {
+        s["sessions"] == 1
+    });
+
+    kms.hold_events(true);
+    kms.destroy_pipeline(&pipeline);
+    wait_until("the release's events", || kms.held_events().len() == 4);
+    let held = kms.held_events();
+    assert!(
+        held[..3]
+            .iter()
+            .all(|(_, o)| o.starts_with(&format!("{pipeline}/")))
+            && held[3].1 == pipeline,
+        "the elements' events first: {held:?}"
+    );
+    kms.send_held_events(3);
+    frames_read_by(&kms);
+    assert_eq!(
+        probe.status()["sessions"],
+        1,
+        "the elements' ObjectDestroyed end no session"
+    );
+    kms.send_held_events(1);
+    probe.wait_for("the pipeline's own event", |s| s["sessions"] == 0);
+    kms.hold_events(false);
+    assert_eq!(
+        kms.get_pipelines_calls(),
+        1,
+        "followed through events alone"
+    );
+}
+
+/// SIGTERM makes KMS exit at once with no ObjectDestroyed: the socket just drops. A dropped
+/// socket is no "0 sessions": the drain never ends on it, the target is lost, and the KMS that
+/// comes back (a new serverId) is a new incarnation.
+#[test]
+fn kms_stopped_with_sigterm_mid_drain_is_lost_not_drained() {
+    let kms = FakeKms::start();
+    kms.set_used_memory_kib(150 * 1024);
+    kms.create_pipeline(1);
+    kms.create_pipeline(2);
+    let url = kms.url();
+    let probe = Memprobe::start(&with_kms(
+        &url,
+        &[
+            "--memory-source",
+            "kms",
+            "--sustain",
+            "300ms",
+            "--min-drain",
+            "100ms",
+            "--drain-timeout",
+            "1h",
+        ],
+    ));
+    probe.wait_for("draining on 2 sessions", |s| {
+        s["state"] == "draining" && s["sessions"] == 2
+    });
+    let before = kms.server_id();
+
+    kms.sigterm();
+    let status = probe.wait_state("lost");
+    assert!(
+        !states_entered(&status).contains(&"recycle".to_string()),
+        "a lost connection is not a drained server: {:#}",
+        status["transitions"]
+    );
+    assert!(status["sessions"].is_null(), "no count without KMS");
+    assert_eq!(probe.get("/healthz").code, 200, "lost never fails liveness");
+
+    kms.start_again();
+    let after = kms.server_id();
+    assert_ne!(before, after);
+    let status = probe.wait_for("the new serverId as a new incarnation", |s| {
+        s["kms"]["server_id"] == after.as_str() && s["counters"]["target_restarts_total"] == 1
+    });
+    let entered = states_entered(&status);
+    let lost = entered.iter().position(|s| s == "lost").unwrap();
+    assert!(
+        !entered[..lost].contains(&"recycle".to_string()),
+        "no recycle before the loss: {entered:?}"
+    );
+    assert!(
+        entered[lost..].contains(&"starting".to_string()),
+        "the new serverId starts a new incarnation: {entered:?}"
+    );
+}
+
+/// KMS caches replies per (sessionId, id) for 20 s, across sockets. A reconnect inside that
+/// window cannot get another request's reply: memprobe's ids only increase across
+/// connections, and the new connection's `connect` names no session, so it gets a new one.
+#[test]
+fn a_reconnect_inside_the_cache_window_never_gets_another_requests_reply() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let probe = watch(&kms, &target, &[]);
+    probe.wait_for("connected", |s| {
+        s["kms"]["connected"] == true && s["sessions"] == 0
+    });
+    kms.drop_connections();
+    probe.wait_for("reconnected and resynchronised", |s| {
+        s["kms"]["reconnects_total"].as_u64() >= Some(1)
+            && s["kms"]["connected"] == true
+            && s["sessions"] == 0
+    });
+    frames_read_by(&kms);
+
+    let seen = kms.requests();
+    let ids: Vec<u64> = seen.iter().map(|r| r.id.as_u64().unwrap()).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids only increase, across connections too: {ids:?}"
+    );
+    let connects: Vec<_> = seen.iter().filter(|r| r.method == "connect").collect();
+    assert_eq!(connects.len(), 2);
+    assert!(
+        connects
+            .iter()
+            .all(|c| c.session_id.is_none() && c.bound_to.is_none()),
+        "each connection's connect names no session: KMS makes a new one"
+    );
+    let session_of = |conn: u64| -> std::collections::BTreeSet<Option<String>> {
+        let others = seen
+            .iter()
+            .filter(|r| r.connection == conn && r.method != "connect");
+        others.map(|r| r.session_id.clone()).collect()
+    };
+    let (first, second) = (
+        session_of(connects[0].connection),
+        session_of(connects[1].connection),
+    );
+    assert_eq!(
+        (first.len(), second.len()),
+        (1, 1),
+        "one session per connection"
+    );
+    assert_ne!(first, second, "a new session after the reconnect");
+    assert_eq!(kms.reused_ids(), 0, "no reply came from the cache");
+
+    // The cache is live: the old session's getInfo id, asked again, gets that reply back.
+    let info = seen
+        .iter()
+        .find(|r| r.connection == connects[0].connection && r.method == "invoke")
+        .unwrap();
+    let old = first.into_iter().next().flatten().unwrap();
+    let mut client = Client::connect(&kms);
+    let stale = client.call(&format!(
+        r#"{{"jsonrpc":"2.0","id":{},"method":"ping","params":{{"sessionId":"{old}"}}}}"#,
+        info.id
+    ));
+    assert!(stale.contains("ServerInfo"), "a reused id: {stale}");
+}
+
+/// `getPipelines` refers every pipeline into KMS's hidden session, which delays the freeing
+/// of an abandoned one by a garbage-collector period. memprobe calls it once per connection:
+/// its pings keep nothing alive, and its call after a reconnect costs at most one sweep.
+#[test]
+fn memprobe_never_keeps_an_abandoned_pipeline_alive_past_one_extra_sweep() {
+    let period = Duration::from_millis(1500);
+    let slack = Duration::from_millis(500);
+    let kms = FakeKms::start_with(FakeKmsConfig {
+        gc_period: period,
+        ..FakeKmsConfig::default()
+    });
+    let target = Workload::start(None);
+    let probe = watch(&kms, &target, &[]);
+    probe.wait_for("connected", |s| {
+        s["kms"]["connected"] == true && s["sessions"] == 0
+    });
+
+    let alone = kms.create_abandoned_pipeline(1);
+    let abandoned = Instant::now();
+    probe.wait_for("the abandoned pipeline counted", |s| s["sessions"] == 1);
+    probe.wait_for("the collector's ObjectDestroyed", |s| s["sessions"] == 0);
+    let lived = kms.freed_at(&alone).unwrap() - abandoned;
+    assert!(
+        lived <= 2 * period + slack,
+        "with memprobe pinging, freed within two sweeps: {lived:?}"
+    );
+
+    let calls = kms.get_pipelines_calls();
+    let pipeline = kms.create_abandoned_pipeline(1);
+    let abandoned = Instant::now();
+    probe.wait_for("the abandoned pipeline counted", |s| s["sessions"] == 1);
+    kms.drop_connections();
+    wait_until("memprobe's getPipelines after the reconnect", || {
+        kms.get_pipelines_calls() > calls
+    });
+    let listed = kms.last_get_pipelines_at().unwrap();
+    probe.wait_for("the collector's ObjectDestroyed", |s| s["sessions"] == 0);
+    let freed = kms.freed_at(&pipeline).unwrap();
+    assert!(
+        freed - listed <= 2 * period + slack,
+        "freed within two sweeps of memprobe's own call: {:?}",
+        freed - listed
+    );
+    if listed - abandoned <= period {
+        assert!(
+            freed - abandoned <= 3 * period + slack,
+            "one extra sweep at most: {:?}",
+            freed - abandoned
+        );
+    }
+    assert_eq!(
+        kms.get_pipelines_calls(),
+        calls + 1,
+        "one call per connection"
+    );
 }
