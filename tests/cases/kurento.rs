@@ -699,3 +699,125 @@ fn memprobe_never_keeps_an_abandoned_pipeline_alive_past_one_extra_sweep() {
         "one call per connection"
     );
 }
+
+/// A pipeline created while memprobe's getPipelines is in flight (the list taken before it,
+/// its ObjectCreated sent before the reply) is counted; one released meanwhile (the list
+/// taken before, its events before the reply) is not. Either way a drain ends on the truth.
+#[test]
+fn changes_racing_the_pipeline_list_are_counted_on_top_of_it() {
+    let kms = FakeKms::start();
+    let kept = kms.create_pipeline(1);
+    let raced = kms.create_during_next_list(2);
+    let mut target = Workload::start(None);
+    let probe = watch(&kms, &target, &["--sustain", "1s", "--min-drain", "200ms"]);
+    probe.wait_for("the list of the first connection", |s| {
+        s["sessions"].is_u64() && kms.get_pipelines_calls() == 1
+    });
+    frames_read_by(&kms);
+    let status = probe.wait_for("2 sessions", |s| s["sessions"] == 2 || s["sessions"] == 1);
+    assert_eq!(
+        status["sessions"], 2,
+        "an older list never wipes out the pipeline created while it was in flight: {status:#}"
+    );
+
+    // The next list (after a reconnect) races the release of `kept`.
+    kms.destroy_during_next_list(&kept);
+    kms.drop_connections();
+    wait_until("the list of the second connection", || {
+        kms.get_pipelines_calls() == 2
+    });
+    frames_read_by(&kms);
+    let status = probe.wait_for("1 session", |s| s["sessions"].is_u64());
+    assert_eq!(
+        status["sessions"], 1,
+        "a pipeline released while the list was in flight is not counted: {status:#}"
+    );
+
+    target.send("alloc 150MiB");
+    probe.wait_state("draining");
+    frames_read_by(&kms);
+    assert_eq!(
+        probe.status()["state"],
+        "draining",
+        "the raced pipeline's call is still on"
+    );
+    kms.destroy_pipeline(&raced);
+    let status = probe.wait_state("recycle");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("last session ended"),
+        "{status:#}"
+    );
+}
+
+/// A KMS that stops sending ObjectDestroyed (a glibc KMS that ran media for a while does):
+/// the count is brought back to what getPipelines lists once a quiet period has passed, so a
+/// drain ends within about one --kms-gc-period of its last session ending — and never while
+/// the list still has a pipeline.
+#[test]
+fn a_drain_ends_within_a_gc_period_when_kms_stops_announcing_destroys() {
+    let kms = FakeKms::start();
+    let first = kms.create_pipeline(1);
+    let second = kms.create_pipeline(1);
+    let mut target = Workload::start(None);
+    let probe = watch(
+        &kms,
+        &target,
+        &[
+            "--sustain",
+            "500ms",
+            "--min-drain",
+            "200ms",
+            "--kms-gc-period",
+            "3s",
+        ],
+    );
+    probe.wait_for("2 sessions", |s| s["sessions"] == 2);
+    kms.stop_destroyed_events_after(0);
+    target.send("alloc 150MiB");
+    probe.wait_state("draining");
+
+    kms.destroy_pipeline(&first);
+    let released = Instant::now();
+    let lists = kms.get_pipelines_calls();
+    wait_until("a resync after a quiet period", || {
+        kms.get_pipelines_calls() > lists
+    });
+    let status = probe.wait_for("1 session", |s| s["sessions"] == 1);
+    assert_eq!(
+        status["state"], "draining",
+        "the list still has a pipeline: the drain goes on"
+    );
+
+    kms.destroy_pipeline(&second);
+    let status = probe.wait_state("recycle");
+    let took = released.elapsed();
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("last session ended"),
+        "the drain ends on its sessions, not on --drain-timeout: {status:#}"
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "two quiet periods of 3 s, not the 10-minute resync: {took:?}"
+    );
+    assert_eq!(kms.destroyed_events_sent(), 0);
+    probe.wait_for("both counted as undestroyed", |s| {
+        s["kms"]["undestroyed_pipelines_total"] == 2
+    });
+    let metrics = probe.get("/metrics").body;
+    assert!(
+        metrics.contains("memprobe_kms_undestroyed_pipelines_total 2"),
+        "{metrics}"
+    );
+    let logs = probe.logs().join("\n");
+    assert_eq!(
+        logs.matches("without an ObjectDestroyed event").count(),
+        1,
+        "said once: {logs}"
+    );
+}
