@@ -25,6 +25,8 @@ mod kurento;
 mod kurento_fake;
 #[path = "cases/page.rs"]
 mod page;
+#[path = "cases/pause.rs"]
+mod pause;
 #[path = "cases/recycle.rs"]
 mod recycle;
 

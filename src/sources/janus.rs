@@ -262,6 +262,9 @@ async fn run(
                 });
                 continue;
             }
+            Err(CallError::Timeout) if super::paused_meanwhile(sent, settings.timeout) => {
+                continue;
+            }
             Err(CallError::Timeout) => {
                 said.fail(&view, &CallError::Timeout);
                 view.send_modify(|v| {

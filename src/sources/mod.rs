@@ -30,6 +30,13 @@ use crate::status::TargetStatus;
 
 pub use proc::sample::{MemoryKind, MemorySample, SampleError};
 
+/// Whether a request sent at `sent` that timed out after `deadline` did so because memprobe
+/// itself was not running (stopped, frozen, suspended): its timer then fires long after the
+/// deadline. Such a timeout is no evidence that the server failed to answer.
+pub fn paused_meanwhile(sent: Instant, deadline: std::time::Duration) -> bool {
+    sent.elapsed() > deadline * 2 + std::time::Duration::from_secs(1)
+}
+
 /// What one step of a memory source saw.
 #[derive(Debug)]
 pub enum Outcome {

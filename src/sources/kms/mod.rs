@@ -213,6 +213,7 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
     let mut ever_connected = false;
     let mut absent_logged = false;
     loop {
+        let started = tokio::time::Instant::now();
         let attempt = tokio::time::timeout(
             settings.timeout,
             tokio_tungstenite::connect_async_with_config(settings.url.expose(), Some(config), true),
@@ -250,7 +251,8 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
                 }
             }
             failed => {
-                let timed_out = failed.is_err();
+                let timed_out =
+                    failed.is_err() && !crate::sources::paused_meanwhile(started, settings.timeout);
                 let why = match failed {
                     Ok(Err(e)) => crate::units::clip(&e.to_string(), MAX_TEXT_BYTES),
                     _ => format!("no answer within {}", crate::units::Human(settings.timeout)),

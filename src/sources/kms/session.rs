@@ -27,6 +27,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum CallError {
     Timeout,
+    /// The deadline passed while memprobe itself was not running: no evidence either way.
+    Paused,
     Reply {
         code: i64,
         message: String,
@@ -39,6 +41,7 @@ impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CallError::Timeout => write!(f, "no answer in time"),
+            CallError::Paused => write!(f, "memprobe was paused while waiting"),
             CallError::Reply { code, message } => write!(f, "error {code}: {message}"),
             CallError::Ended(why) => write!(f, "{why}"),
         }
@@ -158,10 +161,14 @@ where
         if let Err(e) = self.ws.send(Message::text(text)).await {
             return Err(self.ended(e));
         }
-        let deadline = Instant::now() + self.settings.timeout;
+        let sent = Instant::now();
+        let deadline = sent + self.settings.timeout;
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Ok(frame) => frame,
+                Err(_) if crate::sources::paused_meanwhile(sent, self.settings.timeout) => {
+                    return Err(CallError::Paused);
+                }
                 Err(_) => {
                     let message = format!(
                         "{method} got no answer within {}",
@@ -306,6 +313,7 @@ where
                 self.reporter.update(|v| v.failed_pings += 1);
                 Ok(())
             }
+            Err(CallError::Paused) => Ok(()),
             Err(CallError::Ended(why)) => Err(why),
         }
     }
