@@ -28,8 +28,8 @@ pub const DEFAULT_NAME: &str = "kurento-media-server";
 pub const JANUS_NAME: &str = "janus";
 /// The longest `--shutdown-delay`: a kubelet gives a pod 30 s by default to stop.
 const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
-/// The most a file holding a URL is read of.
-const MAX_URL_FILE_BYTES: u64 = 4096;
+/// How long a file named by a flag may take to read at start.
+const START_READ_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -1136,23 +1136,11 @@ impl Checker<'_> {
     }
 }
 
-/// Reads a small file that holds one secret value (a URL with a password, a token), trimmed.
-/// Reads at most 4 KiB, so a wrong path such as /dev/zero cannot fill memory.
+/// Reads a small file that holds one secret value (a URL with a password, a token), trimmed:
+/// a regular file only, at most 4 KiB of it, and given up after a few seconds (a hung mount
+/// makes memprobe exit saying so, rather than hang before it answers anything).
 pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
-    let mut text = String::new();
-    file.take(MAX_URL_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot be read as text: {e}"))?;
-    if text.len() as u64 > MAX_URL_FILE_BYTES {
-        return Err("is over 4 KiB: a file for one value is a few lines at most".into());
-    }
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("is empty (write the value on its first line)".into());
-    }
-    Ok(text.to_string())
+    crate::files::read_value_within(path, START_READ_PATIENCE).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -421,3 +421,110 @@ fn the_probes_short_path_answers_exactly_as_the_router() {
     let (status, _, _) = compare("/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK");
 }
+
+/// One `/drain` call on a fresh connection, with a deadline far past any honest answer; the
+/// status code (0 for no answer at all) and how long it took.
+fn drain_call(addr: SocketAddr, method: &str, token: Option<&str>) -> (u16, Duration) {
+    let started = Instant::now();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("http://{addr}/drain");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let answer = match (method, &auth) {
+        ("GET", Some(a)) => agent.get(&url).header("Authorization", a).call(),
+        ("GET", None) => agent.get(&url).call(),
+        ("POST", None) => agent.post(&url).send_empty(),
+        other => panic!("no {other:?} here"),
+    };
+    (answer.map_or(0, |r| r.status().as_u16()), started.elapsed())
+}
+
+/// A FIFO at `--admin-token-file`'s path (a hung network mount acts alike) is never opened
+/// the blocking way, and the file is never read on the threads that answer: however many
+/// `/drain` calls come, the probes answer, every call gets its answer, and the token in force
+/// goes on working.
+#[test]
+fn a_fifo_at_the_token_path_under_a_flood_of_drain_calls_takes_no_probe_away() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let binary = shipped();
+    let binary = binary
+        .as_deref()
+        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    let token = "fifo-test-token-0123456789";
+    std::fs::write(&token_path, format!("{token}\n")).unwrap();
+    let memprobe = Memprobe::start_binary(
+        binary,
+        &fast(&[
+            "--pid",
+            &pid,
+            "--admin-token-file",
+            token_path.to_str().unwrap(),
+        ]),
+        &[],
+    );
+    memprobe.wait_state("healthy");
+    // The Secret's file turns into a FIFO that no one ever writes to.
+    std::fs::remove_file(&token_path).unwrap();
+    nix::unistd::mkfifo(&token_path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let callers: Vec<_> = [("GET", None), ("POST", None), ("GET", Some(token))]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .map(|(method, auth)| {
+            let (stop, answers, addr) = (Arc::clone(&stop), Arc::clone(&answers), memprobe.addr);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let (code, took) = drain_call(addr, method, auth);
+                    answers
+                        .lock()
+                        .unwrap()
+                        .push((method, auth.is_some(), code, took));
+                }
+            })
+        })
+        .collect();
+    // Long enough for the file to be due for a read again several times (once a second).
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < 20 || started.elapsed() < Duration::from_secs(4) {
+        for path in ["/ready", "/healthz", "/livez"] {
+            let (code, took) = probe(memprobe.addr, path);
+            assert_eq!(code, 200, "{path} answers while /drain calls come");
+            assert!(
+                took < Duration::from_secs(1),
+                "{path} took {took:?} with a FIFO at the token path"
+            );
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    let answers = answers.lock().unwrap();
+    assert!(
+        answers.len() >= 12,
+        "the callers made {} calls",
+        answers.len()
+    );
+    for &(method, authorized, code, took) in answers.iter() {
+        let expected = if authorized { 200 } else { 401 };
+        assert_eq!(
+            code, expected,
+            "{method} /drain (token: {authorized}) got an answer in {took:?}, and the right one"
+        );
+    }
+    memprobe.said_once("is a FIFO, not a regular file");
+    memprobe.never_shown(&[token]);
+}
