@@ -57,6 +57,12 @@ fn not_regular(meta: &Metadata) -> Option<&'static str> {
     }
 }
 
+/// What `path` names when that is not a regular file; `None` for a regular file, and for a
+/// path that names nothing (yet).
+pub fn not_a_regular_file(path: &Path) -> Option<&'static str> {
+    std::fs::metadata(path).ok().as_ref().and_then(not_regular)
+}
+
 /// Opens `path` for reading if it is a regular file; never blocks on a FIFO or a device, and
 /// never opens one (opening a device can act on it).
 pub fn open_regular(path: &Path) -> Result<File, FileError> {

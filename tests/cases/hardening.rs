@@ -160,7 +160,11 @@ fn a_large_request_body_is_refused() {
 
 #[test]
 fn a_pidfile_that_never_ends_costs_nothing_and_says_so_briefly() {
-    let memprobe = Memprobe::start(&fast(&["--pidfile", "/dev/zero"]));
+    // /dev/zero is refused at start; one that turns into it later is found while running.
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.pid");
+    let memprobe = Memprobe::start(&fast(&["--pidfile", zero.to_str().unwrap()]));
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
     let status = memprobe.wait_for("the pidfile read", |s| {
         s["reason"].as_str().is_some_and(|r| r.contains("pidfile"))
     });
@@ -169,7 +173,6 @@ fn a_pidfile_that_never_ends_costs_nothing_and_says_so_briefly() {
     assert!(memprobe.get("/ready").body.len() < 300);
     assert!(memprobe.rss_bytes() < 64 * MIB);
 
-    let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.pid");
     std::fs::write(&big, "7".repeat(50 << 20)).unwrap();
     let memprobe = Memprobe::start(&fast(&["--pidfile", big.to_str().unwrap()]));
@@ -527,4 +530,141 @@ fn a_fifo_at_the_token_path_under_a_flood_of_drain_calls_takes_no_probe_away() {
     }
     memprobe.said_once("is a FIFO, not a regular file");
     memprobe.never_shown(&[token]);
+}
+
+/// memprobe's exit code and stderr with these arguments and environment; `None` for the code
+/// if it was still running after a few seconds (it took the input) and had to be killed.
+fn exit_of(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let child = std::process::Command::new(binary)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start memprobe");
+    let mut child = harness::Reaped(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.0.try_wait().expect("wait memprobe") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = child.0.kill();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.0.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (code, stderr)
+}
+
+/// Every flag of every integration, given a bad value while that integration is off (the
+/// target is a plain `--pid`, so KMS, Janus, the agent, the admin API and any recycle action
+/// are off), is refused at start: exit 2, one line naming the flag (or its variable), the
+/// value unless it is a secret, and a value that works. The table must hold every flag
+/// `--help` lists.
+#[test]
+fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_runs() {
+    let binary = shipped();
+    let binary = binary
+        .as_deref()
+        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    // (flag, a bad value, whether the value may be shown: a secret's never is)
+    let table: &[(&str, &str, bool)] = &[
+        ("--pid", "12ab", true),
+        ("--pidfile", "/dev/zero", true),
+        ("--name", "a/b", true),
+        ("--user", "no-such-user-here", true),
+        ("--include-children", "maybe", true),
+        ("--interval", "soon", true),
+        ("--memory", "vsz", true),
+        ("--threshold", "lots", true),
+        ("--critical", "lots", true),
+        ("--memory-limit", "lots", true),
+        ("--sustain", "9days", true),
+        ("--drain-timeout", "9days", true),
+        ("--min-drain", "9days", true),
+        ("--idle-sustain", "9days", true),
+        ("--kms-url", "http://kms:8888/kurento", true),
+        ("--janus-url", "ws://janus:7088/admin", true),
+        ("--janus-secret", " ", false),
+        ("--janus-secret-file", fifo, true),
+        ("--janus-poll", "9days", true),
+        ("--janus-drain-switch", "maybe", true),
+        ("--kms-url-file", fifo, true),
+        ("--kms-ping-interval", "9days", true),
+        ("--kms-timeout", "300000000000y", true),
+        ("--kms-failures", "0", true),
+        ("--kms-hang-timeout", "9days", true),
+        ("--memory-source", "disk", true),
+        ("--listen", "nowhere", true),
+        ("--agent-listen", "nowhere", true),
+        ("--agent-weight", "heavy", true),
+        ("--on-recycle", "reboot", true),
+        ("--recycle-retry", "9days", true),
+        ("--history", "9days", true),
+        ("--shutdown-delay", "1h", true),
+        ("--admin-token", "hunter2", false),
+        ("--admin-token-file", fifo, true),
+        ("--log-format", "xml", true),
+    ];
+    let help = run_to_end(&["--help"], &[]);
+    let listed: Vec<String> = String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|rest| rest.split([' ', '=', '[']).next())
+        .map(|flag| format!("--{flag}"))
+        .collect();
+    let rows: Vec<&str> = table.iter().map(|(flag, _, _)| *flag).collect();
+    assert_eq!(rows, listed, "one row per flag, in --help's order");
+
+    let own = std::process::id().to_string();
+    for &(flag, value, shown) in table {
+        let variable = format!("MEMPROBE_{}", flag[2..].replace('-', "_").to_uppercase());
+        // --pid is the other rows' target; its own row leaves the default target.
+        let base: &[&str] = if flag == "--pid" {
+            &[]
+        } else {
+            &["--pid", &own]
+        };
+        let by_flag = [base, &[flag, value]].concat();
+        for (args, env, origin) in [
+            (by_flag, vec![], flag.to_string()),
+            (
+                base.to_vec(),
+                vec![(variable.as_str(), value)],
+                variable.clone(),
+            ),
+        ] {
+            let (code, stderr) = exit_of(binary, &args, &env);
+            let line = stderr.trim_end();
+            assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+            assert_eq!(line.lines().count(), 1, "one line: {stderr}");
+            assert!(
+                line.starts_with(&format!("memprobe: {origin}: ")),
+                "{args:?} {env:?}: names {origin}: {line}"
+            );
+            if shown {
+                assert!(
+                    line.contains(&format!("'{value}'")),
+                    "shows the value: {line}"
+                );
+            } else {
+                assert!(
+                    !line.contains(value.trim()) || value.trim().is_empty(),
+                    "{line}"
+                );
+            }
+            assert!(line.contains("(try"), "gives a value that works: {line}");
+            assert!(!line.contains("panicked"), "{line}");
+        }
+    }
 }
