@@ -165,11 +165,14 @@ fn a_pidfile_that_never_ends_costs_nothing_and_says_so_briefly() {
     let zero = dir.path().join("zero.pid");
     let memprobe = Memprobe::start(&fast(&["--pidfile", zero.to_str().unwrap()]));
     std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
-    let status = memprobe.wait_for("the pidfile read", |s| {
-        s["reason"].as_str().is_some_and(|r| r.contains("pidfile"))
+    // Until the link is there, the reason is a pidfile that does not exist yet.
+    let status = memprobe.wait_for("the device refused", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("pidfile") && r.contains("not a regular file"))
     });
     let reason = status["reason"].as_str().unwrap();
-    assert!(reason.contains("not a regular file"), "{reason}");
+    assert!(reason.contains("is a character device"), "{reason}");
     assert!(memprobe.get("/ready").body.len() < 300);
     assert!(memprobe.rss_bytes() < 64 * MIB);
 
