@@ -7,6 +7,11 @@
 //! Enumerations are `clap::ValueEnum`s, looked up here for the same reason; every duration
 //! has a range; and sizes are compared once percentages are resolved against the memory
 //! limit, so no combination that passes here recycles a server by mistake.
+//!
+//! Validation has two steps. Every flag's text is first parsed into its typed value on its
+//! own (`Values`), whether or not anything will use it: `--kms-timeout 300000000000y` is
+//! refused with `--pid` as it is with KMS on. Only then are the values combined — which
+//! media server and integrations run, one target, one source of each secret.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +23,7 @@ use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use crate::limit::MemoryLimit;
 use crate::outlets::agent::AgentWeight;
 use crate::outlets::recycle::RecycleAction;
-use crate::secret::{SecretUrl, Token};
+use crate::secret::{Secret, SecretUrl, Token};
 use crate::sources::MemoryKind;
 use crate::sources::proc::target::TargetSpec;
 use crate::units::{self, Bytes, DurationRange, SizeOrPercent, UnitError};
@@ -28,8 +33,8 @@ pub const DEFAULT_NAME: &str = "kurento-media-server";
 pub const JANUS_NAME: &str = "janus";
 /// The longest `--shutdown-delay`: a kubelet gives a pod 30 s by default to stop.
 const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
-/// The most a file holding a URL is read of.
-const MAX_URL_FILE_BYTES: u64 = 4096;
+/// How long a file named by a flag may take to read at start.
+const START_READ_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -542,114 +547,324 @@ pub enum ParseError {
     Flag(#[from] FlagError),
 }
 
-impl WatchFlags {
-    fn validate(self, check: &Checker, host_total_bytes: u64) -> Result<Config, FlagError> {
-        let janus = check.janus(&self)?;
-        let default_name = if janus.is_some() {
-            JANUS_NAME
-        } else {
-            DEFAULT_NAME
-        };
-        let target = check.target(
-            self.pid.clone(),
-            self.pidfile.clone(),
-            self.name.clone(),
-            default_name,
-        )?;
-        let user = self
-            .user
-            .as_deref()
-            .map(|text| check.user(text, &target))
-            .transpose()?;
-        let include_children = match &self.include_children {
-            Some(text) => check.boolean("include_children", text)?,
-            None => false,
-        };
-        let memory: MemoryKind = check.choice("memory", &self.memory)?;
-        let threshold = check.unit("threshold", &self.threshold, units::parse_size_or_percent)?;
-        let critical = self
-            .critical
-            .as_deref()
-            .map(|text| check.unit("critical", text, units::parse_size_or_percent))
-            .transpose()?;
-        let memory_limit = self
-            .memory_limit
-            .as_deref()
-            .map(|text| check.unit("memory_limit", text, units::parse_size))
-            .transpose()?;
-        let limit = crate::limit::choose(memory_limit, None, host_total_bytes);
-        self.check_sizes(check, threshold, critical, limit)?;
-        let kms_off = match &janus {
-            Some(_) => Some("kms: off, since --janus-url watches Janus".to_string()),
-            None => check.kms_not_asked(&target),
-        };
-        let kms = match kms_off {
-            Some(_) => None,
-            None => check.kms(&self)?,
-        };
-        let memory_source: MemorySource = check.choice("memory_source", &self.memory_source)?;
-        if memory_source == MemorySource::Kms {
-            check.kms_source(&self, kms.is_some(), memory)?;
-        }
-        let listen = self.listen.trim().parse().map_err(|_| {
-            check.error(
-                "listen",
-                &self.listen,
-                "is not an address:port (try 0.0.0.0:8899)",
-            )
-        })?;
-        let shutdown_delay = check.duration("shutdown_delay", &self.shutdown_delay)?;
-        if shutdown_delay > MAX_SHUTDOWN_DELAY {
-            let problem = "is over 5m: a kubelet kills a pod 30s after SIGTERM by default (try 1s)";
-            return Err(check.error("shutdown_delay", &self.shutdown_delay, problem));
-        }
-        let admin_token = check.admin_token(&self)?;
-        let agent_listen = self
-            .agent_listen
-            .as_deref()
-            .map(|text| {
-                text.trim().parse().map_err(|_| {
-                    check.error(
-                        "agent_listen",
-                        text,
-                        "is not an address:port (try 0.0.0.0:8898)",
-                    )
-                })
-            })
-            .transpose()?;
-        let agent_weight: AgentWeight = check.choice("agent_weight", &self.agent_weight)?;
-        let on_recycle = RecycleAction::parse(&self.on_recycle)
-            .map_err(|problem| check.error("on_recycle", &self.on_recycle, &problem))?;
-        check.signal_possible(&on_recycle, &target, memory_source)?;
-        let recycle_retry = check.duration("recycle_retry", &self.recycle_retry)?;
-        Ok(Config {
-            target,
+/// Every flag's value, parsed into its type on its own. Nothing here depends on another flag,
+/// so a bad value is refused whether or not the integration that would use it is on; which
+/// integration uses which value is decided afterwards, from these (`Values::decide`).
+struct Values {
+    pid: Option<i32>,
+    pidfile: Option<PathBuf>,
+    name: Option<String>,
+    user: Option<u32>,
+    include_children: bool,
+    interval: Duration,
+    memory: MemoryKind,
+    threshold: SizeOrPercent,
+    critical: Option<SizeOrPercent>,
+    memory_limit: Option<u64>,
+    sustain: Duration,
+    drain_timeout: Duration,
+    min_drain: Duration,
+    idle_sustain: Duration,
+    /// `None` for `none`.
+    kms_url: Option<SecretUrl>,
+    janus_url: Option<url::Url>,
+    janus_secret: Option<Secret>,
+    janus_secret_file: Option<(PathBuf, Secret)>,
+    janus_poll: Duration,
+    janus_drain_switch: bool,
+    /// The file, and the URL it holds (`None` for `none`).
+    kms_url_file: Option<(PathBuf, Option<SecretUrl>)>,
+    kms_ping_interval: Duration,
+    kms_timeout: Duration,
+    kms_failures: u32,
+    kms_hang_timeout: Duration,
+    kms_gc_period: Duration,
+    memory_source: MemorySource,
+    listen: SocketAddr,
+    agent_listen: Option<SocketAddr>,
+    agent_weight: AgentWeight,
+    on_recycle: RecycleAction,
+    recycle_retry: Duration,
+    history: Duration,
+    shutdown_delay: Duration,
+    admin_token: Option<Token>,
+    admin_token_file: Option<(PathBuf, Token)>,
+    log_format: LogFormat,
+}
+
+impl Values {
+    /// Parses every flag, in the order `--help` lists them.
+    fn parse(flags: &WatchFlags, check: &Checker) -> Result<Values, FlagError> {
+        // Every field by name, no `..`: a flag added to WatchFlags but not parsed here is an
+        // unused binding, which the build refuses (clippy -D warnings).
+        let WatchFlags {
+            pid,
+            pidfile,
+            name,
             user,
             include_children,
-            interval: check.duration("interval", &self.interval)?,
+            interval,
             memory,
             threshold,
             critical,
             memory_limit,
-            sustain: check.duration("sustain", &self.sustain)?,
-            idle_sustain: check.duration("idle_sustain", &self.idle_sustain)?,
-            kms,
-            kms_off,
-            janus,
+            sustain,
+            drain_timeout,
+            min_drain,
+            idle_sustain,
+            kms_url,
+            janus_url,
+            janus_secret,
+            janus_secret_file,
+            janus_poll,
+            janus_drain_switch,
+            kms_url_file,
+            kms_ping_interval,
+            kms_timeout,
+            kms_failures,
+            kms_hang_timeout,
+            kms_gc_period,
             memory_source,
-            drain_timeout: check.duration("drain_timeout", &self.drain_timeout)?,
-            min_drain: check.duration("min_drain", &self.min_drain)?,
             listen,
             agent_listen,
             agent_weight,
             on_recycle,
             recycle_retry,
+            history,
             shutdown_delay,
-            history: check.duration("history", &self.history)?,
             admin_token,
-            admin_token_file: self.admin_token_file.clone(),
-            log_format: check.choice("log_format", &self.log_format)?,
+            admin_token_file,
+            log_format,
+        } = flags;
+        let size_or_percent = |id, text: &str| check.unit(id, text, units::parse_size_or_percent);
+        Ok(Values {
+            pid: pid.as_deref().map(|t| check.pid(t)).transpose()?,
+            pidfile: pidfile.as_deref().map(|p| check.pidfile(p)).transpose()?,
+            name: name.as_deref().map(|t| check.name(t)).transpose()?,
+            user: user.as_deref().map(|t| check.user(t)).transpose()?,
+            include_children: include_children
+                .as_deref()
+                .map(|t| check.boolean("include_children", t))
+                .transpose()?
+                .unwrap_or(false),
+            interval: check.duration("interval", interval)?,
+            memory: check.choice("memory", memory)?,
+            threshold: size_or_percent("threshold", threshold)?,
+            critical: critical
+                .as_deref()
+                .map(|t| size_or_percent("critical", t))
+                .transpose()?,
+            memory_limit: memory_limit
+                .as_deref()
+                .map(|t| check.unit("memory_limit", t, units::parse_size))
+                .transpose()?,
+            sustain: check.duration("sustain", sustain)?,
+            drain_timeout: check.duration("drain_timeout", drain_timeout)?,
+            min_drain: check.duration("min_drain", min_drain)?,
+            idle_sustain: check.duration("idle_sustain", idle_sustain)?,
+            kms_url: check.kms_url("kms_url", kms_url, &SecretUrl::redact(kms_url))?,
+            janus_url: janus_url
+                .as_deref()
+                .map(|t| check.janus_url(t))
+                .transpose()?,
+            janus_secret: janus_secret
+                .as_deref()
+                .map(|t| check.janus_secret("janus_secret", t))
+                .transpose()?,
+            janus_secret_file: janus_secret_file
+                .as_ref()
+                .map(|path| {
+                    let text = check.secret_file("janus_secret_file", path)?;
+                    Ok((
+                        path.clone(),
+                        check.janus_secret("janus_secret_file", &text)?,
+                    ))
+                })
+                .transpose()?,
+            janus_poll: check.duration("janus_poll", janus_poll)?,
+            janus_drain_switch: janus_drain_switch
+                .as_deref()
+                .map(|t| check.boolean("janus_drain_switch", t))
+                .transpose()?
+                .unwrap_or(true),
+            kms_url_file: kms_url_file
+                .as_ref()
+                .map(|path| {
+                    let text = check.secret_file("kms_url_file", path)?;
+                    // A URL read from a file is never echoed: it may hold a password.
+                    let url = check.kms_url("kms_url_file", &text, &path.display().to_string())?;
+                    Ok((path.clone(), url))
+                })
+                .transpose()?,
+            kms_ping_interval: check.duration("kms_ping_interval", kms_ping_interval)?,
+            kms_timeout: check.duration("kms_timeout", kms_timeout)?,
+            kms_failures: check.failures(kms_failures)?,
+            kms_hang_timeout: check.duration("kms_hang_timeout", kms_hang_timeout)?,
+            kms_gc_period: check.duration("kms_gc_period", kms_gc_period)?,
+            memory_source: check.choice("memory_source", memory_source)?,
+            listen: check.address("listen", listen, "0.0.0.0:8899")?,
+            agent_listen: agent_listen
+                .as_deref()
+                .map(|t| check.address("agent_listen", t, "0.0.0.0:8898"))
+                .transpose()?,
+            agent_weight: check.choice("agent_weight", agent_weight)?,
+            on_recycle: RecycleAction::parse(on_recycle)
+                .map_err(|problem| check.error("on_recycle", on_recycle, &problem))?,
+            recycle_retry: check.duration("recycle_retry", recycle_retry)?,
+            history: check.duration("history", history)?,
+            shutdown_delay: check.shutdown_delay(shutdown_delay)?,
+            admin_token: admin_token
+                .as_deref()
+                .map(|t| check.token("admin_token", t))
+                .transpose()?,
+            admin_token_file: admin_token_file
+                .as_ref()
+                .map(|path| {
+                    let text = check.secret_file("admin_token_file", path)?;
+                    Ok((path.clone(), check.token("admin_token_file", &text)?))
+                })
+                .transpose()?,
+            log_format: check.choice("log_format", log_format)?,
         })
+    }
+
+    /// Which integrations run, and whether the values given fit together: one media server,
+    /// one target, one source of each secret, a threshold the limit allows.
+    fn decide(
+        self,
+        flags: &WatchFlags,
+        check: &Checker,
+        host_total_bytes: u64,
+    ) -> Result<Config, FlagError> {
+        let admin_token = check.one_of(
+            ("admin_token", self.admin_token),
+            ("admin_token_file", self.admin_token_file),
+        )?;
+        let janus_secret = check.one_of(
+            ("janus_secret", self.janus_secret),
+            ("janus_secret_file", self.janus_secret_file),
+        )?;
+        if let Some((path, _)) = &self.kms_url_file
+            && check.given("kms_url")
+        {
+            return Err(check.both(
+                "kms_url",
+                "kms_url_file",
+                &format!(
+                    "only one may be given (keep --kms-url-file {} for a URL with a secret)",
+                    path.display()
+                ),
+            ));
+        }
+        let janus = match self.janus_url {
+            None => None,
+            Some(url) => {
+                if (check.given("kms_url") && self.kms_url.is_some()) || self.kms_url_file.is_some()
+                {
+                    return Err(check.both(
+                        "janus_url",
+                        "kms_url",
+                        "memprobe watches one media server: give one of them",
+                    ));
+                }
+                if self.memory_source == MemorySource::Kms {
+                    return Err(check.error(
+                        "memory_source",
+                        "kms",
+                        "reads KMS, but --janus-url watches Janus (try --memory-source proc)",
+                    ));
+                }
+                let (secret, secret_file) = match janus_secret {
+                    Some((secret, file)) => (Some(secret), file),
+                    None => (None, None),
+                };
+                Some(JanusConfig {
+                    url,
+                    secret,
+                    secret_file,
+                    poll: self.janus_poll,
+                    timeout: self.janus_poll.min(Duration::from_secs(3)),
+                    drain_switch: self.janus_drain_switch,
+                    failures: self.kms_failures,
+                    hang_timeout: self.kms_hang_timeout,
+                })
+            }
+        };
+        let default_name = if janus.is_some() {
+            JANUS_NAME
+        } else {
+            DEFAULT_NAME
+        };
+        let target = check.target(self.pid, self.pidfile, self.name, default_name)?;
+        if let (Some(text), false) = (&flags.user, matches!(target, TargetSpec::Name(_))) {
+            let problem = "narrows --name only: a pid is already one process (drop --user)";
+            return Err(check.error("user", text.trim(), problem));
+        }
+        let limit = crate::limit::choose(self.memory_limit, None, host_total_bytes);
+        flags.check_sizes(check, self.threshold, self.critical, limit)?;
+        let kms_off = match &janus {
+            Some(_) => Some("kms: off, since --janus-url watches Janus".to_string()),
+            None => check.kms_not_asked(&target),
+        };
+        let (kms_url, kms_url_file) = match self.kms_url_file {
+            Some((path, url)) => (url, Some(path)),
+            None => (self.kms_url, None),
+        };
+        let kms = match (&kms_off, kms_url) {
+            (None, Some(url)) => Some(KmsConfig {
+                url,
+                url_file: kms_url_file,
+                ping_interval: self.kms_ping_interval,
+                timeout: self.kms_timeout,
+                failures: self.kms_failures,
+                hang_timeout: self.kms_hang_timeout,
+                gc_period: self.kms_gc_period,
+            }),
+            _ => None,
+        };
+        if self.memory_source == MemorySource::Kms {
+            check.kms_source(flags, kms.is_some(), self.memory)?;
+        }
+        check.signal_possible(&self.on_recycle, &target, self.memory_source)?;
+        let (admin_token, admin_token_file) = match admin_token {
+            Some((token, file)) => (Some(token), file),
+            None => (None, None),
+        };
+        Ok(Config {
+            target,
+            user: self.user,
+            include_children: self.include_children,
+            interval: self.interval,
+            memory: self.memory,
+            threshold: self.threshold,
+            critical: self.critical,
+            memory_limit: self.memory_limit,
+            sustain: self.sustain,
+            idle_sustain: self.idle_sustain,
+            kms,
+            kms_off,
+            janus,
+            memory_source: self.memory_source,
+            drain_timeout: self.drain_timeout,
+            min_drain: self.min_drain,
+            listen: self.listen,
+            agent_listen: self.agent_listen,
+            agent_weight: self.agent_weight,
+            on_recycle: self.on_recycle,
+            recycle_retry: self.recycle_retry,
+            shutdown_delay: self.shutdown_delay,
+            history: self.history,
+            admin_token,
+            admin_token_file,
+            log_format: self.log_format,
+        })
+    }
+}
+
+impl WatchFlags {
+    /// Every value parsed first, then combined: see `Values`.
+    fn validate(self, check: &Checker, host_total_bytes: u64) -> Result<Config, FlagError> {
+        Values::parse(&self, check)?.decide(&self, check, host_total_bytes)
     }
 
     /// Threshold and critical, resolved against the limit: the threshold is more than 0 and
@@ -782,12 +997,8 @@ impl Checker<'_> {
         self.unit(id, text, |t| range.parse(t))
     }
 
-    /// `--user`: a uid, or a user name as this system resolves it; only with `--name`.
-    fn user(&self, text: &str, target: &TargetSpec) -> Result<u32, FlagError> {
-        if !matches!(target, TargetSpec::Name(_)) {
-            let problem = "narrows --name only: a pid is already one process (drop --user)";
-            return Err(self.error("user", text, problem));
-        }
+    /// `--user`: a uid, or a user name as this system resolves it.
+    fn user(&self, text: &str) -> Result<u32, FlagError> {
         let text = text.trim();
         if let Ok(uid) = text.parse::<u32>() {
             return Ok(uid);
@@ -803,35 +1014,153 @@ impl Checker<'_> {
             })
     }
 
-    /// `--admin-token` or the file it is in; never echoed in an error.
-    fn admin_token(&self, flags: &WatchFlags) -> Result<Option<Token>, FlagError> {
-        let text = match (&flags.admin_token, &flags.admin_token_file) {
+    /// Whether a flag was set (on the command line or in the environment), not defaulted.
+    fn given(&self, id: &str) -> bool {
+        matches!(
+            self.matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    }
+
+    /// Two flags that exclude each other, both given.
+    fn both(&self, one: &str, other: &str, problem: &str) -> FlagError {
+        FlagError {
+            origin: format!("{} and {}", self.origin(one), self.origin(other)),
+            value: None,
+            problem: problem.into(),
+        }
+    }
+
+    /// A value given directly or through a file, never both; with the file it came from.
+    fn one_of<T>(
+        &self,
+        (flag_id, flag): (&str, Option<T>),
+        (file_id, file): (&str, Option<(PathBuf, T)>),
+    ) -> Result<Option<(T, Option<PathBuf>)>, FlagError> {
+        match (flag, file) {
             (Some(_), Some(_)) => {
-                return Err(FlagError {
-                    origin: format!(
-                        "{} and {}",
-                        self.origin("admin_token"),
-                        self.origin("admin_token_file")
-                    ),
-                    value: None,
-                    problem: "only one may be given (keep the file)".into(),
-                });
+                Err(self.both(flag_id, file_id, "only one may be given (keep the file)"))
             }
-            (Some(text), None) => text.clone(),
-            (None, Some(path)) => read_secret_file(path).map_err(|problem| {
-                self.error("admin_token_file", &path.display().to_string(), &problem)
-            })?,
-            (None, None) => return Ok(None),
-        };
-        let id = match flags.admin_token_file {
-            Some(_) => "admin_token_file",
-            None => "admin_token",
-        };
-        Token::new(&text).map(Some).map_err(|problem| FlagError {
+            (Some(value), None) => Ok(Some((value, None))),
+            (None, Some((path, value))) => Ok(Some((value, Some(path)))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The value a file named by a flag holds; the error names the path, never the content.
+    fn secret_file(&self, id: &str, path: &Path) -> Result<String, FlagError> {
+        read_secret_file(path)
+            .map_err(|problem| self.error(id, &path.display().to_string(), &problem))
+    }
+
+    /// A bearer token; never echoed in an error.
+    fn token(&self, id: &str, text: &str) -> Result<Token, FlagError> {
+        Token::new(text).map_err(|problem| FlagError {
             origin: self.origin(id),
             value: None,
             problem,
         })
+    }
+
+    /// Janus's admin secret; never echoed in an error.
+    fn janus_secret(&self, id: &str, text: &str) -> Result<Secret, FlagError> {
+        let text = text.trim();
+        let problem = if text.is_empty() {
+            "is empty (try the admin_secret of janus.jcfg)"
+        } else if text.chars().any(char::is_control) {
+            "holds control characters (try the admin_secret of janus.jcfg)"
+        } else {
+            return Ok(Secret::new(text));
+        };
+        Err(FlagError {
+            origin: self.origin(id),
+            value: None,
+            problem: problem.into(),
+        })
+    }
+
+    /// A `ws://` URL for KMS, or `none`; `shown` is what an error may show of it.
+    fn kms_url(&self, id: &str, text: &str, shown: &str) -> Result<Option<SecretUrl>, FlagError> {
+        let text = text.trim();
+        if text == "none" {
+            return Ok(None);
+        }
+        SecretUrl::parse_ws(text)
+            .map(Some)
+            .map_err(|problem| self.error(id, shown, &problem))
+    }
+
+    /// `--janus-url`: Janus's admin API, over http://.
+    fn janus_url(&self, text: &str) -> Result<url::Url, FlagError> {
+        url::Url::parse(text.trim())
+            .ok()
+            .filter(|u| u.scheme() == "http" && u.host_str().is_some_and(|h| !h.is_empty()))
+            .ok_or_else(|| {
+                self.error(
+                    "janus_url",
+                    &SecretUrl::redact(text),
+                    "is not an http:// URL (try http://127.0.0.1:7088/admin)",
+                )
+            })
+    }
+
+    /// An address to listen on.
+    fn address(&self, id: &str, text: &str, example: &str) -> Result<SocketAddr, FlagError> {
+        text.trim()
+            .parse()
+            .map_err(|_| self.error(id, text, &format!("is not an address:port (try {example})")))
+    }
+
+    /// `--shutdown-delay`: within what a kubelet waits after SIGTERM.
+    fn shutdown_delay(&self, text: &str) -> Result<Duration, FlagError> {
+        let delay = self.duration("shutdown_delay", text)?;
+        if delay > MAX_SHUTDOWN_DELAY {
+            let problem = "is over 5m: a kubelet kills a pod 30s after SIGTERM by default (try 1s)";
+            return Err(self.error("shutdown_delay", text, problem));
+        }
+        Ok(delay)
+    }
+
+    /// `--pid`: a process id, not a kernel thread's.
+    fn pid(&self, text: &str) -> Result<i32, FlagError> {
+        let pid = match text.trim().parse::<i32>() {
+            Ok(pid) if pid > 0 => pid,
+            _ => return Err(self.error("pid", text, "is not a process id (try --pid 1234)")),
+        };
+        if crate::sources::proc::target::is_kernel_thread(pid) {
+            let problem = "is a kernel thread, which has no memory of its own to watch \
+                           (try the pid of a server process)";
+            return Err(self.error("pid", text, problem));
+        }
+        Ok(pid)
+    }
+
+    /// `--pidfile`: any path, since the file may not be written yet, but not one that names a
+    /// FIFO, a device or a directory.
+    fn pidfile(&self, path: &Path) -> Result<PathBuf, FlagError> {
+        match crate::files::not_a_regular_file(path) {
+            None => Ok(path.to_owned()),
+            Some(kind) => Err(self.error(
+                "pidfile",
+                &path.display().to_string(),
+                &format!(
+                    "is {kind}, not a regular file (try the file the server writes its pid to)"
+                ),
+            )),
+        }
+    }
+
+    /// `--name`: a process name, as comm or a basename can be.
+    fn name(&self, text: &str) -> Result<String, FlagError> {
+        if text.is_empty() || text.contains('/') || text.len() > 255 {
+            let shown = units::clip(text, 64);
+            return Err(self.error(
+                "name",
+                &shown,
+                "is not a process name (try kurento-media-server)",
+            ));
+        }
+        Ok(text.to_string())
     }
 
     /// A signal needs a pid, and with `--pid` the permission to signal it (signal 0 tells).
@@ -893,103 +1222,20 @@ impl Checker<'_> {
     }
 
     /// `--kms-failures`: failed pings in a row that stall the server.
-    fn failures(&self, flags: &WatchFlags) -> Result<u32, FlagError> {
-        match flags.kms_failures.trim().parse::<u32>() {
+    fn failures(&self, text: &str) -> Result<u32, FlagError> {
+        match text.trim().parse::<u32>() {
             Ok(n) if (1..=1000).contains(&n) => Ok(n),
             _ => {
                 let problem = "is not a count from 1 to 1000 (try 3)";
-                Err(self.error("kms_failures", &flags.kms_failures, problem))
+                Err(self.error("kms_failures", text, problem))
             }
         }
-    }
-
-    /// `--janus-url` and its companions; refused beside an explicit `--kms-url` or
-    /// `--memory-source kms`: memprobe watches one media server.
-    fn janus(&self, flags: &WatchFlags) -> Result<Option<JanusConfig>, FlagError> {
-        let Some(text) = &flags.janus_url else {
-            return Ok(None);
-        };
-        let given = |id: &str| {
-            matches!(
-                self.matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        if (given("kms_url") && flags.kms_url.trim() != "none") || given("kms_url_file") {
-            return Err(FlagError {
-                origin: format!(
-                    "{} and {}",
-                    self.origin("janus_url"),
-                    self.origin("kms_url")
-                ),
-                value: None,
-                problem: "memprobe watches one media server: give one of them".into(),
-            });
-        }
-        if flags.memory_source.trim() == "kms" {
-            return Err(self.error(
-                "memory_source",
-                "kms",
-                "reads KMS, but --janus-url watches Janus (try --memory-source proc)",
-            ));
-        }
-        let url = url::Url::parse(text.trim())
-            .ok()
-            .filter(|u| u.scheme() == "http" && u.host_str().is_some_and(|h| !h.is_empty()))
-            .ok_or_else(|| {
-                self.error(
-                    "janus_url",
-                    &SecretUrl::redact(text),
-                    "is not an http:// URL (try http://127.0.0.1:7088/admin)",
-                )
-            })?;
-        let secret = match (&flags.janus_secret, &flags.janus_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(FlagError {
-                    origin: format!(
-                        "{} and {}",
-                        self.origin("janus_secret"),
-                        self.origin("janus_secret_file")
-                    ),
-                    value: None,
-                    problem: "only one may be given (keep the file)".into(),
-                });
-            }
-            (Some(text), None) => Some(crate::secret::Secret::new(text)),
-            (None, Some(path)) => Some(crate::secret::Secret::new(
-                &read_secret_file(path).map_err(|problem| {
-                    self.error("janus_secret_file", &path.display().to_string(), &problem)
-                })?,
-            )),
-            (None, None) => None,
-        };
-        let poll = self.duration("janus_poll", &flags.janus_poll)?;
-        let drain_switch = match &flags.janus_drain_switch {
-            Some(text) => self.boolean("janus_drain_switch", text)?,
-            None => true,
-        };
-        Ok(Some(JanusConfig {
-            url,
-            secret,
-            secret_file: flags.janus_secret_file.clone(),
-            poll,
-            timeout: poll.min(Duration::from_secs(3)),
-            drain_switch,
-            failures: self.failures(flags)?,
-            hang_timeout: self.duration("kms_hang_timeout", &flags.kms_hang_timeout)?,
-        }))
     }
 
     /// A target picked by `--pid`, `--pidfile` or a `--name` other than KMS's is not KMS:
     /// without a `--kms-url` (or its file), memprobe does not try to reach one.
     fn kms_not_asked(&self, target: &TargetSpec) -> Option<String> {
-        let given = |id: &str| {
-            matches!(
-                self.matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        if given("kms_url") || given("kms_url_file") {
+        if self.given("kms_url") || self.given("kms_url_file") {
             return None;
         }
         match target {
@@ -1000,57 +1246,6 @@ impl Checker<'_> {
         }
     }
 
-    fn kms(&self, flags: &WatchFlags) -> Result<Option<KmsConfig>, FlagError> {
-        let given = |id: &str| {
-            matches!(
-                self.matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        let text = match &flags.kms_url_file {
-            Some(path) if given("kms_url") => {
-                return Err(FlagError {
-                    origin: format!(
-                        "{} and {}",
-                        self.origin("kms_url"),
-                        self.origin("kms_url_file")
-                    ),
-                    value: None,
-                    problem: format!(
-                        "only one may be given (keep --kms-url-file {} for a URL with a secret)",
-                        path.display()
-                    ),
-                });
-            }
-            Some(path) => read_secret_file(path).map_err(|problem| {
-                self.error("kms_url_file", &path.display().to_string(), &problem)
-            })?,
-            None => flags.kms_url.trim().to_string(),
-        };
-        if text == "none" {
-            return Ok(None);
-        }
-        // A URL read from a file is never echoed: it may hold a password.
-        let (id, shown) = match &flags.kms_url_file {
-            Some(path) => ("kms_url_file", path.display().to_string()),
-            None => ("kms_url", SecretUrl::redact(&text)),
-        };
-        let url = SecretUrl::parse_ws(&text)
-            .map_err(|problem: String| self.error(id, &shown, &problem))?;
-        let ping_interval = self.duration("kms_ping_interval", &flags.kms_ping_interval)?;
-        let timeout = self.duration("kms_timeout", &flags.kms_timeout)?;
-        let failures = self.failures(flags)?;
-        Ok(Some(KmsConfig {
-            url,
-            url_file: flags.kms_url_file.clone(),
-            ping_interval,
-            timeout,
-            failures,
-            hang_timeout: self.duration("kms_hang_timeout", &flags.kms_hang_timeout)?,
-            gc_period: self.duration("kms_gc_period", &flags.kms_gc_period)?,
-        }))
-    }
-
     /// `--memory-source kms` reads memory from KMS itself: there is no process to pick.
     fn kms_source(
         &self,
@@ -1058,14 +1253,8 @@ impl Checker<'_> {
         kms_on: bool,
         memory: MemoryKind,
     ) -> Result<(), FlagError> {
-        let set = |id: &str| {
-            matches!(
-                self.matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
         for id in ["pid", "pidfile", "name", "user"] {
-            if set(id) {
+            if self.given(id) {
                 return Err(FlagError {
                     origin: self.origin(id),
                     value: None,
@@ -1095,9 +1284,10 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// The one target given, or a process of the default name.
     fn target(
         &self,
-        pid: Option<String>,
+        pid: Option<i32>,
         pidfile: Option<PathBuf>,
         name: Option<String>,
         default_name: &str,
@@ -1119,51 +1309,19 @@ impl Checker<'_> {
                     .to_string(),
             });
         }
-        if let Some(text) = pid {
-            let pid = match text.trim().parse::<i32>() {
-                Ok(pid) if pid > 0 => pid,
-                _ => return Err(self.error("pid", &text, "is not a process id (try --pid 1234)")),
-            };
-            if crate::sources::proc::target::is_kernel_thread(pid) {
-                let problem = "is a kernel thread, which has no memory of its own to watch \
-                               (try the pid of a server process)";
-                return Err(self.error("pid", &text, problem));
-            }
-            return Ok(TargetSpec::Pid(pid));
-        }
-        if let Some(path) = pidfile {
-            return Ok(TargetSpec::Pidfile(path));
-        }
-        let name = name.unwrap_or_else(|| default_name.to_string());
-        if name.is_empty() || name.contains('/') || name.len() > 255 {
-            let shown = units::clip(&name, 64);
-            return Err(self.error(
-                "name",
-                &shown,
-                "is not a process name (try kurento-media-server)",
-            ));
-        }
-        Ok(TargetSpec::Name(name))
+        Ok(match (pid, pidfile, name) {
+            (Some(pid), _, _) => TargetSpec::Pid(pid),
+            (_, Some(path), _) => TargetSpec::Pidfile(path),
+            (_, _, name) => TargetSpec::Name(name.unwrap_or_else(|| default_name.to_string())),
+        })
     }
 }
 
-/// Reads a small file that holds one secret value (a URL with a password, a token), trimmed.
-/// Reads at most 4 KiB, so a wrong path such as /dev/zero cannot fill memory.
+/// Reads a small file that holds one secret value (a URL with a password, a token), trimmed:
+/// a regular file only, at most 4 KiB of it, and given up after a few seconds (a hung mount
+/// makes memprobe exit saying so, rather than hang before it answers anything).
 pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
-    let mut text = String::new();
-    file.take(MAX_URL_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot be read as text: {e}"))?;
-    if text.len() as u64 > MAX_URL_FILE_BYTES {
-        return Err("is over 4 KiB: a file for one value is a few lines at most".into());
-    }
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("is empty (write the value on its first line)".into());
-    }
-    Ok(text.to_string())
+    crate::files::read_value_within(path, START_READ_PATIENCE).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -1244,6 +1402,7 @@ mod tests {
             "--kms-ping-interval",
             "--kms-timeout",
             "--kms-hang-timeout",
+            "--kms-gc-period",
         ] {
             for value in ["1ns", "200000000000y", "8days"] {
                 let e = sidecar(&[flag, value]).unwrap_err();
@@ -1262,6 +1421,54 @@ mod tests {
             Duration::ZERO
         );
         assert!(sidecar(&["--shutdown-delay", "1h"]).is_err());
+    }
+
+    #[test]
+    fn every_value_is_checked_whether_or_not_anything_uses_it() {
+        // A target that is not KMS: KMS, Janus, the agent and the admin API are all off.
+        let own = std::process::id().to_string();
+        let off = sidecar(&["--pid", &own]).unwrap();
+        assert!(off.kms.is_none() && off.janus.is_none() && off.agent_listen.is_none());
+        for (flag, value) in [
+            ("--kms-timeout", "300000000000y"),
+            ("--kms-ping-interval", "9days"),
+            ("--kms-failures", "0"),
+            ("--kms-hang-timeout", "1ns"),
+            ("--kms-gc-period", "9days"),
+            ("--janus-poll", "9days"),
+            ("--janus-drain-switch", "maybe"),
+            ("--janus-secret", " "),
+            ("--janus-secret-file", "/dev/zero"),
+            ("--agent-weight", "heavy"),
+            ("--recycle-retry", "0s"),
+        ] {
+            let e = sidecar(&["--pid", &own, flag, value]).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{flag}: ")) && e.contains("(try "),
+                "{flag} {value:?} is refused with its integration off, naming it: {e}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "janusoverlord").unwrap();
+        let secret = secret.to_str().unwrap();
+        assert!(
+            sidecar(&["--pid", &own, "--janus-secret-file", secret]).is_ok(),
+            "a good value of an integration that is off is accepted"
+        );
+        assert_eq!(
+            sidecar(&[
+                "--pid",
+                &own,
+                "--janus-secret",
+                "x",
+                "--janus-secret-file",
+                secret
+            ])
+            .unwrap_err(),
+            "--janus-secret and --janus-secret-file: only one may be given (keep the file)",
+            "two sources of one secret are refused with Janus off too"
+        );
     }
 
     #[test]

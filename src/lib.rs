@@ -12,7 +12,10 @@
 //! - [`config`] — flags and environment, parsed raw, then validated into a `Config`.
 //! - `client` — one HTTP request over a fresh connection (`memprobe drain`, Janus's admin API).
 //! - `units` — sizes, percentages and durations, parsed, bounded and shown.
-//! - `secret` — URLs, tokens and secrets that are never shown.
+//! - `secret` — URLs, tokens and secrets that are never shown, and the files they are read
+//!   again from.
+//! - `files` — small files given by path (secrets, pidfiles): regular files only, opened
+//!   without blocking, bounded, and read off the runtime's thread.
 //! - `limit` — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
 //! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`),
 //!   sessions and liveness (KMS's JSON-RPC, Janus's admin API), and the operator's drains;
@@ -31,6 +34,7 @@
 
 mod client;
 pub mod config;
+mod files;
 mod limit;
 mod monitor;
 mod outlets;

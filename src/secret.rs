@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use crate::files::FileError;
+
 /// A URL that may carry credentials. `Display` and `Debug` show it redacted.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl {
@@ -155,15 +157,34 @@ impl fmt::Debug for Token {
     }
 }
 
+/// How long a caller waits for a read of a secret file it started. Beyond it the value in
+/// force stays, and the read's outcome is taken up by a later call once it has one.
+pub const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A file holding a secret that may be rewritten while memprobe runs (a Kubernetes Secret
 /// mounted as a file is updated in place). Read again on demand: a new value is handed over,
-/// and a file that cannot be used (empty or unreadable mid-rewrite, say) is said once and
-/// leaves the value in force as it is.
-#[derive(Clone, Debug, PartialEq)]
+/// and a file that cannot be used (empty or unreadable mid-rewrite, not a regular file, or on
+/// a file system that does not answer) is said once and leaves the value in force as it is.
+///
+/// Each read runs on a thread of its own ([`crate::files::off_thread`]) and is waited for at
+/// most [`READ_PATIENCE`]; one that has not ended is not waited for again, and no other
+/// starts until it has: a hung mount holds one thread, never the runtime's.
 pub struct SecretFile {
     flag: &'static str,
     path: std::path::PathBuf,
     unusable_said: bool,
+    /// The read under way, if any.
+    reading: Option<Reading>,
+    /// How a read is done: [`crate::files::read_value`], but for tests of a read that hangs.
+    read: fn(&std::path::Path) -> Result<String, FileError>,
+}
+
+type Reading = tokio::sync::oneshot::Receiver<Result<String, FileError>>;
+
+impl fmt::Debug for SecretFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretFile({} {})", self.flag, self.path.display())
+    }
 }
 
 impl SecretFile {
@@ -172,6 +193,8 @@ impl SecretFile {
             flag,
             path,
             unusable_said: false,
+            reading: None,
+            read: crate::files::read_value,
         }
     }
 
@@ -179,41 +202,79 @@ impl SecretFile {
         &self.path
     }
 
-    /// The value the file holds now, parsed, when it differs from `current`.
-    pub fn changed<T: PartialEq>(
+    /// The value the file holds now, parsed, when it differs from `current`. Waits at most
+    /// [`READ_PATIENCE`]; cancel-safe (a read under way is kept for the next call).
+    pub async fn changed<T: PartialEq>(
         &mut self,
         current: Option<&T>,
         parse: impl FnOnce(String) -> Result<T, String>,
     ) -> Option<T> {
-        match crate::config::read_secret_file(&self.path).and_then(parse) {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let ended =
+            || FileError::Unreadable("the thread reading it ended without an answer".into());
+        let outcome = match &mut self.reading {
+            // A read that outlived its patience: taken up if it has ended, never waited for.
+            Some(reading) => match reading.try_recv() {
+                Err(TryRecvError::Empty) => return None,
+                Ok(outcome) => outcome,
+                Err(TryRecvError::Closed) => Err(ended()),
+            },
+            None => {
+                let (path, read) = (self.path.clone(), self.read);
+                match crate::files::off_thread(move || read(&path)) {
+                    Err(e) => Err(e),
+                    Ok(reading) => {
+                        let reading = self.reading.insert(reading);
+                        match tokio::time::timeout(READ_PATIENCE, reading).await {
+                            Ok(Ok(outcome)) => outcome,
+                            Ok(Err(_)) => Err(ended()),
+                            Err(_) => {
+                                self.unusable(&FileError::Slow(READ_PATIENCE).to_string());
+                                return None;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.reading = None;
+        match outcome.map_err(|e| e.to_string()).and_then(parse) {
             Ok(value) => {
                 self.unusable_said = false;
                 (current != Some(&value)).then_some(value)
             }
             Err(problem) => {
-                if !std::mem::replace(&mut self.unusable_said, true) {
-                    tracing::warn!(
-                        "{} {}: {problem}; the value in force is kept",
-                        self.flag,
-                        self.path.display()
-                    );
-                }
+                self.unusable(&problem);
                 None
             }
+        }
+    }
+
+    /// Says, once until the file is usable again, that the value in force is kept.
+    fn unusable(&mut self, problem: &str) {
+        if !std::mem::replace(&mut self.unusable_said, true) {
+            tracing::warn!(
+                "{} {}: {problem}; the value in force is kept",
+                self.flag,
+                self.path.display()
+            );
         }
     }
 }
 
 /// The admin token in force: the one given, or the one its file (`--admin-token-file`) holds
 /// now. The file is read again before a call is judged, at most once a second, so a rotated
-/// Secret takes over — and the old token stops working — with no restart.
-pub struct AdminToken(std::sync::Mutex<Held>);
+/// Secret takes over — and the old token stops working — with no restart. No call waits for
+/// the file longer than [`READ_PATIENCE`], and calls that come while it is being read are
+/// judged by the token in force.
+pub struct AdminToken {
+    token: std::sync::Mutex<Token>,
+    file: Option<tokio::sync::Mutex<TokenFile>>,
+}
 
-/// The token in force, and the file it may be replaced from.
-struct Held {
-    token: Token,
-    file: Option<SecretFile>,
-    /// When the file was last read.
+/// The file a token may be replaced from, and when it was last read.
+struct TokenFile {
+    file: SecretFile,
     read_at: Option<tokio::time::Instant>,
 }
 
@@ -222,37 +283,45 @@ const TOKEN_FILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AdminToken {
     pub fn new(token: Token, file: Option<std::path::PathBuf>) -> Self {
-        AdminToken(std::sync::Mutex::new(Held {
-            token,
-            file: file.map(|path| SecretFile::new("--admin-token-file", path)),
-            read_at: Some(tokio::time::Instant::now()),
-        }))
+        AdminToken {
+            token: std::sync::Mutex::new(token),
+            file: file.map(|path| {
+                tokio::sync::Mutex::new(TokenFile {
+                    file: SecretFile::new("--admin-token-file", path),
+                    read_at: Some(tokio::time::Instant::now()),
+                })
+            }),
+        }
+    }
+
+    fn in_force(&self) -> std::sync::MutexGuard<'_, Token> {
+        self.token
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Whether an `Authorization` header carries the token in force.
-    pub fn admits(&self, authorization: Option<&[u8]>) -> bool {
-        let mut held = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Held {
-            token,
-            file,
-            read_at,
-        } = &mut *held;
-        if let Some(file) = file
-            && read_at.is_none_or(|at| at.elapsed() >= TOKEN_FILE_EVERY)
+    pub async fn admits(&self, authorization: Option<&[u8]>) -> bool {
+        // try_lock: a call never queues behind another's read of the file. The async mutex
+        // keeps the read under way with the file if this call is dropped meanwhile.
+        if let Some(file) = &self.file
+            && let Ok(mut file) = file.try_lock()
+            && file
+                .read_at
+                .is_none_or(|at| at.elapsed() >= TOKEN_FILE_EVERY)
         {
-            *read_at = Some(tokio::time::Instant::now());
-            if let Some(new) = file.changed(Some(&*token), |text| Token::new(&text)) {
+            file.read_at = Some(tokio::time::Instant::now());
+            let current = self.in_force().clone();
+            let TokenFile { file, .. } = &mut *file;
+            if let Some(new) = file.changed(Some(&current), |text| Token::new(&text)).await {
                 tracing::info!(
                     "{} holds a new admin token; the old one no longer works",
                     file.path().display()
                 );
-                *token = new;
+                *self.in_force() = new;
             }
         }
-        token.admits(authorization)
+        self.in_force().admits(authorization)
     }
 }
 
@@ -260,8 +329,14 @@ impl AdminToken {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_token_file_that_changes_takes_over_and_the_old_token_stops_working() {
+    /// Makes the next call read the token file, however recent the last read.
+    fn read_next_time(token: &AdminToken) {
+        token.file.as_ref().unwrap().try_lock().unwrap().read_at = None;
+    }
+
+    // Reads run on real threads: no paused clock here, or the patience would run out at once.
+    #[tokio::test]
+    async fn a_token_file_that_changes_takes_over_and_the_old_token_stops_working() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
         let old = "old-token-0123456789";
@@ -269,25 +344,98 @@ mod tests {
         std::fs::write(&file, old).unwrap();
         let token = AdminToken::new(Token::new(old).unwrap(), Some(file.clone()));
         let bearer = |t: &str| format!("Bearer {t}");
-        assert!(token.admits(Some(bearer(old).as_bytes())));
+        assert!(token.admits(Some(bearer(old).as_bytes())).await);
         std::fs::write(&file, format!("{new}\n")).unwrap();
-        // Read again at most once a second: force the next read.
-        token.0.lock().unwrap().read_at = None;
+        read_next_time(&token);
         assert!(
-            token.admits(Some(bearer(new).as_bytes())),
+            token.admits(Some(bearer(new).as_bytes())).await,
             "the new one works"
         );
         assert!(
-            !token.admits(Some(bearer(old).as_bytes())),
+            !token.admits(Some(bearer(old).as_bytes())).await,
             "the old one does not"
         );
         // A file being rewritten (empty, or too short) keeps the token in force.
         std::fs::write(&file, "").unwrap();
-        token.0.lock().unwrap().read_at = None;
-        assert!(token.admits(Some(bearer(new).as_bytes())));
+        read_next_time(&token);
+        assert!(token.admits(Some(bearer(new).as_bytes())).await);
         std::fs::write(&file, "short").unwrap();
-        token.0.lock().unwrap().read_at = None;
-        assert!(token.admits(Some(bearer(new).as_bytes())));
+        read_next_time(&token);
+        assert!(token.admits(Some(bearer(new).as_bytes())).await);
+    }
+
+    #[tokio::test]
+    async fn a_token_file_swapped_for_a_fifo_is_refused_and_the_token_in_force_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let old = "old-token-0123456789";
+        std::fs::write(&file, old).unwrap();
+        let token = AdminToken::new(Token::new(old).unwrap(), Some(file.clone()));
+        std::fs::remove_file(&file).unwrap();
+        nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for _ in 0..3 {
+            read_next_time(&token);
+            // No writer ever opens the FIFO: a blocking open would hold this call for good.
+            let judged = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                token.admits(Some(format!("Bearer {old}").as_bytes())),
+            )
+            .await;
+            assert_eq!(judged, Ok(true), "the token in force still works");
+        }
+        let held = token.file.as_ref().unwrap().try_lock().unwrap();
+        assert!(held.file.unusable_said, "the FIFO is said");
+        assert!(held.file.reading.is_none(), "and no read is left under way");
+    }
+
+    static HUNG_READS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// A read as a hung mount does it: std's blocking open of a FIFO, held until a writer.
+    fn hung_read(path: &std::path::Path) -> Result<String, FileError> {
+        HUNG_READS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_string())
+            .map_err(|e| FileError::Unreadable(e.to_string()))
+    }
+
+    #[tokio::test]
+    async fn a_read_that_hangs_is_waited_for_once_and_its_late_value_taken_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut file = SecretFile::new("--janus-secret-file", path.clone());
+        file.read = hung_read;
+        let current = "old".to_string();
+        let first = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            file.changed(Some(&current), Ok),
+        )
+        .await;
+        assert_eq!(first, Ok(None), "given up after the patience, value kept");
+        assert!(file.unusable_said, "a hung read is said");
+        for _ in 0..5 {
+            assert_eq!(file.changed(Some(&current), Ok).await, None);
+        }
+        assert_eq!(
+            HUNG_READS.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "no second read starts while the first is held"
+        );
+        // The file system answers at last.
+        std::fs::write(&path, "new\n").unwrap();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        let late = loop {
+            if let Some(value) = file.changed(Some(&current), Ok).await {
+                break value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the late value never came"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(late, "new");
+        assert!(!file.unusable_said, "usable again: a later problem is news");
     }
 
     #[test]

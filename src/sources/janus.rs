@@ -26,7 +26,7 @@ use crate::client::ClientError;
 /// Text from Janus is cut to this before it is kept or shown.
 const MAX_TEXT_BYTES: usize = 256;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct JanusSettings {
     pub url: url::Url,
     /// The admin secret, if Janus has one; never shown.
@@ -190,7 +190,7 @@ impl Said {
 }
 
 /// Reads `--janus-secret-file` again after a refusal; true when it holds a new secret.
-fn reread_secret(settings: &mut JanusSettings, said: &mut Said) -> bool {
+async fn reread_secret(settings: &mut JanusSettings, said: &mut Said) -> bool {
     let JanusSettings {
         secret,
         secret_file: Some(file),
@@ -199,7 +199,7 @@ fn reread_secret(settings: &mut JanusSettings, said: &mut Said) -> bool {
     else {
         return false;
     };
-    let Some(new) = file.changed(secret.as_ref(), Ok) else {
+    let Some(new) = file.changed(secret.as_ref(), Ok).await else {
         return false;
     };
     info!(
@@ -233,7 +233,7 @@ async fn run(
                     Err(e) => {
                         said.fail(&view, &e);
                         if matches!(e, CallError::Unauthorized(_)) {
-                            reread_secret(&mut settings, &mut said);
+                            reread_secret(&mut settings, &mut said).await;
                         }
                     }
                 }
@@ -279,7 +279,7 @@ async fn run(
                     v.connected = false;
                     v.sessions = None;
                 });
-                if reread_secret(&mut settings, &mut said) {
+                if reread_secret(&mut settings, &mut said).await {
                     ticker.reset_immediately();
                 }
                 continue;
@@ -320,7 +320,7 @@ async fn run(
                 said.fail(&view, &e);
                 view.send_modify(|v| v.sessions = None);
                 if matches!(e, CallError::Unauthorized(_))
-                    && reread_secret(&mut settings, &mut said)
+                    && reread_secret(&mut settings, &mut said).await
                 {
                     ticker.reset_immediately();
                 }

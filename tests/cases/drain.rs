@@ -211,6 +211,14 @@ fn memprobe_drain_exits_0_when_drained_1_at_the_deadline_2_on_bad_input() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1);
     assert!(stderr.contains("--wait: 'soon'"), "{stderr}");
+    // A FIFO for a token file is refused, never waited on for a writer.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("token");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let out = drain(&[], fifo.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is a FIFO, not a regular file"), "{stderr}");
 }
 
 /// What the rendered manifest says happens when a KMS pod is deleted.

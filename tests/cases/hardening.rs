@@ -160,16 +160,22 @@ fn a_large_request_body_is_refused() {
 
 #[test]
 fn a_pidfile_that_never_ends_costs_nothing_and_says_so_briefly() {
-    let memprobe = Memprobe::start(&fast(&["--pidfile", "/dev/zero"]));
-    let status = memprobe.wait_for("the pidfile read", |s| {
-        s["reason"].as_str().is_some_and(|r| r.contains("pidfile"))
+    // /dev/zero is refused at start; one that turns into it later is found while running.
+    let dir = tempfile::tempdir().unwrap();
+    let zero = dir.path().join("zero.pid");
+    let memprobe = Memprobe::start(&fast(&["--pidfile", zero.to_str().unwrap()]));
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    // Until the link is there, the reason is a pidfile that does not exist yet.
+    let status = memprobe.wait_for("the device refused", |s| {
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("pidfile") && r.contains("not a regular file"))
     });
     let reason = status["reason"].as_str().unwrap();
-    assert!(reason.contains("not a regular file"), "{reason}");
+    assert!(reason.contains("is a character device"), "{reason}");
     assert!(memprobe.get("/ready").body.len() < 300);
     assert!(memprobe.rss_bytes() < 64 * MIB);
 
-    let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.pid");
     std::fs::write(&big, "7".repeat(50 << 20)).unwrap();
     let memprobe = Memprobe::start(&fast(&["--pidfile", big.to_str().unwrap()]));
@@ -420,4 +426,249 @@ fn the_probes_short_path_answers_exactly_as_the_router() {
     assert!(body.contains(r#""state":"draining""#), "{body}");
     let (status, _, _) = compare("/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+/// One `/drain` call on a fresh connection, with a deadline far past any honest answer; the
+/// status code (0 for no answer at all) and how long it took.
+fn drain_call(addr: SocketAddr, method: &str, token: Option<&str>) -> (u16, Duration) {
+    let started = Instant::now();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let url = format!("http://{addr}/drain");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let answer = match (method, &auth) {
+        ("GET", Some(a)) => agent.get(&url).header("Authorization", a).call(),
+        ("GET", None) => agent.get(&url).call(),
+        ("POST", None) => agent.post(&url).send_empty(),
+        other => panic!("no {other:?} here"),
+    };
+    (answer.map_or(0, |r| r.status().as_u16()), started.elapsed())
+}
+
+/// A FIFO at `--admin-token-file`'s path (a hung network mount acts alike) is never opened
+/// the blocking way, and the file is never read on the threads that answer: however many
+/// `/drain` calls come, the probes answer, every call gets its answer, and the token in force
+/// goes on working.
+#[test]
+fn a_fifo_at_the_token_path_under_a_flood_of_drain_calls_takes_no_probe_away() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let binary = shipped();
+    let binary = binary
+        .as_deref()
+        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    let token = "fifo-test-token-0123456789";
+    std::fs::write(&token_path, format!("{token}\n")).unwrap();
+    let memprobe = Memprobe::start_binary(
+        binary,
+        &fast(&[
+            "--pid",
+            &pid,
+            "--admin-token-file",
+            token_path.to_str().unwrap(),
+        ]),
+        &[],
+    );
+    memprobe.wait_state("healthy");
+    // The Secret's file turns into a FIFO that no one ever writes to.
+    std::fs::remove_file(&token_path).unwrap();
+    nix::unistd::mkfifo(&token_path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let callers: Vec<_> = [("GET", None), ("POST", None), ("GET", Some(token))]
+        .into_iter()
+        .cycle()
+        .take(12)
+        .map(|(method, auth)| {
+            let (stop, answers, addr) = (Arc::clone(&stop), Arc::clone(&answers), memprobe.addr);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let (code, took) = drain_call(addr, method, auth);
+                    answers
+                        .lock()
+                        .unwrap()
+                        .push((method, auth.is_some(), code, took));
+                }
+            })
+        })
+        .collect();
+    // Long enough for the file to be due for a read again several times (once a second).
+    let started = Instant::now();
+    let mut rounds = 0;
+    while rounds < 20 || started.elapsed() < Duration::from_secs(4) {
+        for path in ["/ready", "/healthz", "/livez"] {
+            let (code, took) = probe(memprobe.addr, path);
+            assert_eq!(code, 200, "{path} answers while /drain calls come");
+            assert!(
+                took < Duration::from_secs(1),
+                "{path} took {took:?} with a FIFO at the token path"
+            );
+        }
+        rounds += 1;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for caller in callers {
+        caller.join().unwrap();
+    }
+    let answers = answers.lock().unwrap();
+    assert!(
+        answers.len() >= 12,
+        "the callers made {} calls",
+        answers.len()
+    );
+    for &(method, authorized, code, took) in answers.iter() {
+        let expected = if authorized { 200 } else { 401 };
+        assert_eq!(
+            code, expected,
+            "{method} /drain (token: {authorized}) got an answer in {took:?}, and the right one"
+        );
+    }
+    memprobe.said_once("is a FIFO, not a regular file");
+    memprobe.never_shown(&[token]);
+}
+
+/// memprobe's exit code and stderr with these arguments and environment; `None` for the code
+/// if it was still running after a few seconds (it took the input) and had to be killed.
+fn exit_of(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let child = std::process::Command::new(binary)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start memprobe");
+    let mut child = harness::Reaped(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.0.try_wait().expect("wait memprobe") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = child.0.kill();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.0.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (code, stderr)
+}
+
+/// Every flag of every integration, given a bad value while that integration is off (the
+/// target is a plain `--pid`, so KMS, Janus, the agent, the admin API and any recycle action
+/// are off), is refused at start: exit 2, one line naming the flag (or its variable), the
+/// value unless it is a secret, and a value that works. The table must hold every flag
+/// `--help` lists.
+#[test]
+fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_runs() {
+    let binary = shipped();
+    let binary = binary
+        .as_deref()
+        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    // (flag, a bad value, whether the value may be shown: a secret's never is)
+    let table: &[(&str, &str, bool)] = &[
+        ("--pid", "12ab", true),
+        ("--pidfile", "/dev/zero", true),
+        ("--name", "a/b", true),
+        ("--user", "no-such-user-here", true),
+        ("--include-children", "maybe", true),
+        ("--interval", "soon", true),
+        ("--memory", "vsz", true),
+        ("--threshold", "lots", true),
+        ("--critical", "lots", true),
+        ("--memory-limit", "lots", true),
+        ("--sustain", "9days", true),
+        ("--drain-timeout", "9days", true),
+        ("--min-drain", "9days", true),
+        ("--idle-sustain", "9days", true),
+        ("--kms-url", "http://kms:8888/kurento", true),
+        ("--janus-url", "ws://janus:7088/admin", true),
+        ("--janus-secret", " ", false),
+        ("--janus-secret-file", fifo, true),
+        ("--janus-poll", "9days", true),
+        ("--janus-drain-switch", "maybe", true),
+        ("--kms-url-file", fifo, true),
+        ("--kms-ping-interval", "9days", true),
+        ("--kms-timeout", "300000000000y", true),
+        ("--kms-failures", "0", true),
+        ("--kms-hang-timeout", "9days", true),
+        ("--kms-gc-period", "-1s", true),
+        ("--memory-source", "disk", true),
+        ("--listen", "nowhere", true),
+        ("--agent-listen", "nowhere", true),
+        ("--agent-weight", "heavy", true),
+        ("--on-recycle", "reboot", true),
+        ("--recycle-retry", "9days", true),
+        ("--history", "9days", true),
+        ("--shutdown-delay", "1h", true),
+        ("--admin-token", "hunter2", false),
+        ("--admin-token-file", fifo, true),
+        ("--log-format", "xml", true),
+    ];
+    let help = run_to_end(&["--help"], &[]);
+    let listed: Vec<String> = String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|rest| rest.split([' ', '=', '[']).next())
+        .map(|flag| format!("--{flag}"))
+        .collect();
+    let rows: Vec<&str> = table.iter().map(|(flag, _, _)| *flag).collect();
+    assert_eq!(rows, listed, "one row per flag, in --help's order");
+
+    let own = std::process::id().to_string();
+    for &(flag, value, shown) in table {
+        let variable = format!("MEMPROBE_{}", flag[2..].replace('-', "_").to_uppercase());
+        // --pid is the other rows' target; its own row leaves the default target.
+        let base: &[&str] = if flag == "--pid" {
+            &[]
+        } else {
+            &["--pid", &own]
+        };
+        let by_flag = [base, &[flag, value]].concat();
+        for (args, env, origin) in [
+            (by_flag, vec![], flag.to_string()),
+            (
+                base.to_vec(),
+                vec![(variable.as_str(), value)],
+                variable.clone(),
+            ),
+        ] {
+            let (code, stderr) = exit_of(binary, &args, &env);
+            let line = stderr.trim_end();
+            assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+            assert_eq!(line.lines().count(), 1, "one line: {stderr}");
+            assert!(
+                line.starts_with(&format!("memprobe: {origin}: ")),
+                "{args:?} {env:?}: names {origin}: {line}"
+            );
+            if shown {
+                assert!(
+                    line.contains(&format!("'{value}'")),
+                    "shows the value: {line}"
+                );
+            } else {
+                assert!(
+                    !line.contains(value.trim()) || value.trim().is_empty(),
+                    "{line}"
+                );
+            }
+            assert!(line.contains("(try"), "gives a value that works: {line}");
+            assert!(!line.contains("panicked"), "{line}");
+        }
+    }
 }

@@ -247,7 +247,8 @@ fn a_janus_that_stops_answering_is_stalled_and_ready_again_once_it_answers() {
 }
 
 /// A rotated secret: the file `--janus-secret-file` names is read again when Janus refuses
-/// the secret, so writing the right one there is enough, with no restart of memprobe.
+/// the secret, so writing the right one there is enough, with no restart of memprobe; a
+/// FIFO found there in between is refused without blocking the probes.
 #[test]
 fn a_secret_file_is_read_again_when_janus_refuses_its_secret() {
     let Some(bin) = tool("janus") else { return };
@@ -269,6 +270,8 @@ fn a_secret_file_is_read_again_when_janus_refuses_its_secret() {
         s["janus"]["errors_total"]["unauthorized"].as_u64() >= Some(2)
     });
     assert!(probe.status()["sessions"].is_null());
+    // A FIFO there meanwhile (the file mid-rotation, or a mistake) is said, never waited on.
+    probe.answers_with_a_fifo_at(&file);
     std::fs::write(&file, format!("{SECRET}\n")).unwrap();
     let session = janus.create().unwrap();
     probe.wait_for("the new secret taken, and the session seen", |s| {

@@ -425,7 +425,8 @@ fn with_memory_from_kms_a_brief_disconnection_keeps_the_drain() {
 }
 
 /// A rotated URL: the file `--kms-url-file` names is read again after each connection that
-/// failed or ended, so writing the new URL there is enough, with no restart of memprobe.
+/// failed or ended, so writing the new URL there is enough, with no restart of memprobe; a
+/// FIFO found there in between is refused without blocking the probes.
 #[test]
 fn a_url_file_is_read_again_when_kms_cannot_be_reached() {
     let kms = FakeKms::start();
@@ -456,6 +457,8 @@ fn a_url_file_is_read_again_when_kms_cannot_be_reached() {
     ]);
     probe.wait_for("KMS out of reach", |s| errors_of(s, "connect") >= 2);
     assert!(probe.status()["sessions"].is_null());
+    // A FIFO there meanwhile (the file mid-rotation, or a mistake) is said, never waited on.
+    probe.answers_with_a_fifo_at(&file);
     let url = kms.url().replace("ws://", "ws://user:new-password@");
     std::fs::write(&file, format!("{url}\n")).unwrap();
     probe.wait_for("the new URL taken, and the session seen", |s| {

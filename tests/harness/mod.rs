@@ -314,6 +314,38 @@ impl Memprobe {
         saying[0].clone()
     }
 
+    /// Waits until a log line says `news`; panics with the logs after [`DEADLINE`].
+    pub fn wait_said(&self, news: &str) {
+        let start = Instant::now();
+        while !self.logs().iter().any(|l| l.contains(news)) {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "waited {DEADLINE:?} for '{news}'; logs: {:#?}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Swaps the file at `path` for a FIFO no one writes to, and checks that the probes
+    /// still answer within a second once memprobe has said it cannot use it.
+    pub fn answers_with_a_fifo_at(&self, path: &std::path::Path) {
+        std::fs::remove_file(path).expect("remove the file");
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        self.wait_said("is a FIFO, not a regular file");
+        for probe in ["/ready", "/healthz", "/livez"] {
+            let started = Instant::now();
+            self.get(probe);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{probe} took {:?} with a FIFO at {}",
+                started.elapsed(),
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).expect("remove the FIFO");
+    }
+
     /// Fails if any of `secrets` shows in the logs or in `/status`.
     pub fn never_shown(&self, secrets: &[&str]) {
         let shown = format!("{}{}", self.logs().join("\n"), self.status());

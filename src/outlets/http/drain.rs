@@ -68,14 +68,14 @@ impl Refusal {
 }
 
 /// The requests channel, when the caller may use it.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Requests, Refusal> {
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Requests, Refusal> {
     let Some((token, requests)) = &state.admin else {
         return Err(Refusal::Off);
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    if !token.admits(given) {
+    if !token.admits(given).await {
         return Err(Refusal::Unauthorized);
     }
     Ok(requests.clone())
@@ -112,7 +112,7 @@ pub async fn start(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    let requests = match authorize(&state, &headers) {
+    let requests = match authorize(&state, &headers).await {
         Ok(requests) => requests,
         Err(refused) => return refused.response(),
     };
@@ -131,7 +131,7 @@ pub async fn start(
 }
 
 pub async fn cancel(Extract(state): Extract<AppState>, headers: HeaderMap) -> Response {
-    let requests = match authorize(&state, &headers) {
+    let requests = match authorize(&state, &headers).await {
         Ok(requests) => requests,
         Err(refused) => return refused.response(),
     };
@@ -147,7 +147,7 @@ pub async fn wait(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, &headers) {
+    if let Err(refused) = authorize(&state, &headers).await {
         return refused.response();
     }
     match wait_of(&params) {

@@ -39,7 +39,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Settings of the integration.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct KmsSettings {
     pub url: crate::secret::SecretUrl,
     /// The file the URL was read from (`--kms-url-file`): read again after each connection
@@ -275,7 +275,7 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
                 });
             }
         }
-        if reread_url(&mut settings, &reporter) {
+        if reread_url(&mut settings, &reporter).await {
             absent_logged = false;
             backoff = FIRST_BACKOFF;
             continue;
@@ -286,7 +286,7 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
 }
 
 /// Reads `--kms-url-file` again; true when it holds a new URL, now in `settings`.
-fn reread_url(settings: &mut KmsSettings, reporter: &Reporter) -> bool {
+async fn reread_url(settings: &mut KmsSettings, reporter: &Reporter) -> bool {
     let KmsSettings {
         url,
         url_file: Some(file),
@@ -295,9 +295,12 @@ fn reread_url(settings: &mut KmsSettings, reporter: &Reporter) -> bool {
     else {
         return false;
     };
-    let Some(new) = file.changed(Some(&*url), |text| {
-        crate::secret::SecretUrl::parse_ws(&text)
-    }) else {
+    let Some(new) = file
+        .changed(Some(&*url), |text| {
+            crate::secret::SecretUrl::parse_ws(&text)
+        })
+        .await
+    else {
         return false;
     };
     info!(

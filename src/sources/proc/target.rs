@@ -205,11 +205,14 @@ fn read_pidfile(path: &Path) -> Result<i32, NotFound> {
         path: path.to_owned(),
         problem,
     };
-    let file = std::fs::File::open(path).map_err(|e| problem(e.to_string()))?;
     // A FIFO or a device would block or never end: a pidfile is a regular file.
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err(problem("is not a regular file, so not a pidfile".into()));
-    }
+    let file = crate::files::open_regular(path).map_err(|e| match e {
+        crate::files::FileError::NotRegular(kind) => {
+            problem(format!("is {kind}, not a regular file, so not a pidfile"))
+        }
+        crate::files::FileError::Unreadable(why) => problem(why),
+        other => problem(other.to_string()),
+    })?;
     let mut bytes = Vec::new();
     file.take(MAX_PIDFILE_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -378,6 +381,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a regular file"), "{e}");
+        // A FIFO is refused without waiting for a writer that never comes.
+        let fifo = dir.path().join("fifo.pid");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_pidfile(&fifo).unwrap_err().to_string();
+        assert!(e.contains("is a FIFO, not a regular file"), "{e}");
     }
 
     #[test]
