@@ -2,8 +2,9 @@
 //! where no kubelet does it (VMs under systemd, Docker hosts with `restart: always`).
 //!
 //! - `none` (the default): in Kubernetes the liveness probe on `/healthz` restarts the server.
-//! - `signal:TERM` (any signal name): sent to the target's pid, once; its supervisor starts a
-//!   fresh process.
+//! - `signal:TERM` (any signal name): sent once to the incarnation judged, through the
+//!   pidfd taken when it was found ([`ProcessHandle`]), never to a pid number: a retry after
+//!   it exited signals nothing, whoever holds its pid now. Its supervisor starts a fresh one.
 //! - `exec:COMMAND ARGS…`: run once, without a shell (`exec:sh -c '…'` asks for one), with a
 //!   60 s timeout; its exit status and first lines of output are logged and in `/status`.
 //!
@@ -23,6 +24,7 @@ use tokio::time::Instant;
 
 use crate::policy::State;
 use crate::sources::operator::Requests;
+use crate::sources::proc::handle::ProcessHandle;
 use crate::status::Snapshot;
 
 /// The longest an `exec:` action may run.
@@ -68,9 +70,14 @@ impl RecycleAction {
             } else {
                 format!("SIG{name}")
             };
-            return full.parse().map(RecycleAction::Signal).map_err(|_| {
-                "names no signal (try signal:TERM, signal:INT or signal:KILL)".to_string()
-            });
+            return full
+                .parse()
+                .ok()
+                .filter(|sig| sendable(*sig).is_some())
+                .map(RecycleAction::Signal)
+                .ok_or_else(|| {
+                    "names no signal (try signal:TERM, signal:INT or signal:KILL)".to_string()
+                });
         }
         if let Some(line) = text.strip_prefix("exec:") {
             let argv = shlex::split(line)
@@ -89,6 +96,11 @@ impl RecycleAction {
         }
         Err("is not none, signal:SIG or exec:COMMAND (try signal:TERM)".to_string())
     }
+}
+
+/// The signal as the pidfd call takes it.
+fn sendable(sig: nix::sys::signal::Signal) -> Option<rustix::process::Signal> {
+    rustix::process::Signal::from_raw(sig as i32)
 }
 
 fn command_exists(command: &str) -> bool {
@@ -131,13 +143,13 @@ pub async fn run(
     // (incarnation, when the action last ran, attempts)
     let mut done: Option<(u64, Instant, u32)> = None;
     loop {
-        let (state, incarnation, pid) = {
+        let (state, incarnation, handle) = {
             let snap = snapshots.borrow_and_update();
             let status = &snap.status;
             (
                 status.state,
                 status.incarnation,
-                status.target.as_ref().and_then(|t| t.pid),
+                status.target.as_ref().and_then(|t| t.handle.clone()),
             )
         };
         let mut wait = None;
@@ -155,7 +167,7 @@ pub async fn run(
                 _ => Some(1),
             };
             if let Some(attempt) = attempt {
-                let record = act(&action, pid, attempt).await;
+                let record = act(&action, handle, attempt).await;
                 log(&record);
                 report.report(record);
                 done = Some((incarnation, Instant::now(), attempt));
@@ -193,18 +205,30 @@ fn log(record: &ActionRecord) {
     }
 }
 
-async fn act(action: &RecycleAction, pid: Option<i32>, attempt: u32) -> ActionRecord {
+async fn act(
+    action: &RecycleAction,
+    handle: Option<Arc<ProcessHandle>>,
+    attempt: u32,
+) -> ActionRecord {
     let (result, detail) = match action {
         RecycleAction::None => ("ok", "nothing to do".to_string()),
-        RecycleAction::Signal(sig) => match pid {
-            None => (
+        RecycleAction::Signal(sig) => match (handle, sendable(*sig)) {
+            (None, _) => (
                 "failed",
                 "no pid to signal (--memory-source kms)".to_string(),
             ),
-            Some(pid) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), *sig) {
-                Ok(()) => ("ok", format!("sent {} to pid {pid}", sig.as_str())),
-                Err(e) => ("failed", format!("{} to pid {pid}: {e}", sig.as_str())),
-            },
+            (Some(_), None) => ("failed", format!("{} cannot be sent", sig.as_str())),
+            (Some(handle), Some(signal)) => {
+                let name = sig.as_str();
+                // A pidfd's poll and send never wait, but the fallback reads /proc: off the
+                // threads that answer probes.
+                let sent = tokio::task::spawn_blocking(move || handle.signal(signal, name)).await;
+                match sent {
+                    Ok(Ok(done)) => ("ok", done),
+                    Ok(Err(e)) => ("failed", e.to_string()),
+                    Err(e) => ("failed", format!("{name}: {e}")),
+                }
+            }
         },
         RecycleAction::Exec(argv) => exec(argv).await,
     };
