@@ -39,7 +39,7 @@ const OUTPUT_LINES: usize = 5;
 /// Bytes of an `exec:` action's output kept, whatever it prints: the rest is read and dropped.
 const KEPT_BYTES: usize = 4096;
 /// One read of the output.
-const READ_BYTES: usize = 16 * 1024;
+const READ_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecycleAction {
