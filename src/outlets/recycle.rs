@@ -449,16 +449,25 @@ mod tests {
     #[tokio::test]
     async fn an_exec_action_ends_with_its_command_not_with_its_output() {
         // A daemon left behind holds the output pipe open for 30 s.
-        let started = Instant::now();
         let (result, detail) = tokio::time::timeout(
             Duration::from_secs(20),
-            exec(&sh("sleep 30 & echo restarted")),
+            exec(&sh("sleep 30 & echo restarted $!")),
         )
         .await
         .expect("the result comes from the command's exit");
-        assert!(started.elapsed() < Duration::from_secs(20));
+        let daemon = detail
+            .rsplit(' ')
+            .next()
+            .and_then(|pid| pid.parse::<i32>().ok());
+        if let Some(pid) = daemon {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         assert_eq!(result, "ok", "{detail}");
         assert!(detail.contains("output: restarted"), "{detail}");
+        assert!(daemon.is_some(), "{detail}");
     }
 
     #[tokio::test]

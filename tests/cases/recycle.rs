@@ -187,7 +187,6 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 fn a_restart_script_that_leaves_a_daemon_on_its_output_is_done_at_its_exit_and_the_daemon_lives() {
     let dir = tempfile::tempdir().unwrap();
     let (pidfile, progress) = (dir.path().join("daemon.pid"), dir.path().join("progress"));
-    let _daemon = KillOnDrop(pidfile.clone());
     // The new server, as `service x restart` leaves it: on the script's stdout and stderr,
     // writing 8 KB a round to them, so it fills a pipe nobody reads within 9 rounds and dies
     // of SIGPIPE at its next write to one that is closed.
@@ -223,6 +222,8 @@ fn a_restart_script_that_leaves_a_daemon_on_its_output_is_done_at_its_exit_and_t
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let probe = Memprobe::start_binary(&binary(), &args, &[]);
+    // Dropped before memprobe, while the daemon still lives: its pid is still its own.
+    let _daemon = KillOnDrop(pidfile.clone());
     probe.wait_state("healthy");
     let asked = Instant::now();
     target.send("alloc 200MiB");

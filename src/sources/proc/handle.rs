@@ -71,10 +71,6 @@ impl ProcessHandle {
         }
     }
 
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Sends `signal` to the judged incarnation; what was done, for people. A process that has
     /// exited (a zombie included) gets nothing, and neither does whoever holds its pid now.
     pub fn signal(&self, signal: Signal, name: &str) -> Result<String, SignalError> {
