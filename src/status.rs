@@ -88,6 +88,9 @@ pub struct TargetStatus {
     pub found_by: String,
     /// The malloc it runs on, from /proc/PID/maps (`unknown` without ptrace access).
     pub allocator: crate::sources::proc::allocator::Allocator,
+    /// What a recycle signal goes through: this incarnation and no other (None without a pid).
+    #[serde(skip)]
+    pub handle: Option<Arc<crate::sources::proc::handle::ProcessHandle>>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -2,10 +2,15 @@
 //! where no kubelet does it (VMs under systemd, Docker hosts with `restart: always`).
 //!
 //! - `none` (the default): in Kubernetes the liveness probe on `/healthz` restarts the server.
-//! - `signal:TERM` (any signal name): sent to the target's pid, once; its supervisor starts a
-//!   fresh process.
+//! - `signal:TERM` (any signal name): sent once to the incarnation judged, through the
+//!   pidfd taken when it was found ([`ProcessHandle`]), never to a pid number: a retry after
+//!   it exited signals nothing, whoever holds its pid now. Its supervisor starts a fresh one.
 //! - `exec:COMMAND ARGS…`: run once, without a shell (`exec:sh -c '…'` asks for one), with a
 //!   60 s timeout; its exit status and first lines of output are logged and in `/status`.
+//!   The result is the command's exit, not the end of its output: a restart script that
+//!   starts a daemon (`service x restart`) hands it the output pipe, which memprobe then reads
+//!   to its end and drops, keeping the first 4 KiB. Closing it would kill the new server with
+//!   SIGPIPE at its next write; not reading it would block it once the pipe is full.
 //!
 //! Once per incarnation: if the target is still the same incarnation `--recycle-retry` after
 //! the action, it runs again, and the attempt is counted. The action reads the published
@@ -18,17 +23,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::net::unix::pipe;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::policy::State;
 use crate::sources::operator::Requests;
+use crate::sources::proc::handle::ProcessHandle;
 use crate::status::Snapshot;
 
 /// The longest an `exec:` action may run.
 pub const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
-/// Lines of an `exec:` action's output kept.
+/// Lines of an `exec:` action's output shown.
 const OUTPUT_LINES: usize = 5;
+/// Bytes of an `exec:` action's output kept, whatever it prints: the rest is read and dropped.
+const KEPT_BYTES: usize = 4096;
+/// One read of the output.
+const READ_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecycleAction {
@@ -68,9 +79,14 @@ impl RecycleAction {
             } else {
                 format!("SIG{name}")
             };
-            return full.parse().map(RecycleAction::Signal).map_err(|_| {
-                "names no signal (try signal:TERM, signal:INT or signal:KILL)".to_string()
-            });
+            return full
+                .parse()
+                .ok()
+                .filter(|sig| sendable(*sig).is_some())
+                .map(RecycleAction::Signal)
+                .ok_or_else(|| {
+                    "names no signal (try signal:TERM, signal:INT or signal:KILL)".to_string()
+                });
         }
         if let Some(line) = text.strip_prefix("exec:") {
             let argv = shlex::split(line)
@@ -89,6 +105,11 @@ impl RecycleAction {
         }
         Err("is not none, signal:SIG or exec:COMMAND (try signal:TERM)".to_string())
     }
+}
+
+/// The signal as the pidfd call takes it.
+fn sendable(sig: nix::sys::signal::Signal) -> Option<rustix::process::Signal> {
+    rustix::process::Signal::from_raw(sig as i32)
 }
 
 fn command_exists(command: &str) -> bool {
@@ -131,13 +152,13 @@ pub async fn run(
     // (incarnation, when the action last ran, attempts)
     let mut done: Option<(u64, Instant, u32)> = None;
     loop {
-        let (state, incarnation, pid) = {
+        let (state, incarnation, handle) = {
             let snap = snapshots.borrow_and_update();
             let status = &snap.status;
             (
                 status.state,
                 status.incarnation,
-                status.target.as_ref().and_then(|t| t.pid),
+                status.target.as_ref().and_then(|t| t.handle.clone()),
             )
         };
         let mut wait = None;
@@ -155,7 +176,7 @@ pub async fn run(
                 _ => Some(1),
             };
             if let Some(attempt) = attempt {
-                let record = act(&action, pid, attempt).await;
+                let record = act(&action, handle, attempt).await;
                 log(&record);
                 report.report(record);
                 done = Some((incarnation, Instant::now(), attempt));
@@ -193,18 +214,30 @@ fn log(record: &ActionRecord) {
     }
 }
 
-async fn act(action: &RecycleAction, pid: Option<i32>, attempt: u32) -> ActionRecord {
+async fn act(
+    action: &RecycleAction,
+    handle: Option<Arc<ProcessHandle>>,
+    attempt: u32,
+) -> ActionRecord {
     let (result, detail) = match action {
         RecycleAction::None => ("ok", "nothing to do".to_string()),
-        RecycleAction::Signal(sig) => match pid {
-            None => (
+        RecycleAction::Signal(sig) => match (handle, sendable(*sig)) {
+            (None, _) => (
                 "failed",
                 "no pid to signal (--memory-source kms)".to_string(),
             ),
-            Some(pid) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), *sig) {
-                Ok(()) => ("ok", format!("sent {} to pid {pid}", sig.as_str())),
-                Err(e) => ("failed", format!("{} to pid {pid}: {e}", sig.as_str())),
-            },
+            (Some(_), None) => ("failed", format!("{} cannot be sent", sig.as_str())),
+            (Some(handle), Some(signal)) => {
+                let name = sig.as_str();
+                // A pidfd's poll and send never wait, but the fallback reads /proc: off the
+                // threads that answer probes.
+                let sent = tokio::task::spawn_blocking(move || handle.signal(signal, name)).await;
+                match sent {
+                    Ok(Ok(done)) => ("ok", done),
+                    Ok(Err(e)) => ("failed", e.to_string()),
+                    Err(e) => ("failed", format!("{name}: {e}")),
+                }
+            }
         },
         RecycleAction::Exec(argv) => exec(argv).await,
     };
@@ -217,37 +250,135 @@ async fn act(action: &RecycleAction, pid: Option<i32>, attempt: u32) -> ActionRe
     }
 }
 
+/// Runs the command to its exit (or the timeout), its stdout and stderr on one pipe that
+/// [`drain`] reads to the end, however long after the exit that comes.
 async fn exec(argv: &[String]) -> (&'static str, String) {
+    let cannot = |e: std::io::Error| ("failed", format!("cannot start {}: {e}", argv[0]));
+    let (writer, reader) = match pipe::pipe() {
+        Ok(ends) => ends,
+        Err(e) => return cannot(e),
+    };
+    // The command writes as to any pipe: blocking.
+    let (stdout, stderr) = match writer
+        .into_blocking_fd()
+        .and_then(|fd| Ok((fd.try_clone()?, fd)))
+    {
+        Ok(fds) => fds,
+        Err(e) => return cannot(e),
+    };
     let mut command = tokio::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .kill_on_drop(true);
-    let output = match command.spawn() {
-        Ok(child) => tokio::time::timeout(EXEC_TIMEOUT, child.wait_with_output()).await,
-        Err(e) => return ("failed", format!("cannot start {}: {e}", argv[0])),
+    let spawned = command.spawn();
+    // memprobe keeps no write end: the output ends when the command and what it started
+    // have all closed theirs.
+    drop(command);
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => return cannot(e),
     };
-    match output {
-        Err(_) => (
-            "timeout",
-            format!("killed after {}s", EXEC_TIMEOUT.as_secs()),
-        ),
+    let (exited, kept) = drain(reader);
+    let (result, status) = match tokio::time::timeout(EXEC_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) if status.success() => ("ok", status.to_string()),
+        Ok(Ok(status)) => ("failed", status.to_string()),
         Ok(Err(e)) => ("failed", e.to_string()),
-        Ok(Ok(out)) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let lines: Vec<&str> = text.lines().take(OUTPUT_LINES).collect();
-            let result = if out.status.success() { "ok" } else { "failed" };
+        Err(_) => {
+            // Only the command: what it started keeps running, and its output is still read.
+            let _ = child.kill().await;
             (
-                result,
-                format!("{}; output: {}", out.status, lines.join(" | ")),
+                "timeout",
+                format!("killed after {}s", EXEC_TIMEOUT.as_secs()),
             )
         }
+    };
+    let _ = exited.send(());
+    let kept = kept.await.unwrap_or_default();
+    (result, format!("{status}; output: {}", kept.summary()))
+}
+
+/// Reads the output to its end in a task of its own, keeping its first bytes; once told the
+/// command has exited, hands them over, having read what the pipe already held.
+fn drain(reader: pipe::Receiver) -> (oneshot::Sender<()>, oneshot::Receiver<Kept>) {
+    let (exited_tx, mut exited) = oneshot::channel::<()>();
+    let (kept_tx, kept_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let mut kept = Kept::default();
+        let mut report = Some(kept_tx);
+        let mut buffer = vec![0u8; READ_BYTES];
+        loop {
+            tokio::select! {
+                ready = reader.readable() => {
+                    if ready.is_err() {
+                        break;
+                    }
+                    match reader.try_read(&mut buffer) {
+                        Ok(0) => break,
+                        Ok(n) => kept.push(&buffer[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => break,
+                    }
+                }
+                _ = &mut exited, if report.is_some() => {
+                    // All the command wrote is in the pipe: read it, but wait for nothing
+                    // more, since a daemon may hold the pipe open for good.
+                    let mut ended = false;
+                    while !kept.full() {
+                        match reader.try_read(&mut buffer) {
+                            Ok(0) => {
+                                ended = true;
+                                break;
+                            }
+                            Ok(n) => kept.push(&buffer[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(report) = report.take() {
+                        let _ = report.send(kept.clone());
+                    }
+                    if ended {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(report) = report {
+            let _ = report.send(kept);
+        }
+    });
+    (exited_tx, kept_rx)
+}
+
+/// The first [`KEPT_BYTES`] of an output, and how many bytes came after them.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Kept {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+impl Kept {
+    fn push(&mut self, chunk: &[u8]) {
+        let room = KEPT_BYTES.saturating_sub(self.bytes.len()).min(chunk.len());
+        self.bytes.extend_from_slice(&chunk[..room]);
+        self.dropped += (chunk.len() - room) as u64;
+    }
+
+    fn full(&self) -> bool {
+        self.bytes.len() >= KEPT_BYTES
+    }
+
+    /// The first lines, for one line of log.
+    fn summary(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let lines: Vec<&str> = text.lines().take(OUTPUT_LINES).collect();
+        let mut summary = lines.join(" | ");
+        if self.dropped > 0 {
+            summary.push_str(&format!(" ({} more bytes not kept)", self.dropped));
+        }
+        summary
     }
 }
 
@@ -281,15 +412,70 @@ mod tests {
         assert!(RecycleAction::parse("reboot").is_err());
     }
 
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
     #[tokio::test]
     async fn an_exec_action_reports_its_status_and_first_lines() {
-        let argv: Vec<String> = ["sh", "-c", "echo one; echo two >&2; exit 3"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let (result, detail) = exec(&argv).await;
+        let (result, detail) = exec(&sh("echo one; echo two >&2; exit 3")).await;
         assert_eq!(result, "failed");
         assert!(detail.contains("exit status: 3"), "{detail}");
         assert!(detail.contains("one | two"), "{detail}");
+    }
+
+    #[test]
+    fn only_the_first_bytes_of_an_output_are_kept_and_the_rest_is_counted() {
+        let mut kept = Kept::default();
+        kept.push(b"one\ntwo\n");
+        assert_eq!(kept.summary(), "one | two");
+        let mut kept = Kept::default();
+        for _ in 0..1000 {
+            kept.push(&[b'x'; 1000]);
+        }
+        assert_eq!(
+            kept.bytes.len(),
+            KEPT_BYTES,
+            "never more than {KEPT_BYTES} bytes"
+        );
+        assert!(kept.full());
+        assert_eq!(kept.dropped, 1_000_000 - KEPT_BYTES as u64);
+        assert!(kept.summary().ends_with(" (995904 more bytes not kept)"));
+        let mut kept = Kept::default();
+        kept.push(b"1\n2\n3\n4\n5\n6\n7\n");
+        assert_eq!(kept.summary(), "1 | 2 | 3 | 4 | 5", "the first five lines");
+    }
+
+    #[tokio::test]
+    async fn an_exec_action_ends_with_its_command_not_with_its_output() {
+        // A daemon left behind holds the output pipe open for 30 s.
+        let (result, detail) = tokio::time::timeout(
+            Duration::from_secs(20),
+            exec(&sh("sleep 30 & echo restarted $!")),
+        )
+        .await
+        .expect("the result comes from the command's exit");
+        let daemon = detail
+            .rsplit(' ')
+            .next()
+            .and_then(|pid| pid.parse::<i32>().ok());
+        if let Some(pid) = daemon {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert_eq!(result, "ok", "{detail}");
+        assert!(detail.contains("output: restarted"), "{detail}");
+        assert!(daemon.is_some(), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn a_large_output_is_read_to_its_end_and_only_its_start_kept() {
+        let (result, detail) = exec(&sh("echo first; head -c 10000000 /dev/zero")).await;
+        assert_eq!(result, "ok", "{detail}");
+        assert!(detail.contains("output: first"), "{detail}");
+        assert!(detail.contains("more bytes not kept"), "{detail}");
+        assert!(detail.len() <= KEPT_BYTES + 200, "{}", detail.len());
     }
 }

@@ -61,6 +61,7 @@ impl MemorySource for KmsMemory {
                 start_time: None,
                 found_by: format!("--memory-source kms, serverId {server_id}"),
                 allocator: Allocator::Unknown,
+                handle: None,
             };
             return Outcome::Found {
                 target,

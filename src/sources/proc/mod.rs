@@ -4,8 +4,10 @@
 //! - [`target`] — finding the process and telling its incarnations apart.
 //! - [`sample`] — one memory sample from `/proc/PID/status` (and `smaps_rollup` for PSS).
 //! - [`allocator`] — which malloc the target runs on, from its mapped libraries.
+//! - [`handle`] — the pidfd a recycle signal goes through, so it reaches that incarnation only.
 
 pub mod allocator;
+pub mod handle;
 pub mod sample;
 pub mod target;
 
@@ -60,6 +62,7 @@ impl MemorySource for ProcMemory {
                     start_time: Some(crate::units::timestamp(found.start_time)),
                     found_by: self.finder.describe(),
                     allocator: allocator::of(&found.process),
+                    handle: Some(std::sync::Arc::new(found.handle)),
                 };
                 let limit = limit::resolve(self.memory_limit, Some(found.pid));
                 let first = match Sampler::new(found.process) {

@@ -6,6 +6,9 @@
 //! is gone, even if the kernel has handed its pid to another one. So a reused pid can never be
 //! sampled as if it were the old target; it is found again as a new incarnation.
 //!
+//! Signals need more than that: with each incarnation found comes a [`ProcessHandle`] (a
+//! pidfd, checked against the start time found), which a recycle signal goes through.
+//!
 //! Finding by name is a full /proc scan, done only while the target is lost. It goes through
 //! procfs, like every other read here: one crate for /proc, with pids as the kernel's i32.
 
@@ -14,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use procfs::process::Process;
+
+use super::handle::ProcessHandle;
 
 /// Which process to watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +86,8 @@ pub fn pick(candidates: &[Candidate], name: &str) -> Option<i32> {
 #[derive(Debug)]
 pub struct Found {
     pub process: Process,
+    /// What a recycle signal goes through.
+    pub handle: ProcessHandle,
     pub pid: i32,
     pub start_ticks: u64,
     pub start_time: SystemTime,
@@ -255,7 +262,10 @@ pub fn open(pid: i32) -> Result<Found, NotFound> {
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| stat.comm.clone());
+    let handle =
+        ProcessHandle::take(pid, stat.starttime, &process).map_err(|_| NotFound::NoPid(pid))?;
     Ok(Found {
+        handle,
         pid,
         start_ticks: stat.starttime,
         start_time: start_time(stat.starttime),
