@@ -23,16 +23,20 @@
 //! must not be pushed over its memory limit by the clients it answers: each connection has
 //! [`HEADER_TIMEOUT`] to send its request head, and the same again once idle between
 //! requests; reads are buffered in at most 8 KiB; request bodies over [`MAX_BODY_BYTES`] get
-//! 413; and at most [`MAX_CONNECTIONS`] are open at once — a new one beyond that closes the
-//! oldest, so a flood of idle connections can never take the probe port's answers away.
+//! 413; and at most [`MAX_CONNECTIONS`] are open at once (fewer under a low descriptor
+//! limit). What the cap closes, how long a write may stall and what large answers may hold
+//! is [`conns`]'s: a flood of connections never takes the probes' answers, nor a drain
+//! waiter, away.
 //!
 //! Shutdown ([`Shutdown`]): on SIGTERM `/ready` answers 503 at once and the port keeps
 //! answering for `--shutdown-delay`, so balancers and kubelets see the 503 rather than a
-//! refused connection; then requests in flight get [`SHUTDOWN_GRACE`] to finish. A second
-//! SIGTERM stops at once. SIGHUP, SIGUSR1 and SIGUSR2 are logged and ignored.
+//! refused connection; then drain waiters are answered 503 `stopping`, and requests in
+//! flight get [`SHUTDOWN_GRACE`] to finish. A second SIGTERM stops at once, after giving
+//! waiters their answer (at most [`LAST_WORDS`]). SIGHUP, SIGUSR1 and SIGUSR2 are logged and
+//! ignored.
 
-use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -43,16 +47,14 @@ use axum::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use futures_util::FutureExt as _;
-use futures_util::future::{Either, Map, Ready};
-use http_body_util::Full;
-use hyper::body::{Body as _, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use futures_util::future::{Either, Ready};
+use http_body_util::BodyExt as _;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::{TowerToHyperService, TowerToHyperServiceFuture};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -61,7 +63,10 @@ use crate::secret::AdminToken;
 use crate::sources::operator::Requests;
 use crate::status::Snapshot;
 
+mod conns;
 mod drain;
+
+use conns::{Activity, Budget, Chunk, Connections, Watched};
 
 /// The exposition format's Content-Type, exactly: Prometheus 3 fails a scrape without it.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -69,7 +74,9 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Time to send a request head, and the longest a kept-alive connection may sit idle.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections open at once; one more closes the oldest.
+/// At most this long for drain waiters' answers after a second SIGTERM.
+pub const LAST_WORDS: Duration = Duration::from_millis(200);
+/// Connections open at once; one more closes the one idle longest (see [`conns`]).
 pub const MAX_CONNECTIONS: usize = 256;
 /// Requests are GET and HEAD: a body is refused past this.
 pub const MAX_BODY_BYTES: usize = 4096;
@@ -80,6 +87,8 @@ const JSON: &str = "application/json";
 const NO_STORE: &str = "no-store";
 const STOPPING_BODY: &str =
     r#"{"ready":false,"state":"stopping","reason":"memprobe is shutting down"}"#;
+const BUSY_BODY: &str =
+    r#"{"error":"busy: too many large answers are being sent, try again in a second"}"#;
 
 /// How far a stop has gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -172,6 +181,8 @@ pub struct AppState {
     stale_after: Duration,
     /// The admin API: its token, and where drain requests go. `None`: `/drain` is 404.
     admin: Option<(Arc<AdminToken>, Requests)>,
+    /// Turns true as the port closes: drain waiters then answer 503 `stopping`.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -181,6 +192,7 @@ impl AppState {
             stopping: Arc::new(AtomicBool::new(false)),
             stale_after: interval * 3,
             admin: None,
+            closing: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -193,6 +205,18 @@ impl AppState {
     /// From now on `/ready` answers 503.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// The port is about to close: waiters answer now, while their connections still stand.
+    fn close_waiters(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once the port is closing.
+    pub(super) async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        // The sender lives in this state: it cannot be gone while we hold `self`.
+        let _ = closing.wait_for(|c| *c).await;
     }
 
     pub(super) fn latest(&self) -> Arc<Snapshot> {
@@ -223,17 +247,63 @@ pub fn app(state: AppState) -> Router {
         ))
 }
 
-/// An answer's body: a probe's bytes as they are, or whatever the router made.
-pub type AnswerBody = http_body_util::Either<Full<Bytes>, axum::body::Body>;
+/// An answer's body: bytes memprobe holds whole (a probe's, or a large answer carrying its
+/// share of the budget), or whatever the router made.
+pub enum AnswerBody {
+    Whole(Option<Chunk>),
+    Routed(axum::body::Body),
+}
+
+impl hyper::body::Body for AnswerBody {
+    type Data = Chunk;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Chunk>, axum::Error>>> {
+        match self.get_mut() {
+            AnswerBody::Whole(chunk) => {
+                std::task::Poll::Ready(chunk.take().map(|c| Ok(Frame::data(c))))
+            }
+            AnswerBody::Routed(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map(|f| f.map_data(Chunk::plain)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AnswerBody::Whole(chunk) => {
+                chunk.as_ref().is_none_or(|c| bytes::Buf::remaining(c) == 0)
+            }
+            AnswerBody::Routed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AnswerBody::Whole(chunk) => SizeHint::with_exact(
+                chunk
+                    .as_ref()
+                    .map_or(0, |c| bytes::Buf::remaining(c) as u64),
+            ),
+            AnswerBody::Routed(body) => body.size_hint(),
+        }
+    }
+}
+
 type Answered = Result<Response<AnswerBody>, std::convert::Infallible>;
-type Routed = Result<Response, std::convert::Infallible>;
 
 /// The probe port's service: `/ready` and `/healthz` straight from the snapshot, the rest
-/// through the router.
+/// through the router; one clone per connection tells that connection's [`Activity`] when a
+/// request starts and while its handler runs.
 #[derive(Clone)]
 pub struct Probes {
     state: AppState,
     router: TowerToHyperService<Router>,
+    budget: Arc<Budget>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl Probes {
@@ -241,6 +311,16 @@ impl Probes {
         Probes {
             router: TowerToHyperService::new(app(state.clone())),
             state,
+            budget: Budget::new(conns::LARGE_ANSWERS_BYTES),
+            activity: None,
+        }
+    }
+
+    /// This service for one connection.
+    fn on(&self, activity: Arc<Activity>) -> Self {
+        Probes {
+            activity: Some(activity),
+            ..self.clone()
         }
     }
 
@@ -251,7 +331,7 @@ impl Probes {
             return None;
         }
         let (code, body) = probe_answer(&self.state, request.uri().path())?;
-        let mut response = Response::new(AnswerBody::Left(Full::new(body)));
+        let mut response = Response::new(AnswerBody::Whole(Some(Chunk::plain(body))));
         *response.status_mut() = code;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
@@ -263,21 +343,75 @@ impl Probes {
 impl hyper::service::Service<Request<Incoming>> for Probes {
     type Response = Response<AnswerBody>;
     type Error = std::convert::Infallible;
-    type Future = Either<
-        Ready<Answered>,
-        Map<TowerToHyperServiceFuture<Router, Request<Incoming>>, fn(Routed) -> Answered>,
-    >;
+    type Future = Either<Ready<Answered>, Pin<Box<dyn Future<Output = Answered> + Send>>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        match self.probe(&request) {
-            Some(answer) => Either::Left(futures_util::future::ready(Ok(answer))),
-            None => {
-                let routed: fn(Routed) -> Answered =
-                    |routed| routed.map(|r| r.map(AnswerBody::Right));
-                Either::Right(self.router.call(request).map(routed))
-            }
+        let pipelined = self.activity.as_ref().is_some_and(|a| a.request_started());
+        if let Some(answer) = self.probe(&request) {
+            let answer = closing_if(pipelined, answer);
+            return Either::Left(futures_util::future::ready(Ok(answer)));
         }
+        let routed = self.router.call(request);
+        let (activity, budget) = (self.activity.clone(), Arc::clone(&self.budget));
+        Either::Right(Box::pin(async move {
+            let _answering = activity.as_ref().map(Activity::answering);
+            let response = match routed.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok(closing_if(pipelined, held(response, &budget).await))
+        }))
     }
+}
+
+/// A pipelined request is answered, and its connection closed after the answer: no client
+/// memprobe serves pipelines, and one that does must not queue requests behind answers it
+/// does not read.
+fn closing_if(pipelined: bool, mut answer: Response<AnswerBody>) -> Response<AnswerBody> {
+    if pipelined {
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    answer
+}
+
+/// A routed answer as it is sent: a large one takes its size from the budget until written
+/// (or becomes a short 503 when the budget is spent).
+async fn held(response: Response, budget: &Arc<Budget>) -> Response<AnswerBody> {
+    let size = response.body().size_hint().exact();
+    let Some(size) = size
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| *n > conns::SMALL_ANSWER_BYTES)
+    else {
+        return response.map(AnswerBody::Routed);
+    };
+    let Some(reservation) = budget.reserve(size) else {
+        return busy();
+    };
+    let (parts, body) = response.into_parts();
+    // The router's bodies are bytes in memory, in one frame: collecting them copies nothing.
+    let whole = body
+        .collect()
+        .await
+        .ok()
+        .map(|c| Chunk::held(c.to_bytes(), reservation));
+    Response::from_parts(parts, AnswerBody::Whole(whole))
+}
+
+/// The answer when large answers already hold the whole budget. It closes the connection:
+/// a client that pipelines behind it would otherwise get busy answers as fast as it asks.
+fn busy() -> Response<AnswerBody> {
+    let mut response = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Bytes::from_static(BUSY_BODY.as_bytes()),
+    )
+    .map(AnswerBody::Routed);
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NO_STORE));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// `/ready` and `/healthz`: the code and the pre-rendered body, from the latest snapshot.
@@ -294,31 +428,9 @@ fn probe_answer(state: &AppState, path: &str) -> Option<(StatusCode, Bytes)> {
     }
 }
 
-/// The connections open, oldest first.
-struct Connections {
-    open: VecDeque<JoinHandle<()>>,
-}
-
-impl Connections {
-    /// Makes room for one more: forgets the finished, and closes the oldest at the cap.
-    fn make_room(&mut self) {
-        self.open.retain(|c| !c.is_finished());
-        while self.open.len() >= MAX_CONNECTIONS {
-            if let Some(oldest) = self.open.pop_front() {
-                oldest.abort();
-            }
-        }
-    }
-
-    fn close_all(&mut self) {
-        for c in self.open.drain(..) {
-            c.abort();
-        }
-    }
-}
-
 /// Serves until `shutdown`: then `/ready` answers 503, the port keeps answering for `delay`,
-/// stops accepting, and requests in flight get [`SHUTDOWN_GRACE`] (none after a second stop).
+/// drain waiters are answered, the port stops accepting, and requests in flight get
+/// [`SHUTDOWN_GRACE`] (none after a second stop).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -328,14 +440,28 @@ pub async fn serve(
     let (mut requested, mut now) = (shutdown.clone(), shutdown);
     let service = Probes::new(state.clone());
     let graceful = GracefulShutdown::new();
-    let mut connections = Connections {
-        open: VecDeque::with_capacity(MAX_CONNECTIONS),
-    };
+    let limit = conns::open_files_limit();
+    let cap = limit.map_or(MAX_CONNECTIONS, conns::cap_for);
+    if let Some(limit) = limit.filter(|_| cap < MAX_CONNECTIONS) {
+        tracing::warn!(
+            "the open-files limit ({limit}) leaves room for {cap} connections at once, not \
+             {MAX_CONNECTIONS} (raise it, e.g. ulimit -n 1024)"
+        );
+    }
+    // Accepted sockets inherit the listener's buffer sizes.
+    let socket = socket2::SockRef::from(&listener);
+    let _ = socket.set_send_buffer_size(conns::SOCKET_BUFFER_BYTES);
+    let _ = socket.set_recv_buffer_size(conns::SOCKET_BUFFER_BYTES);
+    let mut connections = Connections::new(cap);
     let mut http = hyper::server::conn::http1::Builder::new();
+    // Queued writes (not one flattened buffer) keep a large answer's bytes, and the budget
+    // share they carry, until they are written.
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_BUFFER_BYTES);
+        .max_buf_size(MAX_BUFFER_BYTES)
+        .writev(true);
     let mut accept_error_logged = false;
+    let mut all_busy_logged = false;
     let mut closing_at: Option<Instant> = None;
     loop {
         let close = async {
@@ -346,22 +472,43 @@ pub async fn serve(
         };
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, _)) if connections.make_room() => {
                     let _ = stream.set_nodelay(true);
-                    connections.make_room();
-                    let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+                    let activity = Activity::new();
+                    let io = Watched::new(stream, Arc::clone(&activity));
+                    let conn = http.serve_connection(io, service.on(Arc::clone(&activity)));
                     let conn = graceful.watch(conn);
-                    connections.open.push_back(tokio::spawn(async move {
+                    let task = tokio::spawn(async move {
                         let _ = conn.await;
-                    }));
+                    });
+                    connections.push(task, activity);
+                }
+                Ok(_) => {
+                    if !all_busy_logged {
+                        tracing::warn!(
+                            "all {cap} connections are answering requests: closing a new one"
+                        );
+                        all_busy_logged = true;
+                    }
                 }
                 Err(e) => {
-                    // Out of descriptors or memory: wait a little rather than spin.
+                    // Out of descriptors: what the cap would close goes now, so the probes
+                    // waiting in the backlog get one. Otherwise wait a little rather than spin.
+                    let out_of_files = matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::EMFILE | nix::libc::ENFILE)
+                    );
                     if !accept_error_logged {
                         tracing::warn!("accepting a connection failed: {e} (retrying)");
                         accept_error_logged = true;
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if out_of_files && connections.close_idlest() {
+                        // The closed connection's descriptor is freed once its task is
+                        // dropped, which the runtime does before it polls this loop again.
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             },
             _ = requested.reached(Stop::Requested), if closing_at.is_none() => {
@@ -370,11 +517,15 @@ pub async fn serve(
             }
             _ = close => break,
             _ = now.reached(Stop::Now) => {
+                state.close_waiters();
+                drop(listener);
+                let _ = tokio::time::timeout(LAST_WORDS, graceful.shutdown()).await;
                 connections.close_all();
                 return Ok(());
             }
         }
     }
+    state.close_waiters();
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
@@ -600,6 +751,49 @@ mod tests {
         );
         assert!(body.contains("shutting down"));
         assert_eq!(call(&state, "GET", "/healthz").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_large_answer_takes_its_size_from_the_budget_and_a_spent_budget_gets_a_short_503() {
+        let large = || json(StatusCode::OK, Bytes::from(vec![b'x'; 10_000]));
+        let budget = Budget::new(15_000);
+        let first = held(large(), &budget).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(first.body().size_hint().exact(), Some(10_000));
+        let second = held(large(), &budget).await;
+        assert_eq!(
+            second.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "10,000 more bytes do not fit in what is left"
+        );
+        assert_eq!(second.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            second.headers()[header::CONNECTION],
+            "close",
+            "a busy answer closes its connection"
+        );
+        let small = held(json(StatusCode::OK, Bytes::from_static(b"{}")), &budget).await;
+        assert_eq!(small.status(), StatusCode::OK, "small answers always go");
+        drop(first);
+        assert_eq!(
+            held(large(), &budget).await.status(),
+            StatusCode::OK,
+            "the first answer's bytes gone, its share is back"
+        );
+    }
+
+    #[test]
+    fn the_answer_to_a_pipelined_request_closes_its_connection() {
+        let answer = || Response::new(AnswerBody::Whole(None));
+        assert_eq!(
+            closing_if(true, answer()).headers()[header::CONNECTION],
+            "close"
+        );
+        assert!(
+            !closing_if(false, answer())
+                .headers()
+                .contains_key(header::CONNECTION)
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,16 +1,23 @@
 //! `memprobe drain`: asks a running memprobe to drain (`POST /drain`), and with `--wait`
 //! waits for its last session — for systemd's `ExecStop=`, deploy scripts and preStop hooks.
 //!
+//! Only an answer ends it. A connection that drops before memprobe answers (memprobe
+//! restarted, a connection closed under it) means "not drained yet": it asks again, after a
+//! short backoff, until its own deadline. Only a memprobe that refuses the very first
+//! connection is taken as not there at all.
+//!
 //! Exit status: 0 once drained (or, without `--wait`, once the drain has started); 1 at the
-//! deadline with sessions still live, or when memprobe cannot be reached or refuses; 2 for bad
-//! input (a flag, the token, a URL that is not memprobe's admin API).
+//! deadline with sessions still live, when memprobe is stopping or refuses, or cannot be
+//! reached at all; 2 for bad input (a flag, the token, a URL that is not memprobe's admin API).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use tokio::time::Instant;
 
+use crate::client::ClientError;
 use crate::config::read_secret_file;
 use crate::secret::Token;
 use crate::units::DurationRange;
@@ -35,6 +42,66 @@ pub struct DrainFlags {
 
 const BAD_INPUT: u8 = 2;
 const NOT_DRAINED: u8 = 1;
+/// Without `--wait`, how long to keep asking for the drain to start.
+const NO_WAIT_PATIENCE: Duration = Duration::from_secs(10);
+/// memprobe answers a wait at its deadline; a little more covers the round trip.
+const ROUND_TRIP: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// memprobe's shortest `?wait=`.
+const SHORTEST_WAIT: Duration = Duration::from_millis(10);
+
+/// What one attempt means.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Answered: the line to print, exit 0.
+    Done(String),
+    /// Answered, or unreachable from the start: exit with this code and line.
+    Fail(u8, String),
+    /// memprobe refused the token (bad input: exit 2).
+    TokenRefused,
+    /// No answer on a connection made, or memprobe gone since: ask again.
+    Retry(String),
+}
+
+/// The outcome of one `POST /drain` (the status and body, or why none came), given whether
+/// memprobe was reached before and whether this call waits.
+fn judge(outcome: Result<(u16, &[u8]), &ClientError>, reached_before: bool, waiting: bool) -> Next {
+    let (code, body) = match outcome {
+        Ok(answer) => answer,
+        Err(ClientError::Refused) if !reached_before => {
+            return Next::Fail(NOT_DRAINED, "connection refused".to_string());
+        }
+        Err(e) => return Next::Retry(e.to_string()),
+    };
+    let said: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let detail = |key: &str| said[key].as_str().unwrap_or("").to_string();
+    match code {
+        200 if waiting => Next::Done(format!(
+            "drained: no session left after {:.1}s",
+            said["waited_seconds"].as_f64().unwrap_or(0.0)
+        )),
+        200 => Next::Done(format!("draining: {}", detail("reason"))),
+        503 if said["state"] == "stopping" => Next::Fail(
+            NOT_DRAINED,
+            "memprobe is stopping: it can no longer tell when the last session ends".to_string(),
+        ),
+        503 => Next::Fail(
+            NOT_DRAINED,
+            format!("not drained by the deadline: {}", detail("reason")),
+        ),
+        401 => Next::TokenRefused,
+        404 => Next::Fail(
+            BAD_INPUT,
+            "no admin API there: start memprobe with --admin-token-file".to_string(),
+        ),
+        409 => Next::Fail(NOT_DRAINED, format!("refused: {}", detail("error"))),
+        other => Next::Fail(
+            NOT_DRAINED,
+            format!("memprobe answered {other}: {}", detail("error")),
+        ),
+    }
+}
 
 pub async fn run(flags: DrainFlags) -> ExitCode {
     match drain(&flags).await {
@@ -89,35 +156,99 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
                 crate::secret::SecretUrl::redact(&flags.url)
             ))
         })?;
-    let mut target = url.clone();
-    target.set_path("/drain");
-    target.set_query(wait.map(|d| format!("wait={}ms", d.as_millis())).as_deref());
     let auth = vec![("authorization", format!("Bearer {}", token.expose()))];
-    // memprobe answers a wait at its deadline; a little more covers the round trip.
-    let patience = wait.unwrap_or_default() + Duration::from_secs(10);
-    let (code, body) = crate::client::post(&target, &auth, String::new(), patience)
-        .await
-        .map_err(|e| (NOT_DRAINED, format!("cannot reach memprobe at {url}: {e}")))?;
-    let said: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let detail = |key: &str| said[key].as_str().unwrap_or("").to_string();
-    match code {
-        200 if wait.is_some() => Ok(format!(
-            "drained: no session left after {:.1}s",
-            said["waited_seconds"].as_f64().unwrap_or(0.0)
-        )),
-        200 => Ok(format!("draining: {}", detail("reason"))),
-        503 => Err((
-            NOT_DRAINED,
-            format!("not drained by the deadline: {}", detail("reason")),
-        )),
-        401 => Err(bad(format!("memprobe refused the token in {token_origin}"))),
-        404 => Err(bad(format!(
-            "{url} has no admin API: start memprobe with --admin-token-file"
-        ))),
-        409 => Err((NOT_DRAINED, format!("refused: {}", detail("error")))),
-        other => Err((
-            NOT_DRAINED,
-            format!("memprobe answered {other}: {}", detail("error")),
-        )),
+    let deadline = Instant::now() + wait.unwrap_or(NO_WAIT_PATIENCE);
+    let mut backoff = FIRST_BACKOFF;
+    let mut reached = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut target = url.clone();
+        target.set_path("/drain");
+        if wait.is_some() {
+            // Asked again, the wait is what is left of ours.
+            let asked = left.max(SHORTEST_WAIT);
+            target.set_query(Some(&format!("wait={}ms", asked.as_millis())));
+        }
+        let outcome = crate::client::post(&target, &auth, String::new(), left + ROUND_TRIP).await;
+        let next = judge(
+            outcome.as_ref().map(|(code, body)| (*code, body.as_ref())),
+            reached,
+            wait.is_some(),
+        );
+        reached |= !matches!(outcome, Err(ClientError::Refused));
+        match next {
+            Next::Done(line) => return Ok(line),
+            Next::TokenRefused => {
+                return Err((
+                    BAD_INPUT,
+                    format!("memprobe refused the token in {token_origin}"),
+                ));
+            }
+            Next::Fail(BAD_INPUT, line) => return Err((BAD_INPUT, format!("{url}: {line}"))),
+            Next::Fail(code, line) if !reached => {
+                return Err((code, format!("cannot reach memprobe at {url}: {line}")));
+            }
+            Next::Fail(code, line) => return Err((code, line)),
+            Next::Retry(why) => {
+                if Instant::now() + backoff >= deadline {
+                    return Err((
+                        NOT_DRAINED,
+                        format!("not drained by the deadline: no answer from memprobe ({why})"),
+                    ));
+                }
+                eprintln!("memprobe drain: no answer yet ({why}): asking again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_answer_ends_a_wait() {
+        let dropped = ClientError::Failed("connection closed before message completed".into());
+        assert!(
+            matches!(judge(Err(&dropped), true, true), Next::Retry(_)),
+            "a dropped connection is not drained yet"
+        );
+        assert!(
+            matches!(judge(Err(&dropped), false, true), Next::Retry(_)),
+            "even on the first connection"
+        );
+        assert!(
+            matches!(
+                judge(Err(&ClientError::Refused), true, true),
+                Next::Retry(_)
+            ),
+            "memprobe gone after it was reached: restarting, ask again"
+        );
+        assert_eq!(
+            judge(Err(&ClientError::Refused), false, true),
+            Next::Fail(NOT_DRAINED, "connection refused".into()),
+            "nothing listening from the start: memprobe is not there"
+        );
+        let drained = br#"{"drained":true,"sessions":0,"waited_seconds":12.5}"#;
+        assert_eq!(
+            judge(Ok((200, drained)), true, true),
+            Next::Done("drained: no session left after 12.5s".into())
+        );
+        let stopping = br#"{"error":"memprobe is stopping","state":"stopping","drained":false}"#;
+        assert!(
+            matches!(judge(Ok((503, stopping)), true, true), Next::Fail(NOT_DRAINED, l) if l.contains("stopping")),
+            "memprobe stopping is an answer"
+        );
+        let late = br#"{"drained":false,"sessions":2,"reason":"2 sessions still live"}"#;
+        assert_eq!(
+            judge(Ok((503, late)), true, true),
+            Next::Fail(
+                NOT_DRAINED,
+                "not drained by the deadline: 2 sessions still live".into()
+            )
+        );
+        assert_eq!(judge(Ok((401, b"{}")), true, true), Next::TokenRefused);
     }
 }

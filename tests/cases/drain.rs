@@ -4,14 +4,19 @@
 // Waiters block on the real clock.
 #![allow(clippy::disallowed_types)]
 
-use std::io::Write;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::harness::fake_kms::FakeKms;
-use crate::harness::{MEMPROBE, Memprobe, Workload, strict, tool};
+use crate::harness::{
+    DEADLINE, MEMPROBE, Memprobe, Reaped, Workload, flood, free_port, shipped, strict, tool,
+};
 
 const TOKEN: &str = "test-token-0123456789abcdef";
 
@@ -19,24 +24,41 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 fn with_admin(kms: &FakeKms, target: &Workload) -> (Memprobe, tempfile::NamedTempFile) {
     let mut token = tempfile::NamedTempFile::new().unwrap();
     writeln!(token, "{TOKEN}").unwrap();
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let probe = Memprobe::start(&[
-        "--interval",
-        "100ms",
-        "--threshold",
-        "1Gi",
-        "--kms-url",
-        &url,
-        "--kms-ping-interval",
-        "200ms",
-        "--kms-timeout",
-        "1s",
-        "--pid",
-        &pid,
-        "--admin-token-file",
-        token.path().to_str().unwrap(),
-    ]);
+    let probe = admin_on(Command::new(MEMPROBE), "127.0.0.1:0", kms, target, &token);
     (probe, token)
+}
+
+/// memprobe as `command` runs it, on `listen`, watching `target` with `kms`, the admin API's
+/// token in `token`.
+fn admin_on(
+    command: Command,
+    listen: &str,
+    kms: &FakeKms,
+    target: &Workload,
+    token: &tempfile::NamedTempFile,
+) -> Memprobe {
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    Memprobe::start_command_on(
+        command,
+        listen,
+        &[
+            "--interval",
+            "100ms",
+            "--threshold",
+            "1Gi",
+            "--kms-url",
+            &url,
+            "--kms-ping-interval",
+            "200ms",
+            "--kms-timeout",
+            "1s",
+            "--pid",
+            &pid,
+            "--admin-token-file",
+            token.path().to_str().unwrap(),
+        ],
+        &[],
+    )
 }
 
 /// One admin call; the status code and the JSON body.
@@ -346,4 +368,207 @@ fn a_rotated_admin_token_takes_over_and_the_old_one_stops_working() {
     );
     probe.said_once("holds a new admin token");
     probe.never_shown(&[rotated, TOKEN]);
+}
+
+fn token_file() -> tempfile::NamedTempFile {
+    let mut token = tempfile::NamedTempFile::new().unwrap();
+    writeln!(token, "{TOKEN}").unwrap();
+    token
+}
+
+/// A drain waiter on a raw connection of its own, started once its request is sent: the
+/// whole answer (empty if the connection was dropped without one) and when it ended.
+fn raw_waiter(addr: SocketAddr, request: &str) -> JoinHandle<(String, Instant)> {
+    let (sent_tx, sent) = std::sync::mpsc::channel();
+    let request = format!(
+        "{request} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let waiter = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        sent_tx.send(()).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        (answer, Instant::now())
+    });
+    sent.recv().unwrap();
+    waiter
+}
+
+/// `memprobe drain` (as `binary`) against memprobe at `addr`, waiting up to `wait`.
+fn drain_client(binary: &Path, addr: SocketAddr, token: &Path, wait: &str) -> Reaped {
+    let child = Command::new(binary)
+        .arg("drain")
+        .args(["--url", &format!("http://{addr}"), "--wait", wait])
+        .arg("--token-file")
+        .arg(token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run memprobe drain");
+    Reaped(child)
+}
+
+/// Waits for `child` to exit; its status, what it printed (stdout then stderr) and when.
+fn finish(child: &mut Reaped) -> (ExitStatus, String, Instant) {
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "{:?} did not exit", child.0);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ended = Instant::now();
+    let mut said = String::new();
+    for pipe in [
+        child.0.stdout.take().map(|p| Box::new(p) as Box<dyn Read>),
+        child.0.stderr.take().map(|p| Box::new(p) as Box<dyn Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut pipe = pipe;
+        let _ = pipe.read_to_string(&mut said);
+    }
+    (status, said, ended)
+}
+
+/// The flood that once cut a waiter after two seconds: 10,000 idle or half-sent connections,
+/// half before the wait and half during it. The cap closes those, never the waiters.
+#[test]
+fn a_drain_waiter_outlives_a_flood_and_memprobe_drain_exits_0_only_once_drained() {
+    let Some(binary) = shipped() else {
+        return;
+    };
+    crate::harness::many_files();
+    let kms = FakeKms::start();
+    let session = kms.create_pipeline(1);
+    let target = Workload::start(None);
+    let token = token_file();
+    let probe = admin_on(Command::new(&binary), "127.0.0.1:0", &kms, &target, &token);
+    probe.wait_for("1 session", |s| s["sessions"] == 1);
+
+    let before = flood(probe.addr, 5_000);
+    let mut client = drain_client(&binary, probe.addr, token.path(), "120s");
+    probe.wait_for("the drain memprobe drain asked for", |s| {
+        s["state"] == "draining"
+    });
+    let waiter = raw_waiter(probe.addr, "GET /drain?wait=120s");
+    // A later connection answered: the waiter's request, sent before, is in its handler.
+    assert_eq!(probe.get("/ready").code, 503);
+    let during = flood(probe.addr, 5_000);
+    assert!(
+        before.len() + during.len() >= 9_000,
+        "the flood could open only {} connections",
+        before.len() + during.len()
+    );
+    assert!(
+        !waiter.is_finished(),
+        "the waiter still waits through 10,000 connections: it was not closed"
+    );
+    assert!(
+        client.0.try_wait().unwrap().is_none(),
+        "memprobe drain still waits"
+    );
+
+    kms.destroy_pipeline(&session);
+    let last_ended = Instant::now();
+    let (answer, answered) = waiter.join().unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the waiter is answered 200 once drained: {answer:?}"
+    );
+    assert!(answer.contains(r#""drained":true"#), "{answer}");
+    assert!(answered >= last_ended);
+    let (status, said, exited) = finish(&mut client);
+    assert_eq!(status.code(), Some(0), "{said}");
+    assert!(said.contains("drained"), "{said}");
+    assert!(
+        exited >= last_ended,
+        "exits 0 only once the last session ended"
+    );
+    assert!(
+        !said.contains("asking again"),
+        "its connection was never closed under it: {said}"
+    );
+    drop((before, during));
+}
+
+/// memprobe's own SIGTERM: a waiter is answered, 503 `stopping`, before the port closes.
+#[test]
+fn a_waiter_is_answered_503_stopping_when_memprobe_stops() {
+    let binary = shipped().unwrap_or_else(|| MEMPROBE.into());
+    let kms = FakeKms::start();
+    let _session = kms.create_pipeline(1);
+    let target = Workload::start(None);
+    let token = token_file();
+    let mut probe = admin_on(Command::new(&binary), "127.0.0.1:0", &kms, &target, &token);
+    probe.wait_for("1 session", |s| s["sessions"] == 1);
+    let mut client = drain_client(&binary, probe.addr, token.path(), "60s");
+    probe.wait_for("the drain", |s| s["state"] == "draining");
+    let waiter = raw_waiter(probe.addr, "GET /drain?wait=60s");
+    assert_eq!(probe.get("/ready").code, 503);
+
+    probe.signal("TERM");
+    let (answer, _) = waiter.join().unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "a waiter is answered, not dropped: {answer:?}"
+    );
+    assert!(answer.contains(r#""state":"stopping""#), "{answer}");
+    let (status, said, _) = finish(&mut client);
+    assert_eq!(status.code(), Some(1), "not drained: {said}");
+    assert!(said.contains("memprobe is stopping"), "{said}");
+    assert_eq!(probe.wait_exit().code(), Some(0));
+}
+
+/// memprobe killed and started again while `memprobe drain --wait` and the manifest's preStop
+/// hook wait: both ask again (the new memprobe drains at their request) and end only once the
+/// last session has.
+#[test]
+fn memprobe_drain_and_the_pre_stop_hook_ask_again_when_memprobe_restarts_mid_wait() {
+    let Some(PreStop { command, env, .. }) = pre_stop() else {
+        assert!(!strict(), "the rendered base has no preStop hook for KMS");
+        return;
+    };
+    let kms = FakeKms::start();
+    let session = kms.create_pipeline(1);
+    let target = Workload::start(None);
+    let token = token_file();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let first = admin_on(Command::new(MEMPROBE), &listen, &kms, &target, &token);
+    first.wait_for("1 session", |s| s["sessions"] == 1);
+
+    let mut client = drain_client(Path::new(MEMPROBE), first.addr, token.path(), "60s");
+    let mut hook = Command::new(&command[0]);
+    hook.args(&command[1..])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("MEMPROBE_PORT", port.to_string())
+        .env("MEMPROBE_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut hook = Reaped(hook.spawn().expect("run the preStop hook"));
+    first.wait_for("the drain", |s| s["state"] == "draining");
+    drop(first);
+
+    let second = admin_on(Command::new(MEMPROBE), &listen, &kms, &target, &token);
+    second.wait_for("the drain asked again of the new memprobe", |s| {
+        s["state"] == "draining" && s["drain_requested_by"] == "admin"
+    });
+    assert!(
+        client.0.try_wait().unwrap().is_none(),
+        "memprobe drain waits on"
+    );
+    assert!(hook.0.try_wait().unwrap().is_none(), "the hook waits on");
+
+    kms.destroy_pipeline(&session);
+    let last_ended = Instant::now();
+    for (what, child) in [("memprobe drain", &mut client), ("the hook", &mut hook)] {
+        let (status, said, exited) = finish(child);
+        assert_eq!(status.code(), Some(0), "{what}: {said}");
+        assert!(said.contains("asking again"), "{what} asked again: {said}");
+        assert!(exited >= last_ended, "{what} ends only once drained");
+    }
 }

@@ -9,7 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::fast;
-use crate::harness::{self, Memprobe, Workload, run_to_end, shipped};
+use crate::harness::cgroup::Cgroup;
+use crate::harness::{self, Memprobe, Workload, flood, run_to_end, shipped};
 
 const MIB: u64 = 1 << 20;
 
@@ -26,24 +27,9 @@ fn probe(addr: SocketAddr, path: &str) -> (u16, Duration) {
     (code, started.elapsed())
 }
 
-/// Opens `count` connections to `addr`; every other one sends half a request head.
-fn flood(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
-    let mut open = Vec::with_capacity(count);
-    for i in 0..count {
-        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-            continue;
-        };
-        if i % 2 == 0 {
-            let _ = stream.write_all(b"GET /ready HTTP/1.1\r\nHost: flood\r\n");
-        }
-        open.push(stream);
-    }
-    open
-}
-
 #[test]
 fn a_flood_of_idle_and_half_sent_connections_takes_no_probe_away_and_little_memory() {
-    let _ = rlimit::increase_nofile_limit(20_000);
+    harness::many_files();
     let binary = shipped();
     let binary = binary
         .as_deref()
@@ -671,4 +657,163 @@ fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_
             assert!(!line.contains("panicked"), "{line}");
         }
     }
+}
+
+/// Under a low descriptor limit the cap shrinks to fit (and at EMFILE the connection idle
+/// longest is closed): a flood still takes no probe away.
+#[test]
+fn under_a_low_open_files_limit_a_flood_takes_no_probe_away() {
+    let Some(prlimit) = harness::tool("prlimit") else {
+        return;
+    };
+    harness::many_files();
+    let binary = shipped().unwrap_or_else(|| harness::MEMPROBE.into());
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    for limit in ["64", "16"] {
+        let mut command = std::process::Command::new(&prlimit);
+        command
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(&binary);
+        let mut memprobe = Memprobe::start_command(command, &fast(&["--pid", &pid]), &[]);
+        memprobe.wait_state("healthy");
+        memprobe.said_once(&format!("open-files limit ({limit})"));
+        let connections = flood(memprobe.addr, 2_000);
+        for path in ["/ready", "/healthz"].repeat(5) {
+            let (code, took) = probe(memprobe.addr, path);
+            assert_eq!(code, 200, "{path} answers with {limit} descriptors");
+            assert!(
+                took < Duration::from_secs(1),
+                "{path} took {took:?} with {limit} descriptors"
+            );
+        }
+        assert!(memprobe.running());
+        drop(connections);
+    }
+}
+
+/// Clients that pipeline requests for the largest answer and never read.
+struct Stalled {
+    addr: SocketAddr,
+    open: Vec<Option<TcpStream>>,
+}
+
+impl Stalled {
+    const BATCH: &str = "GET /history.json HTTP/1.1\r\nHost: stalled\r\n\r\n";
+
+    fn open(addr: SocketAddr, count: usize) -> Self {
+        let mut stalled = Stalled {
+            addr,
+            open: (0..count).map(|_| None).collect(),
+        };
+        stalled.top_up();
+        stalled
+    }
+
+    /// Pipelines more requests on every connection, as much as the socket takes without
+    /// waiting; opens again any that memprobe closed.
+    fn top_up(&mut self) {
+        let batch = Self::BATCH.repeat(100);
+        for slot in &mut self.open {
+            let alive = slot
+                .as_mut()
+                .is_some_and(|s| match s.write(batch.as_bytes()) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                });
+            if !alive {
+                *slot = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
+                    .ok()
+                    .filter(|s| s.set_nonblocking(true).is_ok());
+                if let Some(s) = slot {
+                    let _ = s.write(batch.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// 400 connections that pipeline `GET /history.json` with a full history and never read, then
+/// the 10,000-connection flood, all against the shipped binary in a 32 MiB memory cgroup:
+/// memprobe is never killed and `/ready` keeps answering within a second.
+#[test]
+fn clients_that_never_read_cannot_grow_memprobe_past_a_32_mib_cgroup() {
+    let Some(binary) = shipped() else {
+        return;
+    };
+    let Some(cgroup) = Cgroup::limited(&harness::unique_name("memprobe-stalled"), 32 * MIB) else {
+        return;
+    };
+    harness::many_files();
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    // Every 10 ms a new snapshot: each answer is a history rendered anew, none shared.
+    let args = ["--pid", &pid, "--interval", "10ms", "--history", "20s"];
+    let mut memprobe = Memprobe::start_command(cgroup.command(&binary), &args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while memprobe
+        .get("/history.json")
+        .json()
+        .as_array()
+        .map(Vec::len)
+        != Some(2000)
+    {
+        assert!(Instant::now() < deadline, "the history never filled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let idle = memprobe.rss_bytes();
+
+    // One reader that stops: two full histories fill every buffer between us, and the write
+    // that then goes nowhere closes the connection after the send timeout. Bytes sent to a
+    // connection memprobe closed come back as a reset.
+    let mut one = TcpStream::connect(memprobe.addr).unwrap();
+    one.write_all(Stalled::BATCH.repeat(2).as_bytes()).unwrap();
+    let stopped_reading = Instant::now();
+    while one.write_all(b"\r\n").is_ok() {
+        assert!(
+            stopped_reading.elapsed() < Duration::from_secs(30),
+            "a connection whose client reads nothing is never closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        stopped_reading.elapsed() >= Duration::from_secs(4),
+        "closed by the 5 s send timeout, not before ({:?})",
+        stopped_reading.elapsed()
+    );
+
+    let mut stalled = Stalled::open(memprobe.addr, 400);
+    let (mut peak, mut worst, mut probes) = (idle, Duration::ZERO, 0);
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        stalled.top_up();
+        let (code, took) = probe(memprobe.addr, "/ready");
+        assert!(
+            memprobe.running(),
+            "memprobe was killed under 400 stalled readers (OOM kills: {})",
+            cgroup.oom_kills()
+        );
+        assert_eq!(code, 200, "/ready answers under 400 stalled readers");
+        assert!(
+            took < Duration::from_secs(1),
+            "/ready took {took:?} under 400 stalled readers"
+        );
+        (peak, worst, probes) = (peak.max(memprobe.rss_bytes()), worst.max(took), probes + 1);
+    }
+    drop(stalled);
+    let flood = flood(memprobe.addr, 10_000);
+    for path in ["/ready", "/healthz"].repeat(5) {
+        let (code, took) = probe(memprobe.addr, path);
+        assert_eq!(code, 200, "{path} answers under the flood, in the cgroup");
+        assert!(took < Duration::from_secs(1), "{path} took {took:?}");
+    }
+    drop(flood);
+    assert!(memprobe.running(), "memprobe survived both attacks");
+    assert_eq!(cgroup.oom_kills(), 0, "no OOM kill in memprobe's cgroup");
+    eprintln!(
+        "stalled readers: {probes} probes, worst {worst:?}; rss idle {:.1} MiB, peak {:.1} MiB; cgroup peak {:?} bytes",
+        idle as f64 / MIB as f64,
+        peak as f64 / MIB as f64,
+        cgroup.peak_bytes()
+    );
 }

@@ -8,6 +8,7 @@
 // Real processes run on the real clock: these waits are deadlines, not test logic.
 #![allow(clippy::disallowed_types)]
 
+pub mod cgroup;
 pub mod fake_kms;
 pub mod janus;
 
@@ -231,10 +232,20 @@ impl Memprobe {
     }
 
     /// Starts memprobe as `command` runs it (under an emulator, say), with these arguments.
-    pub fn start_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start_command(command: Command, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_command_on(command, "127.0.0.1:0", args, env)
+    }
+
+    /// [`Memprobe::start_command`] listening on `listen` (a fixed port, for a restart).
+    pub fn start_command_on(
+        mut command: Command,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = command
             .args(args)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--listen", listen, "--log-format", "json"])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -480,6 +491,32 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .stdin(Stdio::null())
         .output()
         .expect("run memprobe")
+}
+
+/// Raises this test process's descriptor limit for floods of connections: as root beyond the
+/// hard limit, else up to it.
+pub fn many_files() {
+    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let wanted = hard.max(65_536);
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, wanted, wanted);
+    }
+    let _ = rlimit::increase_nofile_limit(65_536);
+}
+
+/// Opens `count` connections to `addr`; every other one sends half a request head.
+pub fn flood(addr: SocketAddr, count: usize) -> Vec<std::net::TcpStream> {
+    let mut open = Vec::with_capacity(count);
+    for i in 0..count {
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        else {
+            continue;
+        };
+        if i % 2 == 0 {
+            let _ = stream.write_all(b"GET /ready HTTP/1.1\r\nHost: flood\r\n");
+        }
+        open.push(stream);
+    }
+    open
 }
 
 /// A child process killed and reaped when the test ends, pass or fail.

@@ -5,7 +5,9 @@
 //! - `DELETE /drain` — cancel a requested drain (never a memory drain: 409).
 //! - `GET /drain?wait=DURATION` — answer once no session is left (200, with how long it took)
 //!   or at the deadline (503, with the sessions still live). Any number of waiters; each only
-//!   watches the published snapshots.
+//!   watches the published snapshots. The connection cap never closes a waiter, and when
+//!   memprobe stops, every waiter is answered 503 with `"state":"stopping"` before the port
+//!   closes: a waiter always gets an answer.
 //!
 //! Every call needs `Authorization: Bearer TOKEN` with memprobe's `--admin-token`, compared in
 //! constant time (401 otherwise); without a token configured the API does not exist (404).
@@ -160,7 +162,7 @@ pub async fn wait(
 fn stopping() -> Response {
     answer(
         StatusCode::SERVICE_UNAVAILABLE,
-        json!({"error": "memprobe is stopping"}),
+        json!({"error": "memprobe is stopping", "state": "stopping", "drained": false}),
     )
 }
 
@@ -184,6 +186,7 @@ async fn drained_within(state: &AppState, limit: Duration) -> Response {
                     return stopping();
                 }
             }
+            () = state.closed() => return stopping(),
             _ = tokio::time::sleep_until(deadline) => {
                 let why = match sessions {
                     Some(n) => format!("{n} sessions still live"),
