@@ -6,9 +6,11 @@
 //! short backoff, until its own deadline. Only a memprobe that refuses the very first
 //! connection is taken as not there at all.
 //!
+//! A memprobe that answers "stopping" cannot tell when the last session ends: a waiter asks
+//! again, as for a dropped connection.
+//!
 //! Exit status: 0 once drained (or, without `--wait`, once the drain has started); 1 at the
-//! deadline with sessions still live, when memprobe is stopping or refuses, or cannot be
-//! reached at all; 2 for bad input (a flag, the token, a URL that is not memprobe's admin API).
+//! deadline with sessions still live, when memprobe refuses, or cannot be reached at all; 2 for bad input (a flag, the token, a URL that is not memprobe's admin API).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,9 +84,15 @@ fn judge(outcome: Result<(u16, &[u8]), &ClientError>, reached_before: bool, wait
             said["waited_seconds"].as_f64().unwrap_or(0.0)
         )),
         200 => Next::Done(format!("draining: {}", detail("reason"))),
+        // A memprobe that stops (restarted, upgraded) knows nothing of the sessions: while
+        // waiting, that is "not drained yet", and the memprobe that comes next is asked.
+        503 if said["state"] == "stopping" && waiting => Next::Retry(
+            "memprobe is stopping: asking again until the deadline (a new memprobe may answer)"
+                .to_string(),
+        ),
         503 if said["state"] == "stopping" => Next::Fail(
             NOT_DRAINED,
-            "memprobe is stopping: it can no longer tell when the last session ends".to_string(),
+            "memprobe is stopping: it can take no drain now".to_string(),
         ),
         503 => Next::Fail(
             NOT_DRAINED,
@@ -238,8 +246,12 @@ mod tests {
         );
         let stopping = br#"{"error":"memprobe is stopping","state":"stopping","drained":false}"#;
         assert!(
-            matches!(judge(Ok((503, stopping)), true, true), Next::Fail(NOT_DRAINED, l) if l.contains("stopping")),
-            "memprobe stopping is an answer"
+            matches!(judge(Ok((503, stopping)), true, true), Next::Retry(l) if l.contains("stopping")),
+            "a waiter told memprobe is stopping asks again: the sessions are still unknown"
+        );
+        assert!(
+            matches!(judge(Ok((503, stopping)), true, false), Next::Fail(NOT_DRAINED, l) if l.contains("stopping")),
+            "without --wait, a stopping memprobe is an answer"
         );
         let late = br#"{"drained":false,"sessions":2,"reason":"2 sessions still live"}"#;
         assert_eq!(

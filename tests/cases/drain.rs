@@ -495,7 +495,9 @@ fn a_drain_waiter_outlives_a_flood_and_memprobe_drain_exits_0_only_once_drained(
     drop((before, during));
 }
 
-/// memprobe's own SIGTERM: a waiter is answered, 503 `stopping`, before the port closes.
+/// memprobe's own SIGTERM: a waiter is answered, 503 `stopping`, before the port closes; and
+/// `memprobe drain --wait`, told so, asks again until its own deadline (a memprobe that
+/// restarts would answer it), never ending its wait early.
 #[test]
 fn a_waiter_is_answered_503_stopping_when_memprobe_stops() {
     let binary = shipped().unwrap_or_else(|| MEMPROBE.into());
@@ -505,7 +507,8 @@ fn a_waiter_is_answered_503_stopping_when_memprobe_stops() {
     let token = token_file();
     let mut probe = admin_on(Command::new(&binary), "127.0.0.1:0", &kms, &target, &token);
     probe.wait_for("1 session", |s| s["sessions"] == 1);
-    let mut client = drain_client(&binary, probe.addr, token.path(), "60s");
+    let mut client = drain_client(&binary, probe.addr, token.path(), "20s");
+    let asked = Instant::now();
     probe.wait_for("the drain", |s| s["state"] == "draining");
     let waiter = raw_waiter(probe.addr, "GET /drain?wait=60s");
     assert_eq!(probe.get("/ready").code, 503);
@@ -517,10 +520,18 @@ fn a_waiter_is_answered_503_stopping_when_memprobe_stops() {
         "a waiter is answered, not dropped: {answer:?}"
     );
     assert!(answer.contains(r#""state":"stopping""#), "{answer}");
+    assert_eq!(probe.wait_exit().code(), Some(0));
     let (status, said, _) = finish(&mut client);
     assert_eq!(status.code(), Some(1), "not drained: {said}");
     assert!(said.contains("memprobe is stopping"), "{said}");
-    assert_eq!(probe.wait_exit().code(), Some(0));
+    assert!(
+        said.contains("not drained by the deadline"),
+        "a stopping memprobe does not end the wait: {said}"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_secs(16),
+        "the client waited (nearly) out its own 20 s deadline"
+    );
 }
 
 /// memprobe killed and started again while `memprobe drain --wait` and the manifest's preStop
