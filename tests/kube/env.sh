@@ -22,7 +22,9 @@ KUBE_SCHED_PORT=${KUBE_SCHED_PORT:-10259}
 KUBE_KUBELET_PORT=${KUBE_KUBELET_PORT:-10250}
 KUBE_KUBELET_HEALTHZ_PORT=${KUBE_KUBELET_HEALTHZ_PORT:-10248}
 
-KUBE_NODE=${KUBE_NODE:-memprobe-node}
+# The kubelet refuses a loopback node IP, so the API server reaches it by the node's Hostname
+# address, which is its name: localhost is the one name that resolves to loopback everywhere.
+KUBE_NODE=${KUBE_NODE:-localhost}
 # Pods sit on a bridge of their own with no route out of it; the service range has no
 # kube-proxy behind it, so up routes it nowhere (unreachable) rather than out of the machine.
 KUBE_POD_CIDR=${KUBE_POD_CIDR:-10.244.0.0/24}
