@@ -500,7 +500,7 @@ fn a_drain_waiter_outlives_a_flood_and_memprobe_drain_exits_0_only_once_drained(
 /// restarts would answer it), never ending its wait early.
 #[test]
 fn a_waiter_is_answered_503_stopping_when_memprobe_stops() {
-    let binary = shipped().unwrap_or_else(|| MEMPROBE.into());
+    let binary = crate::harness::shipped_or_dev();
     let kms = FakeKms::start();
     let _session = kms.create_pipeline(1);
     let target = Workload::start(None);

@@ -30,10 +30,8 @@ fn probe(addr: SocketAddr, path: &str) -> (u16, Duration) {
 #[test]
 fn a_flood_of_idle_and_half_sent_connections_takes_no_probe_away_and_little_memory() {
     harness::many_files();
-    let binary = shipped();
-    let binary = binary
-        .as_deref()
-        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let binary = harness::shipped_or_dev();
+    let binary = binary.as_path();
     let target = Workload::start(None);
     let pid = target.pid.to_string();
     let probe_port = Memprobe::start_binary(binary, &fast(&["--pid", &pid]), &[]);
@@ -442,10 +440,8 @@ fn drain_call(addr: SocketAddr, method: &str, token: Option<&str>) -> (u16, Dura
 fn a_fifo_at_the_token_path_under_a_flood_of_drain_calls_takes_no_probe_away() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    let binary = shipped();
-    let binary = binary
-        .as_deref()
-        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let binary = harness::shipped_or_dev();
+    let binary = binary.as_path();
     let target = Workload::start(None);
     let pid = target.pid.to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -558,10 +554,8 @@ fn exit_of(binary: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Op
 /// `--help` lists.
 #[test]
 fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_runs() {
-    let binary = shipped();
-    let binary = binary
-        .as_deref()
-        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let binary = harness::shipped_or_dev();
+    let binary = binary.as_path();
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();

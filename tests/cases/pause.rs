@@ -4,14 +4,12 @@
 use std::time::Duration;
 
 use crate::fast;
-use crate::harness::{self, Memprobe, Workload, shipped};
+use crate::harness::{self, Memprobe, Workload};
 
 #[test]
 fn a_pause_of_memprobe_does_not_count_toward_sustain() {
-    let binary = shipped();
-    let binary = binary
-        .as_deref()
-        .unwrap_or(std::path::Path::new(harness::MEMPROBE));
+    let binary = harness::shipped_or_dev();
+    let binary = binary.as_path();
     let mut target = Workload::start(None);
     let pid = target.pid.to_string();
     // 100 ms samples: a gap over 5.1 s is a pause. --sustain 8s.

@@ -52,6 +52,12 @@ pub fn shipped() -> Option<PathBuf> {
     ));
     None
 }
+/// The shipped static binary where it is built (required in strict mode), else the dev build:
+/// for tests about the running process, which hold on either.
+pub fn shipped_or_dev() -> PathBuf {
+    shipped().unwrap_or_else(|| PathBuf::from(MEMPROBE))
+}
+
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Says that a check did not run, and why, on the terminal itself: the test harness captures
