@@ -20,6 +20,7 @@ use crate::outlets::agent::AgentWeight;
 use crate::outlets::recycle::RecycleAction;
 use crate::secret::{SecretUrl, Token};
 use crate::sources::MemoryKind;
+use crate::sources::custom::{CustomSettings, Endpoint};
 use crate::sources::proc::target::TargetSpec;
 use crate::units::{self, Bytes, DurationRange, SizeOrPercent, UnitError};
 
@@ -243,6 +244,26 @@ pub struct WatchFlags {
         value_name = "BOOL"
     )]
     janus_drain_switch: Option<String>,
+    /// Any other server's session count: an http:// URL answering a number, or JSON with it at the URL's #/json/pointer [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_SESSIONS_URL",
+        value_name = "URL",
+        allow_hyphen_values = true
+    )]
+    sessions_url: Option<String>,
+    /// Any other server's session count, from a file that holds the number [default: off]
+    #[arg(long, env = "MEMPROBE_SESSIONS_FILE", value_name = "PATH")]
+    sessions_file: Option<PathBuf>,
+    /// Time between reads of --sessions-url or --sessions-file
+    #[arg(
+        long,
+        env = "MEMPROBE_SESSIONS_POLL",
+        default_value = "5s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    sessions_poll: String,
     /// Read --kms-url from this file (for a URL that carries a secret)
     #[arg(long, env = "MEMPROBE_KMS_URL_FILE", value_name = "PATH")]
     kms_url_file: Option<PathBuf>,
@@ -424,6 +445,8 @@ pub struct Config {
     pub kms_off: Option<String>,
     /// The Janus integration; `None` without `--janus-url`.
     pub janus: Option<JanusConfig>,
+    /// Any other server's session count; `None` without `--sessions-url` or `--sessions-file`.
+    pub custom: Option<CustomSettings>,
     pub memory_source: MemorySource,
     pub listen: SocketAddr,
     /// HAProxy's agent-check, when on.
@@ -545,6 +568,7 @@ pub enum ParseError {
 impl WatchFlags {
     fn validate(self, check: &Checker, host_total_bytes: u64) -> Result<Config, FlagError> {
         let janus = check.janus(&self)?;
+        let custom = check.custom(&self)?;
         let default_name = if janus.is_some() {
             JANUS_NAME
         } else {
@@ -579,9 +603,12 @@ impl WatchFlags {
             .transpose()?;
         let limit = crate::limit::choose(memory_limit, None, host_total_bytes);
         self.check_sizes(check, threshold, critical, limit)?;
-        let kms_off = match &janus {
-            Some(_) => Some("kms: off, since --janus-url watches Janus".to_string()),
-            None => check.kms_not_asked(&target),
+        let kms_off = match (&janus, &custom) {
+            (Some(_), _) => Some("kms: off, since --janus-url watches Janus".to_string()),
+            (None, Some(_)) => Some(
+                "kms: off, since --sessions-url or --sessions-file counts the sessions".to_string(),
+            ),
+            (None, None) => check.kms_not_asked(&target),
         };
         let kms = match kms_off {
             Some(_) => None,
@@ -636,6 +663,7 @@ impl WatchFlags {
             kms,
             kms_off,
             janus,
+            custom,
             memory_source,
             drain_timeout: check.duration("drain_timeout", &self.drain_timeout)?,
             min_drain: check.duration("min_drain", &self.min_drain)?,
@@ -975,6 +1003,75 @@ impl Checker<'_> {
             poll,
             timeout: poll.min(Duration::from_secs(3)),
             drain_switch,
+            failures: self.failures(flags)?,
+            hang_timeout: self.duration("kms_hang_timeout", &flags.kms_hang_timeout)?,
+        }))
+    }
+
+    /// `--sessions-url` or `--sessions-file`, for any other server: it needs its process
+    /// named, and is refused beside Kurento's or Janus's settings.
+    fn custom(&self, flags: &WatchFlags) -> Result<Option<CustomSettings>, FlagError> {
+        let given = |id: &str| {
+            matches!(
+                self.matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let both = |a: &str, b: &str, problem: &str| FlagError {
+            origin: format!("{} and {}", self.origin(a), self.origin(b)),
+            value: None,
+            problem: problem.into(),
+        };
+        let (id, from) = match (&flags.sessions_url, &flags.sessions_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                let problem = "only one may be given (try just --sessions-url http://127.0.0.1:3000/sessions)";
+                return Err(both("sessions_url", "sessions_file", problem));
+            }
+            (Some(text), None) => (
+                "sessions_url",
+                Endpoint::url(text).map_err(|problem| {
+                    self.error("sessions_url", &SecretUrl::redact(text), &problem)
+                })?,
+            ),
+            (None, Some(path)) => (
+                "sessions_file",
+                Endpoint::file(path).map_err(|problem| {
+                    self.error("sessions_file", &path.display().to_string(), &problem)
+                })?,
+            ),
+        };
+        let kms_asked = given("kms_url") && flags.kms_url.trim() != "none";
+        for (other, set) in [
+            ("kms_url", kms_asked),
+            ("kms_url_file", given("kms_url_file")),
+            ("janus_url", given("janus_url")),
+        ] {
+            if set {
+                return Err(both(
+                    id,
+                    other,
+                    "memprobe watches one media server: give one of them",
+                ));
+            }
+        }
+        if flags.memory_source.trim() == "kms" {
+            let problem = "reads KMS, but --sessions-url or --sessions-file counts another server's sessions (try --memory-source proc)";
+            return Err(self.error("memory_source", "kms", problem));
+        }
+        if !["pid", "pidfile", "name"].into_iter().any(given) {
+            return Err(FlagError {
+                origin: self.origin(id),
+                value: None,
+                problem: "needs the server's process too (try --name my-sfu, --pid or --pidfile)"
+                    .into(),
+            });
+        }
+        let poll = self.duration("sessions_poll", &flags.sessions_poll)?;
+        Ok(Some(CustomSettings {
+            from,
+            poll,
+            timeout: poll.min(Duration::from_secs(3)),
             failures: self.failures(flags)?,
             hang_timeout: self.duration("kms_hang_timeout", &flags.kms_hang_timeout)?,
         }))
@@ -1346,6 +1443,83 @@ mod tests {
         .unwrap();
         assert!(!format!("{c:?}").contains("janusoverlord"), "never shown");
         assert!(sidecar(&["--janus-url", "ws://x/admin"]).is_err());
+    }
+
+    #[test]
+    fn any_other_server_counts_its_sessions_at_a_url_or_in_a_file() {
+        let url = "http://127.0.0.1:3000/stats#/rooms/active";
+        let c = sidecar(&["--name", "my-sfu", "--sessions-url", url]).unwrap();
+        let custom = c.custom.expect("on");
+        assert_eq!(custom.from.shown(), url);
+        assert_eq!(custom.poll, Duration::from_secs(5));
+        assert_eq!(
+            (custom.failures, custom.timeout),
+            (3, Duration::from_secs(3))
+        );
+        assert_eq!(c.kms, None, "no KMS beside it");
+        let file = ["--name", "my-sfu", "--sessions-file", "/dev/zero"];
+        assert!(
+            sidecar(&file)
+                .unwrap_err()
+                .starts_with("--sessions-file: '/dev/zero' is not a regular file")
+        );
+        for (args, error) in [
+            (
+                &["--sessions-url", url][..],
+                "--sessions-url: needs the server's process too (try --name my-sfu, --pid or --pidfile)",
+            ),
+            (
+                &["--name", "x", "--sessions-url", "https://h/s"],
+                "--sessions-url: 'https://h/s' is not an http:// URL (try http://127.0.0.1:3000/sessions, or http://127.0.0.1:3000/stats#/rooms/active for a JSON field)",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--kms-url",
+                    "ws://kms:8888/kurento",
+                ],
+                "--sessions-url and --kms-url: memprobe watches one media server: give one of them",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--janus-url",
+                    "http://127.0.0.1:7088/admin",
+                ],
+                "--sessions-url and --janus-url: memprobe watches one media server: give one of them",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--sessions-file",
+                    "/tmp/n",
+                ],
+                "--sessions-url and --sessions-file: only one may be given (try just --sessions-url http://127.0.0.1:3000/sessions)",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--sessions-poll",
+                    "soon",
+                ],
+                "--sessions-poll: 'soon' is not a duration (try 250ms, 5s, 5m or 1h30m)",
+            ),
+        ] {
+            assert_eq!(sidecar(args).unwrap_err(), error, "{args:?}");
+        }
+        assert!(sidecar(&["--name", "x", "--sessions-url", url, "--kms-url", "none"]).is_ok());
     }
 
     #[test]

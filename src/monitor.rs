@@ -477,7 +477,14 @@ fn policy(config: &Config, limit: MemoryLimit) -> Policy {
                 failures: j.failures,
                 hang_timeout: j.hang_timeout,
             },
-            (None, None) => ServerPolicy::default(),
+            (None, None) => match &config.custom {
+                Some(c) => ServerPolicy {
+                    name: "server",
+                    failures: c.failures,
+                    hang_timeout: c.hang_timeout,
+                },
+                None => ServerPolicy::default(),
+            },
         },
         // A dropped connection that comes back within a ping interval (or two request
         // deadlines) is the same KMS.

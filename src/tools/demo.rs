@@ -62,6 +62,7 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         kms: None,
         kms_off: None,
         janus: None,
+        custom: None,
         memory_source: crate::config::MemorySource::Proc,
         drain_timeout: Duration::from_secs(20),
         min_drain: Duration::from_secs(5),
