@@ -18,6 +18,9 @@ pub enum ClientError {
     Refused,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// An answer came, longer than the caller reads.
+    #[error("the answer is over {0} bytes")]
+    TooLarge(usize),
     #[error("{0}")]
     Failed(String),
 }
@@ -96,9 +99,7 @@ async fn exchange(
             .await
             .map_err(
                 |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
-                    Some(_) => {
-                        ClientError::Failed(format!("the answer is over {max_body_bytes} bytes"))
-                    }
+                    Some(_) => ClientError::TooLarge(max_body_bytes),
                     None => ClientError::Failed(e.to_string()),
                 },
             )?

@@ -4,6 +4,8 @@
 mod arm64;
 #[path = "cases/container.rs"]
 mod container;
+#[path = "cases/custom.rs"]
+mod custom;
 #[path = "cases/deploy.rs"]
 mod deploy;
 #[path = "cases/docs.rs"]

@@ -374,20 +374,25 @@ impl Reader {
                 pointer: pointer.clone(),
             },
             Endpoint::File(path) => {
-                let (requests, inbox) = std::sync::mpsc::channel::<oneshot::Sender<Reading>>();
                 let path = path.clone();
-                let started = std::thread::Builder::new()
-                    .name("memprobe-sessions-file".into())
-                    .spawn(move || {
-                        for reply in inbox {
-                            let _ = reply.send(read_file(&path));
-                        }
-                    });
-                Reader::File {
-                    requests: started.ok().map(|_| requests),
-                    pending: None,
-                }
+                Reader::file(move || read_file(&path))
             }
+        }
+    }
+
+    /// A reader whose every read is `read`, on a thread of its own.
+    fn file(read: impl Fn() -> Reading + Send + 'static) -> Self {
+        let (requests, inbox) = std::sync::mpsc::channel::<oneshot::Sender<Reading>>();
+        let started = std::thread::Builder::new()
+            .name("memprobe-sessions-file".into())
+            .spawn(move || {
+                for reply in inbox {
+                    let _ = reply.send(read());
+                }
+            });
+        Reader::File {
+            requests: started.ok().map(|_| requests),
+            pending: None,
         }
     }
 
@@ -405,6 +410,9 @@ impl Reader {
                     ),
                     Err(ClientError::Refused) => Reading::Absent("connection refused".into()),
                     Err(ClientError::Timeout(_)) => Reading::Timeout,
+                    Err(e @ ClientError::TooLarge(_)) => {
+                        Reading::Unreadable("too_large", format!("{e}: it should hold a count"))
+                    }
                     Err(ClientError::Failed(e)) => Reading::Failed(e),
                 }
             }
@@ -672,6 +680,74 @@ mod tests {
             matches!(read_file(&path), Reading::Unreadable("not_a_file", _)),
             "a FIFO is refused, not opened (opening it would wait for a writer)"
         );
+    }
+
+    /// One answer over a real loopback connection: the status line and body given.
+    async fn answered(status: &'static str, body: String) -> Reading {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        });
+        let from = Endpoint::url(&format!("http://{addr}/stats#/sessions")).unwrap();
+        Reader::new(&from).read(Duration::from_secs(10)).await
+    }
+
+    #[tokio::test]
+    async fn an_http_answer_is_a_count_only_when_it_is_200_and_small() {
+        assert_eq!(
+            answered("200 OK", r#"{"sessions": 7}"#.into()).await,
+            Reading::Count(7)
+        );
+        assert_eq!(
+            answered("503 Service Unavailable", r#"{"sessions": 0}"#.into()).await,
+            Reading::Unreadable(
+                "status",
+                "answered HTTP 503, not 200 with a session count".into()
+            ),
+            "a count in an error answer is not trusted"
+        );
+        let large = format!(r#"{{"sessions": 1, "pad": "{}"}}"#, "x".repeat(70 << 10));
+        assert_eq!(
+            answered("200 OK", large).await,
+            Reading::Unreadable(
+                "too_large",
+                "the answer is over 65536 bytes: it should hold a count".into()
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_read_that_hangs_is_a_timeout_and_no_second_read_starts_meanwhile() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let mut reader = Reader::file(move || {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == 1 {
+                // A read stuck in the kernel, until the test lets it go.
+                let _ = held.recv();
+            }
+            Reading::Count(n)
+        });
+        let deadline = Duration::from_secs(3);
+        assert_eq!(reader.read(deadline).await, Reading::Timeout);
+        assert_eq!(reader.read(deadline).await, Reading::Timeout);
+        drop(release);
+        tokio::time::resume();
+        assert_eq!(
+            reader.read(deadline).await,
+            Reading::Count(1),
+            "the read in flight is waited on again, not joined by a second one"
+        );
+        assert_eq!(reader.read(deadline).await, Reading::Count(2));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 // Real processes run on the real clock: these waits are deadlines, not test logic.
 #![allow(clippy::disallowed_types)]
 
+pub mod count_server;
 pub mod fake_kms;
 pub mod janus;
 
