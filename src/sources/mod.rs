@@ -68,6 +68,11 @@ pub trait MemorySource: Send {
     fn step(&mut self, now: Instant) -> Outcome;
     /// The monitor has given the tracked target up: the next find is a new incarnation.
     fn forget(&mut self);
+    /// The tracked incarnation's allocator, once it became known after it was found (it
+    /// may not have mapped its C library yet then); `None` when there is no news.
+    fn allocator_learnt(&mut self) -> Option<proc::allocator::Allocator> {
+        None
+    }
 }
 
 /// A session source's word at one step.
