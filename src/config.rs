@@ -25,6 +25,7 @@ use crate::outlets::agent::AgentWeight;
 use crate::outlets::recycle::RecycleAction;
 use crate::secret::{Secret, SecretUrl, Token};
 use crate::sources::MemoryKind;
+use crate::sources::custom::{CustomSettings, Endpoint};
 use crate::sources::proc::target::TargetSpec;
 use crate::units::{self, Bytes, DurationRange, SizeOrPercent, UnitError};
 
@@ -248,6 +249,26 @@ pub struct WatchFlags {
         value_name = "BOOL"
     )]
     janus_drain_switch: Option<String>,
+    /// Any other server's session count: an http:// URL answering a number, or JSON with it at the URL's #/json/pointer [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_SESSIONS_URL",
+        value_name = "URL",
+        allow_hyphen_values = true
+    )]
+    sessions_url: Option<String>,
+    /// Any other server's session count, from a file that holds the number [default: off]
+    #[arg(long, env = "MEMPROBE_SESSIONS_FILE", value_name = "PATH")]
+    sessions_file: Option<PathBuf>,
+    /// Time between reads of --sessions-url or --sessions-file
+    #[arg(
+        long,
+        env = "MEMPROBE_SESSIONS_POLL",
+        default_value = "5s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    sessions_poll: String,
     /// Read --kms-url from this file (for a URL that carries a secret)
     #[arg(long, env = "MEMPROBE_KMS_URL_FILE", value_name = "PATH")]
     kms_url_file: Option<PathBuf>,
@@ -429,6 +450,8 @@ pub struct Config {
     pub kms_off: Option<String>,
     /// The Janus integration; `None` without `--janus-url`.
     pub janus: Option<JanusConfig>,
+    /// Any other server's session count; `None` without `--sessions-url` or `--sessions-file`.
+    pub custom: Option<CustomSettings>,
     pub memory_source: MemorySource,
     pub listen: SocketAddr,
     /// HAProxy's agent-check, when on.
@@ -572,6 +595,9 @@ struct Values {
     janus_secret_file: Option<(PathBuf, Secret)>,
     janus_poll: Duration,
     janus_drain_switch: bool,
+    sessions_url: Option<Endpoint>,
+    sessions_file: Option<Endpoint>,
+    sessions_poll: Duration,
     /// The file, and the URL it holds (`None` for `none`).
     kms_url_file: Option<(PathBuf, Option<SecretUrl>)>,
     kms_ping_interval: Duration,
@@ -618,6 +644,9 @@ impl Values {
             janus_secret_file,
             janus_poll,
             janus_drain_switch,
+            sessions_url,
+            sessions_file,
+            sessions_poll,
             kms_url_file,
             kms_ping_interval,
             kms_timeout,
@@ -687,6 +716,23 @@ impl Values {
                 .map(|t| check.boolean("janus_drain_switch", t))
                 .transpose()?
                 .unwrap_or(true),
+            sessions_url: sessions_url
+                .as_deref()
+                .map(|text| {
+                    Endpoint::url(text).map_err(|problem| {
+                        check.error("sessions_url", &SecretUrl::redact(text), &problem)
+                    })
+                })
+                .transpose()?,
+            sessions_file: sessions_file
+                .as_ref()
+                .map(|path| {
+                    Endpoint::file(path).map_err(|problem| {
+                        check.error("sessions_file", &path.display().to_string(), &problem)
+                    })
+                })
+                .transpose()?,
+            sessions_poll: check.duration("sessions_poll", sessions_poll)?,
             kms_url_file: kms_url_file
                 .as_ref()
                 .map(|path| {
@@ -736,6 +782,7 @@ impl Values {
         check: &Checker,
         host_total_bytes: u64,
     ) -> Result<Config, FlagError> {
+        let custom = self.custom(flags, check)?;
         let admin_token = check.one_of(
             ("admin_token", self.admin_token),
             ("admin_token_file", self.admin_token_file),
@@ -802,9 +849,12 @@ impl Values {
         }
         let limit = crate::limit::choose(self.memory_limit, None, host_total_bytes);
         flags.check_sizes(check, self.threshold, self.critical, limit)?;
-        let kms_off = match &janus {
-            Some(_) => Some("kms: off, since --janus-url watches Janus".to_string()),
-            None => check.kms_not_asked(&target),
+        let kms_off = match (&janus, &custom) {
+            (Some(_), _) => Some("kms: off, since --janus-url watches Janus".to_string()),
+            (None, Some(_)) => Some(
+                "kms: off, since --sessions-url or --sessions-file counts the sessions".to_string(),
+            ),
+            (None, None) => check.kms_not_asked(&target),
         };
         let (kms_url, kms_url_file) = match self.kms_url_file {
             Some((path, url)) => (url, Some(path)),
@@ -844,6 +894,7 @@ impl Values {
             kms,
             kms_off,
             janus,
+            custom,
             memory_source: self.memory_source,
             drain_timeout: self.drain_timeout,
             min_drain: self.min_drain,
@@ -858,6 +909,62 @@ impl Values {
             admin_token_file,
             log_format: self.log_format,
         })
+    }
+}
+
+impl Values {
+    /// `--sessions-url` or `--sessions-file`, for any other server: it needs its process
+    /// named, and is refused beside Kurento's or Janus's settings.
+    fn custom(
+        &self,
+        flags: &WatchFlags,
+        check: &Checker,
+    ) -> Result<Option<CustomSettings>, FlagError> {
+        let (id, from) = match (&self.sessions_url, &self.sessions_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                let problem = "only one may be given (try just --sessions-url http://127.0.0.1:3000/sessions)";
+                return Err(check.both("sessions_url", "sessions_file", problem));
+            }
+            (Some(url), None) => ("sessions_url", url.clone()),
+            (None, Some(file)) => ("sessions_file", file.clone()),
+        };
+        let kms_asked = check.given("kms_url") && flags.kms_url.trim() != "none";
+        for (other, set) in [
+            ("kms_url", kms_asked),
+            ("kms_url_file", check.given("kms_url_file")),
+            ("janus_url", check.given("janus_url")),
+        ] {
+            if set {
+                return Err(check.both(
+                    id,
+                    other,
+                    "memprobe watches one media server: give one of them",
+                ));
+            }
+        }
+        if self.memory_source == MemorySource::Kms {
+            let problem = "reads KMS, but --sessions-url or --sessions-file counts another server's sessions (try --memory-source proc)";
+            return Err(check.error("memory_source", "kms", problem));
+        }
+        if !["pid", "pidfile", "name"]
+            .into_iter()
+            .any(|f| check.given(f))
+        {
+            return Err(FlagError {
+                origin: check.origin(id),
+                value: None,
+                problem: "needs the server's process too (try --name my-sfu, --pid or --pidfile)"
+                    .into(),
+            });
+        }
+        Ok(Some(CustomSettings {
+            from,
+            poll: self.sessions_poll,
+            timeout: self.sessions_poll.min(Duration::from_secs(3)),
+            failures: self.kms_failures,
+            hang_timeout: self.kms_hang_timeout,
+        }))
     }
 }
 
@@ -1437,6 +1544,8 @@ mod tests {
             ("--kms-gc-period", "9days"),
             ("--janus-poll", "9days"),
             ("--janus-drain-switch", "maybe"),
+            ("--sessions-url", "https://sfu/stats"),
+            ("--sessions-poll", "9days"),
             ("--janus-secret", " "),
             ("--janus-secret-file", "/dev/zero"),
             ("--agent-weight", "heavy"),
@@ -1553,6 +1662,83 @@ mod tests {
         .unwrap();
         assert!(!format!("{c:?}").contains("janusoverlord"), "never shown");
         assert!(sidecar(&["--janus-url", "ws://x/admin"]).is_err());
+    }
+
+    #[test]
+    fn any_other_server_counts_its_sessions_at_a_url_or_in_a_file() {
+        let url = "http://127.0.0.1:3000/stats#/rooms/active";
+        let c = sidecar(&["--name", "my-sfu", "--sessions-url", url]).unwrap();
+        let custom = c.custom.expect("on");
+        assert_eq!(custom.from.shown(), url);
+        assert_eq!(custom.poll, Duration::from_secs(5));
+        assert_eq!(
+            (custom.failures, custom.timeout),
+            (3, Duration::from_secs(3))
+        );
+        assert_eq!(c.kms, None, "no KMS beside it");
+        let file = ["--name", "my-sfu", "--sessions-file", "/dev/zero"];
+        assert!(
+            sidecar(&file)
+                .unwrap_err()
+                .starts_with("--sessions-file: '/dev/zero' is not a regular file")
+        );
+        for (args, error) in [
+            (
+                &["--sessions-url", url][..],
+                "--sessions-url: needs the server's process too (try --name my-sfu, --pid or --pidfile)",
+            ),
+            (
+                &["--name", "x", "--sessions-url", "https://h/s"],
+                "--sessions-url: 'https://h/s' is not an http:// URL (try http://127.0.0.1:3000/sessions, or http://127.0.0.1:3000/stats#/rooms/active for a JSON field)",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--kms-url",
+                    "ws://kms:8888/kurento",
+                ],
+                "--sessions-url and --kms-url: memprobe watches one media server: give one of them",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--janus-url",
+                    "http://127.0.0.1:7088/admin",
+                ],
+                "--sessions-url and --janus-url: memprobe watches one media server: give one of them",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--sessions-file",
+                    "/tmp/n",
+                ],
+                "--sessions-url and --sessions-file: only one may be given (try just --sessions-url http://127.0.0.1:3000/sessions)",
+            ),
+            (
+                &[
+                    "--name",
+                    "x",
+                    "--sessions-url",
+                    url,
+                    "--sessions-poll",
+                    "soon",
+                ],
+                "--sessions-poll: 'soon' is not a duration (try 250ms, 5s, 5m or 1h30m)",
+            ),
+        ] {
+            assert_eq!(sidecar(args).unwrap_err(), error, "{args:?}");
+        }
+        assert!(sidecar(&["--name", "x", "--sessions-url", url, "--kms-url", "none"]).is_ok());
     }
 
     #[test]

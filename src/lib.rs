@@ -10,7 +10,8 @@
 //! Data flows one way: sources → decide → publish → outlets.
 //!
 //! - [`config`] — flags and environment, parsed raw, then validated into a `Config`.
-//! - `client` — one HTTP request over a fresh connection (`memprobe drain`, Janus's admin API).
+//! - `client` — one HTTP request over a fresh connection (`memprobe drain`, Janus's admin API,
+//!   `--sessions-url`).
 //! - `units` — sizes, percentages and durations, parsed, bounded and shown.
 //! - `secret` — URLs, tokens and secrets that are never shown, and the files they are read
 //!   again from.
@@ -18,7 +19,8 @@
 //!   without blocking, bounded, and read off the runtime's thread.
 //! - `limit` — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
 //! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`),
-//!   sessions and liveness (KMS's JSON-RPC, Janus's admin API), and the operator's drains;
+//!   sessions and liveness (KMS's JSON-RPC, Janus's admin API, any other server's count at a
+//!   URL or in a file), and the operator's drains;
 //!   one module per member, one trait per family.
 //! - `policy` — the pure state machine: healthy → elevated → draining → recycle, stalls,
 //!   reconnects; every rule a unit test.
@@ -108,7 +110,7 @@ impl Sidecar {
         let metrics = Arc::new(outlets::metrics::Metrics::new(
             config.critical.is_some(),
             config.kms.is_some(),
-            config.janus.is_some(),
+            config.janus.is_some() || config.custom.is_some(),
         ));
         let render: RenderMetrics = Arc::new(move |status: &Status| metrics.render(status));
         let now = tokio::time::Instant::now();

@@ -84,7 +84,9 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
         })?,
         _ => Targets::new().with_default(tracing::Level::INFO),
     };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Colours on a terminal only, and none when NO_COLOR asks for none (no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);

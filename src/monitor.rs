@@ -216,7 +216,10 @@ impl Monitor {
 
     fn apply(&mut self, now: Instant, outcome: Outcome) -> Result<(), Fatal> {
         match outcome {
-            Outcome::Sampled(s) => self.observe(now, s),
+            Outcome::Sampled(s) => {
+                self.learn_allocator();
+                self.observe(now, s);
+            }
             Outcome::Found {
                 target,
                 limit,
@@ -280,6 +283,19 @@ impl Monitor {
             Outcome::Unchanged => self.decider.reachable(),
         }
         Ok(())
+    }
+
+    /// An allocator that became known only after the target was found (found right after
+    /// its exec, before its C library was mapped): shown from now on, and warned of.
+    fn learn_allocator(&mut self) {
+        let Some(found) = self.memory.allocator_learnt() else {
+            return;
+        };
+        if let Some(target) = &mut self.target {
+            target.allocator = found;
+            let target = target.clone();
+            self.warn_of_glibc(&target);
+        }
     }
 
     /// One warning per run when a KMS runs on the malloc that fragments.
@@ -477,7 +493,14 @@ fn policy(config: &Config, limit: MemoryLimit) -> Policy {
                 failures: j.failures,
                 hang_timeout: j.hang_timeout,
             },
-            (None, None) => ServerPolicy::default(),
+            (None, None) => match &config.custom {
+                Some(c) => ServerPolicy {
+                    name: "server",
+                    failures: c.failures,
+                    hang_timeout: c.hang_timeout,
+                },
+                None => ServerPolicy::default(),
+            },
         },
         // A dropped connection that comes back within a ping interval (or two request
         // deadlines) is the same KMS.
@@ -498,7 +521,11 @@ mod tests {
     const MI: u64 = 1 << 20;
 
     /// A memory source that says what the test scripted, one outcome per step.
-    struct Scripted(Arc<Mutex<VecDeque<Outcome>>>, Arc<Mutex<u32>>);
+    struct Scripted(
+        Arc<Mutex<VecDeque<Outcome>>>,
+        Arc<Mutex<u32>>,
+        Arc<Mutex<Option<Allocator>>>,
+    );
 
     impl MemorySource for Scripted {
         fn step(&mut self, _now: Instant) -> Outcome {
@@ -510,6 +537,9 @@ mod tests {
         }
         fn forget(&mut self) {
             *self.1.lock().unwrap() += 1;
+        }
+        fn allocator_learnt(&mut self) -> Option<Allocator> {
+            self.2.lock().unwrap().take()
         }
     }
 
@@ -566,6 +596,8 @@ mod tests {
         script: Arc<Mutex<VecDeque<Outcome>>>,
         forgotten: Arc<Mutex<u32>>,
         server: Arc<Mutex<ServerView>>,
+        /// What the memory source says it learnt of the allocator at the next sample.
+        learnt: Arc<Mutex<Option<Allocator>>>,
         now: Cell<Instant>,
     }
 
@@ -574,11 +606,16 @@ mod tests {
             let script = Arc::new(Mutex::new(VecDeque::new()));
             let forgotten = Arc::new(Mutex::new(0));
             let server = Arc::new(Mutex::new(ServerView::default()));
+            let learnt = Arc::new(Mutex::new(None));
             let render: RenderMetrics = Arc::new(|_: &Status| bytes::Bytes::new());
             let t0 = Instant::now();
             let (monitor, snapshots) = Monitor::new(
                 Arc::new(config()),
-                Box::new(Scripted(Arc::clone(&script), Arc::clone(&forgotten))),
+                Box::new(Scripted(
+                    Arc::clone(&script),
+                    Arc::clone(&forgotten),
+                    Arc::clone(&learnt),
+                )),
                 Some(Box::new(Sessions(Arc::clone(&server)))),
                 render,
                 t0,
@@ -589,6 +626,7 @@ mod tests {
                 script,
                 forgotten,
                 server,
+                learnt,
                 now: Cell::new(t0),
             }
         }
@@ -615,6 +653,27 @@ mod tests {
         let snap = rig.snapshots.borrow();
         assert_eq!(snap.status.state, State::Lost);
         assert_eq!(snap.status.reason, "looking for the target process");
+    }
+
+    #[test]
+    fn an_allocator_learnt_after_the_target_was_found_is_shown_from_then_on() {
+        let mut rig = Rig::new();
+        let snap = rig.step(SECOND, found(42, 50));
+        let allocator = |snap: &Snapshot| snap.status.target.as_ref().map(|t| t.allocator);
+        assert_eq!(
+            allocator(&snap),
+            Some(Allocator::Unknown),
+            "found before libc was mapped"
+        );
+        *rig.learnt.lock().unwrap() = Some(Allocator::Glibc);
+        let snap = rig.sample(SECOND, 50);
+        assert_eq!(
+            allocator(&snap),
+            Some(Allocator::Glibc),
+            "read again, and known"
+        );
+        let snap = rig.sample(SECOND, 50);
+        assert_eq!(allocator(&snap), Some(Allocator::Glibc), "and kept");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub struct Status {
     pub idle_memory_bytes: Option<u64>,
     /// Where the memory figures come from.
     pub memory_source: MemorySource,
-    /// The server's own view (`kms`), when memprobe talks to its API.
+    /// The server's own view (`kms`, `janus`, `custom`), when memprobe talks to its API.
     #[serde(flatten)]
     pub server: Option<ServerReport>,
     pub counters: Counters,
@@ -158,6 +158,9 @@ pub struct Settings {
     pub janus_url: Option<String>,
     pub janus_poll: Option<String>,
     pub janus_drain_switch: Option<bool>,
+    /// `--sessions-url` (query values hidden) or `--sessions-file`.
+    pub sessions_from: Option<String>,
+    pub sessions_poll: Option<String>,
     pub listen: String,
     pub history: String,
     pub agent_listen: Option<String>,
@@ -193,6 +196,8 @@ impl Settings {
             janus_url: config.janus.as_ref().map(|j| j.url.to_string()),
             janus_poll: config.janus.as_ref().map(|j| duration(j.poll)),
             janus_drain_switch: config.janus.as_ref().map(|j| j.drain_switch),
+            sessions_from: config.custom.as_ref().map(|c| c.from.shown()),
+            sessions_poll: config.custom.as_ref().map(|c| duration(c.poll)),
             listen: config.listen.to_string(),
             history: duration(config.history),
             agent_listen: config.agent_listen.map(|a| a.to_string()),

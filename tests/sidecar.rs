@@ -4,6 +4,8 @@
 mod arm64;
 #[path = "cases/container.rs"]
 mod container;
+#[path = "cases/custom.rs"]
+mod custom;
 #[path = "cases/deploy.rs"]
 mod deploy;
 #[path = "cases/docs.rs"]
@@ -556,6 +558,14 @@ fn the_demo_tells_the_whole_story_and_exits_0() {
     assert!(
         stdout.contains("sessions 0 (55 ended)"),
         "sessions, and those that ended: {stdout}"
+    );
+    assert!(
+        stdout.contains("\nrecycle: last session ended after draining "),
+        "the drain ends on the workload's own session count, not on --drain-timeout: {stdout}"
+    );
+    assert!(
+        !stdout.contains("--drain-timeout") && !stdout.contains("session count unknown"),
+        "{stdout}"
     );
     let (resident, live) = resident_for_live(&stdout);
     assert!(

@@ -38,7 +38,7 @@ pub struct Metrics {
     servers: Option<ServerMetrics>,
 }
 
-/// Families for any media server's own API, labelled by server (`kms`, `janus`); registered
+/// Families for any media server's own API, labelled by server (`kms`, `janus`, `custom`); registered
 /// only when one is watched. KMS keeps its `memprobe_kms_*` names beside them.
 struct ServerMetrics {
     sessions: IntGaugeVec,
@@ -204,9 +204,9 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 
 impl Metrics {
     /// Registers every family. The names are literals; a failure here is a bug, not input.
-    pub fn new(with_critical: bool, with_kms: bool, with_janus: bool) -> Self {
+    pub fn new(with_critical: bool, with_kms: bool, with_other_server: bool) -> Self {
         let r = Registry::new();
-        let servers = (with_kms || with_janus).then(|| ServerMetrics::new(&r));
+        let servers = (with_kms || with_other_server).then(|| ServerMetrics::new(&r));
         let memory = register(
             &r,
             IntGaugeVec::new(

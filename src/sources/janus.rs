@@ -150,6 +150,9 @@ async fn call(settings: &JanusSettings, request: &str, extra: Value) -> Result<V
         Err(ClientError::Refused) => return Err(CallError::Absent),
         Err(ClientError::Timeout(_)) => return Err(CallError::Timeout),
         Err(ClientError::Failed(e)) => return Err(CallError::Other("closed", e)),
+        Err(e @ ClientError::TooLarge(_)) => {
+            return Err(CallError::Other("oversized", format!("{request}: {e}")));
+        }
     };
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|_| CallError::Other("malformed", format!("{request}: the answer is not JSON")))?;

@@ -7,7 +7,8 @@
 //!   itself (`getUsedMemory`), where an incarnation is a KMS `serverId`;
 //! - a **session source** ([`SessionSource`]) tells how many sessions are live and whether
 //!   the server still answers its own API: [`kms`] follows KMS's pipelines over JSON-RPC,
-//!   [`janus`] polls Janus's admin API;
+//!   [`janus`] polls Janus's admin API, [`custom`] reads the count any other server gives
+//!   at a URL or in a file;
 //! - the **operator** ([`operator`]) asks for drains, through the probe port;
 //! - the target itself may **report** its live bytes ([`reported`]): only the demo's
 //!   workload does, for the page.
@@ -15,6 +16,7 @@
 //! The monitor reads one of each per step and never looks inside them; a new media server
 //! is one new module here and one line where sources are built ([`build`]).
 
+pub mod custom;
 pub mod janus;
 pub mod kms;
 pub mod operator;
@@ -66,6 +68,11 @@ pub trait MemorySource: Send {
     fn step(&mut self, now: Instant) -> Outcome;
     /// The monitor has given the tracked target up: the next find is a new incarnation.
     fn forget(&mut self);
+    /// The tracked incarnation's allocator, once it became known after it was found (it
+    /// may not have mapped its C library yet then); `None` when there is no news.
+    fn allocator_learnt(&mut self) -> Option<proc::allocator::Allocator> {
+        None
+    }
 }
 
 /// A session source's word at one step.
@@ -86,14 +93,17 @@ pub struct ServerView {
 pub enum ServerReport {
     Kms(kms::KmsView),
     Janus(janus::JanusView),
+    /// Any other server (`--sessions-url`, `--sessions-file`).
+    Custom(custom::CustomView),
 }
 
 impl ServerReport {
-    /// The server's name, for labels: `kms`, `janus`.
+    /// The server's name, for labels: `kms`, `janus`, `custom`.
     pub fn server(&self) -> &'static str {
         match self {
             ServerReport::Kms(_) => "kms",
             ServerReport::Janus(_) => "janus",
+            ServerReport::Custom(_) => "custom",
         }
     }
 }
@@ -119,6 +129,13 @@ pub struct Sources {
 
 /// The sources a configuration asks for. Starts the API connections on the current runtime.
 pub fn build(config: &Config) -> Sources {
+    if let Some(settings) = &config.custom {
+        return Sources {
+            memory: Box::new(proc::ProcMemory::new(config)),
+            sessions: Some(Box::new(custom::spawn(settings.clone()))),
+            janus_switch: None,
+        };
+    }
     if let Some(j) = &config.janus {
         let (sessions, _view, switch) = janus::spawn(janus::JanusSettings {
             url: j.url.clone(),

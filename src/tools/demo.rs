@@ -2,7 +2,8 @@
 //!
 //! It starts `memprobe workload` as a child — waves of simulated sessions that fragment
 //! glibc's heap — and watches it with the real sidecar and demo settings: one sample a
-//! second, draining after 10 s over the threshold, recycle 20 s later. The threshold sits
+//! second, draining after 10 s over the threshold, recycle once the last session has ended
+//! (at least 5 s later, at most 20 s). The threshold sits
 //! between the workload's live memory (a few MiB) and the resident memory glibc keeps after
 //! a few waves (over 200 MiB here), so a newcomer sees healthy → elevated → draining →
 //! recycle. With `--allocator jemalloc` the same workload gives its memory back after each
@@ -11,7 +12,9 @@
 //!
 //! The workload reports what it holds live (`--report`), and every line shows it beside
 //! resident memory, as the page's chart does: fragmentation is resident memory high above
-//! live memory, with no session left.
+//! live memory, with no session left. It also says its session count as any server can
+//! (`--serve-sessions`), and the sidecar reads it as `--sessions-url` would: the drain ends
+//! when the last session has, as it would on a real server, not at `--drain-timeout`.
 
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -27,6 +30,7 @@ use crate::Sidecar;
 use crate::config::{Config, DemoFlags, LogFormat};
 use crate::policy::State;
 use crate::sources::MemoryKind;
+use crate::sources::custom::{CustomSettings, Endpoint};
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::reported::Reported;
 use crate::status::Status;
@@ -42,12 +46,17 @@ const THRESHOLD_BYTES: u64 = 128 << 20;
 /// How long after its last wave a workload's resident memory is read as its idle figure:
 /// jemalloc hands freed pages back over about 10 s (its default `dirty_decay_ms`).
 const SETTLE: Duration = Duration::from_secs(12);
-/// The glibc story takes about 45 s here; past this something is wrong.
+/// The glibc story takes about 30 s here; past this something is wrong.
 const GIVE_UP: Duration = Duration::from_secs(150);
 /// How often the workload reports its live bytes.
 const REPORT_EVERY: &str = "250ms";
 
-fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
+/// How often the sidecar reads the workload's session count, and how long it waits for it:
+/// the waves keep both cores busy, and a late answer must not look like a hung server.
+const SESSIONS_POLL: Duration = Duration::from_millis(500);
+const SESSIONS_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) -> Config {
     Config {
         target: TargetSpec::Pid(pid),
         user: None,
@@ -58,10 +67,20 @@ fn config(pid: i32, listen: std::net::SocketAddr) -> Config {
         critical: None,
         memory_limit: None,
         sustain: Duration::from_secs(10),
-        idle_sustain: Duration::from_secs(10),
+        // The demo's sessions last half a second and its samples come once a second, so a
+        // sample can fall between two waves for a while: the idle rule would read that as
+        // no sessions at all. Over the threshold for 10s (--sustain) is the rule shown here.
+        idle_sustain: Duration::from_secs(60),
         kms: None,
         kms_off: None,
         janus: None,
+        custom: sessions.map(|from| CustomSettings {
+            from,
+            poll: SESSIONS_POLL,
+            timeout: SESSIONS_TIMEOUT,
+            failures: 3,
+            hang_timeout: Duration::from_secs(60),
+        }),
         memory_source: crate::config::MemorySource::Proc,
         drain_timeout: Duration::from_secs(20),
         min_drain: Duration::from_secs(5),
@@ -98,7 +117,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(flags.listen);
 
-    let mut watched = match Workload::start(jemalloc) {
+    let mut watched = match Workload::start(jemalloc, true).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("memprobe: cannot start the workload: {e}");
@@ -107,7 +126,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     };
     // The jemalloc run is told beside the same workload on glibc's malloc.
     let twin = if jemalloc {
-        match Workload::start(false) {
+        match Workload::start(false, false).await {
             Ok(w) => Some(w),
             Err(e) => {
                 eprintln!("memprobe: cannot start the glibc workload beside it: {e}");
@@ -135,9 +154,13 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         );
     }
     println!(
-        "  threshold {}, one sample a second, drain after 10s over it, recycle 20s later",
+        "  threshold {}, one sample a second, drain after 10s over it, recycle once its last \
+         session has ended (5s to 20s later)",
         Bytes(THRESHOLD_BYTES)
     );
+    if let Some((url, _)) = &watched.sessions_url {
+        println!("  its session count, as a server says it: curl {url}");
+    }
     println!("  try: curl -i http://{addr}/ready   (503 once draining: no new sessions)");
     println!("       curl -i http://{addr}/healthz (503 at recycle: restart the server)");
     println!("       curl http://{addr}/status  |  curl http://{addr}/metrics");
@@ -150,8 +173,9 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             _ = tokio::signal::ctrl_c() => {},
         }
     });
+    let sessions = watched.sessions_url.clone().map(|(_, from)| from);
     let sidecar = Sidecar::start_with_reports(
-        config(pid as i32, addr),
+        config(pid as i32, addr, sessions),
         listener,
         None,
         shutdown,
@@ -177,10 +201,14 @@ struct Workload {
     reports: watch::Receiver<Option<Report>>,
     /// What the sidecar shows of it.
     shown: watch::Receiver<Option<Reported>>,
+    /// Where it says its session count (`--serve-sessions`), when asked to: the URL, and the
+    /// field of its answer the sidecar reads.
+    sessions_url: Option<(String, Endpoint)>,
 }
 
 impl Workload {
-    fn start(jemalloc: bool) -> std::io::Result<Self> {
+    /// Starts it, and waits for its ready line; `serve` asks it to say its session count.
+    async fn start(jemalloc: bool, serve: bool) -> std::io::Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         // Named for what it is, so the lines say "demo-workload", not "memprobe".
         command
@@ -189,6 +217,9 @@ impl Workload {
             .stdin(Stdio::piped()) // held open: the workload exits when the demo does
             .stdout(Stdio::piped())
             .kill_on_drop(true);
+        if serve {
+            command.args(["--serve-sessions", "127.0.0.1:0"]);
+        }
         if jemalloc {
             command
                 .env("LD_PRELOAD", JEMALLOC)
@@ -198,10 +229,35 @@ impl Workload {
         let (Some(pid), Some(stdout)) = (child.id(), child.stdout.take()) else {
             return Err(std::io::Error::other("it exited at once"));
         };
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        let ready = match ready {
+            Ok(Ok(Some(line))) if line.starts_with("workload ready") => line,
+            Ok(Ok(Some(line))) => return Err(std::io::Error::other(format!("it said {line:?}"))),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Err(std::io::Error::other("it exited at once")),
+            Err(_) => return Err(std::io::Error::other("it was not ready within 10s")),
+        };
+        let said = ready
+            .split(' ')
+            .find_map(|word| word.strip_prefix("sessions="));
+        let sessions_url = match said {
+            _ if !serve => None,
+            Some(url) => {
+                let from = Endpoint::url(&format!("{url}#/sessions")).map_err(|problem| {
+                    std::io::Error::other(format!("its session count URL {url} {problem}"))
+                })?;
+                Some((url.to_string(), from))
+            }
+            None => {
+                return Err(std::io::Error::other(format!(
+                    "it did not say where it serves its session count: {ready:?}"
+                )));
+            }
+        };
         let (full, reports) = watch::channel(None);
         let (show, shown) = watch::channel(None);
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(report) = Report::parse(&line) {
                     full.send_replace(Some(report));
@@ -217,6 +273,7 @@ impl Workload {
             pid,
             reports,
             shown,
+            sessions_url,
         })
     }
 
@@ -295,9 +352,10 @@ async fn follow(
                         Bytes(r.live_bytes)
                     );
                 }
+                println!("recycle: {}", status.reason);
                 println!(
-                    "recycle: /healthz answers 503, so the kubelet restarts the server now that it \
-                     has drained. With jemalloc it stays healthy: memprobe demo --allocator jemalloc"
+                    "/healthz answers 503, so the kubelet restarts the server now that it has \
+                     drained. With jemalloc it stays healthy: memprobe demo --allocator jemalloc"
                 );
                 return ExitCode::SUCCESS;
             }

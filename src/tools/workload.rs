@@ -20,6 +20,12 @@
 //! many sessions run and have ended, as `report live=BYTES sessions=N ended=N waves=DONE/ALL`:
 //! what no outside reader of the process can tell, and what the demo shows beside resident
 //! memory.
+//!
+//! With `--serve-sessions 127.0.0.1:0` it also says its session count as a server would for
+//! memprobe's `--sessions-url`: `GET /stats` on that address is answered with
+//! `{"sessions":N,"ended":N,"live_bytes":BYTES}`, and its ready line names the URL
+//! (`workload ready pid=PID sessions=http://127.0.0.1:PORT/stats`). The demo's drain ends on
+//! that count.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -49,6 +55,9 @@ pub struct WorkloadFlags {
     /// Print a report line this often: live bytes, sessions, waves done (0s: never)
     #[arg(long, default_value = "0s", value_parser = duration)]
     pub report: Duration,
+    /// Answer GET on this address with the session count as JSON, for memprobe --sessions-url
+    #[arg(long, value_name = "ADDR")]
+    pub serve_sessions: Option<std::net::SocketAddr>,
 }
 
 fn size(text: &str) -> Result<u64, units::UnitError> {
@@ -219,6 +228,13 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
     }
     // One writer at a time: report lines and answers never interleave.
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    // The ready line comes first, before any report.
+    let mut ready = format!("workload ready pid={}", std::process::id());
+    if let Some(addr) = flags.serve_sessions {
+        let bound = serve_sessions(addr)?;
+        ready.push_str(&format!(" sessions=http://{bound}/stats"));
+    }
+    say(&stdout, &ready)?;
     if !flags.report.is_zero() {
         let (stdout, every, waves) = (Arc::clone(&stdout), flags.report, flags.waves);
         thread::spawn(move || {
@@ -232,10 +248,6 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
         });
     }
 
-    say(
-        &stdout,
-        &format!("workload ready pid={}", std::process::id()),
-    )?;
     let mut ballast: Vec<Vec<u8>> = Vec::new();
     let mut children: Vec<(Child, ChildStdin)> = Vec::new();
     for line in std::io::stdin().lock().lines() {
@@ -277,6 +289,47 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
         let _ = child.wait();
     }
     Ok(())
+}
+
+/// What `GET /stats` answers: the counts a media server would give of itself.
+fn stats() -> String {
+    format!(
+        r#"{{"sessions":{},"ended":{},"live_bytes":{}}}"#,
+        SESSIONS.load(Ordering::Relaxed),
+        SESSIONS_ENDED.load(Ordering::Relaxed),
+        LIVE_BYTES.load(Ordering::Relaxed)
+    )
+}
+
+/// Binds `addr` now (so a taken port is an error at start) and answers `GET /stats` with
+/// [`stats`] from a thread of its own; returns the address bound.
+fn serve_sessions(addr: std::net::SocketAddr) -> std::io::Result<std::net::SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    thread::Builder::new()
+        .name("workload-stats".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                let app = axum::Router::new().route(
+                    "/stats",
+                    axum::routing::get(|| async {
+                        (
+                            [(axum::http::header::CONTENT_TYPE, "application/json")],
+                            stats(),
+                        )
+                    }),
+                );
+                let _ = axum::serve(listener, app).await;
+            });
+        })?;
+    Ok(bound)
 }
 
 /// Writes one whole line to stdout.
@@ -362,6 +415,19 @@ mod tests {
         }
         let idle = Report::parse("report live=1 sessions=0 ended=6 waves=3/3").unwrap();
         assert!(idle.idle());
+    }
+
+    #[test]
+    fn its_stats_give_the_session_count_at_the_pointer_the_demo_reads() {
+        let stats = stats();
+        let sessions = crate::sources::custom::parse_answer(stats.as_bytes(), Some("/sessions"));
+        // Other tests run sessions meanwhile: the count itself may move.
+        assert!(sessions.is_ok(), "{stats}");
+        let json: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert!(
+            json["ended"].is_u64() && json["live_bytes"].is_u64(),
+            "{stats}"
+        );
     }
 
     #[test]

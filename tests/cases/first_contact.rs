@@ -1,7 +1,8 @@
 //! A first contact with something that is not KMS: no KMS is looked for, gauges without a
-//! measurement are absent, and `--user` narrows a name on a shared host.
+//! measurement are absent, and `--user` narrows a name on a shared host. And a first run on
+//! a terminal says nothing about memprobe's own build.
 
-use crate::harness::{Memprobe, Workload, free_port, unique_name};
+use crate::harness::{self, Memprobe, Workload, free_port, shipped, tool, unique_name};
 
 #[test]
 fn a_target_that_is_not_kms_gets_no_kms_connection_and_one_line_saying_so() {
@@ -66,4 +67,67 @@ fn user_narrows_a_name_to_one_users_processes() {
             .ends_with(&format!("--user {own}")),
         "{status:#}"
     );
+}
+
+/// `command` run on a terminal (a pty that `script` makes): what the
+/// terminal showed, and how it exited.
+fn on_a_terminal(script: &std::path::Path, command: &str, env: &[(&str, &str)]) -> (String, i32) {
+    let output = std::process::Command::new(script)
+        .args(["-qec", command, "/dev/null"])
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script");
+    let shown = String::from_utf8_lossy(&output.stdout).into_owned();
+    (shown, output.status.code().unwrap_or(-1))
+}
+
+#[test]
+fn a_run_on_a_terminal_never_speaks_of_tracing_features_and_colours_unless_no_color() {
+    let Some(script) = tool("script") else {
+        return;
+    };
+    let shipped = shipped();
+    let target = Workload::start(None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap();
+    for binary in [
+        Some(std::path::Path::new(harness::MEMPROBE)),
+        shipped.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let binary = binary.display();
+        // Runs that end at once: the demo and the sidecar on a port already taken.
+        for command in [
+            format!("{binary} demo --listen {taken}"),
+            format!(
+                "{binary} --pid {} --kms-url none --listen {taken}",
+                target.pid
+            ),
+        ] {
+            let (shown, code) = on_a_terminal(&script, &command, &[]);
+            assert_eq!(code, 1, "{command}: the port is taken: {shown}");
+            assert!(shown.contains("cannot listen there"), "{command}: {shown}");
+            assert!(
+                !shown.contains("tracing-subscriber") && !shown.contains("internal error"),
+                "nothing a user did should print that: {shown}"
+            );
+        }
+        // A run that logs, stopped by SIGINT a few seconds in.
+        let command = format!(
+            "timeout --preserve-status -s INT 4 {binary} --pid {} --kms-url none --interval 100ms \
+             --shutdown-delay 0s --listen 127.0.0.1:0",
+            target.pid
+        );
+        let (shown, code) = on_a_terminal(&script, &command, &[]);
+        assert_eq!(code, 0, "a clean stop: {shown}");
+        assert!(shown.contains("listening on 127.0.0.1:"), "{shown}");
+        assert!(shown.contains("\x1b["), "colours on a terminal: {shown}");
+        assert!(!shown.contains("tracing-subscriber"), "{shown}");
+        let (shown, _) = on_a_terminal(&script, &command, &[("NO_COLOR", "1")]);
+        assert!(shown.contains("listening on 127.0.0.1:"), "{shown}");
+        assert!(!shown.contains('\x1b'), "none with NO_COLOR: {shown:?}");
+    }
 }

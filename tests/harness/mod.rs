@@ -9,6 +9,7 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod cgroup;
+pub mod count_server;
 pub mod fake_kms;
 pub mod janus;
 

@@ -1,7 +1,9 @@
 //! Which malloc the target runs on, from the libraries mapped into it.
 //!
-//! Read once per incarnation from /proc/PID/maps. That file needs ptrace-read access (the
-//! target's user or CAP_SYS_PTRACE); without it the answer is `unknown`, not an error. A
+//! Read from /proc/PID/maps when an incarnation is found, and again while the answer is
+//! `unknown` ([`Rereads`]): a process found right after its exec has not mapped its C library
+//! yet. That file needs ptrace-read access (the target's user or CAP_SYS_PTRACE); without it
+//! the answer is `unknown`, not an error. A
 //! preloaded jemalloc, tcmalloc or mimalloc shows as its shared library; a process with only
 //! libc mapped runs glibc's malloc, the one heap fragmentation ratchets up.
 
@@ -68,6 +70,47 @@ pub fn of(process: &procfs::process::Process) -> Allocator {
     detect(paths.iter().map(String::as_str))
 }
 
+/// The most samples between two reads of an allocator still unknown: a static binary stays
+/// unknown for good, and its maps are then read about every 5 minutes at the default interval.
+const MAX_SAMPLES_BETWEEN_READS: u32 = 64;
+
+/// When to read the maps again while the allocator is unknown: at the next sample, then after
+/// twice as many samples each time, up to [`MAX_SAMPLES_BETWEEN_READS`]. Once known, never.
+#[derive(Debug)]
+pub struct Rereads {
+    known: bool,
+    samples_left: u32,
+    every: u32,
+}
+
+impl Rereads {
+    /// For an incarnation whose first read gave `first`.
+    pub fn after(first: Allocator) -> Self {
+        Rereads {
+            known: first != Allocator::Unknown,
+            samples_left: 1,
+            every: 1,
+        }
+    }
+
+    /// One sample taken: reads again (with `read`) when it is time, and returns the allocator
+    /// the first time it is known.
+    pub fn sampled(&mut self, read: impl FnOnce() -> Allocator) -> Option<Allocator> {
+        if self.known {
+            return None;
+        }
+        self.samples_left = self.samples_left.saturating_sub(1);
+        if self.samples_left > 0 {
+            return None;
+        }
+        self.every = (self.every * 2).min(MAX_SAMPLES_BETWEEN_READS);
+        self.samples_left = self.every;
+        let found = read();
+        self.known = found != Allocator::Unknown;
+        self.known.then_some(found)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +140,55 @@ mod tests {
         assert_eq!(detect(["/lib/libc-2.31.so"]), Allocator::Glibc);
         assert_eq!(detect(["/memprobe"]), Allocator::Unknown, "a static binary");
         assert_eq!(detect([]), Allocator::Unknown);
+    }
+
+    #[test]
+    fn an_unknown_allocator_is_read_again_until_known_and_then_never() {
+        let mut rereads = Rereads::after(Allocator::Unknown);
+        let mut read_at = Vec::new();
+        for sample in 1..=40 {
+            let found = rereads.sampled(|| {
+                read_at.push(sample);
+                if sample >= 30 {
+                    Allocator::Glibc
+                } else {
+                    Allocator::Unknown
+                }
+            });
+            if sample == 31 {
+                assert_eq!(found, Some(Allocator::Glibc), "said once it is known");
+            } else {
+                assert_eq!(found, None, "sample {sample}");
+            }
+        }
+        assert_eq!(
+            read_at,
+            [1, 3, 7, 15, 31],
+            "at the next sample, then ever further apart, and never once known"
+        );
+    }
+
+    #[test]
+    fn a_known_allocator_is_never_read_again_and_an_unknown_one_at_most_every_64_samples() {
+        let mut rereads = Rereads::after(Allocator::Jemalloc);
+        for _ in 0..100 {
+            assert_eq!(rereads.sampled(|| panic!("read again")), None);
+        }
+        let mut rereads = Rereads::after(Allocator::Unknown);
+        let mut reads = Vec::new();
+        for sample in 1..=400u32 {
+            rereads.sampled(|| {
+                reads.push(sample);
+                Allocator::Unknown
+            });
+        }
+        let gaps: Vec<u32> = reads.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g <= 64), "{gaps:?}");
+        assert_eq!(
+            gaps.last(),
+            Some(&64),
+            "a static binary is still looked at: {gaps:?}"
+        );
     }
 
     #[test]

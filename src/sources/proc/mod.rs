@@ -3,7 +3,8 @@
 //!
 //! - [`target`] — finding the process and telling its incarnations apart.
 //! - [`sample`] — one memory sample from `/proc/PID/status` (and `smaps_rollup` for PSS).
-//! - [`allocator`] — which malloc the target runs on, from its mapped libraries.
+//! - [`allocator`] — which malloc the target runs on, from its mapped libraries, read again
+//!   while unknown.
 //! - [`handle`] — the pidfd a recycle signal goes through, so it reaches that incarnation only.
 
 pub mod allocator;
@@ -24,6 +25,10 @@ use target::Finder;
 pub struct ProcMemory {
     finder: Finder,
     target: Option<Sampler>,
+    /// When to read the incarnation's allocator again, and what was learnt since the last
+    /// step that was asked.
+    allocator: Option<allocator::Rereads>,
+    learnt: Option<allocator::Allocator>,
     memory: MemoryKind,
     include_children: bool,
     memory_limit: Option<u64>,
@@ -34,6 +39,8 @@ impl ProcMemory {
         ProcMemory {
             finder: Finder::new(config.target.clone(), config.user),
             target: None,
+            allocator: None,
+            learnt: None,
             memory: config.memory,
             include_children: config.include_children,
             memory_limit: config.memory_limit,
@@ -45,7 +52,14 @@ impl MemorySource for ProcMemory {
     fn step(&mut self, _now: Instant) -> Outcome {
         if let Some(sampler) = &mut self.target {
             return match sampler.sample(self.memory, self.include_children) {
-                Ok(s) => Outcome::Sampled(s),
+                Ok(s) => {
+                    if let Some(rereads) = &mut self.allocator
+                        && let Some(found) = rereads.sampled(|| allocator::of(sampler.process()))
+                    {
+                        self.learnt = Some(found);
+                    }
+                    Outcome::Sampled(s)
+                }
                 Err(SampleError::Gone(pid)) => {
                     self.target = None;
                     Outcome::Gone(format!("process {pid} exited"))
@@ -64,6 +78,8 @@ impl MemorySource for ProcMemory {
                     allocator: allocator::of(&found.process),
                     handle: Some(std::sync::Arc::new(found.handle)),
                 };
+                self.allocator = Some(allocator::Rereads::after(target.allocator));
+                self.learnt = None;
                 let limit = limit::resolve(self.memory_limit, Some(found.pid));
                 let first = match Sampler::new(found.process) {
                     Ok(mut sampler) => {
@@ -84,5 +100,11 @@ impl MemorySource for ProcMemory {
 
     fn forget(&mut self) {
         self.target = None;
+        self.allocator = None;
+        self.learnt = None;
+    }
+
+    fn allocator_learnt(&mut self) -> Option<allocator::Allocator> {
+        self.learnt.take()
     }
 }
