@@ -242,6 +242,10 @@ fn a_restart_script_that_leaves_a_daemon_on_its_output_is_done_at_its_exit_and_t
         "reported {took:?} after the recycle: its exit decides, not its output"
     );
 
+    // The script has exited; the daemon it left in the background may not have started yet.
+    wait_until("the daemon to write its pid", || {
+        read_pid(&pidfile).is_some()
+    });
     let daemon_pid = read_pid(&pidfile).expect("the daemon wrote its pid");
     let round = || read_pid(&progress).unwrap_or(0);
     let started = Instant::now();
