@@ -14,7 +14,8 @@ import resource
 import socket
 import sys
 import time
-import urllib.request
+
+from flood import probe  # the same timed /ready as the connection flood
 
 BATCH = b"GET /history.json HTTP/1.1\r\nHost: stalled\r\n\r\n" * 100
 
@@ -28,18 +29,6 @@ def rss_kib(pid):
     except OSError:
         pass
     return 0
-
-
-def probe(addr, path):
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(f"http://{addr}{path}", timeout=5) as r:
-            code = r.status
-    except urllib.error.HTTPError as e:
-        code = e.code
-    except OSError:
-        code = 0
-    return code, time.monotonic() - started
 
 
 def read(cgroup, *names):
