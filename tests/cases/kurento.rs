@@ -40,6 +40,13 @@ fn watch(kms: &FakeKms, target: &Workload, extra: &[&str]) -> Memprobe {
     Memprobe::start(&with_kms(&url, &args))
 }
 
+/// Waits until memprobe is connected to KMS and has its (empty) pipeline list.
+fn connected_with_no_session(probe: &Memprobe) -> Value {
+    probe.wait_for("connected", |s| {
+        s["kms"]["connected"] == true && s["sessions"] == 0
+    })
+}
+
 fn errors_of(status: &Value, kind: &str) -> u64 {
     status["kms"]["rpc_errors_total"][kind]
         .as_u64()
@@ -252,9 +259,7 @@ fn garbage_unknown_ids_and_oversized_frames_are_counted_not_fatal() {
     let kms = FakeKms::start();
     let target = Workload::start(None);
     let probe = watch(&kms, &target, &[]);
-    probe.wait_for("connected", |s| {
-        s["kms"]["connected"] == true && s["sessions"] == 0
-    });
+    connected_with_no_session(&probe);
 
     kms.send_raw(Message::text("this is not JSON"));
     kms.send_raw(Message::text(
@@ -371,9 +376,7 @@ fn a_kms_that_closes_mid_request_is_reconnected_not_called_hung() {
     let kms = FakeKms::start();
     let target = Workload::start(None);
     let probe = watch(&kms, &target, &[]);
-    probe.wait_for("connected", |s| {
-        s["kms"]["connected"] == true && s["sessions"] == 0
-    });
+    connected_with_no_session(&probe);
 
     kms.close_on(Some("ping"));
     let status = probe.wait_for("two connections closed mid-ping", |s| {
@@ -589,9 +592,7 @@ fn a_reconnect_inside_the_cache_window_never_gets_another_requests_reply() {
     let kms = FakeKms::start();
     let target = Workload::start(None);
     let probe = watch(&kms, &target, &[]);
-    probe.wait_for("connected", |s| {
-        s["kms"]["connected"] == true && s["sessions"] == 0
-    });
+    connected_with_no_session(&probe);
     kms.drop_connections();
     probe.wait_for("reconnected and resynchronised", |s| {
         s["kms"]["reconnects_total"].as_u64() >= Some(1)
@@ -659,9 +660,7 @@ fn memprobe_never_keeps_an_abandoned_pipeline_alive_past_one_extra_sweep() {
     });
     let target = Workload::start(None);
     let probe = watch(&kms, &target, &[]);
-    probe.wait_for("connected", |s| {
-        s["kms"]["connected"] == true && s["sessions"] == 0
-    });
+    connected_with_no_session(&probe);
 
     let alone = kms.create_abandoned_pipeline(1);
     let abandoned = Instant::now();
