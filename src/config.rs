@@ -23,10 +23,10 @@ use clap::{ArgMatches, Args, Parser, Subcommand, ValueEnum};
 use crate::limit::MemoryLimit;
 use crate::outlets::agent::AgentWeight;
 use crate::outlets::recycle::RecycleAction;
-use crate::secret::{Secret, SecretUrl, Token};
-use crate::sources::MemoryKind;
+use crate::secret::{Secret, SecretUrl, Token, read_secret_file};
 use crate::sources::custom::{CustomSettings, Endpoint};
 use crate::sources::proc::target::TargetSpec;
+use crate::sources::{MemoryFrom, MemoryKind};
 use crate::units::{self, Bytes, DurationRange, SizeOrPercent, UnitError};
 
 pub const DEFAULT_NAME: &str = "kurento-media-server";
@@ -35,7 +35,6 @@ pub const JANUS_NAME: &str = "janus";
 /// The longest `--shutdown-delay`: a kubelet gives a pod 30 s by default to stop.
 const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
 /// How long a file named by a flag may take to read at start.
-const START_READ_PATIENCE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -410,16 +409,6 @@ pub struct WatchFlags {
     log_format: String,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum MemorySource {
-    /// /proc/PID of the target, found in a shared PID namespace.
-    #[default]
-    Proc,
-    /// KMS's own `getUsedMemory`, over its JSON-RPC API.
-    Kms,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -452,7 +441,7 @@ pub struct Config {
     pub janus: Option<JanusConfig>,
     /// Any other server's session count; `None` without `--sessions-url` or `--sessions-file`.
     pub custom: Option<CustomSettings>,
-    pub memory_source: MemorySource,
+    pub memory_source: MemoryFrom,
     pub listen: SocketAddr,
     /// HAProxy's agent-check, when on.
     pub agent_listen: Option<SocketAddr>,
@@ -605,7 +594,7 @@ struct Values {
     kms_failures: u32,
     kms_hang_timeout: Duration,
     kms_gc_period: Duration,
-    memory_source: MemorySource,
+    memory_source: MemoryFrom,
     listen: SocketAddr,
     agent_listen: Option<SocketAddr>,
     agent_weight: AgentWeight,
@@ -814,7 +803,7 @@ impl Values {
                         "memprobe watches one media server: give one of them",
                     ));
                 }
-                if self.memory_source == MemorySource::Kms {
+                if self.memory_source == MemoryFrom::Kms {
                     return Err(check.error(
                         "memory_source",
                         "kms",
@@ -872,7 +861,7 @@ impl Values {
             }),
             _ => None,
         };
-        if self.memory_source == MemorySource::Kms {
+        if self.memory_source == MemoryFrom::Kms {
             check.kms_source(flags, kms.is_some(), self.memory)?;
         }
         check.signal_possible(&self.on_recycle, &target, self.memory_source)?;
@@ -943,7 +932,7 @@ impl Values {
                 ));
             }
         }
-        if self.memory_source == MemorySource::Kms {
+        if self.memory_source == MemoryFrom::Kms {
             let problem = "reads KMS, but --sessions-url or --sessions-file counts another server's sessions (try --memory-source proc)";
             return Err(check.error("memory_source", "kms", problem));
         }
@@ -1275,13 +1264,13 @@ impl Checker<'_> {
         &self,
         action: &RecycleAction,
         target: &TargetSpec,
-        memory_source: MemorySource,
+        memory_source: MemoryFrom,
     ) -> Result<(), FlagError> {
         let RecycleAction::Signal(_) = action else {
             return Ok(());
         };
         let value = action.to_string();
-        if memory_source == MemorySource::Kms {
+        if memory_source == MemoryFrom::Kms {
             let problem = "needs a process, but --memory-source kms has no pid (use exec:, or --memory-source proc)";
             return Err(self.error("on_recycle", &value, problem));
         }
@@ -1422,13 +1411,6 @@ impl Checker<'_> {
             (_, _, name) => TargetSpec::Name(name.unwrap_or_else(|| default_name.to_string())),
         })
     }
-}
-
-/// Reads a small file that holds one secret value (a URL with a password, a token), trimmed:
-/// a regular file only, at most 4 KiB of it, and given up after a few seconds (a hung mount
-/// makes memprobe exit saying so, rather than hang before it answers anything).
-pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    crate::files::read_value_within(path, START_READ_PATIENCE).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -1818,7 +1800,7 @@ mod tests {
     #[test]
     fn memory_from_kms_needs_no_process_flags() {
         let c = sidecar(&["--memory-source", "kms"]).unwrap();
-        assert_eq!(c.memory_source, MemorySource::Kms);
+        assert_eq!(c.memory_source, MemoryFrom::Kms);
         assert!(
             sidecar(&["--memory-source", "kms", "--pid", "4194303"])
                 .unwrap_err()

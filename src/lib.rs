@@ -55,7 +55,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::monitor::{Fatal, Monitor};
-use crate::status::{RenderMetrics, Snapshot, Status};
+use crate::status::{Renderers, Snapshot, Status};
 
 pub use crate::outlets::http::Shutdown;
 
@@ -112,7 +112,10 @@ impl Sidecar {
             config.kms.is_some(),
             config.janus.is_some() || config.custom.is_some(),
         ));
-        let render: RenderMetrics = Arc::new(move |status: &Status| metrics.render(status));
+        let render = Renderers {
+            metrics: Arc::new(move |status: &Status| metrics.render(status)),
+            page: Arc::new(|status: &Status| bytes::Bytes::from(outlets::page::render(status))),
+        };
         let now = tokio::time::Instant::now();
         let (mut monitor, snapshots) =
             Monitor::new(Arc::clone(&config), memory, sessions, render, now);
@@ -120,7 +123,8 @@ impl Sidecar {
             monitor.show_reports(feed);
         }
         let (requests, inbox) = sources::operator::channel();
-        let state = outlets::http::AppState::new(snapshots.clone(), config.interval).with_admin(
+        let readout = outlets::Readout::new(snapshots.clone());
+        let state = outlets::http::AppState::new(readout.clone(), config.interval).with_admin(
             config
                 .admin_token
                 .clone()
@@ -136,7 +140,7 @@ impl Sidecar {
             });
         let delay = config.shutdown_delay;
         let weight = config.agent_weight;
-        let agent_state = state.clone();
+        let agent_readout = readout;
         let recycle = outlets::recycle::run(
             snapshots.clone(),
             config.on_recycle.clone(),
@@ -154,7 +158,7 @@ impl Sidecar {
         };
         let agent = async move {
             match agent {
-                Some(listener) => outlets::agent::serve(listener, agent_state, weight).await,
+                Some(listener) => outlets::agent::serve(listener, agent_readout, weight).await,
                 None => std::future::pending().await,
             }
         };

@@ -27,14 +27,17 @@ use tracing::{info, warn};
 use crate::config::{Config, check_sizes};
 use crate::limit::{self, MemoryLimit};
 use crate::policy::{Decider, Observation, Policy, ServerPolicy, State, Transition};
+use crate::sources::TargetStatus;
 use crate::sources::operator::{Asked, Message, Request};
 use crate::sources::proc::allocator::Allocator;
 use crate::sources::reported::{self, Reported};
 use crate::sources::{
     MemorySample, MemorySource, Outcome, SampleError, ServerReport, SessionSource,
 };
-use crate::status::{Counters, MemoryStatus, Point, RenderMetrics, Settings, Snapshot, Status};
-use crate::status::{TargetStatus, ThresholdStatus, TransitionRecord};
+use crate::status::{
+    Counters, MAX_POINTS, MemoryStatus, Point, Renderers, Settings, Snapshot, Status,
+};
+use crate::status::{ThresholdStatus, TransitionRecord};
 use crate::units::{Bytes, Human};
 
 /// How many transitions `/status` keeps.
@@ -69,11 +72,11 @@ pub struct Monitor {
     /// The session source's last report, published again after an operator's request.
     server: Option<ServerReport>,
     /// The last run of the recycle action.
-    recycle_action: Option<crate::outlets::recycle::ActionRecord>,
+    recycle_action: Option<crate::sources::operator::ActionRecord>,
     /// Recent samples (`--history`), and how many are kept.
     points: VecDeque<Point>,
     points_kept: usize,
-    render: RenderMetrics,
+    render: Renderers,
     publish: watch::Sender<Arc<Snapshot>>,
 }
 
@@ -84,13 +87,13 @@ impl Monitor {
         config: Arc<Config>,
         memory: Box<dyn MemorySource>,
         sessions: Option<Box<dyn SessionSource>>,
-        render: RenderMetrics,
+        render: Renderers,
         now: Instant,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let limit = limit::resolve(config.memory_limit, None);
         let decider = Decider::new(policy(&config, limit), now);
         // Replaced by the first real publish below, before anyone can read it.
-        let placeholder = Snapshot::new(Status::default(), now, Arc::clone(&render));
+        let placeholder = Snapshot::new(Status::default(), now, render.clone());
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
         let points_kept = history_points(&config);
         let mut monitor = Monitor {
@@ -434,17 +437,10 @@ impl Monitor {
 
     fn publish(&mut self, now: Instant, server: Option<ServerReport>) {
         let status = self.status(now, server);
-        self.publish.send_replace(Arc::new(Snapshot::new(
-            status,
-            now,
-            Arc::clone(&self.render),
-        )));
+        self.publish
+            .send_replace(Arc::new(Snapshot::new(status, now, self.render.clone())));
     }
 }
-
-/// The most samples the history keeps, whatever `--history` and `--interval` say: the page
-/// stays small and a step's copy cheap.
-pub const MAX_POINTS: usize = 2000;
 
 /// How many samples `--history` covers at `--interval`.
 fn history_points(config: &Config) -> usize {
@@ -607,7 +603,11 @@ mod tests {
             let forgotten = Arc::new(Mutex::new(0));
             let server = Arc::new(Mutex::new(ServerView::default()));
             let learnt = Arc::new(Mutex::new(None));
-            let render: RenderMetrics = Arc::new(|_: &Status| bytes::Bytes::new());
+            let nothing: crate::status::Render = Arc::new(|_: &Status| bytes::Bytes::new());
+            let render = Renderers {
+                metrics: nothing.clone(),
+                page: nothing,
+            };
             let t0 = Instant::now();
             let (monitor, snapshots) = Monitor::new(
                 Arc::new(config()),

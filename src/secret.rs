@@ -7,8 +7,20 @@
 //! file (`--kms-url-file`), so that it need not sit in a pod spec.
 
 use std::fmt;
+use std::path::Path;
+use std::time::Duration;
 
 use crate::files::FileError;
+
+/// How long a secret file read at start may take before memprobe gives up on it.
+const START_READ_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Reads a small file that holds one secret value (a URL with a password, a token), trimmed:
+/// a regular file only, at most 4 KiB of it, and given up after a few seconds (a hung mount
+/// makes memprobe exit saying so, rather than hang before it answers anything).
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    crate::files::read_value_within(path, START_READ_PATIENCE).map_err(|e| e.to_string())
+}
 
 /// A URL that may carry credentials. `Display` and `Debug` show it redacted.
 #[derive(Clone, PartialEq, Eq)]

@@ -13,10 +13,10 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{Config, MemorySource};
+use crate::config::Config;
 use crate::limit::MemoryLimit;
 use crate::policy::State;
-use crate::sources::{MemoryKind, MemorySample, ServerReport};
+use crate::sources::{MemoryFrom, MemoryKind, MemorySample, ServerReport, TargetStatus};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
@@ -42,7 +42,7 @@ pub struct Status {
     /// session, the clearest fragmentation signal there is.
     pub idle_memory_bytes: Option<u64>,
     /// Where the memory figures come from.
-    pub memory_source: MemorySource,
+    pub memory_source: MemoryFrom,
     /// The server's own view (`kms`, `janus`, `custom`), when memprobe talks to its API.
     #[serde(flatten)]
     pub server: Option<ServerReport>,
@@ -54,7 +54,7 @@ pub struct Status {
     /// Incarnations of the target found so far: the one tracked is the last.
     pub incarnation: u64,
     /// The last run of the recycle action (`--on-recycle`).
-    pub recycle_action: Option<crate::outlets::recycle::ActionRecord>,
+    pub recycle_action: Option<crate::sources::operator::ActionRecord>,
     pub settings: Arc<Settings>,
     /// Recent samples, oldest first, for the page and `/history.json` (not in `/status`).
     #[serde(skip)]
@@ -76,21 +76,6 @@ pub struct Point {
     pub state: State,
     /// Which incarnation of the target it was taken of.
     pub incarnation: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TargetStatus {
-    /// None when memory comes from KMS itself.
-    pub pid: Option<i32>,
-    pub name: String,
-    pub start_time: Option<String>,
-    /// The flag it was found by, e.g. `--name kurento-media-server`.
-    pub found_by: String,
-    /// The malloc it runs on, from /proc/PID/maps (`unknown` without ptrace access).
-    pub allocator: crate::sources::proc::allocator::Allocator,
-    /// What a recycle signal goes through: this incarnation and no other (None without a pid).
-    #[serde(skip)]
-    pub handle: Option<Arc<crate::sources::proc::handle::ProcessHandle>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -153,7 +138,7 @@ pub struct Settings {
     pub kms_timeout: Option<String>,
     pub kms_failures: Option<u32>,
     pub kms_hang_timeout: Option<String>,
-    pub memory_source: MemorySource,
+    pub memory_source: MemoryFrom,
     /// Janus's admin API; its secret is never shown.
     pub janus_url: Option<String>,
     pub janus_poll: Option<String>,
@@ -210,8 +195,20 @@ impl Settings {
     }
 }
 
-/// Renders the metrics text for a status.
-pub type RenderMetrics = Arc<dyn Fn(&Status) -> Bytes + Send + Sync>;
+/// Renders one answer for a status.
+pub type Render = Arc<dyn Fn(&Status) -> Bytes + Send + Sync>;
+
+/// The answers an outlet renders itself (`/metrics`, the page), handed to the monitor by the
+/// wiring: a snapshot renders each at most once, without knowing the outlets.
+#[derive(Clone)]
+pub struct Renderers {
+    pub metrics: Render,
+    pub page: Render,
+}
+
+/// The most samples the history keeps, whatever `--history` and `--interval` say: the page
+/// stays small and a step's copy cheap.
+pub const MAX_POINTS: usize = 2000;
 
 /// One published state: the data and its answers, each rendered at most once.
 pub struct Snapshot {
@@ -224,11 +221,11 @@ pub struct Snapshot {
     metrics_body: OnceLock<Bytes>,
     page_body: OnceLock<Bytes>,
     history_body: OnceLock<Bytes>,
-    render_metrics: RenderMetrics,
+    render: Renderers,
 }
 
 impl Snapshot {
-    pub fn new(status: Status, ticked_at: Instant, render_metrics: RenderMetrics) -> Self {
+    pub fn new(status: Status, ticked_at: Instant, render: Renderers) -> Self {
         let probe = |key: &str, value: bool| {
             let body = serde_json::json!({
                 key: value,
@@ -244,7 +241,7 @@ impl Snapshot {
             metrics_body: OnceLock::new(),
             page_body: OnceLock::new(),
             history_body: OnceLock::new(),
-            render_metrics,
+            render,
             ticked_at,
             status,
         }
@@ -252,7 +249,7 @@ impl Snapshot {
 
     /// `/`: the status page.
     pub fn page_body(&self) -> Bytes {
-        let render = || Bytes::from(crate::outlets::page::render(&self.status));
+        let render = || (self.render.page)(&self.status);
         self.page_body.get_or_init(render).clone()
     }
 
@@ -270,7 +267,7 @@ impl Snapshot {
 
     /// `/metrics`: the exposition text.
     pub fn metrics_body(&self) -> Bytes {
-        let render = || (self.render_metrics)(&self.status);
+        let render = || (self.render.metrics)(&self.status);
         self.metrics_body.get_or_init(render).clone()
     }
 }
@@ -284,6 +281,6 @@ mod tests {
         // The ring and the copy each publish shares: 2,000 points of at most 80 bytes, so
         // at most 160 KB each (BENCHMARKS.md, "Status page with a full history").
         assert!(std::mem::size_of::<Point>() <= 80);
-        assert!(crate::monitor::MAX_POINTS * std::mem::size_of::<Point>() <= 160_000);
+        assert!(MAX_POINTS * std::mem::size_of::<Point>() <= 160_000);
     }
 }

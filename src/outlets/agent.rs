@@ -22,11 +22,9 @@
 //! at most a few hundred bytes, then close — so no connection is ever held and a flood costs
 //! nothing to keep.
 
-use std::sync::atomic::Ordering;
-
 use tokio::net::TcpListener;
 
-use super::http::AppState;
+use super::Readout;
 use crate::policy::State;
 use crate::status::Status;
 
@@ -83,13 +81,13 @@ fn comment(reason: &str) -> String {
 }
 
 /// Answers every connection on `listener` with the line for the latest snapshot; forever.
-pub async fn serve(listener: TcpListener, state: AppState, weight: AgentWeight) {
+pub async fn serve(listener: TcpListener, readout: Readout, weight: AgentWeight) {
     let mut error_logged = false;
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let snap = state.latest();
-                let stopping = state.stopping.load(Ordering::SeqCst);
+                let snap = readout.latest();
+                let stopping = readout.stopping();
                 let text = line(&snap.status, weight, stopping);
                 // A fresh socket's send buffer takes a short line whole; if not, the check is
                 // simply missed, which HAProxy does not count against the server.

@@ -38,7 +38,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -59,6 +58,7 @@ use tokio::time::Instant;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+use super::Readout;
 use crate::secret::AdminToken;
 use crate::sources::operator::Requests;
 use crate::status::Snapshot;
@@ -175,8 +175,7 @@ impl Shutdown {
 
 #[derive(Clone)]
 pub struct AppState {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    pub(super) stopping: Arc<AtomicBool>,
+    readout: Readout,
     /// `/livez` fails after three intervals without a completed step.
     stale_after: Duration,
     /// The admin API: its token, and where drain requests go. `None`: `/drain` is 404.
@@ -186,10 +185,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, interval: Duration) -> Self {
+    pub fn new(readout: Readout, interval: Duration) -> Self {
         AppState {
-            snapshots,
-            stopping: Arc::new(AtomicBool::new(false)),
+            readout,
             stale_after: interval * 3,
             admin: None,
             closing: Arc::new(watch::channel(false).0),
@@ -204,7 +202,7 @@ impl AppState {
 
     /// From now on `/ready` answers 503.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.readout.stop();
     }
 
     /// The port is about to close: waiters answer now, while their connections still stand.
@@ -220,7 +218,7 @@ impl AppState {
     }
 
     pub(super) fn latest(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.snapshots.borrow())
+        self.readout.latest()
     }
 }
 
@@ -416,9 +414,9 @@ fn busy() -> Response<AnswerBody> {
 
 /// `/ready` and `/healthz`: the code and the pre-rendered body, from the latest snapshot.
 fn probe_answer(state: &AppState, path: &str) -> Option<(StatusCode, Bytes)> {
-    let snap = state.snapshots.borrow();
+    let snap = state.readout.latest();
     match path {
-        "/ready" if state.stopping.load(Ordering::SeqCst) => Some((
+        "/ready" if state.readout.stopping() => Some((
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from_static(STOPPING_BODY.as_bytes()),
         )),
@@ -650,10 +648,13 @@ mod tests {
             reason: "rss 1.62 GiB over threshold 1.50 GiB for 5m".into(),
             ..Status::default()
         };
-        let metrics = Arc::new(|_: &Status| Bytes::from_static(b"# metrics\n"));
-        let snap = Snapshot::new(status, Instant::now(), metrics);
+        let render = crate::status::Renderers {
+            metrics: Arc::new(|_: &Status| Bytes::from_static(b"# metrics\n")),
+            page: Arc::new(|_: &Status| Bytes::from_static(b"<!doctype html>\n")),
+        };
+        let snap = Snapshot::new(status, Instant::now(), render);
         let (tx, rx) = watch::channel(Arc::new(snap));
-        (AppState::new(rx, Duration::from_secs(5)), tx)
+        (AppState::new(Readout::new(rx), Duration::from_secs(5)), tx)
     }
 
     async fn call(state: &AppState, method: &str, path: &str) -> (StatusCode, String, Response) {

@@ -1,5 +1,5 @@
-//! Outlets: what memprobe tells, each reading the published [`Snapshot`] and never reaching
-//! back into the monitor.
+//! Outlets: what memprobe tells, each reading the published [`Snapshot`] through a
+//! [`Readout`] and never reaching back into the monitor, nor into another outlet.
 //!
 //! - [`http`] — the probe port: `/ready`, `/healthz`, `/livez`, `/status`, `/metrics`, and
 //!   the admin API (`/drain`).
@@ -17,3 +17,46 @@ pub mod janus_switch;
 pub mod metrics;
 pub mod page;
 pub mod recycle;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::watch;
+
+use crate::status::Snapshot;
+
+/// What every outlet reads: the latest snapshot, and whether memprobe is shutting down (from
+/// then on no outlet sends new sessions this way).
+#[derive(Clone)]
+pub struct Readout {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Readout {
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
+        Readout {
+            snapshots,
+            stopping: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The snapshot published last.
+    pub fn latest(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshots.borrow())
+    }
+
+    /// The snapshots as they come.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshots.clone()
+    }
+
+    /// memprobe is shutting down: every outlet says "not ready" from now on.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}

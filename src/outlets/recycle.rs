@@ -22,13 +22,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::net::unix::pipe;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::policy::State;
-use crate::sources::operator::Requests;
+use crate::sources::operator::{ActionRecord, Requests};
 use crate::sources::proc::handle::ProcessHandle;
 use crate::status::Snapshot;
 
@@ -123,19 +122,6 @@ fn command_exists(command: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| executable(&dir.join(command)))
     })
-}
-
-/// How one run of the action went.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ActionRecord {
-    pub at: String,
-    pub action: String,
-    /// `ok`, `failed` or `timeout`.
-    pub result: &'static str,
-    /// What happened: the signal sent, or the command's exit status and first lines.
-    pub detail: String,
-    /// 1 for the first run in this incarnation, 2 for the first retry, …
-    pub attempt: u32,
 }
 
 /// Watches the snapshots and runs the action at recycle: once per incarnation, again every

@@ -26,9 +26,8 @@ pub mod reported;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{Config, MemorySource as MemoryFrom};
+use crate::config::Config;
 use crate::limit::MemoryLimit;
-use crate::status::TargetStatus;
 
 pub use proc::sample::{MemoryKind, MemorySample, SampleError};
 
@@ -37,6 +36,17 @@ pub use proc::sample::{MemoryKind, MemorySample, SampleError};
 /// deadline. Such a timeout is no evidence that the server failed to answer.
 pub fn paused_meanwhile(sent: Instant, deadline: std::time::Duration) -> bool {
     sent.elapsed() > deadline * 2 + std::time::Duration::from_secs(1)
+}
+
+/// Where the memory figures come from (`--memory-source`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryFrom {
+    /// /proc/PID of the target, found in a shared PID namespace.
+    #[default]
+    Proc,
+    /// KMS's own `getUsedMemory`, over its JSON-RPC API.
+    Kms,
 }
 
 /// What one step of a memory source saw.
@@ -61,6 +71,23 @@ pub enum Outcome {
     Failed(SampleError),
     /// Nothing new since the last step.
     Unchanged,
+}
+
+/// The incarnation a memory source found: what `/status` shows of it, and the handle a
+/// recycle signal goes through.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetStatus {
+    /// None when memory comes from KMS itself.
+    pub pid: Option<i32>,
+    pub name: String,
+    pub start_time: Option<String>,
+    /// The flag it was found by, e.g. `--name kurento-media-server`.
+    pub found_by: String,
+    /// The malloc it runs on, from /proc/PID/maps (`unknown` without ptrace access).
+    pub allocator: proc::allocator::Allocator,
+    /// What a recycle signal goes through: this incarnation and no other (None without a pid).
+    #[serde(skip)]
+    pub handle: Option<std::sync::Arc<proc::handle::ProcessHandle>>,
 }
 
 /// Finds the target and samples its memory. Runs on the sampling thread; may block.

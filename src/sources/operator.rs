@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use serde::Serialize;
+
 use crate::policy::{DrainRefused, State};
 
 /// What an operator asks.
@@ -25,7 +27,20 @@ pub enum Request {
 pub enum Message {
     Ask(Asked),
     /// A recycle action ran (`--on-recycle`): recorded for `/status` and `/metrics`.
-    RecycleActionRan(crate::outlets::recycle::ActionRecord),
+    RecycleActionRan(ActionRecord),
+}
+
+/// How one run of the recycle action (`--on-recycle`) went, as the outlet that ran it reports.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ActionRecord {
+    pub at: String,
+    pub action: String,
+    /// `ok`, `failed` or `timeout`.
+    pub result: &'static str,
+    /// What happened: the signal sent, or the command's exit status and first lines.
+    pub detail: String,
+    /// 1 for the first run in this incarnation, 2 for the first retry, …
+    pub attempt: u32,
 }
 
 /// One request, who made it, and where the outcome goes (the state after it).
@@ -54,7 +69,7 @@ impl Requests {
     }
 
     /// Reports a recycle action's run.
-    pub fn report(&self, record: crate::outlets::recycle::ActionRecord) {
+    pub fn report(&self, record: ActionRecord) {
         let _ = self.0.send(Message::RecycleActionRan(record));
     }
 }

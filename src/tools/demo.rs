@@ -81,7 +81,7 @@ fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) ->
             failures: 3,
             hang_timeout: Duration::from_secs(60),
         }),
-        memory_source: crate::config::MemorySource::Proc,
+        memory_source: crate::sources::MemoryFrom::Proc,
         drain_timeout: Duration::from_secs(20),
         min_drain: Duration::from_secs(5),
         listen,

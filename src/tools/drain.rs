@@ -20,8 +20,7 @@ use clap::Args;
 use tokio::time::Instant;
 
 use crate::client::ClientError;
-use crate::config::read_secret_file;
-use crate::secret::Token;
+use crate::secret::{Token, read_secret_file};
 use crate::units::DurationRange;
 
 #[derive(Debug, Args)]

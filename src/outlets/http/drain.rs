@@ -170,7 +170,7 @@ fn stopping() -> Response {
 async fn drained_within(state: &AppState, limit: Duration) -> Response {
     let started = Instant::now();
     let deadline = started + limit;
-    let mut snapshots = state.snapshots.clone();
+    let mut snapshots = state.readout.snapshots();
     loop {
         let sessions = snapshots.borrow_and_update().status.sessions;
         let waited = started.elapsed().as_secs_f64();

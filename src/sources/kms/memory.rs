@@ -6,9 +6,9 @@ use tokio::time::Instant;
 
 use super::KmsView;
 use crate::limit;
+use crate::sources::TargetStatus;
 use crate::sources::proc::allocator::Allocator;
 use crate::sources::{MemorySample, MemorySource, Outcome};
-use crate::status::TargetStatus;
 
 pub struct KmsMemory {
     view: watch::Receiver<KmsView>,

@@ -14,10 +14,10 @@ pub mod target;
 
 use tokio::time::Instant;
 
+use super::TargetStatus;
 use super::{MemorySource, Outcome};
 use crate::config::Config;
 use crate::limit;
-use crate::status::TargetStatus;
 use sample::{MemoryKind, SampleError, Sampler};
 use target::Finder;
 
