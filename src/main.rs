@@ -8,7 +8,8 @@
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
-use memprobe::config::{self, Config, Invocation, LogFormat, ParseError};
+use memprobe::cli::{self, Invocation};
+use memprobe::config::{Config, LogFormat, ParseError};
 use memprobe::{Shutdown, Sidecar};
 use tokio::net::TcpListener;
 
@@ -20,7 +21,7 @@ fn main() -> ExitCode {
         eprintln!("memprobe: internal error, stopping: {info}");
         std::process::exit(PANICKED);
     }));
-    let invocation = match config::parse(std::env::args_os()) {
+    let invocation = match cli::parse(std::env::args_os()) {
         Ok(invocation) => invocation,
         Err(ParseError::Clap(e)) => return clap_outcome(e),
         Err(ParseError::Flag(e)) => {
@@ -114,19 +115,22 @@ fn runtime(work: impl Future<Output = ExitCode>) -> ExitCode {
 }
 
 async fn sidecar(config: Config) -> ExitCode {
-    let listener = match TcpListener::bind(config.listen).await {
+    let listener = match TcpListener::bind(config.outlets.http.listen).await {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!(
                 "memprobe: --listen {}: cannot listen there: {e} (try another port, e.g. --listen 0.0.0.0:8900)",
-                config.listen
+                config.outlets.http.listen
             );
             return ExitCode::FAILURE;
         }
     };
-    let addr = listener.local_addr().map_or(config.listen, |a| a);
-    tracing::info!(%addr, watching = %config.target, "listening on {addr}, watching {}", config.target);
-    let agent = match config.agent_listen {
+    let addr = listener
+        .local_addr()
+        .map_or(config.outlets.http.listen, |a| a);
+    let target = &config.sources.proc.target;
+    tracing::info!(%addr, watching = %target, "listening on {addr}, watching {target}");
+    let agent = match config.outlets.agent.map(|a| a.listen) {
         None => None,
         Some(at) => match TcpListener::bind(at).await {
             Ok(agent) => {

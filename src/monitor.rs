@@ -16,7 +16,8 @@
 //! looks for it again with a backoff from 100 ms up to the interval: a restarted server is
 //! found quickly, and a server that is not there costs at most one scan per interval.
 
-use std::collections::VecDeque;
+mod record;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,24 +25,34 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::config::{Config, check_sizes};
+use crate::fleet::Coordinator;
 use crate::limit::{self, MemoryLimit};
-use crate::policy::{Decider, Observation, Policy, ServerPolicy, State, Transition};
-use crate::sources::TargetStatus;
+use crate::policy::{self, Decider, Observation, Policy, State, Transition};
 use crate::sources::operator::{Asked, Message, Request};
-use crate::sources::proc::allocator::Allocator;
 use crate::sources::reported::{self, Reported};
 use crate::sources::{
-    MemorySample, MemorySource, Outcome, SampleError, ServerReport, SessionSource,
+    MemoryFrom, MemoryKind, MemorySample, MemorySource, Outcome, SampleError, ServerReport,
+    SessionSource, TargetStatus,
 };
-use crate::status::{
-    Counters, MAX_POINTS, MemoryStatus, Point, Renderers, Settings, Snapshot, Status,
-};
-use crate::status::{ThresholdStatus, TransitionRecord};
+use crate::status::{MemoryStatus, Point, Renderers, Snapshot, Status, ThresholdStatus};
 use crate::units::{Bytes, Human};
+use record::Record;
 
-/// How many transitions `/status` keeps.
-pub const HISTORY: usize = 32;
+/// What the loop runs by, composed by the wiring from the families' settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub interval: Duration,
+    /// How far back the page's history reaches.
+    pub history: Duration,
+    /// The figure that decides, and the limit given (`--memory-limit`), if any.
+    pub memory: MemoryKind,
+    pub memory_limit: Option<u64>,
+    pub memory_from: MemoryFrom,
+    pub policy: policy::Settings,
+    /// What `/status` shows of the settings in force.
+    pub shown: Arc<crate::status::Settings>,
+}
+
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A failure that stops memprobe: it cannot do its job as configured.
@@ -50,8 +61,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Fatal(#[from] SampleError);
 
 pub struct Monitor {
-    config: Arc<Config>,
-    settings: Arc<Settings>,
+    settings: Settings,
     memory: Box<dyn MemorySource>,
     sessions: Option<Box<dyn SessionSource>>,
     /// What the target says of itself, when it reports (the demo's workload).
@@ -61,21 +71,13 @@ pub struct Monitor {
     limit: MemoryLimit,
     last_sample: Option<(MemorySample, SystemTime)>,
     session_count: Option<u32>,
-    idle_memory: Option<u64>,
-    glibc_warned: bool,
-    counters: Counters,
-    history: VecDeque<TransitionRecord>,
-    since: SystemTime,
-    not_found: Option<String>,
-    last_error: Option<String>,
     backoff: Duration,
     /// The session source's last report, published again after an operator's request.
     server: Option<ServerReport>,
-    /// The last run of the recycle action.
-    recycle_action: Option<crate::sources::operator::ActionRecord>,
-    /// Recent samples (`--history`), and how many are kept.
-    points: VecDeque<Point>,
-    points_kept: usize,
+    /// What happened, for `/status`, `/metrics` and the page.
+    record: Record,
+    /// The fleet this instance belongs to, told of every transition.
+    fleet: Box<dyn Coordinator>,
     render: Renderers,
     publish: watch::Sender<Arc<Snapshot>>,
 }
@@ -84,20 +86,20 @@ impl Monitor {
     /// A monitor over these sources and the channel it publishes on. Publishes a first
     /// snapshot (state `lost`, "looking for the target") before any read of the target.
     pub fn new(
-        config: Arc<Config>,
+        settings: Settings,
         memory: Box<dyn MemorySource>,
         sessions: Option<Box<dyn SessionSource>>,
+        fleet: Box<dyn Coordinator>,
         render: Renderers,
         now: Instant,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
-        let limit = limit::resolve(config.memory_limit, None);
-        let decider = Decider::new(policy(&config, limit), now);
+        let limit = limit::resolve(settings.memory_limit, None);
+        let decider = Decider::new(judged_by(&settings, limit), now);
         // Replaced by the first real publish below, before anyone can read it.
         let placeholder = Snapshot::new(Status::default(), now, render.clone());
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
-        let points_kept = history_points(&config);
+        let record = Record::new(settings.history, settings.interval, SystemTime::now());
         let mut monitor = Monitor {
-            settings: Arc::new(Settings::of(&config)),
             memory,
             sessions,
             reported: None,
@@ -106,21 +108,13 @@ impl Monitor {
             limit,
             last_sample: None,
             session_count: None,
-            idle_memory: None,
-            glibc_warned: false,
-            counters: Counters::default(),
-            history: VecDeque::with_capacity(HISTORY),
-            since: SystemTime::now(),
-            not_found: None,
-            last_error: None,
             backoff: FIRST_BACKOFF,
             server: None,
-            recycle_action: None,
-            points: VecDeque::new(),
-            points_kept,
+            record,
+            fleet,
             render,
             publish,
-            config,
+            settings,
         };
         monitor.publish(now, None);
         (monitor, snapshots)
@@ -155,13 +149,8 @@ impl Monitor {
                 }
                 match wait(left) {
                     Some(Message::Ask(asked)) => self.answer(clock(), asked),
-                    Some(Message::RecycleActionRan(record)) => {
-                        *self
-                            .counters
-                            .recycle_actions_total
-                            .entry(record.result)
-                            .or_default() += 1;
-                        self.recycle_action = Some(record);
+                    Some(Message::RecycleActionRan(ran)) => {
+                        self.record.recycle_action_ran(ran);
                         self.publish(clock(), self.server.clone());
                     }
                     None => break,
@@ -180,9 +169,9 @@ impl Monitor {
         match &outcome {
             Ok(Some(tr)) => {
                 if let Request::Drain = asked.request {
-                    self.counters.drain_requests_total += 1;
+                    self.record.drain_requested();
                 }
-                self.record(tr.clone());
+                self.transition(tr.clone());
             }
             Ok(None) => {}
             Err(refused) => info!("{:?} from {} refused: {refused}", asked.request, asked.who),
@@ -203,16 +192,16 @@ impl Monitor {
         if let Some(server) = &server
             && let Some(tr) = self.decider.server_answers(now, server.failed_pings)
         {
-            self.record(tr);
+            self.transition(tr);
         }
         self.server = server.map(|s| s.report);
         self.publish(now, self.server.clone());
         Ok(if self.target.is_some() {
             self.backoff = FIRST_BACKOFF;
-            self.config.interval
+            self.settings.interval
         } else {
-            let wait = self.backoff.min(self.config.interval);
-            self.backoff = (self.backoff * 2).min(self.config.interval);
+            let wait = self.backoff.min(self.settings.interval);
+            self.backoff = (self.backoff * 2).min(self.settings.interval);
             wait
         })
     }
@@ -228,7 +217,6 @@ impl Monitor {
                 limit,
                 first,
             } => {
-                self.not_found = None;
                 self.warn_of_glibc(&target);
                 let who = match target.pid {
                     Some(pid) => format!("{} (pid {pid})", target.name),
@@ -239,11 +227,9 @@ impl Monitor {
                 self.last_sample = None;
                 let tr = self
                     .decider
-                    .new_incarnation(now, policy(&self.config, limit), &who);
-                if self.decider.incarnations() > 1 {
-                    self.counters.target_restarts_total += 1;
-                }
-                self.record(tr);
+                    .new_incarnation(now, judged_by(&self.settings, limit), &who);
+                self.record.found(self.decider.incarnations() > 1);
+                self.transition(tr);
                 match first {
                     None => {}
                     Some(Ok(s)) => self.observe(now, s),
@@ -267,19 +253,18 @@ impl Monitor {
                     self.last_sample = None;
                 }
                 if let Some(tr) = tr {
-                    self.record(tr);
+                    self.transition(tr);
                 }
             }
             Outcome::NotFound(why) => {
-                if self.not_found.as_deref() != Some(why.as_str()) {
+                if self.record.not_found(&why) {
                     info!(
                         "waiting for the target: {why} (looking again every {} at most)",
-                        Human(self.config.interval)
+                        Human(self.settings.interval)
                     );
-                    self.not_found = Some(why.clone());
                 }
                 if let Some(tr) = self.decider.lost(now, why) {
-                    self.record(tr);
+                    self.transition(tr);
                 }
             }
             Outcome::Failed(e) => self.failed(e.to_string()),
@@ -303,15 +288,13 @@ impl Monitor {
 
     /// One warning per run when a KMS runs on the malloc that fragments.
     fn warn_of_glibc(&mut self, target: &TargetStatus) {
-        let kms = target.name.starts_with("kurento-media-s");
-        if kms && target.allocator == Allocator::Glibc && !self.glibc_warned {
+        if self.record.warn_of_glibc(target) {
             warn!(
                 "{} (pid {}) runs on glibc's malloc, whose heap fragmentation this probe exists \
                  to catch; preload jemalloc: see deploy/kurento-jemalloc",
                 target.name,
                 target.pid.unwrap_or_default()
             );
-            self.glibc_warned = true;
         }
     }
 
@@ -326,27 +309,19 @@ impl Monitor {
     }
 
     fn observe(&mut self, now: Instant, s: MemorySample) {
-        self.counters.samples_total += 1;
-        self.last_error = None;
         self.last_sample = Some((s, SystemTime::now()));
-        if self.session_count == Some(0) {
-            self.idle_memory = Some(s.deciding(self.config.memory));
-        }
         let obs = Observation {
-            memory_bytes: s.deciding(self.config.memory),
+            memory_bytes: s.deciding(self.settings.memory),
             sessions: self.session_count,
         };
         if let Some(tr) = self.decider.observe(now, obs) {
-            self.record(tr);
-        }
-        if self.points.len() >= self.points_kept {
-            self.points.pop_front();
+            self.transition(tr);
         }
         let at_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let reported = self.reported();
-        self.points.push_back(Point {
+        let point = Point {
             at_ms,
             memory_bytes: obs.memory_bytes,
             rss_bytes: s.rss_bytes,
@@ -355,7 +330,8 @@ impl Monitor {
             live_bytes: reported.map(|r| r.live_bytes),
             state: self.decider.state(),
             incarnation: self.decider.incarnations(),
-        });
+        };
+        self.record.sampled(point, self.session_count);
     }
 
     fn gone(&mut self, now: Instant, why: String) {
@@ -363,20 +339,19 @@ impl Monitor {
         self.target = None;
         self.last_sample = None;
         if let Some(tr) = self.decider.lost(now, why) {
-            self.record(tr);
+            self.transition(tr);
         }
     }
 
     /// A sample failed while the target still exists: counted, logged once per kind of error.
     fn failed(&mut self, message: String) {
-        self.counters.sample_errors_total += 1;
-        if self.last_error.as_deref() != Some(message.as_str()) {
-            warn!("sample failed: {message}");
-            self.last_error = Some(message);
+        let said = format!("sample failed: {message}");
+        if self.record.sample_failed(message) {
+            warn!("{said}");
         }
     }
 
-    fn record(&mut self, tr: Transition) {
+    fn transition(&mut self, tr: Transition) {
         info!(
             from = tr.from.as_str(),
             to = tr.to.as_str(),
@@ -384,17 +359,8 @@ impl Monitor {
             tr.to.as_str(),
             tr.reason
         );
-        *self.counters.transitions_total.entry(tr.to).or_default() += 1;
-        self.since = SystemTime::now();
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(TransitionRecord {
-            at: crate::units::timestamp(self.since),
-            from: tr.from,
-            to: tr.to,
-            reason: tr.reason,
-        });
+        self.record.transition(&tr, SystemTime::now());
+        self.fleet.told(&tr);
     }
 
     fn status(&self, now: Instant, server: Option<ServerReport>) -> Status {
@@ -402,7 +368,7 @@ impl Monitor {
         let policy = self.decider.policy();
         Status {
             state,
-            since: crate::units::timestamp(self.since),
+            since: crate::units::timestamp(self.record.since()),
             reason: self.decider.reason().to_string(),
             ready: state.ready(),
             live: state.healthy(),
@@ -410,28 +376,28 @@ impl Monitor {
             sessions: self.session_count,
             target: self.target.clone(),
             memory: self.last_sample.map(|(sample, at)| MemoryStatus {
-                deciding: self.config.memory,
-                deciding_bytes: sample.deciding(self.config.memory),
+                deciding: self.settings.memory,
+                deciding_bytes: sample.deciding(self.settings.memory),
                 sample,
                 sampled_at: crate::units::timestamp(at),
             }),
             threshold: ThresholdStatus {
                 bytes: policy.threshold_bytes,
-                given: self.config.threshold.to_string(),
+                given: self.settings.policy.threshold.to_string(),
                 critical_bytes: policy.critical_bytes,
                 limit: self.limit,
             },
             reported: self.reported(),
-            idle_memory_bytes: self.idle_memory,
-            memory_source: self.config.memory_source,
+            idle_memory_bytes: self.record.idle_memory(),
+            memory_source: self.settings.memory_from,
             server,
-            counters: self.counters.clone(),
-            transitions: self.history.iter().cloned().collect(),
+            counters: self.record.counters().clone(),
+            transitions: self.record.transitions(),
             drain_requested_by: self.decider.requested_by().map(str::to_owned),
             incarnation: self.decider.incarnations(),
-            recycle_action: self.recycle_action.clone(),
-            history: self.points.iter().copied().collect(),
-            settings: Arc::clone(&self.settings),
+            recycle_action: self.record.recycle_action().cloned(),
+            history: self.record.points(),
+            settings: Arc::clone(&self.settings.shown),
         }
     }
 
@@ -442,76 +408,34 @@ impl Monitor {
     }
 }
 
-/// How many samples `--history` covers at `--interval`.
-fn history_points(config: &Config) -> usize {
-    let per = config.interval.as_secs_f64().max(0.001);
-    ((config.history.as_secs_f64() / per).ceil() as usize).clamp(1, MAX_POINTS)
-}
-
-/// The policy one incarnation is judged by, under its memory limit. Sizes that cannot work
-/// under that limit (checked at start against the flag or the host, and again here against
-/// the target's own cgroup) are said once and made safe: a critical level at or below the
-/// threshold is dropped rather than recycle at once.
-fn policy(config: &Config, limit: MemoryLimit) -> Policy {
-    let threshold_bytes = config.threshold.resolve(limit.bytes).max(1);
-    let mut critical_bytes = config.critical.map(|c| c.resolve(limit.bytes));
-    if let Err(problem) = check_sizes(config.threshold, config.critical, limit) {
+/// The policy one incarnation is judged by, under its memory limit: sizes that cannot work
+/// under it are made safe by the policy, and said here once per incarnation.
+fn judged_by(settings: &Settings, limit: MemoryLimit) -> Policy {
+    let (policy, problem) = settings.policy.resolve(settings.memory.as_str(), limit);
+    if let Some(problem) = problem {
+        let critical = settings.policy.critical.map(|c| c.resolve(limit.bytes));
         warn!(
             ?problem,
             "under the memory limit {} ({}) the threshold {} {}: check --threshold and --critical",
             Bytes(limit.bytes),
             limit.source.as_str(),
-            Bytes(threshold_bytes),
-            critical_bytes.map_or(String::new(), |c| format!(
+            Bytes(policy.threshold_bytes),
+            critical.map_or(String::new(), |c| format!(
                 "and critical {} cannot both hold; critical is off for this incarnation",
                 Bytes(c)
             ))
         );
-        critical_bytes = critical_bytes.filter(|c| *c > threshold_bytes);
     }
-    let kms = config.kms.as_ref();
-    Policy {
-        memory: config.memory.as_str(),
-        threshold_bytes,
-        critical_bytes,
-        sustain: config.sustain,
-        idle_sustain: config.idle_sustain,
-        drain_timeout: config.drain_timeout,
-        min_drain: config.min_drain,
-        server: match (kms, &config.janus) {
-            (Some(k), _) => ServerPolicy {
-                name: "kms",
-                failures: k.failures,
-                hang_timeout: k.hang_timeout,
-            },
-            (None, Some(j)) => ServerPolicy {
-                name: "janus",
-                failures: j.failures,
-                hang_timeout: j.hang_timeout,
-            },
-            (None, None) => match &config.custom {
-                Some(c) => ServerPolicy {
-                    name: "server",
-                    failures: c.failures,
-                    hang_timeout: c.hang_timeout,
-                },
-                None => ServerPolicy::default(),
-            },
-        },
-        // A dropped connection that comes back within a ping interval (or two request
-        // deadlines) is the same KMS.
-        reconnect_grace: kms.map_or(Duration::ZERO, |k| k.ping_interval.max(k.timeout * 2)),
-        // More than a few intervals between two steps is memprobe's own pause; the 5 s floor
-        // keeps a busy machine's late steps at short intervals from counting as one.
-        max_gap: (config.interval * 3).max(config.interval + Duration::from_secs(5)),
-    }
+    policy
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sources::ServerView;
+    use crate::sources::proc::allocator::Allocator;
     use std::cell::Cell;
+    use std::collections::VecDeque;
     use std::sync::Mutex;
 
     const MI: u64 = 1 << 20;
@@ -547,27 +471,32 @@ mod tests {
         }
     }
 
-    fn config() -> Config {
-        match crate::config::parse_with(
-            [
-                "memprobe",
-                "--name",
-                "kms-under-test",
-                "--kms-url",
-                "ws://127.0.0.1:8888/kurento",
-                "--threshold",
-                "100Mi",
-                "--interval",
-                "1s",
-                "--sustain",
-                "5s",
-                "--kms-hang-timeout",
-                "10s",
-            ],
-            1 << 34,
-        ) {
-            Ok(crate::config::Invocation::Sidecar(c)) => *c,
-            _ => panic!("a valid configuration"),
+    /// What `--name kms-under-test --threshold 100Mi --interval 1s --sustain 5s
+    /// --kms-hang-timeout 10s` gives, with KMS on and every other flag at its default.
+    fn settings() -> Settings {
+        Settings {
+            interval: SECOND,
+            history: 300 * SECOND,
+            memory: MemoryKind::Rss,
+            memory_limit: None,
+            memory_from: MemoryFrom::Proc,
+            policy: policy::Settings {
+                threshold: crate::units::SizeOrPercent::Bytes(100 * MI),
+                critical: None,
+                sustain: 5 * SECOND,
+                idle_sustain: 300 * SECOND,
+                drain_timeout: 3600 * SECOND,
+                min_drain: 30 * SECOND,
+                server: policy::ServerPolicy {
+                    name: "kms",
+                    failures: 3,
+                    hang_timeout: 10 * SECOND,
+                },
+                // The 10 s ping interval, over two 3 s request deadlines.
+                reconnect_grace: 10 * SECOND,
+                max_gap: policy::Settings::max_gap_at(SECOND),
+            },
+            shown: Arc::default(),
         }
     }
 
@@ -610,13 +539,14 @@ mod tests {
             };
             let t0 = Instant::now();
             let (monitor, snapshots) = Monitor::new(
-                Arc::new(config()),
+                settings(),
                 Box::new(Scripted(
                     Arc::clone(&script),
                     Arc::clone(&forgotten),
                     Arc::clone(&learnt),
                 )),
                 Some(Box::new(Sessions(Arc::clone(&server)))),
+                Box::new(crate::fleet::Alone),
                 render,
                 t0,
             );

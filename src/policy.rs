@@ -28,6 +28,10 @@ use tokio::time::Instant;
 
 use crate::units::{Bytes, Human};
 
+mod settings;
+
+pub use settings::{Settings, SizeProblem, check_sizes};
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::Config;
 use crate::limit::MemoryLimit;
 use crate::policy::State;
 use crate::sources::{MemoryFrom, MemoryKind, MemorySample, ServerReport, TargetStatus};
@@ -118,7 +117,7 @@ pub struct TransitionRecord {
     pub reason: String,
 }
 
-/// The settings in force, as `/status` shows them: rendered once from the [`Config`].
+/// The settings in force, as `/status` shows them: rendered once, at start, by `config`.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Settings {
     pub target: String,
@@ -155,44 +154,6 @@ pub struct Settings {
     pub shutdown_delay: String,
     /// Whether `/drain` is on (an admin token is set); the token is never shown.
     pub admin_api: bool,
-}
-
-impl Settings {
-    pub fn of(config: &Config) -> Self {
-        let duration = |d| humantime::format_duration(d).to_string();
-        let kms = config.kms.as_ref();
-        Settings {
-            target: config.target.to_string(),
-            include_children: config.include_children,
-            interval: duration(config.interval),
-            memory: config.memory,
-            critical: config.critical.map(|c| c.to_string()),
-            memory_limit: config.memory_limit,
-            sustain: duration(config.sustain),
-            idle_sustain: duration(config.idle_sustain),
-            drain_timeout: duration(config.drain_timeout),
-            min_drain: duration(config.min_drain),
-            kms_url: kms.map(|k| k.url.to_string()),
-            kms_ping_interval: kms.map(|k| duration(k.ping_interval)),
-            kms_timeout: kms.map(|k| duration(k.timeout)),
-            kms_failures: kms.map(|k| k.failures),
-            kms_hang_timeout: kms.map(|k| duration(k.hang_timeout)),
-            memory_source: config.memory_source,
-            janus_url: config.janus.as_ref().map(|j| j.url.to_string()),
-            janus_poll: config.janus.as_ref().map(|j| duration(j.poll)),
-            janus_drain_switch: config.janus.as_ref().map(|j| j.drain_switch),
-            sessions_from: config.custom.as_ref().map(|c| c.from.shown()),
-            sessions_poll: config.custom.as_ref().map(|c| duration(c.poll)),
-            listen: config.listen.to_string(),
-            history: duration(config.history),
-            agent_listen: config.agent_listen.map(|a| a.to_string()),
-            agent_weight: format!("{:?}", config.agent_weight).to_lowercase(),
-            on_recycle: config.on_recycle.to_string(),
-            recycle_retry: duration(config.recycle_retry),
-            shutdown_delay: duration(config.shutdown_delay),
-            admin_api: config.admin_token.is_some(),
-        }
-    }
 }
 
 /// Renders one answer for a status.

@@ -28,6 +28,13 @@ use super::Readout;
 use crate::policy::State;
 use crate::status::Status;
 
+/// HAProxy's agent-check, when on (`--agent-listen`, `--agent-weight`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AgentSettings {
+    pub listen: std::net::SocketAddr,
+    pub weight: AgentWeight,
+}
+
 /// How the weight of a ready instance is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum AgentWeight {

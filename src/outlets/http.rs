@@ -173,6 +173,17 @@ impl Shutdown {
     }
 }
 
+/// The probe port's settings (`--listen`, `--shutdown-delay`, `--admin-token[-file]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpSettings {
+    pub listen: std::net::SocketAddr,
+    pub shutdown_delay: Duration,
+    /// The admin API's token; without one, `/drain` answers 404.
+    pub admin_token: Option<crate::secret::Token>,
+    /// The file the token was read from, read again as calls come (at most once a second).
+    pub admin_token_file: Option<std::path::PathBuf>,
+}
+
 #[derive(Clone)]
 pub struct AppState {
     readout: Readout,

@@ -25,6 +25,15 @@ use tokio::sync::watch;
 
 use crate::status::Snapshot;
 
+/// What the outlets are asked to do, as `config` validated it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub http: http::HttpSettings,
+    /// HAProxy's agent-check; `None` without `--agent-listen`.
+    pub agent: Option<agent::AgentSettings>,
+    pub recycle: recycle::RecycleSettings,
+}
+
 /// What every outlet reads: the latest snapshot, and whether memprobe is shutting down (from
 /// then on no outlet sends new sessions this way).
 #[derive(Clone)]

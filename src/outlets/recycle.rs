@@ -40,6 +40,13 @@ const KEPT_BYTES: usize = 4096;
 /// One read of the output.
 const READ_BYTES: usize = 64 * 1024;
 
+/// `--on-recycle`, checked to be possible at start, and `--recycle-retry`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecycleSettings {
+    pub action: RecycleAction,
+    pub retry: Duration,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecycleAction {
     None,

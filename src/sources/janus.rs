@@ -26,8 +26,28 @@ use crate::client::ClientError;
 /// Text from Janus is cut to this before it is kept or shown.
 const MAX_TEXT_BYTES: usize = 256;
 
-#[derive(Debug)]
+/// The Janus integration's settings, as `config` validated them (`--janus-*`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct JanusSettings {
+    pub url: url::Url,
+    pub secret: Option<crate::secret::Secret>,
+    /// Where the secret came from, read again when Janus refuses it: a rotated Secret is
+    /// picked up without a restart.
+    pub secret_file: Option<std::path::PathBuf>,
+    pub poll: Duration,
+    /// Each admin call's deadline: the poll interval, at most 3 s.
+    pub timeout: Duration,
+    /// Set Janus's accept_new_sessions to follow memprobe's drains.
+    pub drain_switch: bool,
+    /// Failed pings in a row that stall it, and how long a stall may last (the
+    /// `--kms-failures` and `--kms-hang-timeout` rules, for Janus).
+    pub failures: u32,
+    pub hang_timeout: Duration,
+}
+
+/// What the polling task runs by: the settings, with the secret's file to read again.
+#[derive(Debug)]
+pub struct Link {
     pub url: url::Url,
     /// The admin secret, if Janus has one; never shown.
     pub secret: Option<String>,
@@ -84,8 +104,23 @@ impl crate::sources::SessionSource for JanusSessions {
     }
 }
 
+impl Link {
+    pub fn new(settings: &JanusSettings) -> Self {
+        Link {
+            url: settings.url.clone(),
+            secret: settings.secret.as_ref().map(|s| s.expose().to_string()),
+            secret_file: settings
+                .secret_file
+                .clone()
+                .map(|path| crate::secret::SecretFile::new("--janus-secret-file", path)),
+            poll: settings.poll,
+            timeout: settings.timeout,
+        }
+    }
+}
+
 /// Starts the polling task.
-pub fn spawn(settings: JanusSettings) -> (JanusSessions, watch::Receiver<JanusView>, DrainSwitch) {
+pub fn spawn(settings: Link) -> (JanusSessions, watch::Receiver<JanusView>, DrainSwitch) {
     let view = JanusView {
         url: settings.url.to_string(),
         ..JanusView::default()
@@ -134,7 +169,7 @@ impl CallError {
     }
 }
 
-async fn call(settings: &JanusSettings, request: &str, extra: Value) -> Result<Value, CallError> {
+async fn call(settings: &Link, request: &str, extra: Value) -> Result<Value, CallError> {
     let mut body = json!({"janus": request, "transaction": format!("memprobe-{request}")});
     if let (Some(map), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
         map.extend(extra.clone());
@@ -193,8 +228,8 @@ impl Said {
 }
 
 /// Reads `--janus-secret-file` again after a refusal; true when it holds a new secret.
-async fn reread_secret(settings: &mut JanusSettings, said: &mut Said) -> bool {
-    let JanusSettings {
+async fn reread_secret(settings: &mut Link, said: &mut Said) -> bool {
+    let Link {
         secret,
         secret_file: Some(file),
         ..
@@ -216,7 +251,7 @@ async fn reread_secret(settings: &mut JanusSettings, said: &mut Said) -> bool {
 }
 
 async fn run(
-    mut settings: JanusSettings,
+    mut settings: Link,
     view: watch::Sender<JanusView>,
     mut switch: mpsc::UnboundedReceiver<bool>,
 ) {

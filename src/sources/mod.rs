@@ -26,7 +26,6 @@ pub mod reported;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::Config;
 use crate::limit::MemoryLimit;
 
 pub use proc::sample::{MemoryKind, MemorySample, SampleError};
@@ -154,50 +153,63 @@ pub struct Sources {
     pub janus_switch: Option<janus::DrainSwitch>,
 }
 
-/// The sources a configuration asks for. Starts the API connections on the current runtime.
-pub fn build(config: &Config) -> Sources {
-    if let Some(settings) = &config.custom {
+/// What the sources are asked to watch, as `config` validated it: the process, which figure
+/// decides, and at most one media server's API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub proc: proc::ProcSettings,
+    /// The figure that decides (`--memory`).
+    pub memory: MemoryKind,
+    /// `--memory-limit`, when given; otherwise each incarnation's cgroup, or the host.
+    pub memory_limit: Option<u64>,
+    pub memory_from: MemoryFrom,
+    /// The Kurento integration; `None` with `--kms-url none`, or when the target is plainly
+    /// not KMS and no `--kms-url` was given.
+    pub kms: Option<kms::KmsSettings>,
+    /// Why the Kurento integration is off though nobody said `--kms-url none`, to be said
+    /// once at start.
+    pub kms_off: Option<String>,
+    /// The Janus integration; `None` without `--janus-url`.
+    pub janus: Option<janus::JanusSettings>,
+    /// Any other server's session count; `None` without `--sessions-url` or `--sessions-file`.
+    pub custom: Option<custom::CustomSettings>,
+}
+
+/// The sources the settings ask for, with memory from KMS asked for every `interval`.
+/// Starts the API connections on the current runtime.
+pub fn build(settings: &Settings, interval: std::time::Duration) -> Sources {
+    let from_proc = || -> Box<dyn MemorySource> {
+        Box::new(proc::ProcMemory::new(
+            &settings.proc,
+            settings.memory,
+            settings.memory_limit,
+        ))
+    };
+    if let Some(custom) = &settings.custom {
         return Sources {
-            memory: Box::new(proc::ProcMemory::new(config)),
-            sessions: Some(Box::new(custom::spawn(settings.clone()))),
+            memory: from_proc(),
+            sessions: Some(Box::new(custom::spawn(custom.clone()))),
             janus_switch: None,
         };
     }
-    if let Some(j) = &config.janus {
-        let (sessions, _view, switch) = janus::spawn(janus::JanusSettings {
-            url: j.url.clone(),
-            secret: j.secret.as_ref().map(|s| s.expose().to_string()),
-            secret_file: j
-                .secret_file
-                .clone()
-                .map(|path| crate::secret::SecretFile::new("--janus-secret-file", path)),
-            poll: j.poll,
-            timeout: j.timeout,
-        });
+    if let Some(j) = &settings.janus {
+        let (sessions, _view, switch) = janus::spawn(janus::Link::new(j));
         return Sources {
-            memory: Box::new(proc::ProcMemory::new(config)),
+            memory: from_proc(),
             sessions: Some(Box::new(sessions)),
             janus_switch: j.drain_switch.then_some(switch),
         };
     }
-    let kms = config.kms.as_ref().map(|k| {
-        kms::spawn(kms::KmsSettings {
-            url: k.url.clone(),
-            url_file: k
-                .url_file
-                .clone()
-                .map(|path| crate::secret::SecretFile::new("--kms-url-file", path)),
-            ping_interval: k.ping_interval,
-            timeout: k.timeout,
-            gc_period: k.gc_period,
-            memory_interval: (config.memory_source == MemoryFrom::Kms).then_some(config.interval),
-        })
-    });
-    let memory: Box<dyn MemorySource> = match (config.memory_source, &kms) {
+    let kms_memory = settings.memory_from == MemoryFrom::Kms;
+    let kms = settings
+        .kms
+        .as_ref()
+        .map(|k| kms::spawn(kms::Link::new(k, kms_memory.then_some(interval))));
+    let memory: Box<dyn MemorySource> = match (settings.memory_from, &kms) {
         (MemoryFrom::Kms, Some(view)) => {
-            Box::new(kms::KmsMemory::new(view.clone(), config.memory_limit))
+            Box::new(kms::KmsMemory::new(view.clone(), settings.memory_limit))
         }
-        _ => Box::new(proc::ProcMemory::new(config)),
+        _ => from_proc(),
     };
     let sessions = kms.map(|view| Box::new(kms::KmsSessions::new(view)) as Box<dyn SessionSource>);
     Sources {

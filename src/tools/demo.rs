@@ -26,16 +26,21 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::Sidecar;
-use crate::config::{Config, DemoFlags, LogFormat};
+use crate::config::{Config, LogFormat};
+use crate::outlets::http::HttpSettings;
+use crate::outlets::recycle::{RecycleAction, RecycleSettings};
+use crate::policy::ServerPolicy;
 use crate::policy::State;
+use crate::sidecar::Sidecar;
 use crate::sources::MemoryKind;
 use crate::sources::custom::{CustomSettings, Endpoint};
+use crate::sources::proc::ProcSettings;
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::reported::Reported;
 use crate::status::Status;
 use crate::tools::workload::Report;
 use crate::units::{Bytes, SizeOrPercent};
+use crate::{outlets, policy, sources};
 
 pub const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
 /// jemalloc's settings: a background thread hands freed pages back even while idle, as the
@@ -56,49 +61,90 @@ const REPORT_EVERY: &str = "250ms";
 const SESSIONS_POLL: Duration = Duration::from_millis(500);
 const SESSIONS_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoAllocator {
+    /// glibc's malloc, which fragments
+    Glibc,
+    /// jemalloc from Debian's libjemalloc2
+    Jemalloc,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoFlags {
+    /// Allocator for the workload
+    #[arg(long, value_enum, default_value_t = DemoAllocator::Glibc)]
+    pub allocator: DemoAllocator,
+    /// Address for the demo's endpoints
+    #[arg(long, default_value = "127.0.0.1:8899")]
+    pub listen: std::net::SocketAddr,
+}
+
 fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) -> Config {
+    let interval = Duration::from_secs(1);
+    let custom = sessions.map(|from| CustomSettings {
+        from,
+        poll: SESSIONS_POLL,
+        timeout: SESSIONS_TIMEOUT,
+        failures: 3,
+        hang_timeout: Duration::from_secs(60),
+    });
+    let server = custom
+        .as_ref()
+        .map_or_else(ServerPolicy::default, |c| ServerPolicy {
+            name: "server",
+            failures: c.failures,
+            hang_timeout: c.hang_timeout,
+        });
     Config {
-        target: TargetSpec::Pid(pid),
-        user: None,
-        include_children: false,
-        interval: Duration::from_secs(1),
-        memory: MemoryKind::Rss,
-        threshold: SizeOrPercent::Bytes(THRESHOLD_BYTES),
-        critical: None,
-        memory_limit: None,
-        sustain: Duration::from_secs(10),
-        // The demo's sessions last half a second and its samples come once a second, so a
-        // sample can fall between two waves for a while: the idle rule would read that as
-        // no sessions at all. Over the threshold for 10s (--sustain) is the rule shown here.
-        idle_sustain: Duration::from_secs(60),
-        kms: None,
-        kms_off: None,
-        janus: None,
-        custom: sessions.map(|from| CustomSettings {
-            from,
-            poll: SESSIONS_POLL,
-            timeout: SESSIONS_TIMEOUT,
-            failures: 3,
-            hang_timeout: Duration::from_secs(60),
-        }),
-        memory_source: crate::sources::MemoryFrom::Proc,
-        drain_timeout: Duration::from_secs(20),
-        min_drain: Duration::from_secs(5),
-        listen,
-        agent_listen: None,
-        agent_weight: Default::default(),
-        on_recycle: crate::outlets::recycle::RecycleAction::None,
-        recycle_retry: Duration::from_secs(300),
-        shutdown_delay: Duration::ZERO,
+        sources: sources::Settings {
+            proc: ProcSettings {
+                target: TargetSpec::Pid(pid),
+                user: None,
+                include_children: false,
+            },
+            memory: MemoryKind::Rss,
+            memory_limit: None,
+            memory_from: sources::MemoryFrom::Proc,
+            kms: None,
+            kms_off: None,
+            janus: None,
+            custom,
+        },
+        policy: policy::Settings {
+            threshold: SizeOrPercent::Bytes(THRESHOLD_BYTES),
+            critical: None,
+            sustain: Duration::from_secs(10),
+            // The demo's sessions last half a second and its samples come once a second, so
+            // a sample can fall between two waves for a while: the idle rule would read that
+            // as no sessions at all. Over the threshold for 10s (--sustain) is the rule shown.
+            idle_sustain: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(20),
+            min_drain: Duration::from_secs(5),
+            server,
+            reconnect_grace: Duration::ZERO,
+            max_gap: policy::Settings::max_gap_at(interval),
+        },
+        outlets: outlets::Settings {
+            http: HttpSettings {
+                listen,
+                shutdown_delay: Duration::ZERO,
+                admin_token: None,
+                admin_token_file: None,
+            },
+            agent: None,
+            recycle: RecycleSettings {
+                action: RecycleAction::None,
+                retry: Duration::from_secs(300),
+            },
+        },
+        interval,
         history: Duration::from_secs(300),
-        admin_token: None,
-        admin_token_file: None,
         log_format: LogFormat::Text,
     }
 }
 
 pub async fn run(flags: DemoFlags) -> ExitCode {
-    let jemalloc = flags.allocator == crate::config::DemoAllocator::Jemalloc;
+    let jemalloc = flags.allocator == DemoAllocator::Jemalloc;
     if jemalloc && !Path::new(JEMALLOC).exists() {
         eprintln!(
             "memprobe: --allocator: 'jemalloc' needs {JEMALLOC} (apt-get install libjemalloc2)"
@@ -167,7 +213,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     println!();
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = crate::Shutdown::on(async move {
+    let shutdown = crate::outlets::http::Shutdown::on(async move {
         tokio::select! {
             _ = stopped => {},
             _ = tokio::signal::ctrl_c() => {},

@@ -38,9 +38,25 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(600);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Settings of the integration.
-#[derive(Debug)]
+/// The Kurento integration's settings, as `config` validated them (`--kms-*`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct KmsSettings {
+    pub url: crate::secret::SecretUrl,
+    /// Where the URL came from (`--kms-url-file`), read again when KMS cannot be reached: a
+    /// rotated Secret is picked up without a restart.
+    pub url_file: Option<std::path::PathBuf>,
+    pub ping_interval: Duration,
+    pub timeout: Duration,
+    /// Failed pings in a row that stall KMS, and how long a stall may last.
+    pub failures: u32,
+    pub hang_timeout: Duration,
+    /// KMS's `garbageCollectorPeriod` (`--kms-gc-period`).
+    pub gc_period: Duration,
+}
+
+/// What the connection task runs by: the settings, with the URL's file to read again.
+#[derive(Debug)]
+pub struct Link {
     pub url: crate::secret::SecretUrl,
     /// The file the URL was read from (`--kms-url-file`): read again after each connection
     /// that failed or ended, so that a rotated URL is taken up without restarting memprobe.
@@ -197,15 +213,32 @@ impl crate::sources::SessionSource for KmsSessions {
     }
 }
 
+impl Link {
+    /// The task's settings; `memory_interval` polls `getUsedMemory` (`--memory-source kms`).
+    pub fn new(settings: &KmsSettings, memory_interval: Option<Duration>) -> Self {
+        Link {
+            url: settings.url.clone(),
+            url_file: settings
+                .url_file
+                .clone()
+                .map(|path| crate::secret::SecretFile::new("--kms-url-file", path)),
+            ping_interval: settings.ping_interval,
+            timeout: settings.timeout,
+            gc_period: settings.gc_period,
+            memory_interval,
+        }
+    }
+}
+
 /// Starts the connection task; the view starts disconnected.
-pub fn spawn(settings: KmsSettings) -> watch::Receiver<KmsView> {
+pub fn spawn(settings: Link) -> watch::Receiver<KmsView> {
     let (reporter, view) = Reporter::new(&settings.url);
     tokio::spawn(run(settings, reporter));
     view
 }
 
 /// Connects, runs a session, reconnects with capped exponential backoff; forever.
-async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
+async fn run(mut settings: Link, mut reporter: Reporter) {
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
@@ -286,8 +319,8 @@ async fn run(mut settings: KmsSettings, mut reporter: Reporter) {
 }
 
 /// Reads `--kms-url-file` again; true when it holds a new URL, now in `settings`.
-async fn reread_url(settings: &mut KmsSettings, reporter: &Reporter) -> bool {
-    let KmsSettings {
+async fn reread_url(settings: &mut Link, reporter: &Reporter) -> bool {
+    let Link {
         url,
         url_file: Some(file),
         ..

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::pipelines::{Applied, MAX_PIPELINES, Pipelines};
 use super::protocol::{self, FrameError, Incoming};
-use super::{ErrorKind, KmsSettings, RESYNC_EVERY, Reporter};
+use super::{ErrorKind, Link, RESYNC_EVERY, Reporter};
 
 /// How often the session looks whether the list is due or a missing pipeline's grace is over.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
@@ -53,7 +53,7 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 pub struct Session<'a, S> {
     ws: S,
-    settings: &'a KmsSettings,
+    settings: &'a Link,
     reporter: &'a mut Reporter,
     session_id: Option<String>,
     /// The id of the request in flight; replies below it are late answers, above it unknown.
@@ -65,7 +65,7 @@ impl<'a, S> Session<'a, S>
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
-    pub fn new(ws: S, settings: &'a KmsSettings, reporter: &'a mut Reporter) -> Self {
+    pub fn new(ws: S, settings: &'a Link, reporter: &'a mut Reporter) -> Self {
         Session {
             ws,
             settings,
@@ -433,7 +433,7 @@ mod tests {
     use tokio::sync::mpsc;
     use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-    use super::super::{KmsSettings, KmsView, Reporter};
+    use super::super::{KmsView, Link, Reporter};
     use super::Session;
 
     /// memprobe's end of a WebSocket whose other end is the test.
@@ -534,8 +534,8 @@ mod tests {
         }
     }
 
-    fn settings() -> KmsSettings {
-        KmsSettings {
+    fn settings() -> Link {
+        Link {
             url: crate::secret::SecretUrl::parse_ws("ws://127.0.0.1:8888/kurento").expect("url"),
             url_file: None,
             ping_interval: Duration::from_secs(10),

@@ -16,10 +16,19 @@ use tokio::time::Instant;
 
 use super::TargetStatus;
 use super::{MemorySource, Outcome};
-use crate::config::Config;
 use crate::limit;
 use sample::{MemoryKind, SampleError, Sampler};
 use target::Finder;
+
+/// Which process to watch, and how (`--pid`, `--pidfile`, `--name`, `--user`,
+/// `--include-children`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcSettings {
+    pub target: target::TargetSpec,
+    /// With `--name`, only processes of this uid.
+    pub user: Option<u32>,
+    pub include_children: bool,
+}
 
 /// The finder and the incarnation it found.
 pub struct ProcMemory {
@@ -35,15 +44,15 @@ pub struct ProcMemory {
 }
 
 impl ProcMemory {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(settings: &ProcSettings, memory: MemoryKind, memory_limit: Option<u64>) -> Self {
         ProcMemory {
-            finder: Finder::new(config.target.clone(), config.user),
+            finder: Finder::new(settings.target.clone(), settings.user),
             target: None,
             allocator: None,
             learnt: None,
-            memory: config.memory,
-            include_children: config.include_children,
-            memory_limit: config.memory_limit,
+            memory,
+            include_children: settings.include_children,
+            memory_limit,
         }
     }
 }

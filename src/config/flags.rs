@@ -1,0 +1,400 @@
+//! The sidecar's flags as clap reads them: text, not yet validated, each with its variable
+//! (`MEMPROBE_<FLAG>`), in the order `--help` lists them.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{Config, FlagError};
+use crate::limit::MemoryLimit;
+use crate::policy::{SizeProblem, check_sizes};
+use crate::units::{Bytes, SizeOrPercent};
+
+use super::check::Checker;
+use super::values::Values;
+
+/// The sidecar's flags as given, not yet validated.
+#[derive(Debug, Args)]
+pub struct WatchFlags {
+    /// Watch this process id
+    #[arg(
+        long,
+        env = "MEMPROBE_PID",
+        value_name = "PID",
+        allow_hyphen_values = true
+    )]
+    pub(super) pid: Option<String>,
+    /// Watch the process whose id is in this file (re-read whenever the process is gone)
+    #[arg(long, env = "MEMPROBE_PIDFILE", value_name = "PATH")]
+    pub(super) pidfile: Option<PathBuf>,
+    /// Watch the process with this executable, argv[0] or comm name [default: kurento-media-server]
+    #[arg(
+        long,
+        env = "MEMPROBE_NAME",
+        value_name = "NAME",
+        allow_hyphen_values = true
+    )]
+    pub(super) name: Option<String>,
+    /// With --name: match only processes of this user (a name or a uid), on a shared host
+    #[arg(
+        long,
+        env = "MEMPROBE_USER",
+        value_name = "USER",
+        allow_hyphen_values = true
+    )]
+    pub(super) user: Option<String>,
+    /// Add up the memory of the target's descendants
+    #[arg(
+        long,
+        env = "MEMPROBE_INCLUDE_CHILDREN",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        hide_possible_values = true
+    )]
+    pub(super) include_children: Option<String>,
+    /// Time between samples
+    #[arg(
+        long,
+        env = "MEMPROBE_INTERVAL",
+        default_value = "5s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) interval: String,
+    /// Figure that decides: rss (resident), anon (what fragmentation inflates), pss (needs ptrace access)
+    #[arg(
+        long,
+        env = "MEMPROBE_MEMORY",
+        default_value = "rss",
+        value_name = "rss|anon|pss",
+        allow_hyphen_values = true
+    )]
+    pub(super) memory: String,
+    /// Drain when memory stays over this: a size (1536Mi, 1.5GiB) or a percentage of the limit
+    #[arg(
+        long,
+        env = "MEMPROBE_THRESHOLD",
+        default_value = "80%",
+        value_name = "SIZE|PERCENT",
+        allow_hyphen_values = true
+    )]
+    pub(super) threshold: String,
+    /// Recycle at once on any sample over this [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_CRITICAL",
+        value_name = "SIZE|PERCENT",
+        allow_hyphen_values = true
+    )]
+    pub(super) critical: Option<String>,
+    /// Memory limit percentages are of [default: target's cgroup limit, else host MemTotal]
+    #[arg(
+        long,
+        env = "MEMPROBE_MEMORY_LIMIT",
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
+    pub(super) memory_limit: Option<String>,
+    /// How long memory must stay over the threshold, on every sample, before draining
+    #[arg(
+        long,
+        env = "MEMPROBE_SUSTAIN",
+        default_value = "5m",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) sustain: String,
+    /// Longest drain before a restart is asked for, sessions or not
+    #[arg(
+        long,
+        env = "MEMPROBE_DRAIN_TIMEOUT",
+        default_value = "1h",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) drain_timeout: String,
+    /// Shortest drain before a restart, even with no sessions left (balancers must stop routing)
+    #[arg(
+        long,
+        env = "MEMPROBE_MIN_DRAIN",
+        default_value = "30s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) min_drain: String,
+    /// With no sessions, drain once memory stays over the threshold this long
+    #[arg(
+        long,
+        env = "MEMPROBE_IDLE_SUSTAIN",
+        default_value = "60s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) idle_sustain: String,
+    /// Kurento's JSON-RPC WebSocket, for sessions and health ('none' turns it off)
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_URL",
+        default_value = "ws://127.0.0.1:8888/kurento",
+        value_name = "URL",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_url: String,
+    /// Janus's admin API, for sessions, health and its drain switch (e.g. http://127.0.0.1:7088/admin) [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_URL",
+        value_name = "URL",
+        allow_hyphen_values = true
+    )]
+    pub(super) janus_url: Option<String>,
+    /// Janus's admin_secret
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub(super) janus_secret: Option<String>,
+    /// Read --janus-secret from this file
+    #[arg(long, env = "MEMPROBE_JANUS_SECRET_FILE", value_name = "PATH")]
+    pub(super) janus_secret_file: Option<PathBuf>,
+    /// Time between polls of Janus's admin API
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_POLL",
+        default_value = "5s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) janus_poll: String,
+    /// Turn Janus's own accept_new_sessions off when draining (a client reaching it anyway gets 472)
+    #[arg(
+        long,
+        env = "MEMPROBE_JANUS_DRAIN_SWITCH",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub(super) janus_drain_switch: Option<String>,
+    /// Any other server's session count: an http:// URL answering a number, or JSON with it at the URL's #/json/pointer [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_SESSIONS_URL",
+        value_name = "URL",
+        allow_hyphen_values = true
+    )]
+    pub(super) sessions_url: Option<String>,
+    /// Any other server's session count, from a file that holds the number [default: off]
+    #[arg(long, env = "MEMPROBE_SESSIONS_FILE", value_name = "PATH")]
+    pub(super) sessions_file: Option<PathBuf>,
+    /// Time between reads of --sessions-url or --sessions-file
+    #[arg(
+        long,
+        env = "MEMPROBE_SESSIONS_POLL",
+        default_value = "5s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) sessions_poll: String,
+    /// Read --kms-url from this file (for a URL that carries a secret)
+    #[arg(long, env = "MEMPROBE_KMS_URL_FILE", value_name = "PATH")]
+    pub(super) kms_url_file: Option<PathBuf>,
+    /// Time between pings to KMS
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_PING_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_ping_interval: String,
+    /// Deadline of every request to KMS
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_TIMEOUT",
+        default_value = "3s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_timeout: String,
+    /// Failed pings in a row after which an answering KMS is stalled (no new sessions)
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_FAILURES",
+        default_value = "3",
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_failures: String,
+    /// How long KMS may stay stalled before it is restarted
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_HANG_TIMEOUT",
+        default_value = "60s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_hang_timeout: String,
+    /// KMS's garbageCollectorPeriod: getPipelines is never called more often than this
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_GC_PERIOD",
+        default_value = "240s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_gc_period: String,
+    /// Where memory figures come from: proc (/proc of a shared PID namespace) or kms (getUsedMemory)
+    #[arg(
+        long,
+        env = "MEMPROBE_MEMORY_SOURCE",
+        default_value = "proc",
+        value_name = "proc|kms",
+        allow_hyphen_values = true
+    )]
+    pub(super) memory_source: String,
+    /// Address for /ready, /healthz, /livez, /status and /metrics
+    #[arg(
+        long,
+        env = "MEMPROBE_LISTEN",
+        default_value = "0.0.0.0:8899",
+        value_name = "ADDR",
+        allow_hyphen_values = true
+    )]
+    pub(super) listen: String,
+    /// Address for HAProxy's agent-check (one line per connection: up, drain or down) [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_AGENT_LISTEN",
+        value_name = "ADDR",
+        allow_hyphen_values = true
+    )]
+    pub(super) agent_listen: Option<String>,
+    /// The agent's weight for a ready instance: fixed (100%) or headroom (falls as memory fills)
+    #[arg(
+        long,
+        env = "MEMPROBE_AGENT_WEIGHT",
+        default_value = "fixed",
+        value_name = "fixed|headroom",
+        allow_hyphen_values = true
+    )]
+    pub(super) agent_weight: String,
+    /// What restarts the server at recycle: none (Kubernetes' liveness probe does), signal:TERM, or exec:COMMAND
+    #[arg(
+        long,
+        env = "MEMPROBE_ON_RECYCLE",
+        default_value = "none",
+        value_name = "ACTION",
+        allow_hyphen_values = true
+    )]
+    pub(super) on_recycle: String,
+    /// Run the recycle action again if the same server is still there this long after
+    #[arg(
+        long,
+        env = "MEMPROBE_RECYCLE_RETRY",
+        default_value = "5m",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) recycle_retry: String,
+    /// How far back the status page (GET /) and /history.json reach (at most 2000 samples)
+    #[arg(
+        long,
+        env = "MEMPROBE_HISTORY",
+        default_value = "1h",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) history: String,
+    /// After SIGTERM, keep answering (/ready 503) this long before closing the port
+    #[arg(
+        long,
+        env = "MEMPROBE_SHUTDOWN_DELAY",
+        default_value = "1s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) shutdown_delay: String,
+    /// Bearer token that allows POST/DELETE /drain and GET /drain?wait [default: no admin API]
+    #[arg(
+        long,
+        env = "MEMPROBE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(super) admin_token: Option<String>,
+    /// Read --admin-token from this file (a mounted Secret)
+    #[arg(long, env = "MEMPROBE_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub(super) admin_token_file: Option<PathBuf>,
+    /// Log format: text or json (level from RUST_LOG, default info)
+    #[arg(
+        long,
+        env = "MEMPROBE_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json",
+        allow_hyphen_values = true
+    )]
+    pub(super) log_format: String,
+}
+
+impl WatchFlags {
+    /// Every value parsed first, then combined: see `Values`.
+    pub(super) fn validate(
+        self,
+        check: &Checker,
+        host_total_bytes: u64,
+    ) -> Result<Config, FlagError> {
+        Values::parse(&self, check)?.decide(&self, check, host_total_bytes)
+    }
+
+    /// Threshold and critical, resolved against the limit: the threshold is more than 0 and
+    /// within the limit, and critical is above the threshold. Checked again for every
+    /// incarnation's own cgroup limit by [`check_sizes`].
+    pub(super) fn check_sizes(
+        &self,
+        check: &Checker,
+        threshold: SizeOrPercent,
+        critical: Option<SizeOrPercent>,
+        limit: MemoryLimit,
+    ) -> Result<(), FlagError> {
+        match check_sizes(threshold, critical, limit) {
+            Ok(()) => Ok(()),
+            Err(SizeProblem::ThresholdZero) => {
+                let (id, value) = match &self.memory_limit {
+                    Some(text) => ("memory_limit", text.as_str()),
+                    None => ("threshold", self.threshold.as_str()),
+                };
+                let problem = format!(
+                    "leaves a threshold of 0 B ({threshold} of {}) (try --memory-limit 2Gi)",
+                    Bytes(limit.bytes)
+                );
+                Err(check.error(id, value, &problem))
+            }
+            Err(SizeProblem::ThresholdOverLimit { threshold_bytes }) => {
+                let problem = format!(
+                    "is {} , over the memory limit {} ({}): it could never be reached (try 80%)",
+                    Bytes(threshold_bytes),
+                    Bytes(limit.bytes),
+                    limit.source.as_str()
+                );
+                Err(check.error("threshold", &self.threshold, &problem.replace(" ,", ",")))
+            }
+            Err(SizeProblem::CriticalNotAboveThreshold {
+                threshold_bytes,
+                critical_bytes,
+            }) => {
+                let value = self.critical.as_deref().unwrap_or_default();
+                let problem = format!(
+                    "is {}, not above the threshold {} ({}): every sample over it would \
+                     recycle at once (try 95%)",
+                    Bytes(critical_bytes),
+                    Bytes(threshold_bytes),
+                    self.threshold.trim()
+                );
+                Err(check.error("critical", value, &problem))
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Flags and environment, parsed raw by clap and then validated into a [`Config`].
+//!
+//! Every sidecar flag is read as text first (clap with its `env` feature), so that a refused
+//! value can be reported against where it came from — `--interval` or `MEMPROBE_INTERVAL` —
+//! with the value and an example that works, on one line. Values may start with `-`, so
+//! `--threshold -5MiB` reaches this validation instead of clap's "unexpected argument".
+//! Enumerations are `clap::ValueEnum`s, looked up here for the same reason; every duration
+//! has a range; and sizes are compared once percentages are resolved against the memory
+//! limit, so no combination that passes here recycles a server by mistake.
+//!
+//! Validation has two steps. Every flag's text is first parsed into its typed value on its
+//! own (`Values`), whether or not anything will use it: `--kms-timeout 300000000000y` is
+//! refused with `--pid` as it is with KMS on. Only then are the values combined — which
+//! media server and integrations run, one target, one source of each secret.
+//!
+//! - `flags` — the clap definitions of every sidecar flag (`WatchFlags`), text only.
+//! - `check` — one flag's text into its value, with the error line that names it.
+//! - `values` — every value parsed on its own, then combined into each family's settings.
+//!
+//! The settings types themselves live beside the code that uses them
+//! (`sources::kms::KmsSettings`, `policy::Settings`, `outlets::http::HttpSettings`, …); this
+//! module only builds them, and [`Config`] only composes them.
+
+mod check;
+mod flags;
+#[cfg(test)]
+mod tests;
+mod values;
+
+use std::time::Duration;
+
+use clap::{ArgMatches, ValueEnum};
+
+use crate::outlets::agent::AgentWeight;
+use crate::{outlets, policy, sources};
+use check::Checker;
+
+pub use flags::WatchFlags;
+
+/// The process name watched by default.
+pub const DEFAULT_NAME: &str = "kurento-media-server";
+/// The process name watched by default with `--janus-url`.
+pub const JANUS_NAME: &str = "janus";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The sidecar's settings, validated: each family's own, composed. Nothing below reads
+/// flags; each family receives its part.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub sources: sources::Settings,
+    pub policy: policy::Settings,
+    pub outlets: outlets::Settings,
+    /// The time between two steps (`--interval`).
+    pub interval: Duration,
+    /// How far back the page's history reaches (`--history`).
+    pub history: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The settings in force, as `/status` shows them (no secret among them).
+    pub fn shown(&self) -> crate::status::Settings {
+        let duration = |d| humantime::format_duration(d).to_string();
+        let (sources, policy, outlets) = (&self.sources, &self.policy, &self.outlets);
+        let kms = sources.kms.as_ref();
+        let janus = sources.janus.as_ref();
+        let custom = sources.custom.as_ref();
+        let agent = outlets.agent.as_ref();
+        crate::status::Settings {
+            target: sources.proc.target.to_string(),
+            include_children: sources.proc.include_children,
+            interval: duration(self.interval),
+            memory: sources.memory,
+            critical: policy.critical.map(|c| c.to_string()),
+            memory_limit: sources.memory_limit,
+            sustain: duration(policy.sustain),
+            idle_sustain: duration(policy.idle_sustain),
+            drain_timeout: duration(policy.drain_timeout),
+            min_drain: duration(policy.min_drain),
+            kms_url: kms.map(|k| k.url.to_string()),
+            kms_ping_interval: kms.map(|k| duration(k.ping_interval)),
+            kms_timeout: kms.map(|k| duration(k.timeout)),
+            kms_failures: kms.map(|k| k.failures),
+            kms_hang_timeout: kms.map(|k| duration(k.hang_timeout)),
+            memory_source: sources.memory_from,
+            janus_url: janus.map(|j| j.url.to_string()),
+            janus_poll: janus.map(|j| duration(j.poll)),
+            janus_drain_switch: janus.map(|j| j.drain_switch),
+            sessions_from: custom.map(|c| c.from.shown()),
+            sessions_poll: custom.map(|c| duration(c.poll)),
+            listen: outlets.http.listen.to_string(),
+            history: duration(self.history),
+            agent_listen: agent.map(|a| a.listen.to_string()),
+            agent_weight: format!(
+                "{:?}",
+                agent.map_or_else(AgentWeight::default, |a| a.weight)
+            )
+            .to_lowercase(),
+            on_recycle: outlets.recycle.action.to_string(),
+            recycle_retry: duration(outlets.recycle.retry),
+            shutdown_delay: duration(outlets.http.shutdown_delay),
+            admin_api: outlets.http.admin_token.is_some(),
+        }
+    }
+}
+
+/// A refused setting: where it came from, the value, and what would work.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub struct FlagError {
+    pub origin: String,
+    pub value: Option<String>,
+    pub problem: String,
+}
+
+impl std::fmt::Display for FlagError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{}: '{value}' {}", self.origin, self.problem),
+            None => write!(f, "{}: {}", self.origin, self.problem),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error(transparent)]
+    Clap(#[from] clap::Error),
+    #[error(transparent)]
+    Flag(#[from] FlagError),
+}
+
+/// The sidecar's settings from its flags as clap matched them (`matches` of `command`, for
+/// where each value came from). Percentages are checked against the `--memory-limit` or,
+/// without it, `host_total_bytes`.
+pub fn validate(
+    flags: WatchFlags,
+    matches: &ArgMatches,
+    command: &clap::Command,
+    host_total_bytes: u64,
+) -> Result<Config, FlagError> {
+    let check = Checker { matches, command };
+    flags.validate(&check, host_total_bytes)
+}

@@ -1,0 +1,490 @@
+//! Flags and variables in, settings or one exact error line out.
+
+use std::time::Duration;
+
+use super::*;
+use crate::sources::proc::target::TargetSpec;
+use crate::sources::{MemoryFrom, MemoryKind};
+use crate::units::SizeOrPercent;
+
+const GI: u64 = 1 << 30;
+
+/// The sidecar's flags alone, as the command line reads them.
+#[derive(clap::Parser)]
+struct Sidecar {
+    #[command(flatten)]
+    watch: WatchFlags,
+}
+
+fn sidecar(args: &[&str]) -> Result<Config, String> {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv = std::iter::once("memprobe").chain(args.iter().copied());
+    let command = Sidecar::command();
+    let matches = command
+        .clone()
+        .try_get_matches_from(argv)
+        .map_err(|e| format!("clap: {}", e.kind()))?;
+    let flags = Sidecar::from_arg_matches(&matches).map_err(|e| format!("clap: {}", e.kind()))?;
+    validate(flags.watch, &matches, &command, 16 * GI).map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_are_right_for_kms_on_kubernetes() {
+    let c = sidecar(&[]).expect("no flags at all is valid");
+    assert_eq!(
+        c.sources.proc.target,
+        TargetSpec::Name("kurento-media-server".into())
+    );
+    assert_eq!(c.interval, Duration::from_secs(5));
+    assert_eq!(c.sources.memory, MemoryKind::Rss);
+    assert_eq!(c.policy.threshold, SizeOrPercent::Percent(80.0));
+    assert_eq!(c.policy.critical, None);
+    assert_eq!(c.policy.sustain, Duration::from_secs(300));
+    assert_eq!(c.policy.drain_timeout, Duration::from_secs(3600));
+    assert_eq!(c.policy.min_drain, Duration::from_secs(30));
+    assert_eq!(c.outlets.http.listen, "0.0.0.0:8899".parse().unwrap());
+    assert_eq!(c.outlets.http.shutdown_delay, Duration::from_secs(1));
+}
+
+#[test]
+fn a_bad_value_names_the_flag_the_value_and_an_example() {
+    assert_eq!(
+        sidecar(&["--threshold", "80 percent"]).unwrap_err(),
+        "--threshold: '80 percent' is not a size or a percentage (try 1536Mi, 1.5GiB or 80%)"
+    );
+    assert_eq!(
+        sidecar(&["--min-drain", "soon"]).unwrap_err(),
+        "--min-drain: 'soon' is not a duration (try 250ms, 5s, 5m or 1h30m)"
+    );
+    assert_eq!(
+        sidecar(&["--memory", "vsz"]).unwrap_err(),
+        "--memory: 'vsz' is not rss, anon or pss (try rss)"
+    );
+    assert_eq!(
+        sidecar(&["--pid", "12ab"]).unwrap_err(),
+        "--pid: '12ab' is not a process id (try --pid 1234)"
+    );
+    assert_eq!(
+        sidecar(&["--interval", "0s"]).unwrap_err(),
+        "--interval: '0s' is outside 10ms to 7days (try 5s)"
+    );
+}
+
+#[test]
+fn a_value_starting_with_a_dash_reaches_validation() {
+    assert_eq!(
+        sidecar(&["--threshold", "-5MiB"]).unwrap_err(),
+        "--threshold: '-5MiB' is not a size or a percentage (try 1536Mi, 1.5GiB or 80%)"
+    );
+    assert!(
+        sidecar(&["--interval", "-1s"])
+            .unwrap_err()
+            .starts_with("--interval: '-1s'")
+    );
+}
+
+#[test]
+fn every_duration_is_bounded() {
+    for flag in [
+        "--interval",
+        "--sustain",
+        "--idle-sustain",
+        "--drain-timeout",
+        "--kms-ping-interval",
+        "--kms-timeout",
+        "--kms-hang-timeout",
+        "--kms-gc-period",
+    ] {
+        for value in ["1ns", "200000000000y", "8days"] {
+            let e = sidecar(&[flag, value]).unwrap_err();
+            assert!(
+                e.starts_with(&format!("{flag}: '{value}' is outside 10ms to 7days")),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(
+        sidecar(&["--min-drain", "0s"]).unwrap().policy.min_drain,
+        Duration::ZERO
+    );
+    assert_eq!(
+        sidecar(&["--shutdown-delay", "0s"])
+            .unwrap()
+            .outlets
+            .http
+            .shutdown_delay,
+        Duration::ZERO
+    );
+    assert!(sidecar(&["--shutdown-delay", "1h"]).is_err());
+}
+
+#[test]
+fn every_value_is_checked_whether_or_not_anything_uses_it() {
+    // A target that is not KMS: KMS, Janus, the agent and the admin API are all off.
+    let own = std::process::id().to_string();
+    let off = sidecar(&["--pid", &own]).unwrap();
+    assert!(
+        off.sources.kms.is_none() && off.sources.janus.is_none() && off.outlets.agent.is_none()
+    );
+    for (flag, value) in [
+        ("--kms-timeout", "300000000000y"),
+        ("--kms-ping-interval", "9days"),
+        ("--kms-failures", "0"),
+        ("--kms-hang-timeout", "1ns"),
+        ("--kms-gc-period", "9days"),
+        ("--janus-poll", "9days"),
+        ("--janus-drain-switch", "maybe"),
+        ("--sessions-url", "https://sfu/stats"),
+        ("--sessions-poll", "9days"),
+        ("--janus-secret", " "),
+        ("--janus-secret-file", "/dev/zero"),
+        ("--agent-weight", "heavy"),
+        ("--recycle-retry", "0s"),
+    ] {
+        let e = sidecar(&["--pid", &own, flag, value]).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{flag}: ")) && e.contains("(try "),
+            "{flag} {value:?} is refused with its integration off, naming it: {e}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "janusoverlord").unwrap();
+    let secret = secret.to_str().unwrap();
+    assert!(
+        sidecar(&["--pid", &own, "--janus-secret-file", secret]).is_ok(),
+        "a good value of an integration that is off is accepted"
+    );
+    assert_eq!(
+        sidecar(&[
+            "--pid",
+            &own,
+            "--janus-secret",
+            "x",
+            "--janus-secret-file",
+            secret
+        ])
+        .unwrap_err(),
+        "--janus-secret and --janus-secret-file: only one may be given (keep the file)",
+        "two sources of one secret are refused with Janus off too"
+    );
+}
+
+#[test]
+fn include_children_is_a_flag_or_a_boolean() {
+    assert!(!sidecar(&[]).unwrap().sources.proc.include_children);
+    assert!(
+        sidecar(&["--include-children"])
+            .unwrap()
+            .sources
+            .proc
+            .include_children
+    );
+    assert!(
+        sidecar(&["--include-children", "--pid", "4194303"])
+            .unwrap()
+            .sources
+            .proc
+            .include_children
+    );
+    assert!(
+        !sidecar(&["--include-children=off"])
+            .unwrap()
+            .sources
+            .proc
+            .include_children
+    );
+    assert!(
+        sidecar(&["--include-children=maybe"])
+            .unwrap_err()
+            .starts_with("--include-children: 'maybe' is not a boolean")
+    );
+}
+
+#[test]
+fn a_target_that_is_not_kms_needs_no_kms() {
+    for args in [
+        &["--pid", "4194303"][..],
+        &["--pidfile", "/run/x.pid"],
+        &["--name", "python3"],
+    ] {
+        let c = sidecar(args).unwrap();
+        assert_eq!(c.sources.kms, None, "{args:?}: no KMS to reach");
+        assert!(c.sources.kms_off.unwrap().starts_with("kms: off"));
+    }
+    let c = sidecar(&["--pid", "4194303", "--kms-url", "ws://kms:8888/kurento"]).unwrap();
+    assert!(c.sources.kms.is_some(), "a --kms-url given turns it on");
+    let c = sidecar(&[]).unwrap();
+    assert!(
+        c.sources.kms.is_some() && c.sources.kms_off.is_none(),
+        "KMS by default"
+    );
+}
+
+#[test]
+fn an_admin_token_is_checked_and_never_echoed() {
+    assert_eq!(sidecar(&[]).unwrap().outlets.http.admin_token, None);
+    let c = sidecar(&["--admin-token", "0123456789abcdef0123"]).unwrap();
+    assert!(c.outlets.http.admin_token.is_some());
+    let e = sidecar(&["--admin-token", "hunter2"]).unwrap_err();
+    assert_eq!(
+        e,
+        "--admin-token: is shorter than 16 characters (try: openssl rand -hex 32)"
+    );
+    assert!(!e.contains("hunter2"));
+}
+
+#[test]
+fn janus_watches_janus_and_only_janus() {
+    let c = sidecar(&["--janus-url", "http://127.0.0.1:7088/admin"]).unwrap();
+    assert_eq!(
+        c.sources.proc.target,
+        TargetSpec::Name("janus".into()),
+        "the default name"
+    );
+    assert_eq!(c.sources.kms, None, "no KMS beside Janus");
+    let janus = c.sources.janus.unwrap();
+    assert_eq!(janus.poll, Duration::from_secs(5));
+    assert!(janus.drain_switch);
+    assert!(
+        sidecar(&[
+            "--janus-url",
+            "http://127.0.0.1:7088/admin",
+            "--kms-url",
+            "ws://kms:8888/kurento"
+        ])
+        .unwrap_err()
+        .contains("one media server")
+    );
+    let c = sidecar(&[
+        "--janus-url",
+        "http://127.0.0.1:7088/admin",
+        "--janus-secret",
+        "janusoverlord",
+    ])
+    .unwrap();
+    assert!(!format!("{c:?}").contains("janusoverlord"), "never shown");
+    assert!(sidecar(&["--janus-url", "ws://x/admin"]).is_err());
+}
+
+#[test]
+fn any_other_server_counts_its_sessions_at_a_url_or_in_a_file() {
+    let url = "http://127.0.0.1:3000/stats#/rooms/active";
+    let c = sidecar(&["--name", "my-sfu", "--sessions-url", url]).unwrap();
+    let custom = c.sources.custom.expect("on");
+    assert_eq!(custom.from.shown(), url);
+    assert_eq!(custom.poll, Duration::from_secs(5));
+    assert_eq!(
+        (custom.failures, custom.timeout),
+        (3, Duration::from_secs(3))
+    );
+    assert_eq!(c.sources.kms, None, "no KMS beside it");
+    let file = ["--name", "my-sfu", "--sessions-file", "/dev/zero"];
+    assert!(
+        sidecar(&file)
+            .unwrap_err()
+            .starts_with("--sessions-file: '/dev/zero' is not a regular file")
+    );
+    for (args, error) in [
+        (
+            &["--sessions-url", url][..],
+            "--sessions-url: needs the server's process too (try --name my-sfu, --pid or --pidfile)",
+        ),
+        (
+            &["--name", "x", "--sessions-url", "https://h/s"],
+            "--sessions-url: 'https://h/s' is not an http:// URL (try http://127.0.0.1:3000/sessions, or http://127.0.0.1:3000/stats#/rooms/active for a JSON field)",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--sessions-url",
+                url,
+                "--kms-url",
+                "ws://kms:8888/kurento",
+            ],
+            "--sessions-url and --kms-url: memprobe watches one media server: give one of them",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--sessions-url",
+                url,
+                "--janus-url",
+                "http://127.0.0.1:7088/admin",
+            ],
+            "--sessions-url and --janus-url: memprobe watches one media server: give one of them",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--sessions-url",
+                url,
+                "--sessions-file",
+                "/tmp/n",
+            ],
+            "--sessions-url and --sessions-file: only one may be given (try just --sessions-url http://127.0.0.1:3000/sessions)",
+        ),
+        (
+            &[
+                "--name",
+                "x",
+                "--sessions-url",
+                url,
+                "--sessions-poll",
+                "soon",
+            ],
+            "--sessions-poll: 'soon' is not a duration (try 250ms, 5s, 5m or 1h30m)",
+        ),
+    ] {
+        assert_eq!(sidecar(args).unwrap_err(), error, "{args:?}");
+    }
+    assert!(sidecar(&["--name", "x", "--sessions-url", url, "--kms-url", "none"]).is_ok());
+}
+
+#[test]
+fn a_user_narrows_a_name() {
+    assert_eq!(
+        sidecar(&["--user", "1000"]).unwrap().sources.proc.user,
+        Some(1000)
+    );
+    assert_eq!(
+        sidecar(&["--user", "root"]).unwrap().sources.proc.user,
+        Some(0)
+    );
+    assert_eq!(
+        sidecar(&["--user", "no-such-user-here"]).unwrap_err(),
+        "--user: 'no-such-user-here' is not a user on this system (try a numeric uid, e.g. --user 1000)"
+    );
+    assert!(
+        sidecar(&["--user", "0", "--pid", "4194303"])
+            .unwrap_err()
+            .starts_with("--user: '0' narrows --name only")
+    );
+}
+
+#[test]
+fn target_flags_exclude_each_other() {
+    assert_eq!(
+        sidecar(&["--pid", "1", "--name", "kms"]).unwrap_err(),
+        "--pid and --name: only one target may be given (try just --name kurento-media-server)"
+    );
+}
+
+#[test]
+fn kurento_settings() {
+    let c = sidecar(&[]).unwrap();
+    let kms = c.sources.kms.expect("on by default");
+    assert_eq!(kms.url.expose(), "ws://127.0.0.1:8888/kurento");
+    assert_eq!(kms.ping_interval, Duration::from_secs(10));
+    assert_eq!(kms.timeout, Duration::from_secs(3));
+    assert_eq!(kms.failures, 3);
+    assert_eq!(kms.hang_timeout, Duration::from_secs(60));
+    assert_eq!(c.policy.idle_sustain, Duration::from_secs(60));
+    assert_eq!(sidecar(&["--kms-url", "none"]).unwrap().sources.kms, None);
+    assert_eq!(
+        sidecar(&["--kms-url", "http://kms:8888/kurento"]).unwrap_err(),
+        "--kms-url: 'http://kms:8888/kurento' is not a ws:// URL (try ws://127.0.0.1:8888/kurento, or none)"
+    );
+    assert_eq!(
+        sidecar(&["--kms-url", "ws://kms:70000/kurento"]).unwrap_err(),
+        "--kms-url: 'ws://kms:70000/kurento' has a port over 65535 (try ws://127.0.0.1:8888/kurento, or none)"
+    );
+    assert!(
+        sidecar(&["--kms-failures", "0"])
+            .unwrap_err()
+            .starts_with("--kms-failures: '0'")
+    );
+}
+
+#[test]
+fn a_kms_url_with_a_secret_is_never_echoed() {
+    let e = sidecar(&["--kms-url", "http://admin:S3cr3t@kms/kurento?token=X"]).unwrap_err();
+    assert!(!e.contains("S3cr3t") && !e.contains("token=X"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kms-url");
+    std::fs::write(&path, "ws://admin:S3cr3t@kms:8888/kurento?token=X\n").unwrap();
+    let c = sidecar(&["--kms-url-file", path.to_str().unwrap()]).unwrap();
+    let url = c.sources.kms.unwrap().url;
+    assert_eq!(url.expose(), "ws://admin:S3cr3t@kms:8888/kurento?token=X");
+    assert_eq!(url.to_string(), "ws://admin:***@kms:8888/kurento?token=***");
+    assert!(
+        sidecar(&[
+            "--kms-url-file",
+            path.to_str().unwrap(),
+            "--kms-url",
+            "none"
+        ])
+        .unwrap_err()
+        .starts_with("--kms-url and --kms-url-file: only one")
+    );
+    let e = sidecar(&["--kms-url-file", "/dev/zero"]).unwrap_err();
+    assert!(e.starts_with("--kms-url-file: '/dev/zero'"), "{e}");
+}
+
+#[test]
+fn memory_from_kms_needs_no_process_flags() {
+    let c = sidecar(&["--memory-source", "kms"]).unwrap();
+    assert_eq!(c.sources.memory_from, MemoryFrom::Kms);
+    assert!(
+        sidecar(&["--memory-source", "kms", "--pid", "4194303"])
+            .unwrap_err()
+            .starts_with("--pid: picks a process")
+    );
+    assert!(
+        sidecar(&["--memory-source", "kms", "--memory", "pss"])
+            .unwrap_err()
+            .starts_with("--memory: 'pss'")
+    );
+    assert!(sidecar(&["--memory-source", "kms", "--kms-url", "none"]).is_err());
+}
+
+#[test]
+fn critical_must_be_above_the_threshold_once_resolved() {
+    assert!(sidecar(&["--threshold", "2Gi", "--critical", "1Gi"]).is_err());
+    assert!(sidecar(&["--threshold", "80%", "--critical", "95%"]).is_ok());
+    let e = sidecar(&[
+        "--memory-limit",
+        "4Gi",
+        "--threshold",
+        "80%",
+        "--critical",
+        "1Mi",
+    ])
+    .unwrap_err();
+    assert!(
+        e.starts_with("--critical: '1Mi' is 1.00 MiB, not above the threshold 3.20 GiB (80%)"),
+        "a size against a percentage is compared once resolved: {e}"
+    );
+    assert!(
+        sidecar(&[
+            "--memory-limit",
+            "4Gi",
+            "--threshold",
+            "3Gi",
+            "--critical",
+            "90%"
+        ])
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_threshold_must_be_reachable_and_more_than_zero() {
+    let e = sidecar(&["--memory-limit", "4Gi", "--threshold", "5Gi"]).unwrap_err();
+    assert!(
+        e.starts_with(
+            "--threshold: '5Gi' is 5.00 GiB, over the memory limit 4.00 GiB (--memory-limit)"
+        ),
+        "{e}"
+    );
+    let e = sidecar(&["--threshold", "32Gi"]).unwrap_err();
+    assert!(e.contains("host MemTotal"), "{e}");
+    let e = sidecar(&["--memory-limit", "1"]).unwrap_err();
+    assert!(
+        e.starts_with("--memory-limit: '1' leaves a threshold of 0 B"),
+        "{e}"
+    );
+}
