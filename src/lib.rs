@@ -7,30 +7,37 @@
 //!
 //! # Layout
 //!
-//! Data flows one way: sources → decide → publish → outlets.
+//! Data flows one way: sources → decide → publish → outlets. Imports run one way too, from
+//! the top of this list down, never up and never across outlets (`tests/cases/house.rs`
+//! reads every `crate::` path to keep it so):
 //!
-//! - [`config`] — flags and environment, parsed raw, then validated into a `Config`.
-//! - `client` — one HTTP request over a fresh connection (`memprobe drain`, Janus's admin API,
-//!   `--sessions-url`).
-//! - `units` — sizes, percentages and durations, parsed, bounded and shown.
+//! - `cli` — the command line: the sidecar's flags, or one of the tools.
+//! - [`tools`] — `memprobe demo`, `memprobe workload` and `memprobe drain`, beside the
+//!   sidecar, not in it; each owns its flags.
+//! - `sidecar` — the wiring: each family started from its settings, and joined.
+//! - [`config`] — the sidecar's flags and environment, parsed raw, then validated into each
+//!   family's settings, which `Config` only composes. Nothing below it reads a flag.
+//! - `monitor` — the loop: read the sources, ask the policy, keep the record, publish.
+//! - `outlets` — what memprobe tells or does, each reading the published snapshot: HTTP
+//!   probes, `/status`, Prometheus `/metrics`, the admin API, HAProxy's agent-check, recycle
+//!   actions and Janus's drain switch.
+//! - `fleet` — the instances that must not all drain at once: told of every transition, and
+//!   (with the drain budget) asked between the policy's wish to drain and the drain. Only the
+//!   lone instance exists yet.
+//! - `status` — the published snapshot: `/status` data and answers rendered at most once.
+//! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`),
+//!   sessions and liveness (KMS's JSON-RPC, Janus's admin API, any other server's count at a
+//!   URL or in a file), and the operator's drains; one module per member, one trait per
+//!   family, each member's settings beside its code.
+//! - `policy` — the pure state machine: healthy → elevated → draining → recycle, stalls,
+//!   reconnects; every rule a unit test. Its settings resolve per incarnation.
 //! - `secret` — URLs, tokens and secrets that are never shown, and the files they are read
 //!   again from.
 //! - `files` — small files given by path (secrets, pidfiles): regular files only, opened
 //!   without blocking, bounded, and read off the runtime's thread.
-//! - `limit` — the memory limit a percentage is of: flag, cgroup v1/v2, or host.
-//! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`),
-//!   sessions and liveness (KMS's JSON-RPC, Janus's admin API, any other server's count at a
-//!   URL or in a file), and the operator's drains;
-//!   one module per member, one trait per family.
-//! - `policy` — the pure state machine: healthy → elevated → draining → recycle, stalls,
-//!   reconnects; every rule a unit test.
-//! - `monitor` — the loop that reads the sources, asks the policy, and publishes snapshots.
-//! - `status` — the published snapshot: `/status` data and pre-rendered answers.
-//! - `outlets` — what memprobe tells or does, each reading the published snapshot: HTTP probes,
-//!   `/status`, Prometheus `/metrics`, the admin API, HAProxy's agent-check, recycle actions
-//!   and Janus's drain switch.
-//! - [`tools`] — `memprobe demo`, `memprobe workload` and `memprobe drain`, beside the
-//!   sidecar, not in it.
+//! - `units`, `limit`, `client` — sizes, percentages and durations; the memory limit a
+//!   percentage is of (flag, cgroup v1/v2, or host); one HTTP request over a fresh
+//!   connection.
 
 #![forbid(unsafe_code)]
 

@@ -19,6 +19,8 @@ mod haproxy;
 #[path = "cases/hardening.rs"]
 mod hardening;
 mod harness;
+#[path = "cases/house.rs"]
+mod house;
 #[path = "cases/janus.rs"]
 mod janus;
 #[path = "cases/kurento.rs"]
