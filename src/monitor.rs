@@ -2,9 +2,9 @@
 //!
 //! One thread of its own owns every piece of mutable state (the decider, and the [`Record`]
 //! of counters, transitions and samples) and publishes an immutable [`Snapshot`] through a
-//! `watch` channel after each step; the outlets only read the latest one. The sources' blocking reads (/proc)
-//! happen on that thread, never on the async runtime: a slow read (a huge target's
-//! smaps_rollup, a stuck mmap lock) stalls no probe, and `/livez` reports it instead. A thread
+//! `watch` channel after each step; the outlets only read the latest one. The sources'
+//! blocking reads (/proc) happen on that thread, never on the async runtime: a slow read (a
+//! huge target's smaps_rollup, a stuck mmap lock) stalls no probe, and `/livez` reports it instead. A thread
 //! rather than a task on the blocking pool: a step then wakes one thread once, and an idle
 //! sidecar costs less CPU.
 //!
