@@ -4,9 +4,9 @@
 //! of counters, transitions and samples) and publishes an immutable [`Snapshot`] through a
 //! `watch` channel after each step; the outlets only read the latest one. The sources'
 //! blocking reads (/proc) happen on that thread, never on the async runtime: a slow read (a
-//! huge target's smaps_rollup, a stuck mmap lock) stalls no probe, and `/livez` reports it instead. A thread
-//! rather than a task on the blocking pool: a step then wakes one thread once, and an idle
-//! sidecar costs less CPU.
+//! huge target's smaps_rollup, a stuck mmap lock) stalls no probe, and `/livez` reports it
+//! instead. A thread rather than a task on the blocking pool: a step then wakes one thread
+//! once, and an idle sidecar costs less CPU.
 //!
 //! Every decision is the [`Decider`]'s; the loop only carries what the sources say to it and
 //! keeps the record. It takes its clock and its sleep from outside ([`Monitor::run`]), so a
