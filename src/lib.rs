@@ -31,6 +31,8 @@
 //!   family, each member's settings beside its code.
 //! - `policy` — the pure state machine: healthy → elevated → draining → recycle, stalls,
 //!   reconnects; every rule a unit test. Its settings resolve per incarnation.
+//! - [`forecast`] — when the memory a server keeps will cross the threshold: a robust trend
+//!   through its idle floors, with bounds, or none from too little history.
 //! - `secret` — URLs, tokens and secrets that are never shown, and the files they are read
 //!   again from.
 //! - `files` — small files given by path (secrets, pidfiles): regular files only, opened
@@ -46,6 +48,7 @@ mod client;
 pub mod config;
 mod files;
 mod fleet;
+pub mod forecast;
 mod limit;
 mod monitor;
 mod outlets;

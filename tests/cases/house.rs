@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["units", "limit", "client"],
     &["files"],
     &["secret"],
+    &["forecast"],
     &["policy"],
     &["sources"],
     &["status"],
