@@ -499,7 +499,7 @@ fn every_endpoint_answers_and_strangers_get_json() {
     let pid = target.pid.to_string();
     let probe = Memprobe::start(&fast(&["--pid", &pid]));
     probe.wait_state("healthy");
-    assert_eq!(probe.get("/livez").code, 200);
+    probe.wait_live();
     let head = probe.request("HEAD", "/ready");
     assert_eq!((head.code, head.body.as_str()), (200, ""));
     let post = probe.request("POST", "/ready");

@@ -330,7 +330,7 @@ fn a_second_sigterm_stops_at_once_and_other_signals_are_ignored() {
         memprobe.running(),
         "SIGHUP, SIGUSR1 and SIGUSR2 are not fatal"
     );
-    assert_eq!(memprobe.get("/livez").code, 200);
+    memprobe.wait_live();
 
     memprobe.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(10);

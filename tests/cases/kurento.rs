@@ -213,7 +213,7 @@ fn a_kms_stalled_past_the_hang_timeout_is_restarted() {
     );
     assert_eq!(probe.get("/ready").code, 503);
     assert_eq!(probe.get("/healthz").code, 503, "a hung KMS is restarted");
-    assert_eq!(probe.get("/livez").code, 200, "memprobe itself is fine");
+    probe.wait_live(); // memprobe itself is fine
 }
 
 #[test]
@@ -293,7 +293,9 @@ fn garbage_unknown_ids_and_oversized_frames_are_counted_not_fatal() {
     probe.wait_for("another reconnect", |s| {
         s["kms"]["reconnects_total"].as_u64() >= Some(2) && s["kms"]["connected"] == true
     });
-    assert_eq!(probe.get("/livez").code, 200);
+    // The sampling loop goes on: /livez answers 200 again within a few steps (a machine busy
+    // enough may leave one step late, which /livez is there to show).
+    probe.wait_live();
     assert_eq!(probe.get("/healthz").code, 200);
     let logs = probe.logs().join("\n");
     assert!(!logs.contains("panicked"), "{logs}");

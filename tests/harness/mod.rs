@@ -400,6 +400,20 @@ impl Memprobe {
         }
     }
 
+    /// Polls /livez until it answers 200: the sampling loop is running. One step late on a
+    /// busy machine fails /livez for a moment (that is what it shows); a stuck loop never
+    /// answers 200 again, and panics after [`DEADLINE`].
+    pub fn wait_live(&self) {
+        let start = Instant::now();
+        while self.get("/livez").code != 200 {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "/livez never answered 200 in {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_state(&self, state: &str) -> Value {
         self.wait_for(&format!("state {state}"), |s| s["state"] == state)
     }
