@@ -1,0 +1,81 @@
+//! What was skipped, told once at the end of `cargo test`. libtest shows a skipped test as
+//! `ok` and has no hook after its last test, so each skip appends a line to a file under
+//! `target/` named for the cargo process that runs the test binaries, and the `skipped` test
+//! target (`harness = false`, the last one cargo runs) prints a count and the reasons, then
+//! removes the file. A run of one test binary by hand leaves a file no summary reads; the next
+//! summary removes it once its process is gone.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Where this run's skips go: `target/<profile>/skipped/<pid of the cargo running us>`.
+pub fn record_file() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // The test binaries live in target/<profile>/deps/.
+    let profile_dir = exe.parent()?.parent()?;
+    Some(
+        profile_dir
+            .join("skipped")
+            .join(std::os::unix::process::parent_id().to_string()),
+    )
+}
+
+/// Appends one skip, on one line, to `file`.
+pub fn record(file: &Path, test: &str, why: &str) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let line = format!("{test}: {}\n", why.replace('\n', " "));
+    // One write of one short line with O_APPEND: tests that skip at once do not interleave.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?
+        .write_all(line.as_bytes())
+}
+
+/// The summary a person reads at the end of `cargo test`, from the recorded lines.
+pub fn summary(recorded: &str) -> String {
+    let lines: Vec<&str> = recorded.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return "SKIPPED: nothing, every test ran in full\n".into();
+    }
+    let mut tests: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_once(": ").map_or(*l, |(test, _)| test))
+        .collect();
+    tests.sort_unstable();
+    tests.dedup();
+    let count = tests.len();
+    let mut text = format!(
+        "SKIPPED {count} test{} in whole or in part, shown as ok above \
+         (`bash .ci/run` installs what they need; MEMPROBE_STRICT=1 makes them fail):\n",
+        if count == 1 { "" } else { "s" }
+    );
+    let mut sorted = lines;
+    sorted.sort_unstable();
+    for line in sorted {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Removes the files of runs whose cargo has gone (a test binary run by hand, a run that
+/// failed before the summary), so they never show in a later summary.
+pub fn remove_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let gone = name
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
