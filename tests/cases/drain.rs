@@ -158,8 +158,8 @@ fn a_requested_drain_stops_new_sessions_at_once_and_its_waiter_returns_with_the_
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["drained"], true);
     assert!(
-        answered.duration_since(last_ended) < Duration::from_secs(5),
-        "the waiter answers within an interval of the last session's end"
+        answered.duration_since(last_ended) < Duration::from_secs(20),
+        "the waiter answers once the last session has ended, not at its own 30 s deadline"
     );
     let status = probe.wait_for("zero sessions", |s| s["sessions"] == 0);
     assert_eq!(
