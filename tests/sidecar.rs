@@ -683,26 +683,29 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
 }
 
 #[test]
-fn skips_are_recorded_and_summed_up_once_per_test_with_every_reason() {
+fn skips_are_recorded_and_summed_up_by_reason_with_a_count_of_tests() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("skipped").join("1");
     harness::skips::record(&file, "janus::a", "janus is not installed").unwrap();
     harness::skips::record(&file, "janus::a", "the second half:\nno libjemalloc2").unwrap();
     harness::skips::record(&file, "deploy::b", "kubectl is not installed").unwrap();
+    harness::skips::record(&file, "deploy::b", "kubectl is not installed").unwrap();
+    harness::skips::record(&file, "deploy::c", "kubectl is not installed").unwrap();
     let summary = harness::skips::summary(&std::fs::read_to_string(&file).unwrap());
     assert!(
-        summary.starts_with("SKIPPED 2 tests in whole or in part"),
+        summary.starts_with("SKIPPED 3 tests in whole or in part"),
         "a count a person sees, of tests and not of lines: {summary}"
     );
+    assert!(
+        summary
+            .contains("\n  2 tests: kubectl is not installed\n      deploy::b\n      deploy::c\n"),
+        "each reason once, the commonest first, with its tests: {summary}"
+    );
     for line in [
-        "  deploy::b: kubectl is not installed\n",
-        "  janus::a: janus is not installed\n",
-        "  janus::a: the second half: no libjemalloc2\n",
+        "  1 test: janus is not installed\n      janus::a\n",
+        "  1 test: the second half: no libjemalloc2\n      janus::a\n",
     ] {
-        assert!(
-            summary.contains(line),
-            "every reason, one line each: {summary}"
-        );
+        assert!(summary.contains(line), "every reason: {summary}");
     }
     assert_eq!(
         harness::skips::summary(""),

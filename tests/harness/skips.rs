@@ -34,30 +34,40 @@ pub fn record(file: &Path, test: &str, why: &str) -> std::io::Result<()> {
         .write_all(line.as_bytes())
 }
 
-/// The summary a person reads at the end of `cargo test`, from the recorded lines.
+/// The summary a person reads at the end of `cargo test`, from the recorded lines: how many
+/// tests skipped something, then each reason once, with the tests it held back.
 pub fn summary(recorded: &str) -> String {
-    let lines: Vec<&str> = recorded.lines().filter(|l| !l.trim().is_empty()).collect();
-    if lines.is_empty() {
+    let mut by_reason: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> =
+        Default::default();
+    for line in recorded.lines().filter(|l| !l.trim().is_empty()) {
+        let (test, why) = line.split_once(": ").unwrap_or(("a test", line));
+        by_reason.entry(why).or_default().insert(test);
+    }
+    if by_reason.is_empty() {
         return "SKIPPED: nothing, every test ran in full\n".into();
     }
-    let mut tests: Vec<&str> = lines
-        .iter()
-        .map(|l| l.split_once(": ").map_or(*l, |(test, _)| test))
-        .collect();
-    tests.sort_unstable();
-    tests.dedup();
-    let count = tests.len();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let count = by_reason
+        .values()
+        .flatten()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let mut text = format!(
         "SKIPPED {count} test{} in whole or in part, shown as ok above \
          (`bash .ci/run` installs what they need; MEMPROBE_STRICT=1 makes them fail):\n",
-        if count == 1 { "" } else { "s" }
+        plural(count)
     );
-    let mut sorted = lines;
-    sorted.sort_unstable();
-    for line in sorted {
-        text.push_str("  ");
-        text.push_str(line);
-        text.push('\n');
+    let mut reasons: Vec<_> = by_reason.into_iter().collect();
+    reasons.sort_by_key(|(why, tests)| (std::cmp::Reverse(tests.len()), *why));
+    for (why, tests) in reasons {
+        text.push_str(&format!(
+            "  {} test{}: {why}\n",
+            tests.len(),
+            plural(tests.len())
+        ));
+        for test in tests {
+            text.push_str(&format!("      {test}\n"));
+        }
     }
     text
 }
