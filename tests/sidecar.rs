@@ -652,9 +652,10 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
         harness::skip("this build's workload does not run on glibc's malloc");
         return;
     }
-    // The default --name, matched through argv[0].
-    let kms = Workload::start(Some("kurento-media-server"));
-    let probe = Memprobe::start(&["--interval", "100ms", "--kms-url", "none"]);
+    // A KMS by its argv[0], named uniquely: the machine may run a real one.
+    let name = unique_name("kurento-media-server");
+    let kms = Workload::start(Some(&name));
+    let probe = Memprobe::start(&["--interval", "100ms", "--kms-url", "none", "--name", &name]);
     let status = probe.wait_for("the fake KMS", |s| s["target"]["pid"] == kms.pid);
     assert_eq!(status["target"]["allocator"], "glibc");
     probe.wait_for("a few samples", |s| {
@@ -681,4 +682,51 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
             .body
             .contains(r#"memprobe_target_allocator_info{allocator="jemalloc"} 1"#)
     );
+}
+
+#[test]
+fn skips_are_recorded_and_summed_up_by_reason_with_a_count_of_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("skipped").join("1");
+    harness::skips::record(&file, "janus::a", "janus is not installed").unwrap();
+    harness::skips::record(&file, "janus::a", "the second half:\nno libjemalloc2").unwrap();
+    harness::skips::record(&file, "deploy::b", "kubectl is not installed").unwrap();
+    harness::skips::record(&file, "deploy::b", "kubectl is not installed").unwrap();
+    harness::skips::record(&file, "deploy::c", "kubectl is not installed").unwrap();
+    let summary = harness::skips::summary(&std::fs::read_to_string(&file).unwrap());
+    assert!(
+        summary.starts_with("SKIPPED 3 tests in whole or in part"),
+        "a count a person sees, of tests and not of lines: {summary}"
+    );
+    assert!(
+        summary
+            .contains("\n  2 tests: kubectl is not installed\n      deploy::b\n      deploy::c\n"),
+        "each reason once, the commonest first, with its tests: {summary}"
+    );
+    for line in [
+        "  1 test: janus is not installed\n      janus::a\n",
+        "  1 test: the second half: no libjemalloc2\n      janus::a\n",
+    ] {
+        assert!(summary.contains(line), "every reason: {summary}");
+    }
+    assert_eq!(
+        harness::skips::summary(""),
+        "SKIPPED: nothing, every test ran in full\n"
+    );
+}
+
+#[test]
+fn the_harness_refuses_a_target_that_another_process_could_be() {
+    use harness::assert_unique_target;
+    let refused = |args: &'static [&'static str], env: &'static [(&'static str, &'static str)]| {
+        std::panic::catch_unwind(|| assert_unique_target(args, env)).is_err()
+    };
+    assert!(refused(&["--interval", "100ms"], &[]), "the default name");
+    assert!(refused(&["--name", "kurento-media-server"], &[]));
+    assert!(refused(&[], &[("MEMPROBE_NAME", "janus")]));
+    let name = unique_name("kurento-media-server");
+    assert_unique_target(&["--name", &name], &[]);
+    assert_unique_target(&["--pid", "1"], &[]);
+    assert_unique_target(&[], &[("MEMPROBE_PIDFILE", "/run/kms.pid")]);
+    assert_unique_target(&["--memory-source", "kms"], &[]);
 }

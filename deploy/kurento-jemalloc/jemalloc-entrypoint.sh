@@ -2,7 +2,8 @@
 # Preload jemalloc for KMS, then hand over to the image's own entrypoint.
 # MALLOC_CONF (e.g. background_thread:true or stats_print:true) is passed through as set.
 set -eu
-JEMALLOC=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+# The Dockerfile links the architecture's own library here.
+JEMALLOC=/usr/local/lib/libjemalloc.so.2
 if [ ! -f "$JEMALLOC" ]; then
     echo "jemalloc-entrypoint: $JEMALLOC is missing; starting KMS on glibc malloc" >&2
     exec /entrypoint.sh "$@"

@@ -9,8 +9,16 @@
 //! A memprobe that answers "stopping" cannot tell when the last session ends: a waiter asks
 //! again, as for a dropped connection.
 //!
-//! Exit status: 0 once drained (or, without `--wait`, once the drain has started); 1 at the
-//! deadline with sessions still live, when memprobe refuses, or cannot be reached at all; 2 for bad input (a flag, the token, a URL that is not memprobe's admin API).
+//! With no token at all (no `--token-file`, `MEMPROBE_ADMIN_TOKEN` unset or empty, as a
+//! pod whose optional Secret is missing has it), the call goes without one: a memprobe with
+//! no admin API (404) has nothing to drain through and nothing to wait for, so that is a
+//! success — a preStop hook must not fail every pod deletion for it — while one that has an
+//! admin API (401) is told the token is missing.
+//!
+//! Exit status: 0 once drained (or, without `--wait`, once the drain has started), or when
+//! neither side has a token; 1 at the deadline with sessions still live, when memprobe
+//! refuses, or cannot be reached at all; 2 for bad input (a flag, the token or its absence,
+//! a URL that is not memprobe's admin API).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,9 +73,22 @@ enum Next {
     Retry(String),
 }
 
-/// The outcome of one `POST /drain` (the status and body, or why none came), given whether
-/// memprobe was reached before and whether this call waits.
-fn judge(outcome: Result<(u16, &[u8]), &ClientError>, reached_before: bool, waiting: bool) -> Next {
+/// How a call goes: whether memprobe was reached before, whether it waits, and whether it
+/// carries a token.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    reached_before: bool,
+    waiting: bool,
+    with_token: bool,
+}
+
+/// The outcome of one `POST /drain` (the status and body, or why none came).
+fn judge(outcome: Result<(u16, &[u8]), &ClientError>, call: Call) -> Next {
+    let Call {
+        reached_before,
+        waiting,
+        with_token,
+    } = call;
     let (code, body) = match outcome {
         Ok(answer) => answer,
         Err(ClientError::Refused) if !reached_before => {
@@ -97,7 +118,17 @@ fn judge(outcome: Result<(u16, &[u8]), &ClientError>, reached_before: bool, wait
             NOT_DRAINED,
             format!("not drained by the deadline: {}", detail("reason")),
         ),
+        401 if !with_token => Next::Fail(
+            BAD_INPUT,
+            "memprobe's admin API wants a token: give --token-file, or set MEMPROBE_ADMIN_TOKEN"
+                .to_string(),
+        ),
         401 => Next::TokenRefused,
+        // Neither side has a token: there is no admin API to drain through or wait on.
+        404 if !with_token => Next::Done(
+            "no admin API (memprobe runs without --admin-token): nothing to drain or wait for"
+                .to_string(),
+        ),
         404 => Next::Fail(
             BAD_INPUT,
             "no admin API there: start memprobe with --admin-token-file".to_string(),
@@ -134,24 +165,20 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
                 .map_err(|e| bad(format!("--wait: '{text}' {e}")))
         })
         .transpose()?;
-    let (token, token_origin) = match &flags.token_file {
+    let token: Option<(Token, String)> = match &flags.token_file {
         Some(path) => {
             let token = read_secret_file(path)
                 .and_then(|text| Token::new(&text))
                 .map_err(|problem| bad(format!("--token-file: '{}' {problem}", path.display())))?;
-            (token, path.display().to_string())
+            Some((token, path.display().to_string()))
         }
         None => match std::env::var("MEMPROBE_ADMIN_TOKEN") {
-            Ok(text) => {
+            Ok(text) if !text.is_empty() => {
                 let token = Token::new(&text)
                     .map_err(|problem| bad(format!("MEMPROBE_ADMIN_TOKEN: {problem}")))?;
-                (token, "MEMPROBE_ADMIN_TOKEN".to_string())
+                Some((token, "MEMPROBE_ADMIN_TOKEN".to_string()))
             }
-            Err(_) => {
-                return Err(bad(
-                    "no token: give --token-file, or set MEMPROBE_ADMIN_TOKEN".to_string(),
-                ));
-            }
+            _ => None,
         },
     };
     let url = url::Url::parse(&flags.url)
@@ -163,7 +190,10 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
                 crate::secret::SecretUrl::redact(&flags.url)
             ))
         })?;
-    let auth = vec![("authorization", format!("Bearer {}", token.expose()))];
+    let auth: Vec<(&str, String)> = token
+        .iter()
+        .map(|(token, _)| ("authorization", format!("Bearer {}", token.expose())))
+        .collect();
     let deadline = Instant::now() + wait.unwrap_or(NO_WAIT_PATIENCE);
     let mut backoff = FIRST_BACKOFF;
     let mut reached = false;
@@ -179,17 +209,18 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
         let outcome = crate::client::post(&target, &auth, String::new(), left + ROUND_TRIP).await;
         let next = judge(
             outcome.as_ref().map(|(code, body)| (*code, body.as_ref())),
-            reached,
-            wait.is_some(),
+            Call {
+                reached_before: reached,
+                waiting: wait.is_some(),
+                with_token: token.is_some(),
+            },
         );
         reached |= !matches!(outcome, Err(ClientError::Refused));
         match next {
             Next::Done(line) => return Ok(line),
             Next::TokenRefused => {
-                return Err((
-                    BAD_INPUT,
-                    format!("memprobe refused the token in {token_origin}"),
-                ));
+                let origin = token.as_ref().map_or("", |(_, origin)| origin.as_str());
+                return Err((BAD_INPUT, format!("memprobe refused the token in {origin}")));
             }
             Next::Fail(BAD_INPUT, line) => return Err((BAD_INPUT, format!("{url}: {line}"))),
             Next::Fail(code, line) if !reached => {
@@ -215,51 +246,88 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
 mod tests {
     use super::*;
 
+    const WAITER: Call = Call {
+        reached_before: true,
+        waiting: true,
+        with_token: true,
+    };
+    const FIRST: Call = Call {
+        reached_before: false,
+        ..WAITER
+    };
+    const NO_WAIT: Call = Call {
+        waiting: false,
+        ..WAITER
+    };
+    const NO_TOKEN: Call = Call {
+        with_token: false,
+        ..FIRST
+    };
+
     #[test]
     fn only_an_answer_ends_a_wait() {
         let dropped = ClientError::Failed("connection closed before message completed".into());
         assert!(
-            matches!(judge(Err(&dropped), true, true), Next::Retry(_)),
+            matches!(judge(Err(&dropped), WAITER), Next::Retry(_)),
             "a dropped connection is not drained yet"
         );
         assert!(
-            matches!(judge(Err(&dropped), false, true), Next::Retry(_)),
+            matches!(judge(Err(&dropped), FIRST), Next::Retry(_)),
             "even on the first connection"
         );
         assert!(
-            matches!(
-                judge(Err(&ClientError::Refused), true, true),
-                Next::Retry(_)
-            ),
+            matches!(judge(Err(&ClientError::Refused), WAITER), Next::Retry(_)),
             "memprobe gone after it was reached: restarting, ask again"
         );
         assert_eq!(
-            judge(Err(&ClientError::Refused), false, true),
+            judge(Err(&ClientError::Refused), FIRST),
             Next::Fail(NOT_DRAINED, "connection refused".into()),
             "nothing listening from the start: memprobe is not there"
         );
         let drained = br#"{"drained":true,"sessions":0,"waited_seconds":12.5}"#;
         assert_eq!(
-            judge(Ok((200, drained)), true, true),
+            judge(Ok((200, drained)), WAITER),
             Next::Done("drained: no session left after 12.5s".into())
         );
         let stopping = br#"{"error":"memprobe is stopping","state":"stopping","drained":false}"#;
         assert!(
-            matches!(judge(Ok((503, stopping)), true, true), Next::Retry(l) if l.contains("stopping")),
+            matches!(judge(Ok((503, stopping)), WAITER), Next::Retry(l) if l.contains("stopping")),
             "a waiter told memprobe is stopping asks again: the sessions are still unknown"
         );
         assert!(
-            matches!(judge(Ok((503, stopping)), true, false), Next::Fail(NOT_DRAINED, l) if l.contains("stopping")),
+            matches!(judge(Ok((503, stopping)), NO_WAIT), Next::Fail(NOT_DRAINED, l) if l.contains("stopping")),
             "without --wait, a stopping memprobe is an answer"
         );
         let late = br#"{"drained":false,"sessions":2,"reason":"2 sessions still live"}"#;
         assert_eq!(
-            judge(Ok((503, late)), true, true),
+            judge(Ok((503, late)), WAITER),
             Next::Fail(
                 NOT_DRAINED,
                 "not drained by the deadline: 2 sessions still live".into()
             )
         );
-        assert_eq!(judge(Ok((401, b"{}")), true, true), Next::TokenRefused);
+        assert_eq!(judge(Ok((401, b"{}")), WAITER), Next::TokenRefused);
+    }
+
+    #[test]
+    fn with_no_token_on_either_side_there_is_nothing_to_drain_and_that_is_no_failure() {
+        let off = br#"{"error":"not found","path":"/drain"}"#;
+        assert!(
+            matches!(judge(Ok((404, off)), NO_TOKEN), Next::Done(l) if l.contains("no admin API")),
+            "no token here and no admin API there: a preStop hook succeeds"
+        );
+        assert!(
+            matches!(judge(Ok((404, off)), FIRST), Next::Fail(BAD_INPUT, l) if l.contains("--admin-token-file")),
+            "a token given to a memprobe without an admin API is a mistake to say"
+        );
+        assert!(
+            matches!(judge(Ok((401, b"{}")), NO_TOKEN), Next::Fail(BAD_INPUT, l) if l.contains("MEMPROBE_ADMIN_TOKEN")),
+            "an admin API there and no token here: say which token is missing"
+        );
+        assert_eq!(
+            judge(Err(&ClientError::Refused), NO_TOKEN),
+            Next::Fail(NOT_DRAINED, "connection refused".into()),
+            "no token is no excuse for a memprobe that is not there"
+        );
     }
 }

@@ -15,14 +15,57 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The README says the image is under 3 MB.
 const MAX_IMAGE_BYTES: u64 = 3_000_000;
 
-/// podman with this sandbox's settings (shared/containers), when they are there.
+/// podman with the settings the README names: podman's own `CONTAINERS_CONF` when set, else
+/// `MEMPROBE_CONTAINERS_CONF`, else `../shared/containers/containers.conf` where it exists.
 fn podman(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
-    let conf = Path::new(ROOT).join("../shared/containers/containers.conf");
-    if std::env::var_os("CONTAINERS_CONF").is_none() && conf.is_file() {
+    let shared = Path::new(ROOT).join("../shared/containers/containers.conf");
+    let shared = shared.is_file().then_some(shared);
+    if let Some(conf) = containers_conf(
+        std::env::var_os("CONTAINERS_CONF").is_some(),
+        std::env::var_os("MEMPROBE_CONTAINERS_CONF").map(Into::into),
+        shared,
+    ) {
         cmd.env("CONTAINERS_CONF", conf);
     }
     cmd
+}
+
+/// The `CONTAINERS_CONF` to give podman, if any: an override wins over the file beside the
+/// clone, and podman's own variable, already set, over both.
+fn containers_conf(
+    already_set: bool,
+    override_path: Option<std::path::PathBuf>,
+    shared: Option<std::path::PathBuf>,
+) -> Option<std::path::PathBuf> {
+    if already_set {
+        return None;
+    }
+    override_path.or(shared)
+}
+
+#[test]
+fn podman_settings_come_from_memprobe_containers_conf_before_the_shared_file() {
+    let conf = |p: &str| Some(std::path::PathBuf::from(p));
+    assert_eq!(
+        containers_conf(false, conf("/etc/ci.conf"), conf("../shared/c.conf")),
+        conf("/etc/ci.conf"),
+        "MEMPROBE_CONTAINERS_CONF wins over ../shared"
+    );
+    assert_eq!(
+        containers_conf(false, None, conf("../shared/c.conf")),
+        conf("../shared/c.conf")
+    );
+    assert_eq!(
+        containers_conf(false, None, None),
+        None,
+        "podman's defaults"
+    );
+    assert_eq!(
+        containers_conf(true, conf("/etc/ci.conf"), None),
+        None,
+        "CONTAINERS_CONF, already set, is podman's own"
+    );
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -423,3 +423,411 @@ fn the_compose_file_is_valid() {
         );
     }
 }
+
+// The README's deploy steps, as a newcomer follows them top to bottom.
+
+const README: &str = include_str!("../../README.md");
+
+/// The README's section under `### {title}`, up to the next heading.
+fn readme_section(title: &str) -> &'static str {
+    let heading = format!("\n### {title}\n");
+    let start = README
+        .find(&heading)
+        .unwrap_or_else(|| panic!("the README has a '### {title}' section"))
+        + heading.len();
+    let rest = &README[start..];
+    let end = rest
+        .find("\n## ")
+        .into_iter()
+        .chain(rest.find("\n### "))
+        .min();
+    &rest[..end.unwrap_or(rest.len())]
+}
+
+/// The lines of a section's indented code blocks, trimmed.
+fn commands(section: &str) -> Vec<&str> {
+    section
+        .lines()
+        .filter(|l| l.starts_with("    "))
+        .map(str::trim)
+        .collect()
+}
+
+/// Where in `lines` the first one containing `what` is.
+fn line_of(lines: &[&str], what: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("no step says '{what}': {lines:#?}"))
+}
+
+#[test]
+fn the_kubernetes_quickstart_is_one_ordered_list_that_applies_one_overlay() {
+    let section = readme_section("Kubernetes (kustomize)");
+    let steps: Vec<&str> = section
+        .lines()
+        .filter(|l| l.len() > 2 && l.as_bytes()[0].is_ascii_digit() && &l[1..3] == ". ")
+        .collect();
+    let numbers: Vec<u8> = steps.iter().map(|l| l.as_bytes()[0] - b'0').collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5, 6], "one numbered list: {steps:#?}");
+
+    // Build, load or push, namespace, Secret, apply: in that order.
+    let lines = commands(section);
+    let order = [
+        "docker build -t memprobe:0.1.0 .",
+        "kind load docker-image memprobe:0.1.0",
+        "kubectl apply -f deploy/kubernetes/base/namespace.yaml",
+        "create secret generic memprobe-admin",
+        "kubectl apply -k deploy/kubernetes/base",
+        "rollout status deployment/kms",
+    ];
+    let at: Vec<usize> = order.iter().map(|what| line_of(&lines, what)).collect();
+    assert!(
+        at.is_sorted(),
+        "the steps in the order they work: {order:?} at {at:?}"
+    );
+    let applies: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("kubectl apply -k deploy/"))
+        .collect();
+    assert_eq!(
+        applies.len(),
+        1,
+        "one overlay applied, not a sequence: {applies:?}"
+    );
+    assert!(
+        !README.contains("kustomize edit"),
+        "no step edits the checked-in base"
+    );
+
+    // The namespace step creates the namespace the Secret goes to, the one the base uses.
+    let namespace = yaml("deploy/kubernetes/base/namespace.yaml");
+    assert_eq!(namespace["kind"], "Namespace");
+    let name = namespace["metadata"]["name"].as_str().unwrap();
+    assert_eq!(
+        yaml("deploy/kubernetes/base/kustomization.yaml")["namespace"],
+        name
+    );
+    let secret = lines[line_of(&lines, "create secret generic memprobe-admin")];
+    assert!(
+        secret.starts_with(&format!("kubectl -n {name} create")),
+        "{secret}"
+    );
+
+    // The Secret's name and key are the ones the pods read, as an environment variable: the
+    // README says a Secret made later needs a restart, and names the Deployment to restart.
+    let deployment = yaml("deploy/kubernetes/base/deployment.yaml");
+    assert_eq!(deployment["metadata"]["name"], "kms");
+    let spec = &deployment["spec"]["template"]["spec"];
+    let containers = spec["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["containers"].as_array().unwrap());
+    for container in containers {
+        let token = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "MEMPROBE_ADMIN_TOKEN")
+            .unwrap_or_else(|| panic!("{} reads the token", container["name"]));
+        let from = &token["valueFrom"]["secretKeyRef"];
+        assert_eq!(
+            (&from["name"], &from["key"]),
+            (&"memprobe-admin".into(), &"token".into())
+        );
+        assert!(secret.contains("--from-literal=token="), "{secret}");
+    }
+    assert!(
+        section.contains("kubectl -n media rollout restart deployment/kms"),
+        "a Secret created after the pods started needs their restart, and the README says so"
+    );
+
+    // Every overlay is in the table of alternatives, and everything in it exists.
+    let listed: Vec<&str> = section
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("| `deploy/kubernetes/"))
+        .filter_map(|l| l.split_once('`').map(|(dir, _)| dir))
+        .collect();
+    for dir in &listed {
+        assert!(
+            path(&format!("deploy/kubernetes/{dir}/kustomization.yaml")).is_file(),
+            "{dir} is listed but is not a kustomization"
+        );
+    }
+    for overlay in std::fs::read_dir(path("deploy/kubernetes/overlays")).unwrap() {
+        let name = overlay.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            listed.contains(&format!("overlays/{name}").as_str()),
+            "overlay {name} is missing from the README's table: {listed:?}"
+        );
+    }
+}
+
+/// The README's own kustomization (step 5, with a registry), rendered as written: it names
+/// the images in the registry, on the base and on the jemalloc overlay, and needs no edit of
+/// a checked-in file.
+#[test]
+fn the_readmes_registry_kustomization_renders_with_the_registrys_images() {
+    let Some(kubectl) = tool("kubectl") else {
+        return;
+    };
+    let section = readme_section("Kubernetes (kustomize)");
+    let opening = "cat > my-kms/kustomization.yaml <<EOF\n";
+    let heredoc = section
+        .split_once(opening)
+        .and_then(|(_, rest)| rest.split_once("EOF\n"))
+        .map(|(body, _)| body)
+        .expect("the README writes my-kms/kustomization.yaml");
+    let registry = "registry.example.com/media";
+    let written: String = heredoc
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("       ").unwrap_or(l)))
+        .collect::<String>()
+        .replace("$REGISTRY", registry);
+    let jemalloc_line = section
+        .split_once("add `- { name: kurento-media-server")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(rest, _)| format!("  - {{ name: kurento-media-server{rest}\n"))
+        .expect("the README says how to name the jemalloc image")
+        .replace("$REGISTRY", registry);
+
+    // my-kms beside deploy/, as at the repository's root.
+    let root = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(path("deploy"), root.path().join("deploy")).unwrap();
+    let dir = root.path().join("my-kms");
+    std::fs::create_dir(&dir).unwrap();
+    let image_of = |kustomization: &str, container: &str| -> String {
+        std::fs::write(dir.join("kustomization.yaml"), kustomization).unwrap();
+        let yaml = check(Command::new(&kubectl).arg("kustomize").arg(&dir));
+        let deployment: Value = serde_yaml_ng::Deserializer::from_str(&yaml)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .find(|d: &Value| d["kind"] == "Deployment")
+            .expect("a Deployment");
+        let spec = &deployment["spec"]["template"]["spec"];
+        let all: Vec<&Value> = ["initContainers", "containers"]
+            .iter()
+            .filter_map(|k| spec[k].as_array())
+            .flatten()
+            .collect();
+        let found = all.iter().find(|c| c["name"] == container).unwrap();
+        found["image"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        image_of(&written, "memprobe"),
+        format!("{registry}/memprobe:0.1.0")
+    );
+    let jemalloc = format!("{written}{jemalloc_line}").replace(
+        "../deploy/kubernetes/base",
+        "../deploy/kubernetes/overlays/jemalloc",
+    );
+    assert_eq!(
+        image_of(&jemalloc, "kms"),
+        format!("{registry}/kurento-media-server:7.3.0-jemalloc"),
+        "the jemalloc image the README builds and pushes, from the registry"
+    );
+    assert_eq!(
+        image_of(&jemalloc, "memprobe"),
+        format!("{registry}/memprobe:0.1.0")
+    );
+}
+
+/// The jemalloc overlay's image: the README builds and pushes the tag the overlay names, for
+/// both architectures, and the image preloads the library by a path every architecture has.
+#[test]
+fn the_jemalloc_image_is_built_as_the_overlay_names_it_for_both_architectures() {
+    let overlay = yaml("deploy/kubernetes/overlays/jemalloc/kustomization.yaml");
+    let image = &overlay["images"][0];
+    let tag = format!(
+        "{}:{}",
+        image["newName"].as_str().unwrap(),
+        image["newTag"].as_str().unwrap()
+    );
+    assert_eq!(tag, "kurento-media-server:7.3.0-jemalloc");
+    let kubernetes = commands(readme_section("Kubernetes (kustomize)")).join("\n");
+    for wanted in [
+        format!("docker build -t {tag} deploy/kurento-jemalloc"),
+        format!(
+            "--platform linux/amd64,linux/arm64 \\\n-t $REGISTRY/{tag} --push deploy/kurento-jemalloc"
+        ),
+    ] {
+        assert!(
+            kubernetes.contains(&wanted),
+            "the README runs {wanted:?}:\n{kubernetes}"
+        );
+    }
+
+    let dockerfile = std::fs::read_to_string(path("deploy/kurento-jemalloc/Dockerfile")).unwrap();
+    let entrypoint =
+        std::fs::read_to_string(path("deploy/kurento-jemalloc/jemalloc-entrypoint.sh")).unwrap();
+    let code = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for (file, text) in [("Dockerfile", &dockerfile), ("entrypoint", &entrypoint)] {
+        assert!(
+            !code(text).contains("x86_64") && !code(text).contains("aarch64"),
+            "{file} names one architecture's library path"
+        );
+    }
+    let link = code(&dockerfile)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("&& ln -s ").map(str::to_owned))
+        .expect("the Dockerfile links the library");
+    let mut words = link.split_whitespace();
+    let (from, to) = (words.next().unwrap(), words.next().unwrap());
+    assert_eq!(from, "/usr/lib/*-linux-gnu/libjemalloc.so.2");
+    assert!(
+        entrypoint.contains(&format!("JEMALLOC={to}\n")),
+        "the entrypoint preloads the link: {entrypoint}"
+    );
+
+    // The Dockerfile's own line, run on this machine's Debian libjemalloc2.
+    let here = Path::new("/usr/lib")
+        .read_dir()
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-linux-gnu"))
+        .any(|e| e.path().join("libjemalloc.so.2").is_file());
+    if !here {
+        assert!(
+            !crate::harness::strict(),
+            "libjemalloc2 is required in strict mode"
+        );
+        return crate::harness::skip("libjemalloc2 is not installed: the link is not tried");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("libjemalloc.so.2");
+    check(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("ln -s {from} {0} && test -f {0}", target.display())),
+    );
+}
+
+#[test]
+fn the_compose_files_let_webrtc_media_in_and_the_secret_step_writes_where_compose_reads() {
+    for (file, media) in [
+        ("deploy/compose/docker-compose.yml", "kms"),
+        ("deploy/compose/docker-compose.janus.yml", "janus"),
+    ] {
+        let compose = yaml(file);
+        let services = &compose["services"];
+        assert_eq!(
+            services[media]["network_mode"], "host",
+            "{file}: WebRTC media (UDP, ports picked per call) reaches {media} on the host's network"
+        );
+        assert!(
+            services[media]["ports"].is_null(),
+            "{file}: nothing to publish"
+        );
+        assert_eq!(
+            services["memprobe"]["network_mode"], "host",
+            "{file}: memprobe reaches {media} on 127.0.0.1"
+        );
+        assert_eq!(services["memprobe"]["pid"], format!("service:{media}"));
+    }
+
+    // The secret: compose reads ./janus-admin-secret beside its file; the README's step and
+    // the file's own header write exactly there, and git ignores it.
+    let janus = yaml("deploy/compose/docker-compose.janus.yml");
+    let file = janus["secrets"]["janus_admin_secret"]["file"]
+        .as_str()
+        .unwrap();
+    let secret = Path::new("deploy/compose").join(file.trim_start_matches("./"));
+    let secret = secret.to_str().unwrap();
+    assert_eq!(secret, "deploy/compose/janus-admin-secret");
+    let written = format!("openssl rand -hex 16 > {secret}");
+    assert!(commands(readme_section("Compose")).contains(&written.as_str()));
+    let header = std::fs::read_to_string(path("deploy/compose/docker-compose.janus.yml")).unwrap();
+    assert!(header.contains(&format!("#   {written}\n")), "{header}");
+    let ignored = std::fs::read_to_string(path(".gitignore")).unwrap();
+    assert!(
+        ignored.lines().any(|l| l == format!("/{secret}")),
+        "{ignored}"
+    );
+    if let Some(compose) = tool("docker-compose") {
+        let config = check(
+            Command::new(compose)
+                .arg("-f")
+                .arg(path("deploy/compose/docker-compose.janus.yml"))
+                .arg("config"),
+        );
+        assert!(
+            config.contains(&format!("file: {}", path(secret).display())),
+            "docker-compose resolves the secret to where the step writes it:\n{config}"
+        );
+    }
+
+    // Janus's admin API on the loopback only, now that the host's network is Janus's: the
+    // image's sed lines match the lines of Debian's own file.
+    let dockerfile = std::fs::read_to_string(path("deploy/janus/Dockerfile")).unwrap();
+    assert!(dockerfile.contains(r#"-e 's/#admin_ip = "192.168.0.1"/admin_ip = "127.0.0.1"/'"#));
+    let debian = Path::new("/etc/janus/janus.transport.http.jcfg");
+    if debian.is_file() {
+        let shipped = std::fs::read_to_string(debian).unwrap();
+        for line in ["admin_http = false", "#admin_ip = \"192.168.0.1\""] {
+            assert!(
+                shipped.contains(line),
+                "Debian's janus.transport.http.jcfg has {line}"
+            );
+        }
+    } else {
+        assert!(
+            !crate::harness::strict(),
+            "janus is required in strict mode"
+        );
+        crate::harness::skip("janus is not installed: its http transport's file is not checked");
+    }
+}
+
+/// The systemd steps install the binary their own build step makes, at the path the units
+/// run, and that build is the one `.ci/run` makes (and the image ships).
+#[test]
+fn the_systemd_steps_install_the_binary_their_build_step_makes() {
+    let lines = commands(readme_section("systemd (VMs)"));
+    let build = lines[line_of(&lines, "cargo build --release")];
+    let target = build
+        .split_once("--target ")
+        .map(|(_, t)| t.split_whitespace().next().unwrap())
+        .expect("the build names its target");
+    let install = lines[line_of(&lines, "install -m 0755 ")];
+    let words: Vec<&str> = install.split_whitespace().collect();
+    assert_eq!(
+        words[3..],
+        [
+            format!("target/{target}/release/memprobe").as_str(),
+            "/usr/local/bin/memprobe"
+        ],
+        "the file the build step writes: {install}"
+    );
+    assert!(line_of(&lines, "cargo build") < line_of(&lines, "install -m 0755 "));
+    assert!(line_of(&lines, "install -m 0755 ") < line_of(&lines, "systemctl enable --now"));
+    assert!(
+        crate::harness::SHIPPED.ends_with(&format!("/target/{target}/release/memprobe")),
+        "the static binary .ci/run builds and the tests run"
+    );
+    let unit = std::fs::read_to_string(path("deploy/systemd/memprobe.service")).unwrap();
+    assert!(
+        unit.contains("\nExecStart=/usr/local/bin/memprobe "),
+        "{unit}"
+    );
+    assert!(
+        unit.contains(&format!("#   {install}\n")),
+        "the unit's own header: {unit}"
+    );
+    let drop_in = std::fs::read_to_string(path(
+        "deploy/systemd/kurento-media-server.service.d/memprobe-drain.conf",
+    ))
+    .unwrap();
+    assert!(
+        drop_in.contains("+/usr/local/bin/memprobe drain "),
+        "{drop_in}"
+    );
+    if let Some(shipped) = crate::harness::shipped() {
+        let out = check(Command::new(shipped).arg("--version"));
+        assert!(out.starts_with("memprobe "), "{out}");
+    }
+}

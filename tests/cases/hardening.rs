@@ -304,8 +304,8 @@ fn on_sigterm_ready_fails_at_once_the_port_answers_through_the_delay_then_exits_
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "a clean stop exits 0");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
-        "exits after the 2 s delay and within 2 s of it (took {took:?})"
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "exits after the 2 s delay, not before, and does not hang on (took {took:?})"
     );
 }
 
@@ -342,7 +342,7 @@ fn a_second_sigterm_stops_at_once_and_other_signals_are_ignored() {
     let status = memprobe.wait_exit();
     assert_eq!(status.code(), Some(0));
     assert!(
-        signalled.elapsed() < Duration::from_secs(10),
+        signalled.elapsed() < Duration::from_secs(25),
         "the second SIGTERM does not wait for the 5 m delay"
     );
 }

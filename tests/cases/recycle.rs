@@ -238,8 +238,9 @@ fn a_restart_script_that_leaves_a_daemon_on_its_output_is_done_at_its_exit_and_t
         "{record:#}"
     );
     assert!(
-        took < Duration::from_secs(15),
-        "reported {took:?} after the recycle: its exit decides, not its output"
+        took < Duration::from_secs(40),
+        "reported {took:?} after the recycle: its exit decides, not its output (which would \
+         hold it to the 60 s timeout)"
     );
 
     // The script has exited; the daemon it left in the background may not have started yet.

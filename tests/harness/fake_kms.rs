@@ -9,8 +9,9 @@
 //! - `getPipelines` refers every object into the hidden session `""`; a garbage collector,
 //!   counted from start, marks idle sessions every `gc_period` and frees the objects of those
 //!   still idle at the next sweep, while the sessions of open WebSockets are kept alive
-//!   (every quarter period), so an abandoned pipeline lives one to two periods, longer if
-//!   `getPipelines` came in between;
+//!   (every quarter period), so an abandoned pipeline lives one to two sweeps, longer if
+//!   `getPipelines` came in between; the sweeps are counted, and the sweep count kept for
+//!   each freed object and each `getPipelines`, so tests judge in sweeps, not in time;
 //! - each WebSocket is bound to a session: `connect` binds a new one, and any reply that carries
 //!   a `sessionId` binds (or moves) that session to the socket the request came on; events go
 //!   to the socket a subscribing session is bound to now;
@@ -252,8 +253,13 @@ struct State {
     destroyed_budget: Option<u64>,
     destroyed_events: u64,
     races: VecDeque<(ListRace, String)>,
-    freed_at: HashMap<String, Instant>,
-    last_list_at: Option<Instant>,
+    /// Sweeps of the garbage collector so far: tests count sweeps, not time, so that a loaded
+    /// machine that runs the collector late changes no verdict.
+    sweeps: u64,
+    /// The sweep count when each object was freed (released, or collected at that sweep).
+    freed_at_sweep: HashMap<String, u64>,
+    /// The sweep count when each `getPipelines` came, in order.
+    list_sweeps: Vec<u64>,
     hang: bool,
     close_on: Option<String>,
     used_memory_kib: u64,
@@ -311,8 +317,9 @@ impl FakeKms {
             destroyed_budget: None,
             destroyed_events: 0,
             races: VecDeque::new(),
-            freed_at: HashMap::new(),
-            last_list_at: None,
+            sweeps: 0,
+            freed_at_sweep: HashMap::new(),
+            list_sweeps: Vec::new(),
             hang: false,
             close_on: None,
             used_memory_kib: 0,
@@ -387,13 +394,25 @@ impl FakeKms {
         self.state().pipelines()
     }
 
-    /// When an object was freed (released, or collected as garbage).
-    pub fn freed_at(&self, object: &str) -> Option<std::time::Instant> {
-        self.state().freed_at.get(object).map(|t| t.into_std())
+    /// The garbage collector's sweeps so far.
+    pub fn sweeps(&self) -> u64 {
+        self.state().sweeps
     }
 
-    pub fn last_get_pipelines_at(&self) -> Option<std::time::Instant> {
-        self.state().last_list_at.map(Instant::into_std)
+    /// The sweep count when an object was freed: the sweep that collected it, or the count
+    /// when it was released.
+    pub fn freed_at_sweep(&self, object: &str) -> Option<u64> {
+        self.state().freed_at_sweep.get(object).copied()
+    }
+
+    /// The sweep count when each `getPipelines` came, in order.
+    pub fn get_pipelines_sweeps(&self) -> Vec<u64> {
+        self.state().list_sweeps.clone()
+    }
+
+    /// Whether a WebSocket is open for this session (the fake has not yet seen it close).
+    pub fn socket_open(&self, session: &str) -> bool {
+        self.state().bound.contains_key(session)
     }
 
     /// Stops answering anything (connections stay open, events still flow).
@@ -631,6 +650,7 @@ impl Inner {
         if !sweep {
             return;
         }
+        s.sweeps += 1;
         let sessions: Vec<(String, bool)> = s.in_use.iter().map(|(k, v)| (k.clone(), *v)).collect();
         for (session, used) in sessions {
             if used {
@@ -1141,7 +1161,7 @@ impl State {
         match operation {
             "getPipelines" => {
                 self.get_pipelines_calls += 1;
-                self.last_list_at = Some(Instant::now());
+                self.list_sweeps.push(self.sweeps);
                 let race = self.races.pop_front();
                 let mut change = |s: &mut State| {
                     if let Some((race, pipeline)) = &race {
@@ -1350,7 +1370,7 @@ impl State {
         for subs in self.subscriptions.values_mut() {
             subs.retain(|s| s.object != id);
         }
-        self.freed_at.insert(id.to_string(), Instant::now());
+        self.freed_at_sweep.insert(id.to_string(), self.sweeps);
         self.freed.push(id.to_string());
     }
 

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod count_server;
 pub mod fake_kms;
 pub mod janus;
+pub mod skips;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -61,9 +62,9 @@ pub fn shipped_or_dev() -> PathBuf {
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Says that a check did not run, and why, on the terminal itself: the test harness captures
-/// what tests print, so a skip printed the usual way would be seen only with --nocapture,
-/// and the test would show a plain `ok`.
+/// Says that a check did not run, and why, on the terminal itself (the test harness captures
+/// what tests print the usual way, and shows the test as a plain `ok`), and records it for the
+/// summary at the end of `cargo test` (see [`skips`]).
 pub fn skip(why: &str) {
     use std::io::Write as _;
     let test = std::thread::current()
@@ -71,6 +72,9 @@ pub fn skip(why: &str) {
         .unwrap_or("a test")
         .to_string();
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    if let Some(file) = skips::record_file() {
+        let _ = skips::record(&file, &test, why);
+    }
 }
 
 /// `.ci/run` sets this: a test that needs an outside tool fails instead of skipping.
@@ -114,6 +118,37 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// Fails unless memprobe is to watch a process no other on the machine can be: one given by
+/// `--pid` or `--pidfile`, one named by [`unique_name`], or none (`--memory-source kms`). A
+/// common name — memprobe's default `kurento-media-server`, or `janus` — would pick a server
+/// someone else runs on the same machine, and the test would judge that one.
+pub fn assert_unique_target(args: &[&str], env: &[(&str, &str)]) {
+    let flag = |name: &str, var: &str| {
+        args.iter()
+            .position(|a| *a == name)
+            .and_then(|i| args.get(i + 1).copied())
+            .or_else(|| env.iter().find(|(k, _)| *k == var).map(|(_, v)| *v))
+    };
+    if flag("--pid", "MEMPROBE_PID").is_some()
+        || flag("--pidfile", "MEMPROBE_PIDFILE").is_some()
+        || flag("--memory-source", "MEMPROBE_MEMORY_SOURCE") == Some("kms")
+    {
+        return;
+    }
+    let unique = format!("-{}-", std::process::id());
+    match flag("--name", "MEMPROBE_NAME") {
+        Some(name) if name.contains(&unique) => {}
+        Some(name) => panic!(
+            "--name {name} may be another process on this machine: use unique_name({name:?}) \
+             or --pid"
+        ),
+        None => panic!(
+            "no target given, so memprobe would watch any kurento-media-server (or janus) on \
+             this machine: give --pid, --pidfile or --name unique_name(..); args {args:?}"
+        ),
+    }
 }
 
 /// A `memprobe workload` child, driven on stdin.
@@ -250,6 +285,7 @@ impl Memprobe {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        assert_unique_target(args, env);
         let mut child = command
             .args(args)
             .args(["--listen", listen, "--log-format", "json"])
@@ -346,7 +382,8 @@ impl Memprobe {
     }
 
     /// Swaps the file at `path` for a FIFO no one writes to, and checks that the probes
-    /// still answer within a second once memprobe has said it cannot use it.
+    /// still answer once memprobe has said it cannot use it: within 5 s, where a read blocked
+    /// on the FIFO would never answer (the client gives up at 10 s).
     pub fn answers_with_a_fifo_at(&self, path: &std::path::Path) {
         std::fs::remove_file(path).expect("remove the file");
         nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
@@ -355,7 +392,7 @@ impl Memprobe {
             let started = Instant::now();
             self.get(probe);
             assert!(
-                started.elapsed() < Duration::from_secs(1),
+                started.elapsed() < Duration::from_secs(5),
                 "{probe} took {:?} with a FIFO at {}",
                 started.elapsed(),
                 path.display()
