@@ -5,36 +5,15 @@
 #![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::podman::{build_memprobe_image, podman, run};
 use crate::harness::{DEADLINE, agent, request, shipped, strict, tool};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The README says the image is under 3 MB.
 const MAX_IMAGE_BYTES: u64 = 3_000_000;
-
-/// podman with this sandbox's settings (shared/containers), when they are there.
-fn podman(bin: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    let conf = Path::new(ROOT).join("../shared/containers/containers.conf");
-    if std::env::var_os("CONTAINERS_CONF").is_none() && conf.is_file() {
-        cmd.env("CONTAINERS_CONF", conf);
-    }
-    cmd
-}
-
-fn run(cmd: &mut Command) -> String {
-    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
 
 /// Removes the pod and the images, whatever happens.
 struct Cleanup {
@@ -98,10 +77,7 @@ fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
         target: None,
     };
     let context_dir = context.path().to_str().unwrap();
-    run(podman(&bin)
-        .args(["build", "-q", "--target", "runtime", "-t", &image])
-        .arg(format!("--build-context=build={context_dir}"))
-        .args(["-f", &format!("{ROOT}/Dockerfile"), context_dir]));
+    build_memprobe_image(&bin, &binary, &image);
     run(podman(&bin)
         .args(["build", "-q", "-t", &target_image, "-f"])
         .arg(context.path().join("Containerfile.target"))
