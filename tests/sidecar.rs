@@ -21,6 +21,8 @@ mod hardening;
 mod harness;
 #[path = "cases/janus.rs"]
 mod janus;
+#[path = "cases/kube.rs"]
+mod kube;
 #[path = "cases/kurento.rs"]
 mod kurento;
 #[path = "cases/kurento_fake.rs"]
