@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Child, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
@@ -471,6 +471,7 @@ fn a_deleted_pod_keeps_its_session_until_it_ends_and_only_then_gets_sigterm() {
     let (pod_name, pod_ip) = (name(&the_pod), ip(&the_pod));
     let stats = format!("http://{pod_ip}:8888/stats");
     let mut stdin = Attached::to(&ns, &pod_name);
+    let (session_asked, session_asked_wall) = (Instant::now(), SystemTime::now());
     stdin.tell("sessions 1");
     wait("the session running", POD_DEADLINE, || {
         let s = get(&stats)?;
@@ -487,16 +488,31 @@ fn a_deleted_pod_keeps_its_session_until_it_ends_and_only_then_gets_sigterm() {
     // before its SIGTERM: asked every 50 ms, without kubectl in the way.
     let http = agent();
     let start = Instant::now();
-    let ended = loop {
+    let (ended, ended_wall) = loop {
         assert!(start.elapsed() < POD_DEADLINE, "the session never ended");
         match request(&http, "GET", &stats).map(|r| r.json()) {
-            Ok(s) if s["sessions"] == 0 && s["ended"] == 1 => break deleted.elapsed(),
+            Ok(s) if s["sessions"] == 0 && s["ended"] == 1 => {
+                break (deleted.elapsed(), SystemTime::now());
+            }
             Ok(s) => assert_eq!(s["sessions"], 1, "{s}"),
-            Err(e) => panic!("KMS stopped answering with its session live: {e}"),
+            // Gone between two asks: only after the 20 s the session holds from its start
+            // (no earlier than it was asked for) may the session have ended unseen.
+            Err(e) => {
+                assert!(
+                    session_asked.elapsed() >= Duration::from_secs(20),
+                    "KMS stopped {:.1}s into its 20 s session: {e}",
+                    session_asked.elapsed().as_secs_f64()
+                );
+                eprintln!("{pod_name}: its end fell between two asks: {e}");
+                break (
+                    deleted.elapsed(),
+                    session_asked_wall + Duration::from_secs(20),
+                );
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let ended_at = utc_now();
+    let ended_at = utc(ended_wall);
     let terminated = wait("KMS terminated", POD_DEADLINE, || {
         watch
             .terminated()
@@ -596,11 +612,15 @@ impl Drop for Watch {
     }
 }
 
-/// Now as the kubelet writes its times (RFC 3339, UTC, whole seconds): a finishedAt of the
-/// same second compares equal.
-fn utc_now() -> String {
+/// A time as the kubelet writes its times (RFC 3339, UTC, whole seconds): a finishedAt of
+/// the same second compares equal.
+fn utc(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     crate::harness::podman::run(
-        std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        std::process::Command::new("date")
+            .arg("-u")
+            .arg(format!("--date=@{secs}"))
+            .arg("+%Y-%m-%dT%H:%M:%SZ"),
     )
 }
 
