@@ -45,7 +45,8 @@ pub struct Images {
 pub fn cluster() -> Option<&'static Cluster> {
     static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
     let found = CLUSTER.get_or_init(|| {
-        let kubeconfig = PathBuf::from(std::env::var_os("MEMPROBE_KUBECONFIG")?);
+        let kubeconfig = std::env::var_os("MEMPROBE_KUBECONFIG").filter(|v| !v.is_empty())?;
+        let kubeconfig = PathBuf::from(kubeconfig);
         let state = kubeconfig.parent().unwrap_or(Path::new("/")).to_path_buf();
         Some(Cluster {
             kubeconfig,
@@ -64,6 +65,22 @@ pub fn cluster() -> Option<&'static Cluster> {
         Path::new(KUBECTL).is_file(),
         "{KUBECTL} is missing: tests/kube/up builds it"
     );
+    // Asked once per run: a cluster named but gone (after tests/kube/down) says so plainly.
+    static ANSWERS: OnceLock<Result<(), String>> = OnceLock::new();
+    let answers = ANSWERS.get_or_init(|| {
+        let readyz = cluster.output(&["get", "--raw", "/readyz"]);
+        match String::from_utf8_lossy(&readyz.stdout).trim() {
+            "ok" => Ok(()),
+            _ => Err(said(&readyz)),
+        }
+    });
+    if let Err(why) = answers {
+        panic!(
+            "MEMPROBE_KUBECONFIG={} names no cluster that answers (is tests/kube/up's cluster \
+             still up?): {why}",
+            cluster.kubeconfig.display()
+        );
+    }
     Some(cluster)
 }
 
