@@ -23,6 +23,8 @@ mod harness;
 mod house;
 #[path = "cases/janus.rs"]
 mod janus;
+#[path = "cases/kube.rs"]
+mod kube;
 #[path = "cases/kurento.rs"]
 mod kurento;
 #[path = "cases/kurento_fake.rs"]

@@ -5,78 +5,38 @@
 #![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::podman::{build_memprobe_image, podman, run};
 use crate::harness::{DEADLINE, agent, request, shipped, strict, tool};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The README says the image is under 3 MB.
 const MAX_IMAGE_BYTES: u64 = 3_000_000;
-
-/// podman with the settings the README names: podman's own `CONTAINERS_CONF` when set, else
-/// `MEMPROBE_CONTAINERS_CONF`, else `../shared/containers/containers.conf` where it exists.
-fn podman(bin: &Path) -> Command {
-    let mut cmd = Command::new(bin);
-    let shared = Path::new(ROOT).join("../shared/containers/containers.conf");
-    let shared = shared.is_file().then_some(shared);
-    if let Some(conf) = containers_conf(
-        std::env::var_os("CONTAINERS_CONF").is_some(),
-        std::env::var_os("MEMPROBE_CONTAINERS_CONF").map(Into::into),
-        shared,
-    ) {
-        cmd.env("CONTAINERS_CONF", conf);
-    }
-    cmd
-}
-
-/// The `CONTAINERS_CONF` to give podman, if any: an override wins over the file beside the
-/// clone, and podman's own variable, already set, over both.
-fn containers_conf(
-    already_set: bool,
-    override_path: Option<std::path::PathBuf>,
-    shared: Option<std::path::PathBuf>,
-) -> Option<std::path::PathBuf> {
-    if already_set {
-        return None;
-    }
-    override_path.or(shared)
-}
 
 #[test]
 fn podman_settings_come_from_memprobe_containers_conf_before_the_shared_file() {
     let conf = |p: &str| Some(std::path::PathBuf::from(p));
     assert_eq!(
-        containers_conf(false, conf("/etc/ci.conf"), conf("../shared/c.conf")),
+        crate::harness::podman::containers_conf(false, conf("/etc/ci.conf"), conf("../shared/c.conf")),
         conf("/etc/ci.conf"),
         "MEMPROBE_CONTAINERS_CONF wins over ../shared"
     );
     assert_eq!(
-        containers_conf(false, None, conf("../shared/c.conf")),
+        crate::harness::podman::containers_conf(false, None, conf("../shared/c.conf")),
         conf("../shared/c.conf")
     );
     assert_eq!(
-        containers_conf(false, None, None),
+        crate::harness::podman::containers_conf(false, None, None),
         None,
         "podman's defaults"
     );
     assert_eq!(
-        containers_conf(true, conf("/etc/ci.conf"), None),
+        crate::harness::podman::containers_conf(true, conf("/etc/ci.conf"), None),
         None,
         "CONTAINERS_CONF, already set, is podman's own"
     );
-}
-
-fn run(cmd: &mut Command) -> String {
-    let output = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// Removes the pod and the images, whatever happens.
@@ -141,10 +101,7 @@ fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
         target: None,
     };
     let context_dir = context.path().to_str().unwrap();
-    run(podman(&bin)
-        .args(["build", "-q", "--target", "runtime", "-t", &image])
-        .arg(format!("--build-context=build={context_dir}"))
-        .args(["-f", &format!("{ROOT}/Dockerfile"), context_dir]));
+    build_memprobe_image(&bin, &binary, &image);
     run(podman(&bin)
         .args(["build", "-q", "-t", &target_image, "-f"])
         .arg(context.path().join("Containerfile.target"))

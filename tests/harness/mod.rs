@@ -12,6 +12,8 @@ pub mod cgroup;
 pub mod count_server;
 pub mod fake_kms;
 pub mod janus;
+pub mod kube;
+pub mod podman;
 pub mod skips;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,798 @@
+//! deploy/kubernetes on a real cluster: the one-node Kubernetes of tests/kube (an API server
+//! with RBAC and PodSecurity, the controller manager's endpoint-slice and disruption
+//! controllers, a real kubelet on containerd). Every kustomization applies server-side; the
+//! base runs with memprobe's image as its native sidecar and a stand-in for KMS (memprobe's
+//! own workload as `kurento-media-server`, counting its sessions at /stats), and the kubelet's
+//! probes, preStop hook, restarts and the Eviction API do what the manifests' comments say.
+//!
+//! Each test has a namespace of its own. The cluster comes from MEMPROBE_KUBECONFIG; without
+//! it these tests skip (strict mode: fail). Timings go to the log, not into assertions.
+
+// A real cluster runs on the real clock.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::harness::kube::{
+    Cluster, Images, Namespace, POD_DEADLINE, cluster, condition, container_status, pod_ready,
+    said, wait,
+};
+use crate::harness::{agent, request};
+
+const ADMIN_TOKEN: &str = "kube-test-admin-token-0123456789abcdef";
+
+/// The operator's two kinds, for the prometheus-operator overlay: the API server needs a CRD
+/// before it takes such an object. Stand-ins with an open schema: no operator runs here.
+fn operator_crds(cluster: &Cluster) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crd = |kind: &str, plural: &str| {
+            json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": format!("{plural}.monitoring.coreos.com")},
+                "spec": {
+                    "group": "monitoring.coreos.com",
+                    "scope": "Namespaced",
+                    "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                    "versions": [{
+                        "name": "v1", "served": true, "storage": true,
+                        "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}
+                    }]
+                }
+            })
+        };
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+            crd("ServiceMonitor", "servicemonitors"), crd("PrometheusRule", "prometheusrules")
+        ]});
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), list.to_string()).unwrap();
+        cluster.run(&["apply", "--server-side", "-f", file.path().to_str().unwrap()]);
+        for plural in ["servicemonitors", "prometheusrules"] {
+            cluster.run(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{plural}.monitoring.coreos.com"),
+            ]);
+        }
+    });
+}
+
+/// Every kustomization under deploy/kubernetes that applies on its own (components are
+/// applied through the overlay that opts into them).
+fn kustomizations() -> Vec<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+    let mut all = vec!["base".to_string(), "janus".to_string()];
+    let mut overlays: Vec<String> = std::fs::read_dir(format!("{root}/overlays"))
+        .unwrap()
+        .map(|e| format!("overlays/{}", e.unwrap().file_name().to_string_lossy()))
+        .collect();
+    overlays.sort();
+    all.extend(overlays);
+    all
+}
+
+#[test]
+fn every_kustomization_applies_server_side_and_memprobe_passes_pod_security() {
+    let Some(cluster) = cluster() else { return };
+    operator_crds(cluster);
+    for kustomization in kustomizations() {
+        // The level the namespace is given, as the PodSecurity admission enforces it:
+        // baseline for the whole pod (the official KMS image runs as root), and restricted
+        // for memprobe alone wherever it runs as non-root, checked below.
+        let ns = cluster.namespace(
+            "apply",
+            &[
+                ("pod-security.kubernetes.io/enforce", "baseline"),
+                ("pod-security.kubernetes.io/warn", "baseline"),
+            ],
+        );
+        let applied = ns.apply(&kustomization, "");
+        let text = said(&applied);
+        eprintln!("{kustomization}: {text}");
+        assert!(applied.status.success(), "{kustomization}: {text}");
+        assert!(
+            !text.contains("would violate PodSecurity"),
+            "{kustomization}: the pods would be refused in a baseline namespace: {text}"
+        );
+        let deployment = ns
+            .json(&["get", "deployments"])
+            .unwrap_or_else(|e| panic!("{kustomization}: {e}"));
+        let deployment = &deployment["items"][0];
+        assert!(
+            deployment["metadata"]["name"].is_string(),
+            "{kustomization}: one Deployment"
+        );
+
+        // memprobe's own container, in a pod alone under `restricted`, dry-run: what a
+        // cluster that enforces restricted takes of it.
+        let spec = &deployment["spec"]["template"]["spec"];
+        let mut memprobe = ["initContainers", "containers"]
+            .iter()
+            .filter_map(|k| spec[k].as_array())
+            .flatten()
+            .find(|c| c["name"] == "memprobe")
+            .cloned()
+            .unwrap_or_else(|| panic!("{kustomization}: no memprobe container"));
+        memprobe.as_object_mut().unwrap().remove("restartPolicy");
+        memprobe.as_object_mut().unwrap().remove("env");
+        if memprobe["securityContext"]["runAsNonRoot"] != true {
+            eprintln!("{kustomization}: memprobe runs as root here: baseline only");
+            continue;
+        }
+        let restricted = cluster.namespace(
+            "restricted",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        );
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "memprobe-alone"},
+            "spec": {
+                "securityContext": spec["securityContext"],
+                "volumes": spec["volumes"].as_array().cloned().unwrap_or_default(),
+                "containers": [memprobe],
+            },
+        });
+        let file = restricted.file("pod.json", &pod.to_string());
+        let created =
+            restricted.output(&["create", "--dry-run=server", "-f", file.to_str().unwrap()]);
+        assert!(
+            created.status.success(),
+            "{kustomization}: memprobe's container under restricted: {}",
+            said(&created)
+        );
+    }
+}
+
+/// What the pods' service account may do, as `kubectl auth can-i --list` prints it, one
+/// whitespace-collapsed line each. memprobe calls no Kubernetes API (the pod mounts no token):
+/// the manifests grant nothing, so this is exactly what every authenticated identity may
+/// (the cluster's system:basic-user, system:discovery and system:public-info-viewer).
+const SERVICE_ACCOUNT_MAY: &[&str] = &[
+    "selfsubjectreviews.authentication.k8s.io [] [] [create]",
+    "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
+    "selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
+    "clustertrustbundles.certificates.k8s.io [] [] [get list watch]",
+    "[/.well-known/openid-configuration/] [] [get]",
+    "[/.well-known/openid-configuration] [] [get]",
+    "[/api/*] [] [get]",
+    "[/api] [] [get]",
+    "[/apis/*] [] [get]",
+    "[/apis] [] [get]",
+    "[/healthz] [] [get]",
+    "[/livez] [] [get]",
+    "[/openapi/*] [] [get]",
+    "[/openapi] [] [get]",
+    "[/openid/v1/jwks/] [] [get]",
+    "[/openid/v1/jwks] [] [get]",
+    "[/readyz] [] [get]",
+    "[/version/] [] [get]",
+    "[/version] [] [get]",
+];
+
+#[test]
+fn the_pods_service_account_may_do_exactly_what_memprobe_calls() {
+    let Some(cluster) = cluster() else { return };
+    operator_crds(cluster);
+    let expected: BTreeSet<String> = SERVICE_ACCOUNT_MAY.iter().map(|s| s.to_string()).collect();
+    for kustomization in kustomizations() {
+        let ns = cluster.namespace("rbac", &[]);
+        let applied = ns.apply(&kustomization, "");
+        assert!(applied.status.success(), "{}", said(&applied));
+        let deployment = ns.json(&["get", "deployments"]).unwrap();
+        let spec = &deployment["items"][0]["spec"]["template"]["spec"];
+        assert_eq!(
+            spec["automountServiceAccountToken"], false,
+            "{kustomization}: memprobe needs no token in the pod"
+        );
+        let account = spec["serviceAccountName"].as_str().unwrap_or("default");
+        let who = format!("--as=system:serviceaccount:{}:{account}", ns.name);
+        let list = cluster.run(&["auth", "can-i", "--list", &who, "-n", &ns.name]);
+        let may: BTreeSet<String> = list
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            may, expected,
+            "{kustomization}: the service account {account} may do more or less than memprobe \
+             calls:\n{list}"
+        );
+    }
+}
+
+/// The base as the tests run it: the stand-in images (never pulled), memprobe fast and
+/// counting the stand-in's sessions at its /stats, a threshold of 100 MiB against a KMS
+/// limit of 512 MiB, liveness every 2 s; the rest as shipped.
+fn test_overlay(images: &Images, replicas: u32, workload: &[&str]) -> String {
+    let mut kms_args = vec!["--serve-sessions", "0.0.0.0:8888", "--session-size", "1MiB"];
+    kms_args.extend_from_slice(workload);
+    let spec = "/spec/template/spec";
+    let ops = json!([
+        {"op": "replace", "path": format!("{spec}/initContainers/0/imagePullPolicy"), "value": "Never"},
+        {"op": "replace", "path": format!("{spec}/containers/0/imagePullPolicy"), "value": "Never"},
+        {"op": "replace", "path": format!("{spec}/initContainers/0/args"), "value": [
+            "--name=kurento-media-server",
+            "--sessions-url=http://127.0.0.1:8888/stats#/sessions",
+            "--sessions-poll=250ms",
+            "--interval=250ms",
+            "--sustain=1s",
+            "--min-drain=2s",
+        ]},
+        {"op": "test", "path": format!("{spec}/initContainers/0/env/0/name"), "value": "MEMPROBE_THRESHOLD"},
+        {"op": "replace", "path": format!("{spec}/initContainers/0/env/0/value"), "value": "100MiB"},
+        {"op": "add", "path": format!("{spec}/containers/0/args"), "value": kms_args},
+        // The workload reads commands on stdin and ends with it.
+        {"op": "add", "path": format!("{spec}/containers/0/stdin"), "value": true},
+        {"op": "replace", "path": format!("{spec}/containers/0/resources"), "value": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "1", "memory": "512Mi"},
+        }},
+        {"op": "replace", "path": format!("{spec}/containers/0/livenessProbe/periodSeconds"), "value": 2},
+        {"op": "replace", "path": format!("{spec}/containers/0/livenessProbe/failureThreshold"), "value": 3},
+    ]);
+    let (memprobe_name, memprobe_tag) = images.memprobe.rsplit_once(':').unwrap();
+    let (kms_name, kms_tag) = images.kms.rsplit_once(':').unwrap();
+    let patch = serde_json::to_string(&ops.to_string()).unwrap();
+    format!(
+        "images:\n  - name: memprobe\n    newName: {memprobe_name}\n    newTag: \"{memprobe_tag}\"\n\
+         \x20 - name: kurento/kurento-media-server\n    newName: {kms_name}\n    newTag: \"{kms_tag}\"\n\
+         replicas:\n  - name: kms\n    count: {replicas}\n\
+         patches:\n  - target: {{kind: Deployment, name: kms}}\n    patch: {patch}\n"
+    )
+}
+
+/// A namespace with the base running in it, `replicas` pods Ready; the admin Secret is made
+/// first, so the preStop hook and `memprobe drain` have a token.
+fn run_base(
+    cluster: &'static Cluster,
+    prefix: &str,
+    replicas: u32,
+    workload: &[&str],
+) -> Namespace {
+    run_kustomization(cluster, prefix, "base", replicas, workload)
+}
+
+fn run_kustomization(
+    cluster: &'static Cluster,
+    prefix: &str,
+    kustomization: &str,
+    replicas: u32,
+    workload: &[&str],
+) -> Namespace {
+    let images = cluster.images();
+    let ns = cluster.namespace(
+        prefix,
+        &[("pod-security.kubernetes.io/enforce", "baseline")],
+    );
+    ns.run(&[
+        "create",
+        "secret",
+        "generic",
+        "memprobe-admin",
+        &format!("--from-literal=token={ADMIN_TOKEN}"),
+    ]);
+    let started = Instant::now();
+    let applied = ns.apply(kustomization, &test_overlay(images, replicas, workload));
+    assert!(applied.status.success(), "{}", said(&applied));
+    let ready = || {
+        let ready = ns.ready_pods().len();
+        if ready == replicas as usize {
+            Ok(())
+        } else {
+            Err(format!("{ready} of {replicas} Ready"))
+        }
+    };
+    let start = Instant::now();
+    while let Err(why) = ready() {
+        assert!(
+            start.elapsed() < POD_DEADLINE,
+            "the pods are not Ready: {why}\n{}",
+            ns.describe()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "{}: {replicas} pod(s) Ready {:.1}s after apply",
+        ns.name,
+        started.elapsed().as_secs_f64()
+    );
+    ns
+}
+
+fn name(pod: &Value) -> String {
+    pod["metadata"]["name"].as_str().unwrap().to_string()
+}
+
+fn ip(pod: &Value) -> String {
+    pod["status"]["podIP"]
+        .as_str()
+        .expect("a pod IP")
+        .to_string()
+}
+
+/// One GET to a pod's port, from the host (the pods' bridge is routed here).
+fn get(url: &str) -> Result<Value, String> {
+    let reply = request(&agent(), "GET", url).map_err(|e| e.to_string())?;
+    serde_json::from_str(&reply.body).map_err(|e| format!("{}: {e}", reply.body))
+}
+
+fn pod(ns: &Namespace, pod: &str) -> Result<Value, String> {
+    ns.json(&["get", "pod", pod])
+}
+
+/// Commands to the stand-in's stdin, through `kubectl attach`, kept open for the test.
+struct Attached(Child);
+
+impl Attached {
+    fn to(ns: &Namespace, pod: &str) -> Self {
+        let child = ns
+            .cluster
+            .kubectl()
+            .args(["-n", &ns.name, "attach", "-i", "-q", pod, "-c", "kms"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl attach");
+        Attached(child)
+    }
+
+    fn tell(&mut self, command: &str) {
+        let stdin = self.0.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The Service kms's endpoints, as the endpoint-slice controller has them: (address, ready).
+fn endpoints(ns: &Namespace) -> Vec<(String, bool)> {
+    let Ok(slices) = ns.json(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=kms",
+    ]) else {
+        return Vec::new();
+    };
+    slices["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["addresses"][0].as_str().unwrap_or_default().to_string(),
+                e["conditions"]["ready"] == true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_base_turns_ready_through_memprobe_and_a_memory_drain_takes_it_out_of_the_service() {
+    let Some(cluster) = cluster() else { return };
+    // One session from the start, held for the whole test.
+    let ns = run_base(cluster, "drain", 1, &["--waves", "1", "--hold", "1h"]);
+    let the_pod = ns.ready_pods().remove(0);
+    let (pod_name, pod_ip) = (name(&the_pod), ip(&the_pod));
+    let status = format!("http://{pod_ip}:8899/status");
+    let stats = format!("http://{pod_ip}:8888/stats");
+
+    let healthy = get(&status).unwrap();
+    assert_eq!(healthy["state"], "healthy", "{healthy}");
+    let in_service = wait("the pod ready in the EndpointSlice", POD_DEADLINE, || {
+        let e = endpoints(&ns);
+        if e.contains(&(pod_ip.clone(), true)) {
+            Ok(e)
+        } else {
+            Err(format!("{e:?}"))
+        }
+    });
+    eprintln!("{pod_name}: in service: {in_service:?}");
+    wait("the session counted", POD_DEADLINE, || {
+        let s = get(&status)?;
+        (s["sessions"] == 1).then_some(()).ok_or(s.to_string())
+    });
+
+    // 150 MiB more over a 100 MiB threshold, sustained for 1 s: a memory drain.
+    let mut stdin = Attached::to(&ns, &pod_name);
+    let drained_at = Instant::now();
+    stdin.tell("alloc 150MiB");
+    let draining = wait("memprobe draining", POD_DEADLINE, || {
+        let s = get(&status)?;
+        (s["state"] == "draining")
+            .then_some(s.clone())
+            .ok_or(s.to_string())
+    });
+    eprintln!(
+        "{pod_name}: draining {:.1}s after the alloc: {}",
+        drained_at.elapsed().as_secs_f64(),
+        draining["reason"]
+    );
+    wait("the pod NotReady", POD_DEADLINE, || {
+        let p = pod(&ns, &pod_name)?;
+        (condition(&p, "Ready").as_deref() == Some("False"))
+            .then_some(())
+            .ok_or(format!("{:?}", p["status"]["conditions"]))
+    });
+    let out = wait("the pod out of the EndpointSlice", POD_DEADLINE, || {
+        let e = endpoints(&ns);
+        if e.contains(&(pod_ip.clone(), false)) {
+            Ok(e)
+        } else {
+            Err(format!("{e:?}"))
+        }
+    });
+    eprintln!(
+        "{pod_name}: out of service {:.1}s after the alloc: {out:?}",
+        drained_at.elapsed().as_secs_f64()
+    );
+
+    // The session goes on: the stand-in still runs it, in the same container, and memprobe
+    // still counts it and holds the drain open for it.
+    let s = get(&stats).unwrap();
+    assert_eq!(s["sessions"], 1, "the session goes on: {s}");
+    let p = pod(&ns, &pod_name).unwrap();
+    let kms = container_status(&p, "kms").unwrap();
+    assert_eq!(kms["restartCount"], 0, "KMS was not restarted: {kms}");
+    let now = get(&status).unwrap();
+    assert_eq!(now["state"], "draining", "{now}");
+}
+
+/// The kms container's state as the kubelet reported it.
+fn kms_state(ns: &Namespace, pod_name: &str) -> Result<Value, String> {
+    let p = pod(ns, pod_name)?;
+    container_status(&p, "kms")
+        .map(|c| c["state"].clone())
+        .ok_or_else(|| "no kms status".to_string())
+}
+
+#[test]
+fn a_deleted_pod_keeps_its_session_until_it_ends_and_only_then_gets_sigterm() {
+    let Some(cluster) = cluster() else { return };
+    // Sessions come from stdin; each holds 20 s.
+    let ns = run_base(cluster, "delete", 1, &["--waves", "0", "--hold", "20s"]);
+    let the_pod = ns.ready_pods().remove(0);
+    let (pod_name, pod_ip) = (name(&the_pod), ip(&the_pod));
+    let stats = format!("http://{pod_ip}:8888/stats");
+    let mut stdin = Attached::to(&ns, &pod_name);
+    let (session_asked, session_asked_wall) = (Instant::now(), SystemTime::now());
+    stdin.tell("sessions 1");
+    wait("the session running", POD_DEADLINE, || {
+        let s = get(&stats)?;
+        (s["sessions"] == 1).then_some(()).ok_or(s.to_string())
+    });
+
+    // The pod is gone moments after its containers end: its last states are watched.
+    let watch = Watch::pod(&ns, &pod_name);
+    let deleted = Instant::now();
+    ns.run(&["delete", "pod", &pod_name, "--wait=false"]);
+    // While the session runs the stand-in is never signalled: it keeps answering with its
+    // session (SIGTERM would end it: it is not the pod's PID 1). memprobe answers the hook
+    // within an --interval of the session's end, so the stand-in is seen alive and idle
+    // before its SIGTERM: asked every 50 ms, without kubectl in the way.
+    let http = agent();
+    let start = Instant::now();
+    let (ended, ended_wall) = loop {
+        assert!(start.elapsed() < POD_DEADLINE, "the session never ended");
+        match request(&http, "GET", &stats).map(|r| r.json()) {
+            Ok(s) if s["sessions"] == 0 && s["ended"] == 1 => {
+                break (deleted.elapsed(), SystemTime::now());
+            }
+            Ok(s) => assert_eq!(s["sessions"], 1, "{s}"),
+            // Gone between two asks: only after the 20 s the session holds from its start
+            // (no earlier than it was asked for) may the session have ended unseen.
+            Err(e) => {
+                assert!(
+                    session_asked.elapsed() >= Duration::from_secs(20),
+                    "KMS stopped {:.1}s into its 20 s session: {e}",
+                    session_asked.elapsed().as_secs_f64()
+                );
+                eprintln!("{pod_name}: its end fell between two asks: {e}");
+                break (
+                    deleted.elapsed(),
+                    session_asked_wall + Duration::from_secs(20),
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let ended_at = utc(ended_wall);
+    let terminated = wait("KMS terminated", POD_DEADLINE, || {
+        watch
+            .terminated()
+            .ok_or_else(|| "no terminated state of kms yet".to_string())
+    });
+    eprintln!(
+        "{pod_name}: deleted; session ended {:.1}s later; KMS ended {:.1}s after the delete: \
+         {terminated}",
+        ended.as_secs_f64(),
+        deleted.elapsed().as_secs_f64()
+    );
+    // SIGTERM, as 128 + 15, and no earlier than the second the session ended in.
+    assert_eq!(
+        terminated["exitCode"], 143,
+        "KMS ended by SIGTERM: {terminated}"
+    );
+    let finished = terminated["finishedAt"].as_str().unwrap_or_default();
+    assert!(
+        finished >= ended_at.as_str(),
+        "KMS ended at {finished}, before its session ended at {ended_at}"
+    );
+    let failed = ns
+        .json(&["get", "events", "--field-selector=reason=FailedPreStopHook"])
+        .unwrap();
+    assert_eq!(failed["items"], json!([]), "the preStop hook succeeded");
+
+    // The Deployment's next pod has no session: a delete ends it within seconds.
+    let next = wait("the next pod Ready", POD_DEADLINE, || {
+        ns.ready_pods()
+            .into_iter()
+            .find(|p| name(p) != pod_name)
+            .ok_or_else(|| "none yet".to_string())
+    });
+    let next_name = name(&next);
+    let deleted = Instant::now();
+    ns.run(&["delete", "pod", &next_name, "--wait=false"]);
+    // Within seconds, and a minute at most on a loaded machine.
+    wait(
+        "the idle pod's KMS ended",
+        Duration::from_secs(60),
+        || match kms_state(&ns, &next_name) {
+            Err(gone) if gone.contains("NotFound") => Ok(()),
+            Ok(s) if s["terminated"].is_object() => Ok(()),
+            Ok(s) => Err(s.to_string()),
+            Err(e) => Err(e),
+        },
+    );
+    eprintln!(
+        "{next_name}: with no session, KMS ended {:.1}s after the delete",
+        deleted.elapsed().as_secs_f64()
+    );
+}
+
+/// `kubectl get pod -w`: every state of the pod's kms container as the kubelet reports it,
+/// kept after the pod is gone.
+struct Watch {
+    child: Child,
+    terminated: std::sync::Arc<std::sync::Mutex<Option<Value>>>,
+}
+
+impl Watch {
+    fn pod(ns: &Namespace, pod_name: &str) -> Self {
+        let mut child = ns
+            .cluster
+            .kubectl()
+            .args(["-n", &ns.name, "get", "pod", pod_name, "-w", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl get -w");
+        let stdout = child.stdout.take().unwrap();
+        let terminated = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = std::sync::Arc::clone(&terminated);
+        std::thread::spawn(move || {
+            for pod in serde_json::Deserializer::from_reader(stdout).into_iter::<Value>() {
+                let Ok(pod) = pod else { return };
+                if let Some(kms) = container_status(&pod, "kms")
+                    && kms["state"]["terminated"].is_object()
+                {
+                    *seen.lock().unwrap() = Some(kms["state"]["terminated"].clone());
+                }
+            }
+        });
+        // Started before the delete, with the pod's end a session (20 s) away.
+        Watch { child, terminated }
+    }
+
+    fn terminated(&self) -> Option<Value> {
+        self.terminated.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A time as the kubelet writes its times (RFC 3339, UTC, whole seconds): a finishedAt of
+/// the same second compares equal.
+fn utc(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    crate::harness::podman::run(
+        std::process::Command::new("date")
+            .arg("-u")
+            .arg(format!("--date=@{secs}"))
+            .arg("+%Y-%m-%dT%H:%M:%SZ"),
+    )
+}
+
+#[test]
+fn a_recycle_fails_kms_liveness_and_the_kubelet_restarts_kms_only() {
+    let Some(cluster) = cluster() else { return };
+    let ns = run_base(cluster, "recycle", 1, &["--waves", "0"]);
+    let the_pod = ns.ready_pods().remove(0);
+    let (pod_name, pod_ip) = (name(&the_pod), ip(&the_pod));
+    let status = format!("http://{pod_ip}:8899/status");
+    let memprobe_before = container_status(&the_pod, "memprobe").unwrap();
+    let first = get(&status).unwrap();
+
+    // Over the threshold with no session: drain, then recycle after --min-drain.
+    let mut stdin = Attached::to(&ns, &pod_name);
+    let asked = Instant::now();
+    stdin.tell("alloc 150MiB");
+    wait("recycle", POD_DEADLINE, || {
+        let s = get(&status)?;
+        (s["state"] == "recycle").then_some(()).ok_or(s.to_string())
+    });
+    let recycled = asked.elapsed();
+    let restarted = wait("KMS restarted by the kubelet", POD_DEADLINE, || {
+        let p = pod(&ns, &pod_name)?;
+        let kms = container_status(&p, "kms").ok_or("no kms status")?;
+        (kms["restartCount"].as_u64() >= Some(1))
+            .then_some(p.clone())
+            .ok_or(kms.to_string())
+    });
+    let memprobe_after = container_status(&restarted, "memprobe").unwrap();
+    assert_eq!(
+        memprobe_after["restartCount"], 0,
+        "memprobe was not restarted: {memprobe_after}"
+    );
+    assert_eq!(
+        memprobe_after["containerID"], memprobe_before["containerID"],
+        "memprobe is the same container"
+    );
+    let seen = wait(
+        "memprobe healthy on the new incarnation",
+        POD_DEADLINE,
+        || {
+            let s = get(&status)?;
+            (s["incarnation"].as_u64() > first["incarnation"].as_u64() && s["state"] == "healthy")
+                .then_some(s.clone())
+                .ok_or(s.to_string())
+        },
+    );
+    wait("the pod Ready again", POD_DEADLINE, || {
+        let p = pod(&ns, &pod_name)?;
+        pod_ready(&p)
+            .then_some(())
+            .ok_or(format!("{:?}", p["status"]["conditions"]))
+    });
+    eprintln!(
+        "{pod_name}: recycle {:.1}s after the alloc, KMS restarted and seen as incarnation {} \
+         {:.1}s after it",
+        recycled.as_secs_f64(),
+        seen["incarnation"],
+        asked.elapsed().as_secs_f64()
+    );
+}
+
+/// Asks the Eviction API to evict a pod: kubectl's output, and whether it was refused.
+fn evict(ns: &Namespace, pod_name: &str) -> (bool, String) {
+    let eviction = json!({
+        "apiVersion": "policy/v1", "kind": "Eviction",
+        "metadata": {"name": pod_name, "namespace": ns.name},
+    });
+    let file = ns.file(&format!("evict-{pod_name}.json"), &eviction.to_string());
+    let out = ns.cluster.output(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{}/pods/{pod_name}/eviction", ns.name),
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    (out.status.success(), said(&out))
+}
+
+#[test]
+fn an_eviction_that_would_break_the_disruption_budget_is_refused_with_429() {
+    let Some(cluster) = cluster() else { return };
+    let ns = run_base(cluster, "evict", 2, &["--waves", "0"]);
+    wait("the budget allowing one disruption", POD_DEADLINE, || {
+        let pdb = ns.json(&["get", "pdb", "kms"])?;
+        (pdb["status"]["disruptionsAllowed"] == 1)
+            .then_some(())
+            .ok_or(pdb["status"].to_string())
+    });
+    let pods = ns.ready_pods();
+    let (drained, other) = (name(&pods[0]), name(&pods[1]));
+
+    // One pod drained on demand (memprobe drain, in its own container): not ready, so the
+    // other one is the only ready pod left.
+    ns.run(&[
+        "exec",
+        &drained,
+        "-c",
+        "memprobe",
+        "--",
+        "/memprobe",
+        "drain",
+    ]);
+    wait("the budget allowing none", POD_DEADLINE, || {
+        let pdb = ns.json(&["get", "pdb", "kms"])?;
+        (pdb["status"]["disruptionsAllowed"] == 0)
+            .then_some(())
+            .ok_or(pdb["status"].to_string())
+    });
+    let (evicted, said) = evict(&ns, &other);
+    assert!(!evicted, "the last ready pod was evicted: {said}");
+    assert!(
+        said.contains("TooManyRequests") || said.contains("429"),
+        "refused with 429: {said}"
+    );
+    assert!(
+        pod(&ns, &other).is_ok_and(|p| p["metadata"]["deletionTimestamp"].is_null()),
+        "the pod stays"
+    );
+    eprintln!("{other}: eviction refused: {}", said.trim());
+    // The drained one may go: the budget counts it unavailable already.
+    let (evicted, said) = evict(&ns, &drained);
+    assert!(evicted, "the drained pod may be evicted: {said}");
+}
+
+#[test]
+fn the_pss_overlay_reads_kms_pss_as_kms_user_with_no_capability() {
+    let Some(cluster) = cluster() else { return };
+    // Issue 21: with CAP_SYS_PTRACE added to UID 65532, memprobe exited 1 here and the pod
+    // never turned Ready; as KMS's user it needs no capability.
+    let ns = run_kustomization(cluster, "pss", "overlays/pss", 1, &["--waves", "0"]);
+    let the_pod = ns.ready_pods().remove(0);
+    let memprobe = container_status(&the_pod, "memprobe").unwrap();
+    assert_eq!(memprobe["restartCount"], 0, "{memprobe}");
+    let status = get(&format!("http://{}:8899/status", ip(&the_pod))).unwrap();
+    assert_eq!(status["memory"]["deciding"], "pss", "{status}");
+    assert!(
+        status["memory"]["pss_bytes"].as_u64() > Some(0),
+        "{}",
+        status["memory"]
+    );
+    // What the kernel says of memprobe's process: KMS's user, and no capability at all.
+    let proc_status = ns.run(&[
+        "exec",
+        &name(&the_pod),
+        "-c",
+        "kms",
+        "--",
+        "/bin/bash",
+        "-c",
+        // bash builtins only: the stand-in has no cat.
+        "for p in /proc/[0-9]*; do read -r comm < $p/comm; [ \"$comm\" = memprobe ] || continue; \
+         while IFS= read -r line; do echo \"$line\"; done < $p/status; done",
+    ]);
+    let field = |key: &str| {
+        proc_status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in {proc_status}"))
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(field("Uid:"), "0 0 0 0", "memprobe runs as KMS's user");
+    for caps in ["CapPrm:", "CapEff:", "CapAmb:"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps} of memprobe");
+    }
+    eprintln!(
+        "{}: pss {} bytes, read as uid 0 with no capability",
+        name(&the_pod),
+        status["memory"]["pss_bytes"]
+    );
+}
