@@ -22,6 +22,8 @@
 //!   sessions and liveness (KMS's JSON-RPC, Janus's admin API, any other server's count at a
 //!   URL or in a file), and the operator's drains;
 //!   one module per member, one trait per family.
+//! - [`forecast`] — when the memory a server keeps will cross the threshold: a robust trend
+//!   through its idle floors, with bounds, or none from too little history.
 //! - `policy` — the pure state machine: healthy → elevated → draining → recycle, stalls,
 //!   reconnects; every rule a unit test.
 //! - `monitor` — the loop that reads the sources, asks the policy, and publishes snapshots.
@@ -37,6 +39,7 @@
 mod client;
 pub mod config;
 mod files;
+pub mod forecast;
 mod limit;
 mod monitor;
 mod outlets;
