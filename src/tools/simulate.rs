@@ -538,10 +538,7 @@ mod tests {
     #[test]
     fn the_orderings_the_readme_claims_hold() {
         let fleet = small();
-        let oom = run(&fleet, Strategy::OomKiller);
-        let today = run(&fleet, Strategy::PerInstance);
-        let quiet = run(&fleet, Strategy::QuietMoment);
-        let budget = run(&fleet, Strategy::DrainBudget(1));
+        let [oom, today, quiet, budget, both] = Strategy::ALL.map(|s| run(&fleet, s));
         assert!(
             oom.oom_kills > 0 && oom.lost > 0,
             "the model fragments to the limit: {oom:?}"
@@ -551,14 +548,28 @@ mod tests {
             "memprobe loses fewer calls than the OOM killer: {today:?} against {oom:?}"
         );
         assert!(
-            quiet.lost <= today.lost,
-            "the quiet moment loses no more than draining at peak: {quiet:?} against {today:?}"
+            today.refused > oom.refused && today.most_draining > fleet.instances / 2,
+            "instances fragmenting at one rate drain together and refuse calls: {today:?}"
         );
-        assert!(quiet.quiet_recycles > 0, "{quiet:?}");
         assert!(
-            budget.most_draining <= 1,
-            "a budget of 1 drains one at a time: {budget:?}"
+            quiet.lost <= today.lost && quiet.refused < today.refused,
+            "the quiet moment loses and refuses fewer than draining at peak: {quiet:?} against {today:?}"
         );
-        assert_eq!(quiet.oom_kills, 0, "{quiet:?}");
+        assert!(
+            quiet.quiet_recycles > 0 && quiet.oom_kills == 0,
+            "{quiet:?}"
+        );
+        assert!(
+            budget.most_draining <= 1 && both.most_draining <= 1,
+            "a budget of 1 drains one at a time: {budget:?}, {both:?}"
+        );
+        assert!(
+            budget.refused <= today.refused && budget.lost > today.lost,
+            "a budget alone keeps the fleet in rotation, and the waiting lose calls: {budget:?}"
+        );
+        assert!(
+            both.lost < budget.lost,
+            "with the quiet moment, the budget loses fewer: {both:?} against {budget:?}"
+        );
     }
 }
