@@ -21,6 +21,8 @@
 //! recycled only if the stall outlasts `hang_timeout`. One that answers again returns to the
 //! state its memory gives — a server that hiccuped for 30 s keeps its live calls.
 
+pub mod quiet;
+
 use std::time::Duration;
 
 use serde::Serialize;
@@ -342,6 +344,18 @@ impl Decider {
                 Ok(self.enter(now, State::Draining, format!("drain requested by {who}")))
             }
         }
+    }
+
+    /// The quiet-moment rule ([`quiet::QuietMoment`]) found an idle instance whose memory
+    /// is forecast over the threshold soon: it drains now, latched like a memory drain, and
+    /// the drain's own rules restart it (no session for `--min-drain`, or `--drain-timeout`).
+    /// Only a ready instance (healthy or elevated) is drained so.
+    pub fn drain_at_quiet_moment(&mut self, now: Instant, why: String) -> Option<Transition> {
+        if !self.state.ready() {
+            return None;
+        }
+        self.requested_by = None;
+        self.enter(now, State::Draining, why)
     }
 
     /// Cancels a requested drain: the instance returns to the state its memory gives. A
@@ -1160,6 +1174,38 @@ mod tests {
         let (mut d, t0) = started(policy());
         d.lost(t0, "gone".into());
         assert_eq!(d.request_drain(t0, "admin"), Err(DrainRefused::NoTarget));
+    }
+
+    #[test]
+    fn a_quiet_moment_drain_recycles_once_idle_for_min_drain() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, with_sessions(800, 0));
+        let tr = d
+            .drain_at_quiet_moment(t0, "quiet moment".into())
+            .expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Healthy, State::Draining));
+        d.observe(t0 + 10 * SECOND, with_sessions(800, 1));
+        d.observe(t0 + 40 * SECOND, with_sessions(800, 1));
+        assert_eq!(
+            d.state(),
+            State::Draining,
+            "a session that slipped in before the drain is waited for"
+        );
+        d.observe(t0 + 50 * SECOND, with_sessions(800, 0));
+        assert_eq!(
+            d.state(),
+            State::Recycle,
+            "then the drain's own rule restarts it"
+        );
+        let (mut d, t0) = started(policy());
+        d.observe(t0, mem(1200));
+        let t = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(300), mem(1200));
+        assert_eq!(d.state(), State::Draining);
+        assert_eq!(
+            d.drain_at_quiet_moment(t, "quiet".into()),
+            None,
+            "only a ready instance is drained at a quiet moment"
+        );
     }
 
     #[test]
