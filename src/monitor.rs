@@ -34,7 +34,9 @@ use crate::sources::{
     MemoryFrom, MemoryKind, MemorySample, MemorySource, Outcome, SampleError, ServerReport,
     SessionSource, TargetStatus,
 };
-use crate::status::{MemoryStatus, Point, Renderers, Snapshot, Status, ThresholdStatus};
+use crate::status::{
+    ForecastStatus, MemoryStatus, Point, Renderers, Snapshot, Status, ThresholdStatus,
+};
 use crate::units::{Bytes, Human};
 use record::Record;
 
@@ -76,6 +78,8 @@ pub struct Monitor {
     server: Option<ServerReport>,
     /// What happened, for `/status`, `/metrics` and the page.
     record: Record,
+    /// When the monitor started: the forecast's clock counts from here.
+    started: Instant,
     /// The fleet this instance belongs to, told of every transition.
     fleet: Box<dyn Coordinator>,
     render: Renderers,
@@ -111,6 +115,7 @@ impl Monitor {
             backoff: FIRST_BACKOFF,
             server: None,
             record,
+            started: now,
             fleet,
             render,
             publish,
@@ -331,7 +336,8 @@ impl Monitor {
             state: self.decider.state(),
             incarnation: self.decider.incarnations(),
         };
-        self.record.sampled(point, self.session_count);
+        let at = now.saturating_duration_since(self.started);
+        self.record.sampled(point, self.session_count, at);
     }
 
     fn gone(&mut self, now: Instant, why: String) {
@@ -363,7 +369,14 @@ impl Monitor {
         self.fleet.told(&tr);
     }
 
-    fn status(&self, now: Instant, server: Option<ServerReport>) -> Status {
+    fn status(&mut self, now: Instant, server: Option<ServerReport>) -> Status {
+        let at = now.saturating_duration_since(self.started);
+        let threshold_bytes = self.decider.policy().threshold_bytes;
+        let forecast = self
+            .record
+            .forecast(threshold_bytes, at)
+            .map(ForecastStatus::of)
+            .unwrap_or_default();
         let state = self.decider.state();
         let policy = self.decider.policy();
         Status {
@@ -389,6 +402,7 @@ impl Monitor {
             },
             reported: self.reported(),
             idle_memory_bytes: self.record.idle_memory(),
+            forecast,
             memory_source: self.settings.memory_from,
             server,
             counters: self.record.counters().clone(),
@@ -746,6 +760,42 @@ mod tests {
         assert_eq!(rig.monitor.step(&|| now).unwrap(), FIRST_BACKOFF * 2);
         rig.script.lock().unwrap().push_back(found(42, 50));
         assert_eq!(rig.monitor.step(&|| now).unwrap(), SECOND, "--interval 1s");
+    }
+
+    #[test]
+    fn a_rising_idle_floor_is_forecast_in_the_status() {
+        let mut rig = Rig::new();
+        rig.server.lock().unwrap().sessions = Some(0);
+        let snap = rig.step(SECOND, found(42, 20));
+        assert!(
+            snap.status.forecast.said.starts_with("no forecast yet"),
+            "{}",
+            snap.status.forecast.said
+        );
+        assert_eq!(snap.status.forecast.threshold_in_seconds, None);
+        // 20 MiB rising 5 MiB an hour under the 100 MiB threshold, for 7 hours.
+        let mut snap = snap;
+        for step in 1..=7 * 360u64 {
+            snap = rig.sample(10 * SECOND, 20 + step * 5 / 360);
+        }
+        let forecast = &snap.status.forecast;
+        let hours = forecast.threshold_in_seconds.expect("a forecast") / 3600.0;
+        assert!(
+            (8.0..10.5).contains(&hours),
+            "55 MiB, 45 to go at 5 MiB/h: {hours} h"
+        );
+        assert!(forecast.earliest_seconds <= forecast.threshold_in_seconds);
+        assert!(forecast.latest_seconds >= forecast.threshold_in_seconds);
+        assert!(
+            forecast
+                .said
+                .starts_with("at this rate, over the threshold in about")
+        );
+        assert_eq!(
+            snap.status.state,
+            State::Healthy,
+            "a forecast decides nothing"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::forecast::{Forecast, NoForecast};
 use crate::limit::MemoryLimit;
 use crate::policy::State;
 use crate::sources::{MemoryFrom, MemoryKind, MemorySample, ServerReport, TargetStatus};
@@ -40,6 +41,9 @@ pub struct Status {
     /// The last sample taken with zero sessions: under glibc it ratchets up session after
     /// session, the clearest fragmentation signal there is.
     pub idle_memory_bytes: Option<u64>,
+    /// When the memory the server keeps will cross the threshold, at the rate it has been
+    /// rising (`crate::forecast`), or why there is no forecast.
+    pub forecast: ForecastStatus,
     /// Where the memory figures come from.
     pub memory_source: MemoryFrom,
     /// The server's own view (`kms`, `janus`, `custom`), when memprobe talks to its API.
@@ -75,6 +79,40 @@ pub struct Point {
     pub state: State,
     /// Which incarnation of the target it was taken of.
     pub incarnation: u64,
+}
+
+/// The forecast as `/status`, `/metrics` and the page show it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ForecastStatus {
+    /// Seconds until the trend of the memory kept crosses the threshold (0: already over),
+    /// and the soonest and latest its bounds allow; all absent without a forecast.
+    pub threshold_in_seconds: Option<f64>,
+    pub earliest_seconds: Option<f64>,
+    pub latest_seconds: Option<f64>,
+    /// The trend's floor now, and how fast it rises.
+    pub floor_bytes: Option<u64>,
+    pub rising_bytes_per_hour: Option<f64>,
+    /// The forecast in words, or why there is none.
+    pub said: String,
+}
+
+impl ForecastStatus {
+    pub fn of(drawn: &Result<Forecast, NoForecast>) -> Self {
+        match drawn {
+            Ok(f) => ForecastStatus {
+                threshold_in_seconds: Some(f.eta.as_secs_f64().round()),
+                earliest_seconds: Some(f.earliest.as_secs_f64().round()),
+                latest_seconds: Some(f.latest.as_secs_f64().round()),
+                floor_bytes: Some(f.floor_bytes),
+                rising_bytes_per_hour: Some(f.bytes_per_hour.round()),
+                said: format!("at this rate, {f}"),
+            },
+            Err(none) => ForecastStatus {
+                said: none.to_string(),
+                ..ForecastStatus::default()
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -266,6 +266,12 @@ fn metrics_parse_as_prometheus_text_with_every_name() {
         value("memprobe_transitions_total", Some(("to", "healthy"))),
         1.0
     );
+    // A few seconds of history are no trend: no forecast, and /status says why.
+    assert!(!names.contains("memprobe_forecast_threshold_seconds"));
+    let status = probe.status();
+    let said = status["forecast"]["said"].as_str().unwrap_or_default();
+    assert!(said.starts_with("no forecast yet: "), "{said}");
+    assert!(status["forecast"]["threshold_in_seconds"].is_null());
 
     if let Some(promtool) = tool("promtool") {
         let mut check = Command::new(promtool)

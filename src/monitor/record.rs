@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use crate::forecast::{self, Forecast, History, NoForecast};
 use crate::policy::Transition;
 use crate::sources::TargetStatus;
 use crate::sources::operator::ActionRecord;
@@ -32,6 +33,10 @@ pub struct Record {
     /// change.
     last_error: Option<String>,
     not_found: Option<String>,
+    /// The floors the forecast is drawn through, and the last forecast with the bucket and
+    /// threshold it was made for: one forecast per bucket, not per step.
+    floors: History,
+    forecast: Option<(u128, u64, Result<Forecast, NoForecast>)>,
 }
 
 impl Record {
@@ -48,6 +53,8 @@ impl Record {
             glibc_warned: false,
             last_error: None,
             not_found: None,
+            floors: History::new(forecast::Settings::DEFAULT),
+            forecast: None,
         }
     }
 
@@ -66,9 +73,15 @@ impl Record {
         });
     }
 
-    /// A sample taken: counted and kept for the page; with no session at all, its figure is
-    /// the memory the server keeps when idle.
-    pub fn sampled(&mut self, point: Point, sessions_known: Option<u32>) {
+    /// A sample taken `at` since the monitor started: counted, kept for the page and for the
+    /// forecast; with no session at all, its figure is the memory the server keeps when idle.
+    pub fn sampled(&mut self, point: Point, sessions_known: Option<u32>, at: Duration) {
+        self.floors.push(forecast::Sample {
+            at,
+            memory_bytes: point.memory_bytes,
+            sessions: sessions_known,
+            incarnation: point.incarnation,
+        });
         self.counters.samples_total += 1;
         self.last_error = None;
         if sessions_known == Some(0) {
@@ -128,6 +141,28 @@ impl Record {
             .entry(record.result)
             .or_default() += 1;
         self.recycle_action = Some(record);
+    }
+
+    /// When the memory kept will cross `threshold_bytes`, as of the sample taken `at`; drawn
+    /// again once per bucket of the forecast, or when the threshold changes. `None` before
+    /// any sample.
+    pub fn forecast(
+        &mut self,
+        threshold_bytes: u64,
+        at: Duration,
+    ) -> Option<&Result<Forecast, NoForecast>> {
+        let bucket = at.as_nanos() / self.floors.settings().bucket.as_nanos().max(1);
+        let fresh =
+            matches!(&self.forecast, Some((b, t, _)) if *b == bucket && *t == threshold_bytes);
+        if !fresh && self.counters.samples_total > 0 {
+            let drawn = forecast::forecast(
+                &self.floors.samples(),
+                threshold_bytes,
+                self.floors.settings(),
+            );
+            self.forecast = Some((bucket, threshold_bytes, drawn));
+        }
+        self.forecast.as_ref().map(|(_, _, f)| f)
     }
 
     pub fn counters(&self) -> &Counters {
@@ -217,7 +252,7 @@ mod tests {
     fn samples_are_counted_and_the_oldest_falls_out_of_the_history() {
         let mut r = record();
         for mib in 0..15 {
-            r.sampled(point(mib), None);
+            r.sampled(point(mib), None, SECOND);
         }
         assert_eq!(r.counters().samples_total, 15);
         let kept: Vec<u64> = r.points().iter().map(|p| p.memory_bytes).collect();
@@ -231,12 +266,12 @@ mod tests {
     #[test]
     fn idle_memory_is_the_last_sample_with_zero_sessions_only() {
         let mut r = record();
-        r.sampled(point(10), None);
+        r.sampled(point(10), None, SECOND);
         assert_eq!(r.idle_memory(), None, "sessions unknown is not idle");
-        r.sampled(point(20), Some(0));
-        r.sampled(point(90), Some(3));
+        r.sampled(point(20), Some(0), SECOND);
+        r.sampled(point(90), Some(3), SECOND);
         assert_eq!(r.idle_memory(), Some(20), "busy samples leave it");
-        r.sampled(point(30), Some(0));
+        r.sampled(point(30), Some(0), SECOND);
         assert_eq!(r.idle_memory(), Some(30));
     }
 
@@ -262,7 +297,7 @@ mod tests {
         assert!(r.sample_failed("denied".into()));
         assert!(!r.sample_failed("denied".into()), "the same error again");
         assert!(r.sample_failed("gone".into()));
-        r.sampled(point(1), None);
+        r.sampled(point(1), None, SECOND);
         assert!(
             r.sample_failed("gone".into()),
             "said again after a good sample"
@@ -273,6 +308,53 @@ mod tests {
         assert!(!r.not_found("no process"));
         r.found(false);
         assert!(r.not_found("no process"), "news again once found and lost");
+    }
+
+    #[test]
+    fn the_forecast_is_drawn_once_per_bucket_from_the_idle_floor() {
+        const MI: u64 = 1 << 20;
+        let mut r = record();
+        assert!(
+            r.forecast(500 * MI, SECOND).is_none(),
+            "no sample, no forecast"
+        );
+        // A floor rising 10 MiB an hour from 100 MiB, a busy peak every other minute.
+        let minute = 60 * SECOND;
+        for m in 0..8 * 60u64 {
+            let at = minute * m as u32;
+            let floor = 100 * MI + m * 10 * MI / 60;
+            r.sampled(point(floor), Some(0), at);
+            r.sampled(point(floor + 300 * MI), Some(9), at + SECOND);
+            if m == 60 {
+                let early = r.forecast(500 * MI, at).cloned();
+                assert!(matches!(
+                    early,
+                    Some(Err(NoForecast::TooLittleHistory { .. }))
+                ));
+            }
+        }
+        let now = minute * 8 * 60;
+        let drawn = r
+            .forecast(500 * MI, now)
+            .cloned()
+            .unwrap()
+            .expect("a rising floor");
+        // 180 MiB at 8 h, 320 MiB to go at 10 MiB/h: about 32 h.
+        let hours = drawn.eta.as_secs_f64() / 3600.0;
+        assert!((30.0..34.0).contains(&hours), "{hours} h");
+        r.sampled(point(180 * MI), Some(0), now + SECOND);
+        let same = r
+            .forecast(500 * MI, now + SECOND)
+            .cloned()
+            .unwrap()
+            .unwrap();
+        assert_eq!(same, drawn, "not drawn again within the bucket");
+        let other = r
+            .forecast(400 * MI, now + SECOND)
+            .cloned()
+            .unwrap()
+            .unwrap();
+        assert!(other.eta < drawn.eta, "drawn again for another threshold");
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub struct Metrics {
     drain_requests: IntCounter,
     recycle_actions: IntCounterVec,
     allocator: IntGaugeVec,
+    forecast: prometheus::GaugeVec,
     kms: Option<KmsMetrics>,
     servers: Option<ServerMetrics>,
 }
@@ -327,6 +328,18 @@ impl Metrics {
                     &["allocator"],
                 ),
             ),
+            forecast: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "memprobe_forecast_threshold_seconds",
+                        "Seconds until the memory the server keeps crosses the threshold at the \
+                         rate it rises: the trend, and the earliest and latest its bounds allow. \
+                         Absent without a forecast.",
+                    ),
+                    &["bound"],
+                ),
+            ),
             kms: with_kms.then(|| KmsMetrics::new(&r)),
             servers,
             rendering: std::sync::Mutex::new(()),
@@ -347,6 +360,17 @@ impl Metrics {
             self.allocator
                 .with_label_values(&[target.allocator.as_str()])
                 .set(1);
+        }
+        self.forecast.reset();
+        let forecast = &status.forecast;
+        for (bound, seconds) in [
+            ("trend", forecast.threshold_in_seconds),
+            ("earliest", forecast.earliest_seconds),
+            ("latest", forecast.latest_seconds),
+        ] {
+            if let Some(seconds) = seconds {
+                self.forecast.with_label_values(&[bound]).set(seconds);
+            }
         }
         self.memory.reset();
         if let (Some(_), Some(memory)) = (&status.target, &status.memory) {
@@ -396,5 +420,44 @@ fn catch_up(counter: &IntCounter, total: u64) {
     let seen = counter.get();
     if total > seen {
         counter.inc_by(total - seen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ForecastStatus;
+
+    fn rendered(status: &Status) -> String {
+        String::from_utf8(Metrics::new(false, false, false).render(status).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn the_forecast_is_exported_with_its_bounds_and_absent_without_one() {
+        let none = Status {
+            forecast: ForecastStatus {
+                said: "no forecast yet".into(),
+                ..ForecastStatus::default()
+            },
+            ..Status::default()
+        };
+        assert!(!rendered(&none).contains("memprobe_forecast_threshold_seconds{"));
+        let some = Status {
+            forecast: ForecastStatus {
+                threshold_in_seconds: Some(10_800.0),
+                earliest_seconds: Some(7_200.0),
+                latest_seconds: Some(18_000.0),
+                ..ForecastStatus::default()
+            },
+            ..Status::default()
+        };
+        let text = rendered(&some);
+        for line in [
+            "memprobe_forecast_threshold_seconds{bound=\"trend\"} 10800",
+            "memprobe_forecast_threshold_seconds{bound=\"earliest\"} 7200",
+            "memprobe_forecast_threshold_seconds{bound=\"latest\"} 18000",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
     }
 }

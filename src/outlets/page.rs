@@ -97,6 +97,13 @@ td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; 
     if let Some(next) = next_decision(status, SystemTime::now()) {
         let _ = writeln!(page, "<p class=\"muted\" id=\"next\">{}</p>", esc(&next));
     }
+    if !status.forecast.said.is_empty() {
+        let _ = writeln!(
+            page,
+            "<p class=\"muted\" id=\"forecast\">{}</p>",
+            esc(&status.forecast.said)
+        );
+    }
     if let Some(t) = &status.target {
         let allocator = t.allocator.as_str();
         let hint = if allocator == "glibc" {
@@ -446,6 +453,31 @@ mod tests {
         assert!(page.contains(">draining</span>"));
         assert!(page.contains("rss &lt;b&gt;150"), "the reason is escaped");
         assert!(page.len() < 64 * 1024);
+    }
+
+    #[test]
+    fn the_page_says_the_forecast_or_why_there_is_none() {
+        let none = Status {
+            forecast: crate::status::ForecastStatus {
+                said: "no forecast yet: 2h of history in 24 floors".into(),
+                ..Default::default()
+            },
+            ..with_history(vec![point(0, 50, State::Healthy)])
+        };
+        assert!(render(&none).contains(
+            "<p class=\"muted\" id=\"forecast\">no forecast yet: 2h of history in 24 floors</p>"
+        ));
+        let some = Status {
+            forecast: crate::status::ForecastStatus {
+                threshold_in_seconds: Some(10_800.0),
+                said: "at this rate, over the threshold in about 3h (2h to 5h)".into(),
+                ..Default::default()
+            },
+            ..with_history(vec![point(0, 50, State::Healthy)])
+        };
+        assert!(
+            render(&some).contains(">at this rate, over the threshold in about 3h (2h to 5h)</p>")
+        );
     }
 
     #[test]
