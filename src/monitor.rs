@@ -27,6 +27,7 @@ use tracing::{info, warn};
 
 use crate::fleet::Coordinator;
 use crate::limit::{self, MemoryLimit};
+use crate::policy::quiet::QuietMoment;
 use crate::policy::{self, Decider, Observation, Policy, State, Transition};
 use crate::sources::operator::{Asked, Message, Request};
 use crate::sources::reported::{self, Reported};
@@ -78,6 +79,9 @@ pub struct Monitor {
     server: Option<ServerReport>,
     /// What happened, for `/status`, `/metrics` and the page.
     record: Record,
+    /// The quiet-moment rule: drain an idle instance whose memory is forecast over the
+    /// threshold soon (`--recycle-when-idle-within`).
+    quiet: QuietMoment,
     /// When the monitor started: the forecast's clock counts from here.
     started: Instant,
     /// The fleet this instance belongs to, told of every transition.
@@ -115,6 +119,7 @@ impl Monitor {
             backoff: FIRST_BACKOFF,
             server: None,
             record,
+            quiet: QuietMoment::new(settings.policy.quiet_within, settings.policy.min_drain),
             started: now,
             fleet,
             render,
@@ -234,6 +239,7 @@ impl Monitor {
                     .decider
                     .new_incarnation(now, judged_by(&self.settings, limit), &who);
                 self.record.found(self.decider.incarnations() > 1);
+                self.quiet.new_incarnation();
                 self.transition(tr);
                 match first {
                     None => {}
@@ -338,6 +344,26 @@ impl Monitor {
         };
         let at = now.saturating_duration_since(self.started);
         self.record.sampled(point, self.session_count, at);
+        self.quiet_moment(now, at);
+    }
+
+    /// The quiet-moment rule, asked only once the instance has been idle long enough: the
+    /// forecast is drawn at most once per bucket.
+    fn quiet_moment(&mut self, now: Instant, at: Duration) {
+        if !self.quiet.idle(now, self.session_count) {
+            return;
+        }
+        let threshold_bytes = self.decider.policy().threshold_bytes;
+        let forecast = match self.record.forecast(threshold_bytes, at) {
+            Some(Ok(forecast)) => Some(*forecast),
+            _ => None,
+        };
+        let state = self.decider.state();
+        if let Some(why) = self.quiet.decide(now, state, forecast.as_ref())
+            && let Some(tr) = self.decider.drain_at_quiet_moment(now, why)
+        {
+            self.transition(tr);
+        }
     }
 
     fn gone(&mut self, now: Instant, why: String) {
@@ -499,6 +525,7 @@ mod tests {
                 critical: None,
                 sustain: 5 * SECOND,
                 idle_sustain: 300 * SECOND,
+                quiet_within: None,
                 drain_timeout: 3600 * SECOND,
                 min_drain: 30 * SECOND,
                 server: policy::ServerPolicy {
@@ -542,6 +569,10 @@ mod tests {
 
     impl Rig {
         fn new() -> Self {
+            Rig::with(settings())
+        }
+
+        fn with(settings: Settings) -> Self {
             let script = Arc::new(Mutex::new(VecDeque::new()));
             let forgotten = Arc::new(Mutex::new(0));
             let server = Arc::new(Mutex::new(ServerView::default()));
@@ -553,7 +584,7 @@ mod tests {
             };
             let t0 = Instant::now();
             let (monitor, snapshots) = Monitor::new(
-                settings(),
+                settings,
                 Box::new(Scripted(
                     Arc::clone(&script),
                     Arc::clone(&forgotten),
@@ -796,6 +827,67 @@ mod tests {
             State::Healthy,
             "a forecast decides nothing"
         );
+    }
+
+    /// 20 MiB rising 5 MiB an hour under the 100 MiB threshold with no session at all: after
+    /// 7 hours, about 9 hours from the threshold.
+    fn seven_idle_hours(rig: &mut Rig) -> Arc<Snapshot> {
+        rig.server.lock().unwrap().sessions = Some(0);
+        let mut snap = rig.step(SECOND, found(42, 20));
+        for step in 1..=7 * 360u64 {
+            snap = rig.sample(10 * SECOND, 20 + step * 5 / 360);
+        }
+        snap
+    }
+
+    #[test]
+    fn the_quiet_moment_drains_an_idle_instance_forecast_over_soon_and_recycles_it() {
+        let mut on = settings();
+        on.policy.quiet_within = Some(12 * 3600 * SECOND);
+        let mut rig = Rig::with(on);
+        let snap = seven_idle_hours(&mut rig);
+        let drain = snap
+            .status
+            .transitions
+            .iter()
+            .find(|t| t.to == State::Draining)
+            .expect("drained in the quiet");
+        assert!(
+            drain.reason.starts_with("quiet moment: no session for ")
+                && drain.reason.contains("over the threshold in about"),
+            "{}",
+            drain.reason
+        );
+        assert_eq!(
+            snap.status.state,
+            State::Recycle,
+            "no session for --min-drain: {}",
+            snap.status.reason
+        );
+        let drains = snap.status.counters.transitions_total[&State::Draining];
+        let snap = rig.step(SECOND, found(43, 20));
+        assert_eq!(snap.status.state, State::Healthy, "a new incarnation");
+        let snap = rig.sample(10 * SECOND, 20);
+        assert_eq!(
+            snap.status.counters.transitions_total[&State::Draining],
+            drains
+        );
+    }
+
+    #[test]
+    fn the_quiet_moment_waits_while_the_forecast_is_further_than_asked_or_off() {
+        let mut near = settings();
+        near.policy.quiet_within = Some(3600 * SECOND);
+        let mut rig = Rig::with(near);
+        let snap = seven_idle_hours(&mut rig);
+        assert_eq!(
+            snap.status.state,
+            State::Healthy,
+            "9 h away, not within 1 h"
+        );
+        let mut rig = Rig::new();
+        let snap = seven_idle_hours(&mut rig);
+        assert_eq!(snap.status.state, State::Healthy, "off by default");
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub struct Settings {
     pub memory_limit: Option<u64>,
     pub sustain: String,
     pub idle_sustain: String,
+    /// `--recycle-when-idle-within`, when on.
+    pub recycle_when_idle_within: Option<String>,
     pub drain_timeout: String,
     pub min_drain: String,
     /// Shown without its password or query values.

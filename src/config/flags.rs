@@ -132,6 +132,16 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) idle_sustain: String,
+    /// Drain an instance idle for --min-drain whose memory is forecast over the threshold within this long, so it restarts in a quiet moment [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_RECYCLE_WHEN_IDLE_WITHIN",
+        default_value = "off",
+        hide_default_value = true,
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) recycle_when_idle_within: String,
     /// Kurento's JSON-RPC WebSocket, for sessions and health ('none' turns it off)
     #[arg(
         long,

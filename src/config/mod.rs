@@ -80,6 +80,7 @@ impl Config {
             memory_limit: sources.memory_limit,
             sustain: duration(policy.sustain),
             idle_sustain: duration(policy.idle_sustain),
+            recycle_when_idle_within: policy.quiet_within.map(duration),
             drain_timeout: duration(policy.drain_timeout),
             min_drain: duration(policy.min_drain),
             kms_url: kms.map(|k| k.url.to_string()),

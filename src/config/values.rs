@@ -41,6 +41,8 @@ pub(super) struct Values {
     drain_timeout: Duration,
     min_drain: Duration,
     idle_sustain: Duration,
+    /// `None` for `off`.
+    recycle_when_idle_within: Option<Duration>,
     /// `None` for `none`.
     kms_url: Option<SecretUrl>,
     janus_url: Option<url::Url>,
@@ -91,6 +93,7 @@ impl Values {
             drain_timeout,
             min_drain,
             idle_sustain,
+            recycle_when_idle_within,
             kms_url,
             janus_url,
             janus_secret,
@@ -144,6 +147,10 @@ impl Values {
             drain_timeout: check.duration("drain_timeout", drain_timeout)?,
             min_drain: check.duration("min_drain", min_drain)?,
             idle_sustain: check.duration("idle_sustain", idle_sustain)?,
+            recycle_when_idle_within: match recycle_when_idle_within.trim() {
+                "off" => None,
+                text => Some(check.duration("recycle_when_idle_within", text)?),
+            },
             kms_url: check.kms_url("kms_url", kms_url, &SecretUrl::redact(kms_url))?,
             janus_url: janus_url
                 .as_deref()
@@ -356,6 +363,7 @@ impl Values {
             critical: self.critical,
             sustain: self.sustain,
             idle_sustain: self.idle_sustain,
+            quiet_within: self.recycle_when_idle_within,
             drain_timeout: self.drain_timeout,
             min_drain: self.min_drain,
             server,

@@ -15,6 +15,8 @@ pub struct Settings {
     pub critical: Option<SizeOrPercent>,
     pub sustain: Duration,
     pub idle_sustain: Duration,
+    /// `--recycle-when-idle-within`: the quiet-moment rule ([`super::quiet`]), off as `None`.
+    pub quiet_within: Option<Duration>,
     pub drain_timeout: Duration,
     pub min_drain: Duration,
     /// How the server that memprobe talks to is judged when it stops answering.

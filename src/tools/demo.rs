@@ -118,6 +118,7 @@ fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) ->
             // a sample can fall between two waves for a while: the idle rule would read that
             // as no sessions at all. Over the threshold for 10s (--sustain) is the rule shown.
             idle_sustain: Duration::from_secs(60),
+            quiet_within: None,
             drain_timeout: Duration::from_secs(20),
             min_drain: Duration::from_secs(5),
             server,

@@ -19,7 +19,11 @@ const MAX_IMAGE_BYTES: u64 = 3_000_000;
 fn podman_settings_come_from_memprobe_containers_conf_before_the_shared_file() {
     let conf = |p: &str| Some(std::path::PathBuf::from(p));
     assert_eq!(
-        crate::harness::podman::containers_conf(false, conf("/etc/ci.conf"), conf("../shared/c.conf")),
+        crate::harness::podman::containers_conf(
+            false,
+            conf("/etc/ci.conf"),
+            conf("../shared/c.conf")
+        ),
         conf("/etc/ci.conf"),
         "MEMPROBE_CONTAINERS_CONF wins over ../shared"
     );

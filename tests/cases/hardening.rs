@@ -582,6 +582,7 @@ fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_
         ("--drain-timeout", "9days", true),
         ("--min-drain", "9days", true),
         ("--idle-sustain", "9days", true),
+        ("--recycle-when-idle-within", "tonight", true),
         ("--kms-url", "http://kms:8888/kurento", true),
         ("--janus-url", "ws://janus:7088/admin", true),
         ("--janus-secret", " ", false),
