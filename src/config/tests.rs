@@ -84,11 +84,25 @@ fn a_value_starting_with_a_dash_reaches_validation() {
 }
 
 #[test]
+fn the_quiet_moment_is_off_unless_given_a_duration() {
+    assert_eq!(sidecar(&[]).unwrap().policy.quiet_within, None);
+    let on = sidecar(&["--recycle-when-idle-within", "12h"]).unwrap();
+    assert_eq!(on.policy.quiet_within, Some(Duration::from_secs(12 * 3600)));
+    assert_eq!(on.shown().recycle_when_idle_within.as_deref(), Some("12h"));
+    let e = sidecar(&["--recycle-when-idle-within", "tonight"]).unwrap_err();
+    assert!(
+        e.starts_with("--recycle-when-idle-within: 'tonight' ") && e.contains("(try "),
+        "{e}"
+    );
+}
+
+#[test]
 fn every_duration_is_bounded() {
     for flag in [
         "--interval",
         "--sustain",
         "--idle-sustain",
+        "--recycle-when-idle-within",
         "--drain-timeout",
         "--kms-ping-interval",
         "--kms-timeout",
