@@ -476,13 +476,16 @@ fn help_shows_every_flag_with_its_default_and_version_answers() {
         ("--listen", "0.0.0.0:8899"),
         ("--name", "kurento-media-server"),
     ] {
-        let line = help
-            .lines()
-            .find(|l| l.contains(flag))
+        // A flag's entry: its line, and the help under it when clap puts it on the next one.
+        let lines: Vec<&str> = help.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(flag))
             .unwrap_or_else(|| panic!("{flag} in {help}"));
+        let entry = lines[at..lines.len().min(at + 2)].join("\n");
         assert!(
-            line.contains(default),
-            "{flag} shows its default {default}: {line}"
+            entry.contains(&format!("[default: {default}]")),
+            "{flag} shows its default {default}: {entry}"
         );
     }
     let version = run_to_end(&["--version"], &[]);
