@@ -200,4 +200,90 @@ fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
         uid.split_whitespace().skip(1).all(|id| id == "65532"),
         "memprobe runs as 65532: {uid}"
     );
+
+    // A second memprobe with the Janus Compose file's user and capabilities, which recycles
+    // with signal:TERM: as UID 65532 with only CAP_KILL it ends the root target beside it.
+    let compose: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/deploy/compose/docker-compose.janus.yml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let service = &compose["services"]["memprobe"];
+    let list = |key: &str| -> Vec<String> {
+        service[key]
+            .as_sequence()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (cap_drop, cap_add) = (list("cap_drop"), list("cap_add"));
+    assert_eq!(cap_add, ["KILL"], "the Janus file adds CAP_KILL alone");
+    let mut security = vec![
+        "--user".to_string(),
+        service["user"].as_str().expect("a user").to_string(),
+    ];
+    security.extend(cap_drop.iter().map(|c| format!("--cap-drop={c}")));
+    security.extend(cap_add.iter().map(|c| format!("--cap-add={c}")));
+    security.extend(
+        list("security_opt")
+            .iter()
+            .map(|o| format!("--security-opt={o}")),
+    );
+    if service["read_only"].as_bool() == Some(true) {
+        security.push("--read-only".into());
+    }
+    let listen = format!("127.0.0.1:{}", crate::harness::free_port());
+    let killer = run(podman(&bin)
+        .args(["run", "-d", "--pod", &cleanup.pod])
+        .args(&security)
+        .arg(&image)
+        .args([
+            "--name",
+            "workload",
+            "--interval",
+            "200ms",
+            "--threshold",
+            "100MiB",
+        ])
+        .args([
+            "--critical",
+            "120MiB",
+            "--kms-url",
+            "none",
+            "--on-recycle",
+            "signal:TERM",
+        ])
+        .args(["--listen", &listen]));
+    let status = std::fs::read_to_string(format!(
+        "/proc/{}/status",
+        run(podman(&bin).args(["inspect", "--format", "{{.State.Pid}}", &killer]))
+    ))
+    .unwrap();
+    let effective = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(
+        effective.ends_with("0000000000000020"),
+        "only CAP_KILL: {effective}"
+    );
+    let target = cleanup.target.as_mut().expect("the target runs");
+    let start = Instant::now();
+    while target.try_wait().unwrap().is_none() {
+        let logs = podman(&bin)
+            .args(["logs", &killer])
+            .output()
+            .map(|o| o.stderr)
+            .unwrap_or_default();
+        assert!(
+            start.elapsed() < DEADLINE * 2,
+            "the target was not ended by signal:TERM; memprobe logs: {}",
+            String::from_utf8_lossy(&logs)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
