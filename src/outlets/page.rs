@@ -313,8 +313,8 @@ fn chart(page: &mut String, status: &Status) {
         .max()
         .unwrap_or(0);
     let mut top = peak.max(threshold).max(critical.unwrap_or(0));
-    // The limit is drawn when it is near: a host's MemTotal would flatten everything.
-    drawn.limit = limit <= top.saturating_mul(2);
+    // The limit is drawn when it is known and near: a host's MemTotal would flatten everything.
+    drawn.limit = limit > 0 && limit <= top.saturating_mul(2);
     if drawn.limit {
         top = top.max(limit);
     }
@@ -808,7 +808,7 @@ mod tests {
         ] {
             assert!(page.contains(&format!("id=\"key-{key}\"")), "{key}");
         }
-        for absent in ["stalled", "rss", "critical"] {
+        for absent in ["stalled", "rss", "critical", "limit"] {
             assert!(
                 !page.contains(&format!("id=\"key-{absent}\"")),
                 "no {absent} drawn, none in the legend"
