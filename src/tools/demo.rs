@@ -143,6 +143,14 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The loader says so on stderr and goes on without a library it cannot find.
+    if jemalloc && watched.allocator != Allocator::Jemalloc {
+        eprintln!(
+            "memprobe: --allocator jemalloc: the dynamic loader did not preload {JEMALLOC} into \
+             the workload (is jemalloc installed? apt-get install libjemalloc2)"
+        );
+        return ExitCode::from(2);
+    }
     // The jemalloc run is told beside the same workload on glibc's malloc.
     let twin = if jemalloc {
         match Workload::start(false, false).await {
@@ -156,13 +164,6 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         None
     };
     let pid = watched.pid;
-    if jemalloc && watched.allocator != Allocator::Jemalloc {
-        eprintln!(
-            "memprobe: --allocator jemalloc: the dynamic loader found no {JEMALLOC} to preload \
-             (apt-get install libjemalloc2)"
-        );
-        return ExitCode::from(2);
-    }
 
     println!("memprobe demo: open http://{addr}/ to watch it as a chart");
     println!(

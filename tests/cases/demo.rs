@@ -1,6 +1,7 @@
 //! `memprobe demo` as a newcomer runs it: the story to its ending, then the page served until
 //! the demo is stopped (SIGTERM, or Ctrl-C's SIGINT); the jemalloc comparison where jemalloc
-//! can be preloaded, and its refusal by the static binary, which cannot preload anything.
+//! can be preloaded, and its refusal by the static binary, which cannot preload anything, and
+//! where the dynamic loader finds no jemalloc to preload.
 
 #![allow(clippy::disallowed_types)]
 
@@ -348,4 +349,66 @@ fn the_jemalloc_demo_stays_ready_beside_glibc_then_stops_on_ctrl_c() {
     let status = demo.stop("INT");
     assert_eq!(status.code(), Some(0), "Ctrl-C ends a told story with 0");
     assert!(!demo.listening());
+}
+
+/// Where the dynamic loader finds `libjemalloc.so.2`, for every architecture its cache has.
+fn jemalloc_paths(ldconfig: &Path) -> Vec<String> {
+    let out = Command::new(ldconfig)
+        .arg("-p")
+        .output()
+        .expect("run ldconfig -p");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("libjemalloc.so.2 "))
+        .filter_map(|l| Some(l.split_once("=> ")?.1.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn a_jemalloc_demo_the_loader_cannot_preload_is_refused_with_exit_2() {
+    if cfg!(target_feature = "crt-static") || !cfg!(target_env = "gnu") {
+        return harness::skip("this build's workload cannot preload jemalloc");
+    }
+    let (Some(unshare), Some(ldconfig)) = (harness::tool("unshare"), harness::tool("ldconfig"))
+    else {
+        return;
+    };
+    // A private mount namespace where every libjemalloc.so.2 the loader knows is /dev/null.
+    let can_mount = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    });
+    if !can_mount {
+        assert!(
+            !strict(),
+            "hiding jemalloc from the loader needs root in strict mode"
+        );
+        return harness::skip("hiding jemalloc from the loader needs root (a mount namespace)");
+    }
+    let hide: String = jemalloc_paths(&ldconfig)
+        .iter()
+        .map(|path| format!("mount --bind /dev/null '{path}' && "))
+        .collect();
+    let output = Command::new(unshare)
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "{hide}exec '{}' demo --allocator jemalloc --listen 127.0.0.1:0",
+            harness::MEMPROBE
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo in a mount namespace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("the dynamic loader did not preload libjemalloc.so.2")
+            && last.contains("apt-get install libjemalloc2"),
+        "why, and what to do, rather than a glibc story told as jemalloc's: {stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "nothing told: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
 }
