@@ -4,9 +4,13 @@
 //! asset and no script framework, so it works air-gapped and through `kubectl port-forward`.
 //! An SVG chart draws the deciding memory figure (and rss beside it when they differ), the
 //! threshold, critical and limit lines, shaded bands where the target was elevated, draining,
-//! stalled or to be recycled, a mark at each restart, the session count on a second axis, and
-//! the live bytes the target reports of itself when it does (the demo's workload), so that
-//! fragmentation shows as resident memory high above live memory.
+//! stalled or to be recycled, a mark at each restart, and the live bytes the target reports of
+//! itself when it does (the demo's workload) as an area under resident memory, so that
+//! fragmentation shows as resident memory high above it. The session count has a lane of its
+//! own below, on its own axis, so that it never crosses the memory lines. Gridlines fall on
+//! round figures and round times of day (UTC, as the transitions are stamped), and a legend
+//! under the chart names each line and band it drew, in the chart's own colours and dashes:
+//! a page read at a glance by someone who has never seen it.
 //! Beside it: the state, the reason, ready and live, the allocator (with a hint on glibc), the
 //! last transitions, and links to `/status`, `/metrics` and `/history.json`. It reloads itself
 //! every interval (a meta refresh), and follows the reader's light or dark scheme.
