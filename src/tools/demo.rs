@@ -122,7 +122,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // Asked for before anything starts, so that a Ctrl-C during the story is ours to handle.
+    // In place before anything starts, so that a Ctrl-C during the story is ours to handle.
     let mut stop_asked = Box::pin(stop_asked());
     let listener = match TcpListener::bind(flags.listen).await {
         Ok(l) => l,
@@ -240,19 +240,23 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     outcome
 }
 
-/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
-async fn stop_asked() {
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM; the handlers are in place from the call
+/// on, not from the first poll.
+fn stop_asked() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        // Without handlers the signals keep their default action: they still stop the demo.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {},
-        _ = term.recv() => {},
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            // Without handlers the signals keep their default action: they still stop the demo.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
     }
 }
 
