@@ -6,6 +6,8 @@ mod arm64;
 mod container;
 #[path = "cases/custom.rs"]
 mod custom;
+#[path = "cases/demo.rs"]
+mod demo;
 #[path = "cases/deploy.rs"]
 mod deploy;
 #[path = "cases/docs.rs"]
@@ -547,115 +549,6 @@ fn a_percentage_threshold_uses_the_memory_limit_flag() {
 }
 
 #[test]
-fn the_demo_tells_the_whole_story_and_exits_0() {
-    let output = run_to_end(&["demo", "--listen", "127.0.0.1:0"], &[]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "demo failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let states: Vec<&str> = ["healthy", "elevated", "draining", "recycle"]
-        .into_iter()
-        .filter(|s| stdout.contains(&format!("  {s} ")))
-        .collect();
-    assert_eq!(
-        states,
-        ["healthy", "elevated", "draining", "recycle"],
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("curl -i http://127.0.0.1:"),
-        "the URLs to try are printed"
-    );
-    assert!(
-        stdout.contains("sessions 0 (55 ended)"),
-        "sessions, and those that ended: {stdout}"
-    );
-    assert!(
-        stdout.contains("\nrecycle: last session ended after draining "),
-        "the drain ends on the workload's own session count, not on --drain-timeout: {stdout}"
-    );
-    assert!(
-        !stdout.contains("--drain-timeout") && !stdout.contains("session count unknown"),
-        "{stdout}"
-    );
-    let (resident, live) = resident_for_live(&stdout);
-    assert!(
-        resident > 4.0 * live,
-        "resident memory far above live memory at recycle: {stdout}"
-    );
-}
-
-/// Reads "resident 245.12 MiB for 12.08 MiB live" at the end of the glibc demo.
-fn resident_for_live(stdout: &str) -> (f64, f64) {
-    let line = stdout
-        .lines()
-        .find(|l| l.starts_with("resident "))
-        .unwrap_or_else(|| panic!("the resident-for-live line: {stdout}"));
-    let words: Vec<&str> = line.split_whitespace().collect();
-    (mib(words[1], words[2]), mib(words[4], words[5]))
-}
-
-/// "12.08" "MiB" in MiB.
-fn mib(figure: &str, unit: &str) -> f64 {
-    let figure: f64 = figure.parse().expect("a figure");
-    match unit {
-        "KiB" => figure / 1024.0,
-        "MiB" => figure,
-        "GiB" => figure * 1024.0,
-        other => panic!("unit {other}"),
-    }
-}
-
-#[test]
-fn the_jemalloc_demo_stays_ready() {
-    if !std::path::Path::new(memprobe::tools::demo::JEMALLOC).exists() {
-        assert!(!strict(), "libjemalloc2 is required in strict mode");
-        harness::skip("libjemalloc2 is not installed");
-        return;
-    }
-    let output = run_to_end(
-        &["demo", "--allocator", "jemalloc", "--listen", "127.0.0.1:0"],
-        &[],
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        !stdout.contains("  draining "),
-        "jemalloc never drains: {stdout}"
-    );
-    assert!(stdout.contains("stayed ready"));
-    // Both runs' idle figures, side by side.
-    let idle = |name: &str| {
-        let row = stdout
-            .lines()
-            .find(|l| l.trim_start().starts_with(name))
-            .unwrap_or_else(|| panic!("the {name} row: {stdout}"));
-        let words: Vec<&str> = row.split_whitespace().collect();
-        let n = words.len();
-        (
-            mib(words[n - 4], words[n - 3]),
-            mib(words[n - 2], words[n - 1]),
-        )
-    };
-    let (glibc_resident, glibc_live) = idle("glibc malloc");
-    let (jemalloc_resident, jemalloc_live) = idle("jemalloc");
-    assert!(
-        glibc_resident > 3.0 * jemalloc_resident,
-        "glibc keeps far more resident than jemalloc once idle: {stdout}"
-    );
-    assert!(
-        glibc_live < 2.0 * jemalloc_live && jemalloc_live < 2.0 * glibc_live,
-        "for about the same live memory: {stdout}"
-    );
-}
-
-#[test]
 fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
     // The workload is this test build of memprobe: it runs on glibc's malloc only where the
     // build is for glibc.
@@ -678,9 +571,9 @@ fn a_kms_on_glibc_malloc_gets_one_warning_and_jemalloc_is_recognised() {
         "one warning naming the jemalloc image: {warning}"
     );
 
-    if !std::path::Path::new(memprobe::tools::demo::JEMALLOC).exists() {
+    if !demo::jemalloc_preloads() {
         assert!(!strict(), "libjemalloc2 is required in strict mode");
-        return harness::skip("the jemalloc half: libjemalloc2 is not installed");
+        return harness::skip("the jemalloc half: the dynamic loader finds no libjemalloc.so.2");
     }
     let preloaded = Workload::start_with(None, &[("LD_PRELOAD", memprobe::tools::demo::JEMALLOC)]);
     let pid = preloaded.pid.to_string();

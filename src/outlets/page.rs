@@ -4,9 +4,13 @@
 //! asset and no script framework, so it works air-gapped and through `kubectl port-forward`.
 //! An SVG chart draws the deciding memory figure (and rss beside it when they differ), the
 //! threshold, critical and limit lines, shaded bands where the target was elevated, draining,
-//! stalled or to be recycled, a mark at each restart, the session count on a second axis, and
-//! the live bytes the target reports of itself when it does (the demo's workload), so that
-//! fragmentation shows as resident memory high above live memory.
+//! stalled or to be recycled, a mark at each restart, and the live bytes the target reports of
+//! itself when it does (the demo's workload) as an area under resident memory, so that
+//! fragmentation shows as resident memory high above it. The session count has a lane of its
+//! own below, on its own axis, so that it never crosses the memory lines. Gridlines fall on
+//! round figures and round times of day (UTC, as the transitions are stamped), and a legend
+//! under the chart names each line and band it drew, in the chart's own colours and dashes:
+//! a page read at a glance by someone who has never seen it.
 //! Beside it: the state, the reason, ready and live, the allocator (with a hint on glibc), the
 //! last transitions, and links to `/status`, `/metrics` and `/history.json`. It reloads itself
 //! every interval (a meta refresh), and follows the reader's light or dark scheme.
@@ -19,14 +23,23 @@ use crate::status::{Point, Status};
 use crate::units::{Bytes, Human};
 
 const WIDTH: f64 = 760.0;
-const HEIGHT: f64 = 260.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 50.0;
+const RIGHT: f64 = 24.0;
+/// The memory lane: memory, live bytes and the threshold lines.
 const TOP: f64 = 10.0;
-const BOTTOM: f64 = 24.0;
+const MEMORY_BOTTOM: f64 = 210.0;
+/// The sessions lane below it, on an axis of its own, when there is a session count.
+const SESSIONS_TOP: f64 = 234.0;
+const SESSIONS_BOTTOM: f64 = 284.0;
+/// Below the lowest lane: the time axis's labels.
+const AXIS_LABELS: f64 = 20.0;
 /// Points drawn per series at most: more would not show on 760 pixels, and the page stays
 /// small.
 const MAX_DRAWN: usize = 760;
+/// The most gridlines an axis gets: enough to read a value off, few enough to stay apart.
+const MOST_TICKS: u64 = 8;
+/// Half the width of an `HH:MM:SS` label at the chart's font size, and a little room.
+const TICK_LABEL_HALF_WIDTH: f64 = 28.0;
 
 /// Escapes text for HTML.
 fn esc(text: &str) -> String {
@@ -79,6 +92,9 @@ h1 {{ font-size: 20px; margin: 4px 0; }} .muted {{ color: var(--muted); }}
 .s-draining, .s-stalled {{ background:#fb8f4433; }} .s-recycle {{ background:#cf222e33; }}
 .s-lost, .s-starting {{ background:#8883; }}
 svg {{ width: 100%; height: auto; }} svg text {{ fill: var(--muted); font-size: 11px; }}
+svg text.lane {{ font-weight: 600; fill: var(--ses); }}
+#legend {{ display: flex; flex-wrap: wrap; gap: 2px 16px; font-size: 13px; margin: 4px 0 8px; }}
+.key svg {{ width: 24px; vertical-align: middle; }}
 .band.elevated {{ fill:#d29922; opacity:.12; }} .band.draining {{ fill:#fb8f44; opacity:.22; }}
 .band.stalled {{ fill:#a371f7; opacity:.2; }} .band.recycle {{ fill:#cf222e; opacity:.22; }}
 table {{ border-collapse: collapse; width: 100%; font-size: 13px; }}
@@ -184,7 +200,7 @@ fn next_decision(status: &Status, now: SystemTime) -> Option<String> {
 }
 
 /// Every k-th point, and the last, so at most about [`MAX_DRAWN`] are drawn.
-fn drawn(points: &[Point]) -> impl Iterator<Item = &Point> {
+fn drawn_points(points: &[Point]) -> impl Iterator<Item = &Point> {
     let step = points.len().div_ceil(MAX_DRAWN).max(1);
     let last = points.len().saturating_sub(1);
     points
@@ -194,54 +210,151 @@ fn drawn(points: &[Point]) -> impl Iterator<Item = &Point> {
         .map(|(_, p)| p)
 }
 
+/// A step for the memory axis: 1, 2, 5, 10, 20, 25, 50, 100, 200, 250 or 500 KiB, MiB or GiB,
+/// so that at most about five gridlines cover `top` bytes.
+fn byte_step(top: u64) -> u64 {
+    const MULTIPLES: [u64; 11] = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500];
+    let wanted = top / 5;
+    [1u64 << 10, 1 << 20, 1 << 30, 1 << 40]
+        .iter()
+        .flat_map(|unit| MULTIPLES.iter().map(move |m| m * unit))
+        .find(|step| *step >= wanted)
+        .unwrap_or(1 << 40)
+        .max(1)
+}
+
+/// A round figure in its own unit: `250 MiB`, `1 GiB`, `512 KiB`.
+fn short_bytes(bytes: u64) -> String {
+    for (unit, name) in [
+        (1u64 << 40, "TiB"),
+        (1 << 30, "GiB"),
+        (1 << 20, "MiB"),
+        (1 << 10, "KiB"),
+    ] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
+    Bytes(bytes).to_string()
+}
+
+/// A step for the time axis, in seconds: a round one, giving at most [`MOST_TICKS`] ticks
+/// over `span_s` seconds.
+fn time_step(span_s: u64) -> u64 {
+    const STEPS: [u64; 16] = [
+        1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200,
+    ];
+    STEPS
+        .iter()
+        .copied()
+        .find(|step| span_s / step < MOST_TICKS)
+        .unwrap_or(86400)
+}
+
+/// The time of day (UTC) at `at_ms`, to the second when ticks are seconds apart.
+fn clock(at_ms: u64, step_s: u64) -> String {
+    let of_day = at_ms / 1000 % 86400;
+    let (h, m, s) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
+    if step_s < 60 {
+        format!("{h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}")
+    }
+}
+
+/// The shaded states, in legend order, with what each means.
+const BANDS: [(State, &str); 4] = [
+    (
+        State::Elevated,
+        "elevated: over the threshold, not yet for --sustain",
+    ),
+    (State::Draining, "draining: /ready 503, no new sessions"),
+    (State::Stalled, "stalled: the server stopped answering"),
+    (State::Recycle, "recycle: /healthz 503, restart the server"),
+];
+
+/// What the chart drew, for its legend.
+#[derive(Default)]
+struct Drawn {
+    bands: Vec<State>,
+    rss: bool,
+    live: bool,
+    sessions: bool,
+    critical: bool,
+    limit: bool,
+    restart: bool,
+}
+
 fn chart(page: &mut String, status: &Status) {
     let points: &[Point] = &status.history;
-    let _ = writeln!(
-        page,
-        "<svg id=\"chart\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" aria-label=\"memory over time\">"
-    );
     if points.is_empty() {
-        page.push_str("<text x=\"80\" y=\"120\">no samples yet</text></svg>\n");
+        let _ = writeln!(
+            page,
+            "<svg id=\"chart\" viewBox=\"0 0 {WIDTH} {MEMORY_BOTTOM}\" role=\"img\" \
+             aria-label=\"memory over time\"><text x=\"80\" y=\"100\">no samples yet</text></svg>"
+        );
         return;
     }
+    let mut drawn = Drawn {
+        sessions: points.iter().any(|p| p.sessions.is_some()),
+        rss: points.iter().any(|p| p.rss_bytes != p.memory_bytes),
+        live: points.iter().any(|p| p.live_bytes.is_some()),
+        ..Drawn::default()
+    };
+    let bottom = if drawn.sessions {
+        SESSIONS_BOTTOM
+    } else {
+        MEMORY_BOTTOM
+    };
+    let height = bottom + AXIS_LABELS;
+    let _ = writeln!(
+        page,
+        "<svg id=\"chart\" viewBox=\"0 0 {WIDTH} {height}\" role=\"img\" aria-label=\"memory over time\">"
+    );
     let threshold = status.threshold.bytes;
     let critical = status.threshold.critical_bytes;
     let limit = status.threshold.limit.bytes;
     let peak = points
         .iter()
-        .map(|p| p.memory_bytes.max(p.rss_bytes))
+        .map(|p| {
+            p.memory_bytes
+                .max(p.rss_bytes)
+                .max(p.live_bytes.unwrap_or(0))
+        })
         .max()
         .unwrap_or(0);
     let mut top = peak.max(threshold).max(critical.unwrap_or(0));
-    // The limit is drawn when it is near: a host's MemTotal would flatten everything.
-    let show_limit = limit <= top.saturating_mul(2);
-    if show_limit {
+    // The limit is drawn when it is known and near: a host's MemTotal would flatten everything.
+    drawn.limit = limit > 0 && limit <= top.saturating_mul(2);
+    if drawn.limit {
         top = top.max(limit);
     }
-    let top = (top as f64 * 1.08).max(1.0);
+    // Up to the next gridline, and a little room above the highest line.
+    let step = byte_step(top.saturating_add(top / 16));
+    let top = (top.saturating_add(top / 16) / step + 1).saturating_mul(step);
     let (t0, t1) = (
         points[0].at_ms,
         points[points.len() - 1].at_ms.max(points[0].at_ms + 1),
     );
     let x = |at: u64| LEFT + (at - t0) as f64 / (t1 - t0) as f64 * (WIDTH - LEFT - RIGHT);
-    let y = |bytes: u64| TOP + (1.0 - bytes as f64 / top) * (HEIGHT - TOP - BOTTOM);
-    // Bands, one rect per run of a shaded state.
+    let y = |bytes: u64| TOP + (1.0 - bytes as f64 / top as f64) * (MEMORY_BOTTOM - TOP);
+    // Bands, one rect per run of a shaded state, across both lanes.
     let mut run: Option<(State, u64)> = None;
-    let close = |page: &mut String, state: State, from: u64, to: u64| {
+    let mut close = |page: &mut String, state: State, from: u64, to: u64| {
+        if !drawn.bands.contains(&state) {
+            drawn.bands.push(state);
+        }
         let _ = writeln!(
             page,
             "<rect class=\"band {}\" x=\"{:.1}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{:.1}\"/>",
             state.as_str(),
             x(from),
             (x(to) - x(from)).max(2.0),
-            HEIGHT - TOP - BOTTOM
+            bottom - TOP
         );
     };
     for p in points {
-        let shaded = matches!(
-            p.state,
-            State::Elevated | State::Draining | State::Stalled | State::Recycle
-        );
+        let shaded = BANDS.iter().any(|(s, _)| *s == p.state);
         match run {
             Some((s, from)) if s != p.state => {
                 close(page, s, from, p.at_ms);
@@ -254,32 +367,57 @@ fn chart(page: &mut String, status: &Status) {
     if let Some((s, from)) = run {
         close(page, s, from, t1);
     }
-    // Axes and labels.
-    for fraction in [0.0, 0.5, 1.0] {
-        let bytes = (top * fraction) as u64;
-        let (right, at) = (WIDTH - RIGHT, y(bytes));
+    // The memory axis: a gridline and a label at each round figure.
+    let right = WIDTH - RIGHT;
+    for k in 0..=top / step {
+        let (bytes, at) = (k * step, y(k * step));
         let _ = writeln!(
             page,
-            "<line x1=\"{LEFT}\" x2=\"{right}\" y1=\"{at:.1}\" y2=\"{at:.1}\" stroke=\"var(--grid)\"/>\
-             <text x=\"4\" y=\"{label_at:.1}\">{label}</text>",
+            "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{right}\" y1=\"{at:.1}\" y2=\"{at:.1}\" stroke=\"var(--grid)\"/>\
+             <text x=\"{label_x}\" y=\"{label_at:.1}\" text-anchor=\"end\">{label}</text>",
+            label_x = LEFT - 6.0,
             label_at = at + 4.0,
-            label = Bytes(bytes)
+            label = short_bytes(bytes)
         );
     }
-    let span = (t1 - t0) / 1000;
+    // The time axis: a tick at each round time of day, labelled in UTC.
+    let step_s = time_step((t1 - t0) / 1000);
+    let step_ms = step_s * 1000;
+    let mut tick = t0.div_ceil(step_ms) * step_ms;
     let _ = writeln!(
         page,
-        "<text x=\"{LEFT}\" y=\"{}\">{} ago</text><text x=\"{}\" y=\"{0}\">now</text>",
-        HEIGHT - 6.0,
-        humantime::format_duration(std::time::Duration::from_secs(span)),
-        WIDTH - RIGHT - 20.0
+        "<g id=\"time-axis\"><line x1=\"{LEFT}\" x2=\"{right}\" y1=\"{bottom}\" y2=\"{bottom}\" stroke=\"var(--muted)\"/>\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"end\">UTC</text>",
+        LEFT - 6.0,
+        bottom + 14.0
     );
+    while tick <= t1 {
+        let at = x(tick);
+        let _ = write!(
+            page,
+            "<line class=\"tick\" x1=\"{at:.1}\" x2=\"{at:.1}\" y1=\"{TOP}\" y2=\"{bottom}\" stroke=\"var(--grid)\"/>\
+             <line x1=\"{at:.1}\" x2=\"{at:.1}\" y1=\"{bottom}\" y2=\"{}\" stroke=\"var(--muted)\"/>",
+            bottom + 4.0,
+        );
+        // A label centred on a tick at the very left would run into the axis's "UTC".
+        if at - LEFT >= TICK_LABEL_HALF_WIDTH {
+            let _ = write!(
+                page,
+                "<text class=\"tick-label\" x=\"{at:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                bottom + 14.0,
+                clock(tick, step_s)
+            );
+        }
+        page.push('\n');
+        tick += step_ms;
+    }
+    page.push_str("</g>\n");
     let hline = |page: &mut String, id: &str, bytes: u64, color: &str, label: &str| {
-        let (right, at) = (WIDTH - RIGHT, y(bytes));
+        let at = y(bytes);
         let _ = writeln!(
             page,
             "<line id=\"{id}\" x1=\"{LEFT}\" x2=\"{right}\" y1=\"{at:.1}\" y2=\"{at:.1}\" \
-             stroke=\"var({color})\" stroke-dasharray=\"6 4\"/>\
+             stroke=\"var({color})\" stroke-dasharray=\"6 4\" stroke-width=\"1.4\"/>\
              <text x=\"{text_x}\" y=\"{text_y:.1}\">{label} {size}</text>",
             text_x = LEFT + 4.0,
             text_y = at - 3.0,
@@ -288,98 +426,181 @@ fn chart(page: &mut String, status: &Status) {
     };
     hline(page, "threshold", threshold, "--thr", "threshold");
     if let Some(c) = critical {
+        drawn.critical = true;
         hline(page, "critical", c, "--crit", "critical");
     }
-    if show_limit {
+    if drawn.limit {
         hline(page, "limit", limit, "--lim", "limit");
     }
-    // Restarts.
+    // Restarts, across both lanes.
     for pair in points.windows(2) {
         if pair[1].incarnation != pair[0].incarnation {
+            drawn.restart = true;
             let _ = writeln!(
                 page,
-                "<line class=\"restart\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{TOP}\" y2=\"{1}\" \
-                 stroke=\"var(--crit)\"/>",
+                "<line class=\"restart\" x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{TOP}\" y2=\"{bottom}\" \
+                 stroke=\"var(--crit)\" stroke-width=\"2\"/>",
                 x(pair[1].at_ms),
-                HEIGHT - BOTTOM
             );
         }
     }
     let polyline = |page: &mut String, id: &str, color: &str, value: &dyn Fn(&Point) -> u64| {
         let _ = write!(
             page,
-            "<polyline id=\"{id}\" fill=\"none\" stroke=\"var({color})\" stroke-width=\"1.6\" points=\""
+            "<polyline id=\"{id}\" fill=\"none\" stroke=\"var({color})\" stroke-width=\"1.8\" points=\""
         );
-        for p in drawn(points) {
+        for p in drawn_points(points) {
             let _ = write!(page, "{:.1},{:.1} ", x(p.at_ms), y(value(p)));
         }
         page.push_str("\"/>\n");
     };
-    let rss = points.iter().any(|p| p.rss_bytes != p.memory_bytes);
-    if rss {
+    // Live bytes as an area under resident memory: the part of it the workload holds; what
+    // stands above the area is what the allocator keeps.
+    if drawn.live {
+        let live = |p: &Point| p.live_bytes.unwrap_or(0);
+        let _ = write!(
+            page,
+            "<polygon id=\"live-area\" fill=\"var(--live)\" opacity=\".28\" points=\"{:.1},{:.1} ",
+            x(t0),
+            y(0)
+        );
+        for p in drawn_points(points) {
+            let _ = write!(page, "{:.1},{:.1} ", x(p.at_ms), y(live(p)));
+        }
+        let _ = writeln!(page, "{:.1},{:.1}\"/>", x(t1), y(0));
+    }
+    if drawn.rss {
         polyline(page, "rss", "--rss", &|p: &Point| p.rss_bytes);
     }
     polyline(page, "memory", "--mem", &|p: &Point| p.memory_bytes);
-    let live = points.iter().any(|p| p.live_bytes.is_some());
-    if live {
+    if drawn.live {
         polyline(page, "live-bytes", "--live", &|p: &Point| {
             p.live_bytes.unwrap_or(0)
         });
     }
-    // Sessions on the right axis.
-    let most = points.iter().filter_map(|p| p.sessions).max();
-    if let Some(most) = most {
-        let most = most.max(1) as f64;
-        let ys = |n: u32| TOP + (1.0 - n as f64 / most) * (HEIGHT - TOP - BOTTOM);
+    // Sessions in a lane of their own, on their own axis: 0 and the most there were.
+    if drawn.sessions {
+        let most = points
+            .iter()
+            .filter_map(|p| p.sessions)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let ys = |n: u32| {
+            SESSIONS_TOP + (1.0 - f64::from(n) / f64::from(most)) * (SESSIONS_BOTTOM - SESSIONS_TOP)
+        };
+        let _ = writeln!(
+            page,
+            "<g id=\"sessions-axis\"><line x1=\"{LEFT}\" x2=\"{right}\" y1=\"{top_at}\" y2=\"{top_at}\" stroke=\"var(--grid)\"/>\
+             <text x=\"{label_x}\" y=\"{}\" text-anchor=\"end\">{most}</text>\
+             <text x=\"{label_x}\" y=\"{}\" text-anchor=\"end\">0</text>\
+             <text x=\"{label_x}\" y=\"{}\" text-anchor=\"end\" class=\"lane\">sessions</text></g>",
+            SESSIONS_TOP + 4.0,
+            SESSIONS_BOTTOM,
+            (SESSIONS_TOP + SESSIONS_BOTTOM) / 2.0 + 4.0,
+            top_at = SESSIONS_TOP,
+            label_x = LEFT - 6.0,
+        );
         let _ = write!(
             page,
-            "<polyline id=\"sessions\" fill=\"none\" stroke=\"var(--ses)\" stroke-width=\"1.2\" points=\""
+            "<polyline id=\"sessions\" fill=\"none\" stroke=\"var(--ses)\" stroke-width=\"1.4\" points=\""
         );
-        for p in drawn(points) {
+        for p in drawn_points(points) {
             if let Some(n) = p.sessions {
                 let _ = write!(page, "{:.1},{:.1} ", x(p.at_ms), ys(n));
             }
         }
-        let _ = writeln!(
-            page,
-            // The right axis's top, right-aligned so that it stays inside the chart.
-            "\"/><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{} sessions</text>",
-            WIDTH - 2.0,
-            TOP + 10.0,
-            most
-        );
+        page.push_str("\"/>\n");
     }
     page.push_str("</svg>\n");
-    legend(
-        page,
-        status.settings.memory.as_str(),
-        rss,
-        live,
-        most.is_some(),
-    );
+    legend(page, status.settings.memory.as_str(), &drawn);
 }
 
-/// What each line of the chart is.
-fn legend(page: &mut String, deciding: &str, rss: bool, live: bool, sessions: bool) {
-    let key = |page: &mut String, color: &str, what: &str| {
-        let _ = write!(
+/// What each line, area and band of the chart is, drawn as the chart draws it.
+fn legend(page: &mut String, deciding: &str, drawn: &Drawn) {
+    let key = |page: &mut String, id: &str, swatch: &str, what: &str| {
+        let _ = writeln!(
             page,
-            "<span style=\"color:var({color})\">&#9473;</span> {what} &nbsp; "
+            "<span class=\"key\" id=\"key-{id}\"><svg viewBox=\"0 0 24 12\" width=\"24\" height=\"12\">{swatch}</svg> {what}</span>"
         );
     };
-    page.push_str("<p class=\"muted\" id=\"legend\">");
-    key(page, "--mem", &format!("{deciding} (decides)"));
-    if rss {
-        key(page, "--rss", "rss");
+    let line = |color: &str, dash: &str| {
+        format!(
+            "<line x1=\"0\" x2=\"24\" y1=\"6\" y2=\"6\" stroke=\"var({color})\" stroke-width=\"2\" stroke-dasharray=\"{dash}\"/>"
+        )
+    };
+    page.push_str("<div class=\"muted\" id=\"legend\">\n");
+    let memory = if deciding == "rss" {
+        "rss: resident memory, the figure that decides".to_string()
+    } else {
+        format!("{deciding}: the figure that decides")
+    };
+    key(page, "memory", &line("--mem", "none"), &memory);
+    if drawn.rss {
+        key(page, "rss", &line("--rss", "none"), "rss: resident memory");
     }
-    if live {
-        key(page, "--live", "live, as the workload reports it");
+    if drawn.live {
+        key(
+            page,
+            "live",
+            "<rect width=\"24\" height=\"12\" fill=\"var(--live)\" opacity=\".28\"/><line x1=\"0\" x2=\"24\" y1=\"1\" y2=\"1\" stroke=\"var(--live)\" stroke-width=\"2\"/>",
+            "live: what the workload's sessions hold, as it reports them (a moment apart from \
+             resident, so a wave's peak can reach above it); resident above it is heap the \
+             allocator keeps",
+        );
     }
-    if sessions {
-        key(page, "--ses", "sessions (right axis)");
+    key(
+        page,
+        "threshold",
+        &line("--thr", "6 4"),
+        "threshold: over it for --sustain, the server drains",
+    );
+    if drawn.critical {
+        key(
+            page,
+            "critical",
+            &line("--crit", "6 4"),
+            "critical: one sample over it recycles at once",
+        );
     }
-    key(page, "--thr", "threshold");
-    page.push_str("</p>\n");
+    if drawn.limit {
+        key(
+            page,
+            "limit",
+            &line("--lim", "6 4"),
+            "limit: the memory limit",
+        );
+    }
+    if drawn.restart {
+        key(
+            page,
+            "restart",
+            "<line x1=\"12\" x2=\"12\" y1=\"0\" y2=\"12\" stroke=\"var(--crit)\" stroke-width=\"2\"/>",
+            "a restart of the server",
+        );
+    }
+    if drawn.sessions {
+        key(
+            page,
+            "sessions",
+            &line("--ses", "none"),
+            "sessions, in the lower lane on their own axis",
+        );
+    }
+    for (state, what) in BANDS {
+        if drawn.bands.contains(&state) {
+            key(
+                page,
+                state.as_str(),
+                &format!(
+                    "<rect class=\"band {}\" width=\"24\" height=\"12\"/>",
+                    state.as_str()
+                ),
+                what,
+            );
+        }
+    }
+    page.push_str("</div>\n");
 }
 
 #[cfg(test)]
@@ -444,7 +665,7 @@ mod tests {
         assert!(page.contains("class=\"band elevated\""));
         assert!(
             page.contains("<polyline id=\"sessions\""),
-            "sessions on a second axis"
+            "sessions in a lane of their own"
         );
         assert!(
             !page.contains("id=\"live-bytes\""),
@@ -536,9 +757,164 @@ mod tests {
             );
         }
         assert!(
-            page.contains("live, as the workload reports it"),
+            page.contains("id=\"key-live\"")
+                && page.contains("live: what the workload's sessions hold"),
             "in the legend"
         );
         assert!(page.len() < 64 * 1024, "{} bytes", page.len());
+    }
+
+    /// The y coordinates of a series as the page draws it.
+    fn ys(page: &str, id: &str) -> Vec<f64> {
+        let points = page
+            .split(&format!("<polyline id=\"{id}\""))
+            .nth(1)
+            .and_then(|rest| rest.split("points=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        points
+            .split_whitespace()
+            .filter_map(|xy| xy.split_once(',')?.1.parse().ok())
+            .collect()
+    }
+
+    #[test]
+    fn axes_step_by_round_figures_and_times_of_day() {
+        assert_eq!(byte_step(280 * MI), 100 * MI, "0, 100, 200, 300 MiB");
+        assert_eq!(byte_step(1 << 30), 250 * MI);
+        assert_eq!(byte_step(3 << 30), 1 << 30);
+        assert_eq!(byte_step(600 << 10), 200 << 10);
+        assert_eq!(byte_step(0), 1 << 10, "an empty chart still has a step");
+        assert_eq!(short_bytes(250 * MI), "250 MiB");
+        assert_eq!(short_bytes(1 << 30), "1 GiB");
+        assert_eq!(short_bytes(512 << 10), "512 KiB");
+        assert_eq!(short_bytes(0), "0 B");
+        assert_eq!(time_step(53), 10, "a 53 s history: ticks every 10 s");
+        assert_eq!(time_step(5), 1);
+        assert_eq!(time_step(300), 60);
+        assert_eq!(
+            time_step(1800),
+            300,
+            "the demo's 30 minutes: every 5 minutes"
+        );
+        assert_eq!(time_step(2 * 86400), 43200);
+        assert_eq!(time_step(10 * 86400), 86400, "a day at most");
+        assert_eq!(clock(1_800_000_123_000, 10), "08:02:03");
+        assert_eq!(
+            clock(1_800_000_123_000, 60),
+            "08:02",
+            "minutes apart: no seconds"
+        );
+    }
+
+    /// Waves of sessions, a drain and a recycle, then a restart: the demo's story and after.
+    fn story() -> Vec<Point> {
+        (0..60)
+            .map(|s| {
+                let state = match s {
+                    0..20 => State::Healthy,
+                    20..30 => State::Elevated,
+                    30..36 => State::Draining,
+                    36..40 => State::Recycle,
+                    _ => State::Healthy,
+                };
+                let mib = if s < 40 { 20 + s * 5 } else { 20 };
+                Point {
+                    sessions: Some((s % 4) as u32),
+                    live_bytes: Some(if s % 2 == 0 { mib * MI } else { 2 * MI }),
+                    incarnation: if s < 40 { 1 } else { 2 },
+                    ..point(s, mib, state)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_legend_names_every_band_and_line_drawn_and_nothing_else() {
+        let page = render(&with_history(story()));
+        for key in [
+            "memory",
+            "live",
+            "threshold",
+            "sessions",
+            "restart",
+            "elevated",
+            "draining",
+            "recycle",
+        ] {
+            assert!(page.contains(&format!("id=\"key-{key}\"")), "{key}");
+        }
+        for absent in ["stalled", "rss", "critical", "limit"] {
+            assert!(
+                !page.contains(&format!("id=\"key-{absent}\"")),
+                "no {absent} drawn, none in the legend"
+            );
+        }
+        assert!(page.contains("draining: /ready 503, no new sessions"));
+        assert!(
+            page.contains("<rect class=\"band draining\" width=\"24\""),
+            "each band's key is drawn as the band is"
+        );
+    }
+
+    #[test]
+    fn sessions_sit_in_a_lane_of_their_own_below_the_memory_lines() {
+        let page = render(&with_history(story()));
+        let lowest = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+        let highest = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+        for series in ["memory", "live-bytes"] {
+            assert!(lowest(&ys(&page, series)) <= MEMORY_BOTTOM, "{series}");
+        }
+        let sessions = ys(&page, "sessions");
+        assert!(highest(&sessions) >= SESSIONS_TOP && lowest(&sessions) <= SESSIONS_BOTTOM);
+        assert!(
+            page.contains(">3</text>") && page.contains("class=\"lane\">sessions</text>"),
+            "its own axis: the most sessions, and its name"
+        );
+        let without = with_history(
+            story()
+                .into_iter()
+                .map(|p| Point {
+                    sessions: None,
+                    ..p
+                })
+                .collect(),
+        );
+        let page = render(&without);
+        assert!(
+            !page.contains("id=\"sessions-axis\"") && !page.contains("id=\"key-sessions\""),
+            "no lane without a session count"
+        );
+    }
+
+    #[test]
+    fn the_time_axis_has_a_labelled_tick_every_round_step() {
+        // 59 s of history from 08:02:03 UTC: a tick every 10 s, at 08:02:10 to 08:03:00.
+        let history: Vec<Point> = (1_800_000_123..1_800_000_183)
+            .map(|s| point(s, 50, State::Healthy))
+            .collect();
+        let page = render(&with_history(history));
+        let labels: Vec<&str> = page
+            .split("class=\"tick-label\"")
+            .skip(1)
+            .filter_map(|t| t.split_once('>')?.1.split_once('<'))
+            .map(|(label, _)| label)
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "08:02:10", "08:02:20", "08:02:30", "08:02:40", "08:02:50", "08:03:00"
+            ]
+        );
+        assert!(page.contains(">UTC</text>"));
+        // From 08:02:09: the tick at 08:02:10 is too near the axis's "UTC" for a label.
+        let history: Vec<Point> = (1_800_000_129..1_800_000_183)
+            .map(|s| point(s, 50, State::Healthy))
+            .collect();
+        let page = render(&with_history(history));
+        assert_eq!(page.matches("<line class=\"tick\"").count(), 6);
+        assert!(!page.contains(">08:02:10<") && page.contains(">08:02:20<"));
+        let gridlines = page.matches("<line class=\"grid\"").count();
+        assert!((3..=7).contains(&gridlines), "{gridlines} memory gridlines");
     }
 }

@@ -15,8 +15,15 @@
 //! live memory, with no session left. It also says its session count as any server can
 //! (`--serve-sessions`), and the sidecar reads it as `--sessions-url` would: the drain ends
 //! when the last session has, as it would on a real server, not at `--drain-timeout`.
+//!
+//! Once the story is told, the page stays served (and the workload watched) until the user
+//! stops the demo with Ctrl-C or SIGTERM, so it can be read at leisure; the exit status is
+//! then the story's (0), or 130 when it was stopped before the end. The lines and the page
+//! name the malloc the workload really runs: glibc's for a dynamically linked build, musl's
+//! for the static musl binary. jemalloc is preloaded by its soname, found as the dynamic
+//! loader finds any library on this architecture; a static binary cannot have its malloc
+//! replaced so, and `--allocator jemalloc` is refused there (exit 2) before anything starts.
 
-use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
@@ -35,6 +42,7 @@ use crate::sidecar::Sidecar;
 use crate::sources::MemoryKind;
 use crate::sources::custom::{CustomSettings, Endpoint};
 use crate::sources::proc::ProcSettings;
+use crate::sources::proc::allocator::{self, Allocator};
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::reported::Reported;
 use crate::status::Status;
@@ -42,7 +50,9 @@ use crate::tools::workload::Report;
 use crate::units::{Bytes, SizeOrPercent};
 use crate::{outlets, policy, sources};
 
-pub const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+/// jemalloc's soname: an `LD_PRELOAD` entry with no slash is searched for as the dynamic
+/// loader searches for any library (its cache, then this architecture's directories).
+pub const JEMALLOC: &str = "libjemalloc.so.2";
 /// jemalloc's settings: a background thread hands freed pages back even while idle, as the
 /// deploy/ setups have it for KMS; and since the demo's sessions last a second where a call
 /// lasts minutes, the decay is scaled down with them (jemalloc's default is 10 s).
@@ -53,6 +63,10 @@ const THRESHOLD_BYTES: u64 = 128 << 20;
 const SETTLE: Duration = Duration::from_secs(12);
 /// The glibc story takes about 30 s here; past this something is wrong.
 const GIVE_UP: Duration = Duration::from_secs(150);
+/// What the page keeps once the story is told and the demo goes on serving it.
+const HISTORY: Duration = Duration::from_secs(30 * 60);
+/// The exit status of a demo stopped before its story ended (as a shell shows SIGINT).
+const INTERRUPTED: u8 = 130;
 /// How often the workload reports its live bytes.
 const REPORT_EVERY: &str = "250ms";
 
@@ -139,19 +153,24 @@ fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) ->
             },
         },
         interval,
-        history: Duration::from_secs(300),
+        history: HISTORY,
         log_format: LogFormat::Text,
     }
 }
 
 pub async fn run(flags: DemoFlags) -> ExitCode {
     let jemalloc = flags.allocator == DemoAllocator::Jemalloc;
-    if jemalloc && !Path::new(JEMALLOC).exists() {
+    // The workload is this binary: statically linked, it has no loader to preload into.
+    if jemalloc && cfg!(target_feature = "crt-static") {
         eprintln!(
-            "memprobe: --allocator: 'jemalloc' needs {JEMALLOC} (apt-get install libjemalloc2)"
+            "memprobe: --allocator jemalloc: this memprobe is a static binary, whose malloc \
+             cannot be replaced by preloading jemalloc (run the demo from a dynamically linked \
+             build: cargo run --release -- demo --allocator jemalloc)"
         );
         return ExitCode::from(2);
     }
+    // In place before anything starts, so that a Ctrl-C during the story is ours to handle.
+    let mut stop_asked = Box::pin(stop_asked());
     let listener = match TcpListener::bind(flags.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -171,6 +190,14 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The loader says so on stderr and goes on without a library it cannot find.
+    if jemalloc && watched.allocator != Allocator::Jemalloc {
+        eprintln!(
+            "memprobe: --allocator jemalloc: the dynamic loader did not preload {JEMALLOC} into \
+             the workload (is jemalloc installed? apt-get install libjemalloc2)"
+        );
+        return ExitCode::from(2);
+    }
     // The jemalloc run is told beside the same workload on glibc's malloc.
     let twin = if jemalloc {
         match Workload::start(false, false).await {
@@ -187,16 +214,18 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
 
     println!("memprobe demo: open http://{addr}/ to watch it as a chart");
     println!(
-        "  watching demo-workload, media-like sessions (pid {pid}, {} malloc)",
+        "  watching demo-workload, media-like sessions (pid {pid}, {}{})",
+        watched.allocator.malloc(),
         if jemalloc {
-            "jemalloc, MALLOC_CONF=background_thread:true,dirty_decay_ms:1000"
+            ", MALLOC_CONF=background_thread:true,dirty_decay_ms:1000"
         } else {
-            "glibc"
+            ""
         }
     );
     if let Some(twin) = &twin {
         println!(
-            "  beside it, the same workload on glibc's malloc (pid {}), not watched",
+            "  beside it, the same workload on {} (pid {}), not watched",
+            twin.allocator.malloc(),
             twin.pid
         );
     }
@@ -215,10 +244,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
 
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = crate::outlets::http::Shutdown::on(async move {
-        tokio::select! {
-            _ = stopped => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
+        let _ = stopped.await;
     });
     let sessions = watched.sessions_url.clone().map(|(_, from)| from);
     let sidecar = Sidecar::start_with_reports(
@@ -228,7 +254,28 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         shutdown,
         Some(watched.shown.clone()),
     );
-    let outcome = follow(sidecar.snapshots.clone(), &watched, twin.as_ref()).await;
+    let told = tokio::select! {
+        outcome = follow(sidecar.snapshots.clone(), &watched, twin.as_ref()) => Some(outcome),
+        () = &mut stop_asked => None,
+    };
+    let outcome = match told {
+        // The story told: the page goes on being served until the user stops the demo.
+        Some(outcome) if outcome == ExitCode::SUCCESS => {
+            println!();
+            println!(
+                "the page stays at http://{addr}/, still watching and keeping the last {} \
+                 minutes, until you stop the demo: Ctrl-C",
+                HISTORY.as_secs() / 60
+            );
+            stop_asked.await;
+            outcome
+        }
+        Some(failed) => failed,
+        None => {
+            eprintln!("memprobe: demo stopped before the story ended");
+            ExitCode::from(INTERRUPTED)
+        }
+    };
     let _ = stop.send(());
     if let Err(e) = sidecar.wait().await {
         eprintln!("memprobe: {e}");
@@ -240,10 +287,32 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     outcome
 }
 
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM; the handlers are in place from the call
+/// on, not from the first poll.
+fn stop_asked() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            // Without handlers the signals keep their default action: they still stop the demo.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+    }
+}
+
 /// A running `memprobe workload` and what it reports.
 struct Workload {
     child: Child,
     pid: u32,
+    /// The malloc it runs on, read from its mapped libraries once it was ready.
+    allocator: Allocator,
     /// Its whole latest report.
     reports: watch::Receiver<Option<Report>>,
     /// What the sidecar shows of it.
@@ -302,6 +371,9 @@ impl Workload {
                 )));
             }
         };
+        // Its ready line comes from its main, long after the loader mapped every library.
+        let allocator = procfs::process::Process::new(pid as i32)
+            .map_or(Allocator::Unknown, |process| allocator::of(&process));
         let (full, reports) = watch::channel(None);
         let (show, shown) = watch::channel(None);
         tokio::spawn(async move {
@@ -318,6 +390,7 @@ impl Workload {
         Ok(Workload {
             child,
             pid,
+            allocator,
             reports,
             shown,
             sessions_url,
@@ -394,15 +467,22 @@ async fn follow(
                 println!();
                 if let (Some(m), Some(r)) = (&status.memory, status.reported) {
                     println!(
-                        "resident {} for {} live: the rest is heap glibc's malloc cannot give back",
+                        "resident {} for {} live: the rest is heap {} cannot give back",
                         Bytes(m.sample.rss_bytes),
-                        Bytes(r.live_bytes)
+                        Bytes(r.live_bytes),
+                        watched.allocator.malloc()
                     );
                 }
                 println!("recycle: {}", status.reason);
                 println!(
                     "/healthz answers 503, so the kubelet restarts the server now that it has \
-                     drained. With jemalloc it stays healthy: memprobe demo --allocator jemalloc"
+                     drained. With jemalloc it stays healthy: {}",
+                    if cfg!(target_feature = "crt-static") {
+                        "cargo run --release -- demo --allocator jemalloc (a dynamically linked \
+                         build: this static one cannot preload it)"
+                    } else {
+                        "memprobe demo --allocator jemalloc"
+                    }
                 );
                 return ExitCode::SUCCESS;
             }
@@ -431,7 +511,8 @@ fn compare(glibc: &Workload, jemalloc: &Workload) {
         "idle, {}s after the last of {waves} waves:  resident     live",
         SETTLE.as_secs()
     );
-    for (name, run) in [("glibc malloc", glibc), ("jemalloc", jemalloc)] {
+    for run in [glibc, jemalloc] {
+        let name = run.allocator.malloc();
         let rss = run.rss().map_or("?".to_string(), |b| Bytes(b).to_string());
         let live = run
             .report()

@@ -1,6 +1,7 @@
 //! The status page, loaded by a real headless Chromium: the DOM the browser built has the
-//! memory series, the threshold line, a draining band and the state; a screenshot is kept
-//! under target/test-artifacts/.
+//! memory series, the threshold line, a draining band, their legend and the state; under the
+//! demo, once its story is told, the live area, the sessions lane, the legend and the time
+//! axis's ticks. Screenshots are kept under target/test-artifacts/.
 
 use std::path::Path;
 use std::process::Command;
@@ -49,6 +50,12 @@ fn chromium_shows_memory_the_threshold_and_the_draining_band() {
     );
     assert!(dom.contains("<line id=\"threshold\""), "the threshold line");
     assert!(dom.contains("class=\"band draining\""), "a draining band");
+    for key in ["memory", "threshold", "elevated", "draining"] {
+        assert!(
+            dom.contains(&format!("id=\"key-{key}\"")),
+            "a legend entry for {key}: {dom}"
+        );
+    }
     assert!(
         dom.contains("id=\"state\">draining</span>"),
         "the state says draining"
@@ -78,59 +85,110 @@ fn chromium_shows_memory_the_threshold_and_the_draining_band() {
     );
 }
 
-/// The demo's page shows what the workload holds live as a second series, beside resident
-/// memory, so fragmentation is visible: resident high, live low.
+/// The demo's page once its story is told, and still served: what the workload holds live as
+/// an area under resident memory, the sessions in a lane of their own below the memory lines,
+/// a legend for every line and band drawn, and a time axis with round ticks; a screenshot is
+/// kept as target/test-artifacts/demo-page.png.
 #[test]
-fn the_demos_page_shows_live_memory_beside_resident_memory() {
-    use std::io::{BufRead, BufReader};
+fn the_demos_page_reads_at_a_glance_after_its_story() {
     let Some(chromium) = tool("chromium") else {
         return;
     };
-    let mut demo = crate::harness::Reaped(
-        Command::new(crate::harness::MEMPROBE)
-            .args(["demo", "--listen", "127.0.0.1:0"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start the demo"),
-    );
-    let mut lines = BufReader::new(demo.0.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("the page's URL first: {first}"))
-        .to_string();
-    // Until a sample line shows the workload's report: "live 1.2 MiB", not "live ?".
-    let reported = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with('[') && l.contains(" live ") && !l.contains("live          ?"));
-    assert!(reported.is_some(), "a sample line with live bytes");
-    let agent = crate::harness::agent();
-    let history = crate::harness::request(&agent, "GET", &format!("{url}history.json")).unwrap();
-    let points = history.json();
-    let last = points.as_array().and_then(|p| p.last()).cloned().unwrap();
+    let mut demo = crate::demo::Demo::start(&crate::harness::shipped_or_dev(), &[]);
+    demo.story();
+    let history = demo.get("/history.json").json();
+    let last = history.as_array().and_then(|p| p.last()).cloned().unwrap();
     assert!(
         last["live_bytes"].as_u64().is_some(),
         "live bytes in /history.json: {last}"
     );
-    let status = crate::harness::request(&agent, "GET", &format!("{url}status")).unwrap();
-    assert!(status.json()["reported"]["live_bytes"].as_u64().is_some());
+    assert!(
+        demo.get("/status").json()["reported"]["live_bytes"]
+            .as_u64()
+            .is_some()
+    );
 
-    let dom = browse(&chromium, &url, &["--dump-dom"]);
+    let dom = browse(&chromium, &demo.url, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&dom.stdout);
+    for series in ["memory", "live-bytes", "sessions"] {
+        assert!(
+            dom.contains(&format!("<polyline id=\"{series}\"")),
+            "the {series} series: {dom}"
+        );
+    }
+    assert!(dom.contains("<polygon id=\"live-area\""), "live as an area");
+    for key in [
+        "memory",
+        "live",
+        "threshold",
+        "sessions",
+        "elevated",
+        "draining",
+        "recycle",
+    ] {
+        assert!(
+            dom.contains(&format!("id=\"key-{key}\"")),
+            "a legend entry for {key}: {dom}"
+        );
+    }
     assert!(
-        dom.contains("<polyline id=\"live-bytes\""),
-        "the live series: {dom}"
+        dom.contains("live: what the workload's sessions hold"),
+        "the legend says what live is"
     );
     assert!(
-        dom.contains("<polyline id=\"memory\""),
-        "beside resident memory"
+        dom.contains("class=\"lane\">sessions</text>"),
+        "the sessions lane is labelled"
     );
     assert!(
-        dom.contains("live, as the workload reports it"),
-        "in the legend"
+        dom.contains("text-anchor=\"end\">UTC</text>"),
+        "the time axis says UTC"
     );
+    let ticks: Vec<&str> = dom
+        .split("class=\"tick-label\"")
+        .skip(1)
+        .filter_map(|t| t.split_once('>').and_then(|(_, rest)| rest.split_once('<')))
+        .map(|(label, _)| label)
+        .collect();
+    assert!(
+        ticks.len() >= 3
+            && ticks
+                .iter()
+                .all(|t| t.len() == 8 && t.chars().filter(|c| *c == ':').count() == 2),
+        "round ticks labelled HH:MM:SS: {ticks:?}"
+    );
+    // Below the memory lane: every sessions point lower on the page than every memory point.
+    let ys = |id: &str| -> Vec<f64> {
+        let from = dom
+            .split(&format!("<polyline id=\"{id}\""))
+            .nth(1)
+            .and_then(|rest| rest.split("points=\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        from.split_whitespace()
+            .filter_map(|xy| xy.split_once(',')?.1.parse().ok())
+            .collect()
+    };
+    let (memory, sessions) = (ys("memory"), ys("sessions"));
+    let lowest_memory = memory.iter().copied().fold(f64::MIN, f64::max);
+    let highest_session = sessions.iter().copied().fold(f64::MAX, f64::min);
+    assert!(
+        !memory.is_empty() && highest_session > lowest_memory,
+        "the sessions lane lies below the memory lines: sessions from y={highest_session}, memory down to y={lowest_memory}"
+    );
+
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("demo-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = browse(
+        &chromium,
+        &demo.url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1200,800",
+            "--hide-scrollbars",
+        ],
+    );
+    assert!(shot.is_file(), "a screenshot: {out:?}");
+    assert_eq!(demo.stop("TERM").code(), Some(0));
 }

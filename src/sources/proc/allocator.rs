@@ -5,7 +5,12 @@
 //! yet. That file needs ptrace-read access (the target's user or CAP_SYS_PTRACE); without it
 //! the answer is `unknown`, not an error. A
 //! preloaded jemalloc, tcmalloc or mimalloc shows as its shared library; a process with only
-//! libc mapped runs glibc's malloc, the one heap fragmentation ratchets up.
+//! libc mapped runs glibc's malloc, the one heap fragmentation ratchets up, and one on musl's
+//! dynamic loader (which is also its C library) runs musl's. A process with files mapped but
+//! no dynamic loader among them is statically linked: its malloc is built into the binary,
+//! and no outside reader can tell which — unless it is this very binary (the demo's workload
+//! is), whose malloc is the one memprobe was built with. The kernel maps the loader at exec,
+//! so a dynamically linked process is never taken for a static one, however early it is read.
 
 use serde::Serialize;
 
@@ -16,6 +21,9 @@ pub enum Allocator {
     Tcmalloc,
     Mimalloc,
     Glibc,
+    Musl,
+    /// Statically linked: a malloc built into the binary, which cannot be told from outside.
+    Static,
     #[default]
     Unknown,
 }
@@ -27,15 +35,40 @@ impl Allocator {
             Allocator::Tcmalloc => "tcmalloc",
             Allocator::Mimalloc => "mimalloc",
             Allocator::Glibc => "glibc",
+            Allocator::Musl => "musl",
+            Allocator::Static => "static",
             Allocator::Unknown => "unknown",
+        }
+    }
+
+    /// As a sentence names it: "glibc's malloc", "jemalloc".
+    pub fn malloc(self) -> &'static str {
+        match self {
+            Allocator::Glibc => "glibc's malloc",
+            Allocator::Musl => "musl's malloc",
+            Allocator::Static => "a malloc built into the binary",
+            Allocator::Unknown => "an unknown malloc",
+            other => other.as_str(),
+        }
+    }
+
+    /// The malloc this build of memprobe runs on.
+    pub fn built_in() -> Self {
+        if cfg!(target_env = "musl") {
+            Allocator::Musl
+        } else if cfg!(target_env = "gnu") {
+            Allocator::Glibc
+        } else {
+            Allocator::Unknown
         }
     }
 }
 
 /// Tells the allocator from the paths of the files mapped into a process.
 pub fn detect<'a>(mapped: impl IntoIterator<Item = &'a str>) -> Allocator {
-    let mut libc = false;
+    let (mut libc, mut loader, mut files) = (false, false, false);
     for path in mapped {
+        files = true;
         let name = path.rsplit('/').next().unwrap_or(path);
         for (prefix, allocator) in [
             ("libjemalloc", Allocator::Jemalloc),
@@ -46,12 +79,21 @@ pub fn detect<'a>(mapped: impl IntoIterator<Item = &'a str>) -> Allocator {
                 return allocator;
             }
         }
+        if name.starts_with("ld-musl-") || name.starts_with("libc.musl-") {
+            return Allocator::Musl;
+        }
         libc |= name.starts_with("libc.so") || name.starts_with("libc-2.");
+        // ld-linux-x86-64.so.2, ld-linux-aarch64.so.1, ld64.so.2, ld.so.1: the loader the
+        // kernel mapped at exec, whatever the architecture.
+        loader |=
+            name.starts_with("ld-") || name.starts_with("ld64.so") || name.starts_with("ld.so");
     }
-    if libc {
-        Allocator::Glibc
-    } else {
-        Allocator::Unknown
+    match (libc, loader, files) {
+        (true, _, _) => Allocator::Glibc,
+        // Loaded dynamically, but the C library not mapped yet: read again.
+        (false, true, _) => Allocator::Unknown,
+        (false, false, true) => Allocator::Static,
+        (false, false, false) => Allocator::Unknown,
     }
 }
 
@@ -67,7 +109,18 @@ pub fn of(process: &procfs::process::Process) -> Allocator {
             _ => None,
         })
         .collect();
-    detect(paths.iter().map(String::as_str))
+    match detect(paths.iter().map(String::as_str)) {
+        Allocator::Static if is_this_binary(process.pid) => Allocator::built_in(),
+        found => found,
+    }
+}
+
+/// Whether `pid` runs the same executable file as this process.
+fn is_this_binary(pid: i32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let file = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino())).ok();
+    let theirs = file(format!("/proc/{pid}/exe"));
+    theirs.is_some() && theirs == file("/proc/self/exe".to_string())
 }
 
 /// The most samples between two reads of an allocator still unknown: a static binary stays
@@ -116,6 +169,7 @@ mod tests {
     use super::*;
 
     const GLIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    const LOADER: &str = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2";
 
     #[test]
     fn a_preloaded_allocator_wins_over_libc() {
@@ -138,8 +192,37 @@ mod tests {
             Allocator::Glibc
         );
         assert_eq!(detect(["/lib/libc-2.31.so"]), Allocator::Glibc);
-        assert_eq!(detect(["/memprobe"]), Allocator::Unknown, "a static binary");
         assert_eq!(detect([]), Allocator::Unknown);
+    }
+
+    #[test]
+    fn musls_loader_is_musl_malloc_and_no_loader_at_all_is_a_static_binary() {
+        assert_eq!(
+            detect(["/usr/bin/janus", "/lib/ld-musl-x86_64.so.1"]),
+            Allocator::Musl
+        );
+        assert_eq!(
+            detect(["/lib/libc.musl-aarch64.so.1"]),
+            Allocator::Musl,
+            "Alpine's name for it"
+        );
+        assert_eq!(detect(["/memprobe"]), Allocator::Static, "a static binary");
+        assert_eq!(
+            detect(["/usr/bin/kurento-media-server", LOADER]),
+            Allocator::Unknown,
+            "found before the loader mapped libc: not static, read again"
+        );
+        for loader in [
+            "/lib/ld-linux-aarch64.so.1",
+            "/lib64/ld64.so.2",
+            "/lib/ld.so.1",
+        ] {
+            assert_eq!(
+                detect(["/bin/server", loader]),
+                Allocator::Unknown,
+                "{loader}"
+            );
+        }
     }
 
     #[test]
@@ -192,9 +275,10 @@ mod tests {
     }
 
     #[test]
-    fn this_test_process_runs_on_glibc() {
+    fn this_test_process_runs_on_the_c_library_it_was_built_for() {
         let me = procfs::process::Process::myself().unwrap();
-        assert_eq!(of(&me), Allocator::Glibc);
+        // Statically linked, it is still known: it is this very binary.
+        assert_eq!(of(&me), Allocator::built_in());
     }
 
     mod properties {
