@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::fleet::Coordinator;
+use crate::forecast;
 use crate::limit::{self, MemoryLimit};
 use crate::policy::quiet::QuietMoment;
 use crate::policy::{self, Decider, Observation, Policy, State, Transition};
@@ -52,6 +53,9 @@ pub struct Settings {
     pub memory_limit: Option<u64>,
     pub memory_from: MemoryFrom,
     pub policy: policy::Settings,
+    /// How the forecast cuts the history: [`forecast::Settings::DEFAULT`] for a server, a
+    /// scaled-down one for the demo, whose whole story lasts a minute.
+    pub forecast: forecast::Settings,
     /// What `/status` shows of the settings in force.
     pub shown: Arc<crate::status::Settings>,
 }
@@ -106,7 +110,12 @@ impl Monitor {
         // Replaced by the first real publish below, before anyone can read it.
         let placeholder = Snapshot::new(Status::default(), now, render.clone());
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
-        let record = Record::new(settings.history, settings.interval, SystemTime::now());
+        let record = Record::new(
+            settings.history,
+            settings.interval,
+            settings.forecast,
+            SystemTime::now(),
+        );
         let mut monitor = Monitor {
             memory,
             sessions,
@@ -537,6 +546,7 @@ mod tests {
                 reconnect_grace: 10 * SECOND,
                 max_gap: policy::Settings::max_gap_at(SECOND),
             },
+            forecast: forecast::Settings::DEFAULT,
             shown: Arc::default(),
         }
     }
@@ -888,6 +898,43 @@ mod tests {
         let mut rig = Rig::new();
         let snap = seven_idle_hours(&mut rig);
         assert_eq!(snap.status.state, State::Healthy, "off by default");
+    }
+
+    #[test]
+    fn the_forecast_is_cut_by_the_settings_given_not_always_a_servers_default() {
+        // 30 s of an idle floor rising 1 MiB a second: far too little for a server's
+        // default (6 h), enough for floors of 2 s over at least 20 s.
+        let rise = |rig: &mut Rig| {
+            rig.server.lock().unwrap().sessions = Some(0);
+            let mut snap = rig.step(SECOND, found(42, 20));
+            for step in 1..=30 {
+                snap = rig.sample(SECOND, 20 + step);
+            }
+            snap
+        };
+        let snap = rise(&mut Rig::new());
+        assert!(
+            snap.status.forecast.said.starts_with("no forecast yet"),
+            "the default needs 6 h: {}",
+            snap.status.forecast.said
+        );
+        let mut scaled = settings();
+        scaled.forecast = forecast::Settings {
+            bucket: 2 * SECOND,
+            min_span: 20 * SECOND,
+            min_floors: 8,
+            window: 300 * SECOND,
+        };
+        let snap = rise(&mut Rig::with(scaled));
+        let seconds = snap
+            .status
+            .forecast
+            .threshold_in_seconds
+            .unwrap_or_else(|| panic!("a forecast: {}", snap.status.forecast.said));
+        assert!(
+            (30.0..70.0).contains(&seconds),
+            "50 MiB, 50 to go at 1 MiB/s: {seconds} s"
+        );
     }
 
     #[test]

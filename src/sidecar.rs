@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::monitor::{Fatal, Monitor};
 use crate::outlets::http::Shutdown;
 use crate::status::{Renderers, Snapshot, Status};
-use crate::{fleet, monitor, outlets, secret, sources};
+use crate::{fleet, forecast, monitor, outlets, secret, sources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -41,13 +41,23 @@ impl Sidecar {
         agent: Option<TcpListener>,
         shutdown: Shutdown,
     ) -> Self {
-        Self::start_with_reports(config, listener, agent, shutdown, None)
+        Self::start_with_reports(
+            config,
+            forecast::Settings::DEFAULT,
+            listener,
+            agent,
+            shutdown,
+            None,
+        )
     }
 
-    /// [`Sidecar::start`], also showing what the target reports of itself (the demo's
+    /// [`Sidecar::start`] with the forecast cut by `forecast` rather than a server's
+    /// [`forecast::Settings::DEFAULT`] (no flag sets it: only the demo, whose story lasts a
+    /// minute, scales it down), also showing what the target reports of itself (the demo's
     /// workload does).
     pub(crate) fn start_with_reports(
         config: Config,
+        forecast: forecast::Settings,
         listener: TcpListener,
         agent: Option<TcpListener>,
         shutdown: Shutdown,
@@ -78,6 +88,7 @@ impl Sidecar {
             memory_limit: sources_settings.memory_limit,
             memory_from: sources_settings.memory_from,
             policy: config.policy.clone(),
+            forecast,
             shown: Arc::new(config.shown()),
         };
         let now = tokio::time::Instant::now();

@@ -40,8 +40,14 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record whose history covers `history` at one sample per `interval`.
-    pub fn new(history: Duration, interval: Duration, now: SystemTime) -> Self {
+    /// A record whose history covers `history` at one sample per `interval`, and whose
+    /// forecast is cut by `forecast`.
+    pub fn new(
+        history: Duration,
+        interval: Duration,
+        forecast: forecast::Settings,
+        now: SystemTime,
+    ) -> Self {
         Record {
             counters: Counters::default(),
             transitions: VecDeque::with_capacity(TRANSITIONS_KEPT),
@@ -53,7 +59,7 @@ impl Record {
             glibc_warned: false,
             last_error: None,
             not_found: None,
-            floors: History::new(forecast::Settings::DEFAULT),
+            floors: History::new(forecast),
             forecast: None,
         }
     }
@@ -206,7 +212,12 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     fn record() -> Record {
-        Record::new(10 * SECOND, SECOND, SystemTime::UNIX_EPOCH)
+        Record::new(
+            10 * SECOND,
+            SECOND,
+            forecast::Settings::DEFAULT,
+            SystemTime::UNIX_EPOCH,
+        )
     }
 
     fn point(memory_bytes: u64) -> Point {

@@ -249,6 +249,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     let sessions = watched.sessions_url.clone().map(|(_, from)| from);
     let sidecar = Sidecar::start_with_reports(
         config(pid as i32, addr, sessions),
+        crate::forecast::Settings::DEFAULT,
         listener,
         None,
         shutdown,
