@@ -16,6 +16,15 @@
 //! (`--serve-sessions`), and the sidecar reads it as `--sessions-url` would: the drain ends
 //! when the last session has, as it would on a real server, not at `--drain-timeout`.
 //!
+//! `--story quiet` tells another: the quiet-moment recycle (`--recycle-when-idle-within`).
+//! Waves of the same size fragment the workload's memory, and each also keeps a few MiB on
+//! purpose, so that its floor rises on any malloc (musl's gives most of a fragmented heap
+//! back) while its peaks stay under the threshold; then the waves stop, as traffic does at
+//! night. The forecast, scaled down from hours to seconds, says the floor will cross the
+//! threshold soon, so once the workload has had no session for `--min-drain` it is drained
+//! with the reason "quiet moment: …" and recycled — in the pause, before the threshold was
+//! ever crossed. The page's transitions say so.
+//!
 //! Once the story is told, the page stays served (and the workload watched) until the user
 //! stops the demo with Ctrl-C or SIGTERM, so it can be read at leisure; the exit status is
 //! then the story's (0), or 130 when it was stopped before the end. The lines and the page
@@ -48,7 +57,7 @@ use crate::sources::reported::Reported;
 use crate::status::Status;
 use crate::tools::workload::Report;
 use crate::units::{Bytes, SizeOrPercent};
-use crate::{outlets, policy, sources};
+use crate::{forecast, outlets, policy, sources};
 
 /// jemalloc's soname: an `LD_PRELOAD` entry with no slash is searched for as the dynamic
 /// loader searches for any library (its cache, then this architecture's directories).
@@ -58,6 +67,23 @@ pub const JEMALLOC: &str = "libjemalloc.so.2";
 /// lasts minutes, the decay is scaled down with them (jemalloc's default is 10 s).
 const JEMALLOC_CONF: &str = "background_thread:true,dirty_decay_ms:1000";
 const THRESHOLD_BYTES: u64 = 128 << 20;
+/// The quiet story's threshold: above its peaks (its floor, about 100 MiB of kept memory and
+/// what glibc fragments, plus a wave's 32 MiB live), so only the forecast can act.
+const QUIET_THRESHOLD_BYTES: u64 = 320 << 20;
+/// The quiet story's waves: that many, of that many sessions, each wave keeping that much.
+const QUIET_WAVES: u32 = 12;
+const QUIET_SESSIONS: u32 = 2;
+const QUIET_SESSION_SIZE: &str = "16MiB";
+const QUIET_KEEP: u64 = 8 << 20;
+/// A server's forecast (floors of 5 min over at least 6 h) scaled down to the story's minute.
+const QUIET_FORECAST: forecast::Settings = forecast::Settings {
+    bucket: Duration::from_secs(2),
+    min_span: Duration::from_secs(20),
+    min_floors: 8,
+    window: Duration::from_secs(300),
+};
+/// `--recycle-when-idle-within` for the quiet story: generous, as the forecast is seconds.
+const QUIET_WITHIN: Duration = Duration::from_secs(300);
 /// How long after its last wave a workload's resident memory is read as its idle figure:
 /// jemalloc hands freed pages back over about 10 s (its default `dirty_decay_ms`).
 const SETTLE: Duration = Duration::from_secs(12);
@@ -83,8 +109,19 @@ pub enum DemoAllocator {
     Jemalloc,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Story {
+    /// memory over the threshold: drained, recycled once its last session ended
+    Drain,
+    /// memory forecast over the threshold: recycled at a quiet moment, before it crosses
+    Quiet,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DemoFlags {
+    /// Which story to tell
+    #[arg(long, value_enum, default_value_t = Story::Drain)]
+    pub story: Story,
     /// Allocator for the workload
     #[arg(long, value_enum, default_value_t = DemoAllocator::Glibc)]
     pub allocator: DemoAllocator,
@@ -93,7 +130,12 @@ pub struct DemoFlags {
     pub listen: std::net::SocketAddr,
 }
 
-fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) -> Config {
+fn config(
+    pid: i32,
+    listen: std::net::SocketAddr,
+    sessions: Option<Endpoint>,
+    story: Story,
+) -> Config {
     let interval = Duration::from_secs(1);
     let custom = sessions.map(|from| CustomSettings {
         from,
@@ -125,14 +167,14 @@ fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) ->
             custom,
         },
         policy: policy::Settings {
-            threshold: SizeOrPercent::Bytes(THRESHOLD_BYTES),
+            threshold: SizeOrPercent::Bytes(threshold_bytes(story)),
             critical: None,
             sustain: Duration::from_secs(10),
             // The demo's sessions last half a second and its samples come once a second, so
             // a sample can fall between two waves for a while: the idle rule would read that
             // as no sessions at all. Over the threshold for 10s (--sustain) is the rule shown.
             idle_sustain: Duration::from_secs(60),
-            quiet_within: None,
+            quiet_within: (story == Story::Quiet).then_some(QUIET_WITHIN),
             drain_timeout: Duration::from_secs(20),
             min_drain: Duration::from_secs(5),
             server,
@@ -158,8 +200,23 @@ fn config(pid: i32, listen: std::net::SocketAddr, sessions: Option<Endpoint>) ->
     }
 }
 
+fn threshold_bytes(story: Story) -> u64 {
+    match story {
+        Story::Drain => THRESHOLD_BYTES,
+        Story::Quiet => QUIET_THRESHOLD_BYTES,
+    }
+}
+
 pub async fn run(flags: DemoFlags) -> ExitCode {
     let jemalloc = flags.allocator == DemoAllocator::Jemalloc;
+    let story = flags.story;
+    if jemalloc && story == Story::Quiet {
+        eprintln!(
+            "memprobe: --allocator jemalloc tells the drain story beside glibc, not --story \
+             quiet (try memprobe demo --story quiet, on the workload's own malloc)"
+        );
+        return ExitCode::from(2);
+    }
     // The workload is this binary: statically linked, it has no loader to preload into.
     if jemalloc && cfg!(target_feature = "crt-static") {
         eprintln!(
@@ -183,7 +240,22 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(flags.listen);
 
-    let mut watched = match Workload::start(jemalloc, true).await {
+    let waves: Vec<String> = match story {
+        Story::Drain => Vec::new(),
+        Story::Quiet => [
+            "--waves",
+            &QUIET_WAVES.to_string(),
+            "--sessions-per-wave",
+            &QUIET_SESSIONS.to_string(),
+            "--session-size",
+            QUIET_SESSION_SIZE,
+            "--keep-per-wave",
+            &QUIET_KEEP.to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let mut watched = match Workload::start(jemalloc, true, &waves).await {
         Ok(w) => w,
         Err(e) => {
             eprintln!("memprobe: cannot start the workload: {e}");
@@ -200,7 +272,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     }
     // The jemalloc run is told beside the same workload on glibc's malloc.
     let twin = if jemalloc {
-        match Workload::start(false, false).await {
+        match Workload::start(false, false, &[]).await {
             Ok(w) => Some(w),
             Err(e) => {
                 eprintln!("memprobe: cannot start the glibc workload beside it: {e}");
@@ -229,11 +301,34 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             twin.pid
         );
     }
-    println!(
-        "  threshold {}, one sample a second, drain after 10s over it, recycle once its last \
-         session has ended (5s to 20s later)",
-        Bytes(THRESHOLD_BYTES)
-    );
+    match story {
+        Story::Drain => println!(
+            "  threshold {}, one sample a second, drain after 10s over it, recycle once its last \
+             session has ended (5s to 20s later)",
+            Bytes(THRESHOLD_BYTES)
+        ),
+        Story::Quiet => {
+            println!(
+                "  {QUIET_WAVES} waves of {QUIET_SESSIONS} sessions, then the waves stop, as \
+                 traffic does at night; each wave also keeps {} on purpose, as a leak would, so \
+                 the floor rises on any malloc, whatever {} fragments besides",
+                Bytes(QUIET_KEEP),
+                watched.allocator.malloc()
+            );
+            println!(
+                "  threshold {}, one sample a second; the forecast scaled down from hours to \
+                 seconds: floors of {}s over at least {}s",
+                Bytes(QUIET_THRESHOLD_BYTES),
+                QUIET_FORECAST.bucket.as_secs(),
+                QUIET_FORECAST.min_span.as_secs()
+            );
+            println!(
+                "  --recycle-when-idle-within {}: with no session for 5s and the threshold \
+                 forecast within that, drain, and recycle once no session for 5s more",
+                crate::units::Human(QUIET_WITHIN)
+            );
+        }
+    }
     if let Some((url, _)) = &watched.sessions_url {
         println!("  its session count, as a server says it: curl {url}");
     }
@@ -248,15 +343,18 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     });
     let sessions = watched.sessions_url.clone().map(|(_, from)| from);
     let sidecar = Sidecar::start_with_reports(
-        config(pid as i32, addr, sessions),
-        crate::forecast::Settings::DEFAULT,
+        config(pid as i32, addr, sessions, story),
+        match story {
+            Story::Drain => forecast::Settings::DEFAULT,
+            Story::Quiet => QUIET_FORECAST,
+        },
         listener,
         None,
         shutdown,
         Some(watched.shown.clone()),
     );
     let told = tokio::select! {
-        outcome = follow(sidecar.snapshots.clone(), &watched, twin.as_ref()) => Some(outcome),
+        outcome = follow(sidecar.snapshots.clone(), &watched, twin.as_ref(), story) => Some(outcome),
         () = &mut stop_asked => None,
     };
     let outcome = match told {
@@ -324,13 +422,15 @@ struct Workload {
 }
 
 impl Workload {
-    /// Starts it, and waits for its ready line; `serve` asks it to say its session count.
-    async fn start(jemalloc: bool, serve: bool) -> std::io::Result<Self> {
+    /// Starts it with `waves` (its flags for them: none for its own default waves), and
+    /// waits for its ready line; `serve` asks it to say its session count.
+    async fn start(jemalloc: bool, serve: bool, waves: &[String]) -> std::io::Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         // Named for what it is, so the lines say "demo-workload", not "memprobe".
         command
             .arg0("demo-workload")
             .args(["workload", "--report", REPORT_EVERY])
+            .args(waves)
             .stdin(Stdio::piped()) // held open: the workload exits when the demo does
             .stdout(Stdio::piped())
             .kill_on_drop(true);
@@ -420,9 +520,12 @@ async fn follow(
     mut snapshots: tokio::sync::watch::Receiver<std::sync::Arc<crate::status::Snapshot>>,
     watched: &Workload,
     twin: Option<&Workload>,
+    story: Story,
 ) -> ExitCode {
     let start = Instant::now();
     let mut printed = 0;
+    // The most memory any sample saw: the quiet story ends before it crossed the threshold.
+    let mut peak = 0;
     let mut worst = State::Healthy;
     let mut idle_since: Option<Instant> = None;
     loop {
@@ -434,7 +537,13 @@ async fn follow(
                 format!("  (glibc beside it: rss {})", Bytes(rss))
             });
             let ended = watched.report().map(|r| r.ended);
-            println!("{}{beside}", line(start.elapsed(), &status, ended));
+            let said = match (story, status.forecast.threshold_in_seconds) {
+                (Story::Drain, _) => String::new(),
+                (Story::Quiet, Some(s)) => format!("  forecast: over it in {s}s"),
+                (Story::Quiet, None) => "  forecast: none yet".to_string(),
+            };
+            println!("{}{beside}{said}", line(start.elapsed(), &status, ended));
+            peak = peak.max(status.memory.as_ref().map_or(0, |m| m.deciding_bytes));
         }
         if matches!(status.state, State::Draining | State::Recycle) {
             worst = status.state;
@@ -463,6 +572,9 @@ async fn follow(
                     status.reason
                 );
                 return ExitCode::FAILURE;
+            }
+            (_, State::Recycle) if story == Story::Quiet => {
+                return quiet_ending(&status, peak);
             }
             (_, State::Recycle) => {
                 println!();
@@ -503,6 +615,38 @@ async fn follow(
             (Ok(Ok(())), _) => {}
         }
     }
+}
+
+/// The quiet story's ending: why it drained, why it recycled, and that it did so before the
+/// threshold was crossed; a failure if it was not so.
+fn quiet_ending(status: &Status, peak: u64) -> ExitCode {
+    let threshold = status.threshold.bytes;
+    let drained = status
+        .transitions
+        .iter()
+        .rev()
+        .find(|t| t.to == State::Draining)
+        .map_or("", |t| t.reason.as_str());
+    if !drained.starts_with("quiet moment:") || peak >= threshold {
+        eprintln!(
+            "memprobe: the quiet story recycled for another reason (memory peaked at {} of {}): \
+             drained: {drained}",
+            Bytes(peak),
+            Bytes(threshold)
+        );
+        return ExitCode::FAILURE;
+    }
+    println!();
+    println!("drained: {drained}");
+    println!("recycle: {}", status.reason);
+    println!(
+        "recycled at a quiet moment, before the threshold was crossed: memory peaked at {} \
+         under the threshold {}, nobody was on it, so no session was lost, and it comes back \
+         with a fresh heap before the next wave",
+        Bytes(peak),
+        Bytes(threshold)
+    );
+    ExitCode::SUCCESS
 }
 
 /// Both runs' idle figures, side by side.

@@ -5,6 +5,9 @@
 //! all but about 1%. Those few survivors sit scattered across the allocator's heaps, so under
 //! glibc malloc the freed memory between them cannot go back to the kernel: resident memory
 //! ratchets up wave after wave while live memory stays tiny. Under jemalloc it comes back.
+//! `--sessions-per-wave N` makes every wave the same size instead; `--keep-per-wave SIZE`
+//! makes each wave also keep that much for good, as a leak would, so that resident memory
+//! rises wave after wave on any malloc (musl's gives most of a fragmented heap back).
 //!
 //! It also takes commands on stdin, one per line, each answered with one line on stdout:
 //!
@@ -43,6 +46,12 @@ pub struct WorkloadFlags {
     /// Waves of sessions to run on its own, wave n with n sessions (0: only stdin commands)
     #[arg(long, default_value_t = 10)]
     pub waves: u32,
+    /// Sessions in every wave (0: wave n has n)
+    #[arg(long, default_value_t = 0)]
+    pub sessions_per_wave: u32,
+    /// Memory each wave keeps until the workload exits, as a leak would (counted as live)
+    #[arg(long, value_parser = size)]
+    pub keep_per_wave: Option<u64>,
     /// Memory each session allocates
     #[arg(long, default_value = "24MiB", value_parser = size)]
     pub session_size: u64,
@@ -218,9 +227,22 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
     if flags.waves > 0 {
         let survivors = Arc::clone(&survivors);
         let (size, hold, pause) = (flags.session_size, flags.hold, flags.pause);
+        let (per_wave, keep) = (flags.sessions_per_wave, flags.keep_per_wave);
         thread::spawn(move || {
             for n in 1..=flags.waves {
-                wave(n, size, hold, &survivors);
+                wave(
+                    if per_wave > 0 { per_wave } else { n },
+                    size,
+                    hold,
+                    &survivors,
+                );
+                if let Some(keep) = keep
+                    && let Ok(mut all) = survivors.lock()
+                {
+                    // Filled, so every page is resident; one block, kept with the survivors.
+                    all.push(vec![0x5a_u8; keep as usize].into_boxed_slice());
+                    LIVE_BYTES.fetch_add(keep, Ordering::Relaxed);
+                }
                 WAVES_DONE.store(n, Ordering::Relaxed);
                 thread::sleep(pause);
             }

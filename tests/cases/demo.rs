@@ -271,6 +271,106 @@ fn the_demo_tells_the_whole_story_then_serves_its_page_until_sigterm() {
 }
 
 #[test]
+fn the_quiet_story_recycles_in_the_pause_before_the_threshold_and_the_page_says_why() {
+    let binary: PathBuf = shipped_or_dev();
+    let mut demo = Demo::start(&binary, &["--story", "quiet"]);
+    let stdout = demo.story();
+    let drained = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("drained: "))
+        .unwrap_or_else(|| panic!("the drain's reason: {stdout}"));
+    assert!(
+        drained.starts_with("quiet moment: no session for ")
+            && drained.contains("over the threshold in about"),
+        "drained at a quiet moment, on the forecast: {stdout}"
+    );
+    assert!(
+        stdout.contains("\nrecycled at a quiet moment, before the threshold was crossed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("keeps 8.00 MiB on purpose, as a leak would"),
+        "the line says the floor's rise is partly on purpose: {stdout}"
+    );
+    assert!(
+        !stdout.contains("  elevated "),
+        "never over the threshold, not even for a sample: {stdout}"
+    );
+
+    let status = demo.get("/status").json();
+    assert_eq!(status["state"], "recycle", "{status}");
+    let threshold = status["threshold"]["bytes"].as_u64().unwrap();
+    let history = demo.get("/history.json").json();
+    let history = history.as_array().expect("the samples kept");
+    assert!(
+        history.len() > 20,
+        "the whole story's samples: {}",
+        history.len()
+    );
+    let peak = history
+        .iter()
+        .filter_map(|p| p["memory_bytes"].as_u64())
+        .max()
+        .unwrap();
+    assert!(
+        peak < threshold,
+        "memory never crossed the threshold: {peak} of {threshold}"
+    );
+    let transitions = status["transitions"].as_array().unwrap();
+    let drain = transitions
+        .iter()
+        .find(|t| t["to"] == "draining")
+        .expect("a drain");
+    assert_eq!(drain["reason"], drained, "/status gives the same reason");
+    assert!(
+        transitions.iter().any(|t| t["to"] == "recycle")
+            && !transitions.iter().any(|t| t["to"] == "elevated"),
+        "recycled, never elevated: {status}"
+    );
+
+    let page = demo.get("/");
+    assert_eq!(page.code, 200);
+    assert!(
+        page.body.contains("quiet moment: no session for "),
+        "the page says why it drained"
+    );
+    assert!(page.body.contains("id=\"state\">recycle</span>"));
+    assert!(
+        page.body.contains("<rect class=\"band draining\"")
+            && !page.body.contains("<rect class=\"band elevated\""),
+        "the chart shades the drain, and no time over the threshold"
+    );
+
+    let status = demo.stop("TERM");
+    assert_eq!(status.code(), Some(0), "SIGTERM ends a told story with 0");
+    assert!(!demo.listening());
+}
+
+#[test]
+fn the_quiet_story_is_not_told_with_jemalloc() {
+    let output = Command::new(harness::MEMPROBE)
+        .args([
+            "demo",
+            "--story",
+            "quiet",
+            "--allocator",
+            "jemalloc",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the demo");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("try memprobe demo --story quiet"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
 fn ctrl_c_during_the_story_stops_the_demo_with_130() {
     let mut demo = Demo::start(&shipped_or_dev(), &[]);
     demo.wait_line("a sample line", STORY, |l| l.starts_with('['));
