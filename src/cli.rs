@@ -26,7 +26,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Watch a built-in fragmenting workload and show healthy → draining → recycle in a minute
+    /// Watch a built-in fragmenting workload: healthy → draining → recycle in a minute (--story quiet: a quiet-moment recycle)
     Demo(crate::tools::demo::DemoFlags),
     /// The workload the demo and the tests watch: simulated media sessions, driven on stdin
     Workload(crate::tools::workload::WorkloadFlags),
