@@ -5,7 +5,7 @@
 #![allow(clippy::disallowed_types)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -167,25 +167,11 @@ fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
     let http = agent();
     let url = format!("http://{listen}/ready");
     let wait_ready = |code: u16| {
-        let start = Instant::now();
-        loop {
-            if let Ok(reply) = request(&http, "GET", &url)
-                && reply.code == code
-            {
-                return reply;
-            }
-            let logs = podman(&bin)
-                .args(["logs", &memprobe])
-                .output()
-                .map(|o| o.stderr)
-                .unwrap_or_default();
-            assert!(
-                start.elapsed() < DEADLINE * 2,
-                "no /ready {code}; memprobe logs: {}",
-                String::from_utf8_lossy(&logs)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_showing_logs(&bin, &memprobe, &format!("/ready {code}"), || {
+            request(&http, "GET", &url)
+                .ok()
+                .filter(|reply| reply.code == code)
+        })
     };
     wait_ready(200);
 
@@ -272,18 +258,36 @@ fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
         "only CAP_KILL: {effective}"
     );
     let target = cleanup.target.as_mut().expect("the target runs");
+    wait_showing_logs(&bin, &killer, "the target ended by signal:TERM", || {
+        target.try_wait().unwrap().map(|_| ())
+    });
+}
+
+/// Polls `done` every 100 ms until it gives a value; past twice the deadline, fails saying
+/// what it waited for, with the container's logs (read only then).
+fn wait_showing_logs<T>(
+    bin: &Path,
+    container: &str,
+    what: &str,
+    mut done: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
-    while target.try_wait().unwrap().is_none() {
-        let logs = podman(&bin)
-            .args(["logs", &killer])
-            .output()
-            .map(|o| o.stderr)
-            .unwrap_or_default();
-        assert!(
-            start.elapsed() < DEADLINE * 2,
-            "the target was not ended by signal:TERM; memprobe logs: {}",
-            String::from_utf8_lossy(&logs)
-        );
+    loop {
+        if let Some(value) = done() {
+            return value;
+        }
+        if start.elapsed() > DEADLINE * 2 {
+            let logs = podman(bin)
+                .args(["logs", container])
+                .output()
+                .map(|o| o.stderr)
+                .unwrap_or_default();
+            panic!(
+                "waited {:?} for {what}; memprobe logs: {}",
+                DEADLINE * 2,
+                String::from_utf8_lossy(&logs)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
