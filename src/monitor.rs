@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::fleet::Coordinator;
+use crate::fleet::{Ask, Coordinator};
 use crate::forecast;
 use crate::limit::{self, MemoryLimit};
 use crate::policy::quiet::QuietMoment;
@@ -106,7 +106,9 @@ impl Monitor {
         now: Instant,
     ) -> (Self, watch::Receiver<Arc<Snapshot>>) {
         let limit = limit::resolve(settings.memory_limit, None);
-        let decider = Decider::new(judged_by(&settings, limit), now);
+        let mut decider = Decider::new(judged_by(&settings, limit), now);
+        let mut fleet = fleet;
+        decider.set_gate(fleet.step(Ask::default()));
         // Replaced by the first real publish below, before anyone can read it.
         let placeholder = Snapshot::new(Status::default(), now, render.clone());
         let (publish, snapshots) = watch::channel(Arc::new(placeholder));
@@ -214,6 +216,7 @@ impl Monitor {
             self.transition(tr);
         }
         self.server = server.map(|s| s.report);
+        self.ask_the_fleet();
         self.publish(now, self.server.clone());
         Ok(if self.target.is_some() {
             self.backoff = FIRST_BACKOFF;
@@ -320,10 +323,11 @@ impl Monitor {
 
     /// Keeps the session count, and says how many sessions a drain is waiting for.
     fn follow_sessions(&mut self, sessions: Option<u32>) {
-        if sessions != self.session_count && self.decider.state() == State::Draining {
-            if let Some(n) = sessions {
-                info!(sessions = n, "draining: {n} session(s) left");
-            }
+        if sessions != self.session_count
+            && self.decider.state() == State::Draining
+            && let Some(n) = sessions
+        {
+            info!(sessions = n, "draining: {n} session(s) left");
         }
         self.session_count = sessions;
     }
@@ -368,10 +372,12 @@ impl Monitor {
             _ => None,
         };
         let state = self.decider.state();
-        if let Some(why) = self.quiet.decide(now, state, forecast.as_ref())
-            && let Some(tr) = self.decider.drain_at_quiet_moment(now, why)
-        {
-            self.transition(tr);
+        if let Some(why) = self.quiet.decide(now, state, forecast.as_ref()) {
+            match self.decider.drain_at_quiet_moment(now, why) {
+                Ok(Some(tr)) => self.transition(tr),
+                Ok(None) => {}
+                Err(policy::Deferred) => self.quiet.deferred(),
+            }
         }
     }
 
@@ -392,6 +398,23 @@ impl Monitor {
         }
     }
 
+    /// Tells the fleet what the decider held back, and takes the gate for the next steps.
+    fn ask_the_fleet(&mut self) {
+        let fullness = match self.last_sample {
+            Some((s, _)) if self.limit.bytes > 0 => {
+                s.deciding(self.settings.memory) as f64 / self.limit.bytes as f64
+            }
+            _ => 0.0,
+        };
+        let gate = self.fleet.step(Ask {
+            state: self.decider.state(),
+            wants: self.decider.deferred(),
+            fullness: fullness.clamp(0.0, 1.0),
+            reason: self.decider.reason(),
+        });
+        self.decider.set_gate(gate);
+    }
+
     fn transition(&mut self, tr: Transition) {
         info!(
             from = tr.from.as_str(),
@@ -401,7 +424,7 @@ impl Monitor {
             tr.reason
         );
         self.record.transition(&tr, SystemTime::now());
-        self.fleet.told(&tr);
+        self.fleet.told(&tr, self.decider.requested_by().is_some());
     }
 
     fn status(&mut self, now: Instant, server: Option<ServerReport>) -> Status {
@@ -445,6 +468,7 @@ impl Monitor {
             drain_requested_by: self.decider.requested_by().map(str::to_owned),
             incarnation: self.decider.incarnations(),
             recycle_action: self.record.recycle_action().cloned(),
+            fleet: self.fleet.status(),
             history: self.record.points(),
             settings: Arc::clone(&self.settings.shown),
         }

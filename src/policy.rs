@@ -21,6 +21,7 @@
 //! recycled only if the stall outlasts `hang_timeout`. One that answers again returns to the
 //! state its memory gives — a server that hiccuped for 30 s keeps its live calls.
 
+pub mod fleet;
 pub mod quiet;
 
 use std::time::Duration;
@@ -145,9 +146,27 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// Whether a drain that memory (or the quiet-moment rule) asks for may start now: always for
+/// an instance on its own; in a fleet, only while it holds a drain slot ([`fleet`]). An
+/// operator's drain and `critical` never wait for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Gate {
+    #[default]
+    Open,
+    /// Why not, in words (`waiting for a drain slot: held by kms-2`).
+    Closed(String),
+}
+
+/// A drain the gate held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deferred;
+
 #[derive(Debug)]
 pub struct Decider {
     policy: Policy,
+    gate: Gate,
+    /// Whether the last step held back a drain at the gate: the fleet is asked for a slot.
+    deferred: bool,
     state: State,
     since: Instant,
     /// First sample of the current unbroken run over the threshold.
@@ -177,6 +196,8 @@ impl Decider {
     pub fn new(policy: Policy, now: Instant) -> Self {
         Decider {
             policy,
+            gate: Gate::Open,
+            deferred: false,
             state: State::Lost,
             since: now,
             over_since: None,
@@ -203,6 +224,17 @@ impl Decider {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The gate the next steps' drains pass through.
+    pub fn set_gate(&mut self, gate: Gate) {
+        self.gate = gate;
+    }
+
+    /// Whether the last step held a drain back at the gate: memory (or the quiet moment)
+    /// asks for one, and the instance stays ready until it may.
+    pub fn deferred(&self) -> bool {
+        self.deferred
     }
 
     /// How long memory has been over the threshold without a break, as of `now`.
@@ -350,12 +382,21 @@ impl Decider {
     /// is forecast over the threshold soon: it drains now, latched like a memory drain, and
     /// the drain's own rules restart it (no session for `--min-drain`, or `--drain-timeout`).
     /// Only a ready instance (healthy or elevated) is drained so.
-    pub fn drain_at_quiet_moment(&mut self, now: Instant, why: String) -> Option<Transition> {
+    /// Held back, like a memory drain, while the gate is closed.
+    pub fn drain_at_quiet_moment(
+        &mut self,
+        now: Instant,
+        why: String,
+    ) -> Result<Option<Transition>, Deferred> {
         if !self.state.ready() {
-            return None;
+            return Ok(None);
+        }
+        if let Gate::Closed(_) = self.gate {
+            self.deferred = true;
+            return Err(Deferred);
         }
         self.requested_by = None;
-        self.enter(now, State::Draining, why)
+        Ok(self.enter(now, State::Draining, why))
     }
 
     /// Cancels a requested drain: the instance returns to the state its memory gives. A
@@ -387,6 +428,7 @@ impl Decider {
     /// Judges one sample. Returns the transition it caused, if any.
     pub fn observe(&mut self, now: Instant, obs: Observation) -> Option<Transition> {
         self.sampled = true;
+        self.deferred = false;
         self.unreachable_since = None;
         if gap(&mut self.last_sample, now, self.policy.max_gap) {
             // memprobe was not running: memory may have been anywhere in between.
@@ -464,12 +506,25 @@ impl Decider {
             State::Stalled => {
                 // Memory still decides whether to drain; short of that, the stall holds.
                 let (to, why) = self.judge(now, mem);
-                (to == State::Draining)
-                    .then(|| self.enter(now, to, why))
-                    .flatten()
+                if to != State::Draining {
+                    return None;
+                }
+                if let Gate::Closed(_) = self.gate {
+                    self.deferred = true;
+                    return None;
+                }
+                self.enter(now, to, why)
             }
             State::Starting | State::Healthy | State::Elevated => {
                 let (to, why) = self.judge(now, mem);
+                if to == State::Draining
+                    && let Gate::Closed(wait) = &self.gate
+                {
+                    // Ready still, and saying why it does not drain.
+                    self.deferred = true;
+                    let why = format!("{why}; {wait}");
+                    return self.stay_or_enter(now, State::Elevated, why);
+                }
                 self.stay_or_enter(now, to, why)
             }
         }
@@ -1182,6 +1237,7 @@ mod tests {
         d.observe(t0, with_sessions(800, 0));
         let tr = d
             .drain_at_quiet_moment(t0, "quiet moment".into())
+            .expect("an open gate")
             .expect("a transition");
         assert_eq!((tr.from, tr.to), (State::Healthy, State::Draining));
         d.observe(t0 + 10 * SECOND, with_sessions(800, 1));
@@ -1203,9 +1259,78 @@ mod tests {
         assert_eq!(d.state(), State::Draining);
         assert_eq!(
             d.drain_at_quiet_moment(t, "quiet".into()),
-            None,
+            Ok(None),
             "only a ready instance is drained at a quiet moment"
         );
+    }
+
+    fn closed() -> Gate {
+        Gate::Closed("waiting for a drain slot: held by kms-1".into())
+    }
+
+    #[test]
+    fn a_closed_gate_keeps_ready_an_instance_memory_would_drain_and_says_why() {
+        let (mut d, t0) = started(policy());
+        d.set_gate(closed());
+        let t = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(600), mem(1200));
+        assert_eq!(d.state(), State::Elevated, "still taking calls");
+        assert!(d.state().ready());
+        assert!(d.deferred(), "and asking the fleet for a slot");
+        assert!(
+            d.reason()
+                .ends_with("for 10m; waiting for a drain slot: held by kms-1"),
+            "{}",
+            d.reason()
+        );
+        d.set_gate(Gate::Open);
+        let tr = d
+            .observe(t + 5 * SECOND, mem(1200))
+            .expect("drains at once");
+        assert_eq!((tr.from, tr.to), (State::Elevated, State::Draining));
+        assert!(!d.deferred());
+    }
+
+    #[test]
+    fn a_closed_gate_holds_back_an_idle_drain_and_one_from_a_stall() {
+        let (mut d, t0) = started(policy());
+        d.set_gate(closed());
+        feed(
+            &mut d,
+            t0,
+            5 * SECOND,
+            Duration::from_secs(120),
+            with_sessions(1200, 0),
+        );
+        assert_eq!(d.state(), State::Elevated);
+        assert!(d.deferred());
+        d.server_answers(t0 + 125 * SECOND, 3);
+        assert_eq!(d.state(), State::Stalled);
+        d.observe(t0 + 130 * SECOND, with_sessions(1200, 0));
+        assert_eq!(d.state(), State::Stalled, "the stall holds, no drain");
+        assert!(d.deferred());
+    }
+
+    #[test]
+    fn critical_recycles_and_an_operator_drains_whatever_the_gate() {
+        let (mut d, t0) = started(Policy {
+            critical_bytes: Some(1500 * MI),
+            ..policy()
+        });
+        d.set_gate(closed());
+        let tr = d.request_drain(t0, "admin").unwrap().expect("drains");
+        assert_eq!(tr.to, State::Draining, "an operator never waits for a slot");
+        let tr = d.observe(t0 + SECOND, mem(1600)).expect("recycles");
+        assert_eq!(tr.to, State::Recycle, "critical never waits for a slot");
+    }
+
+    #[test]
+    fn a_quiet_moment_drain_is_deferred_at_a_closed_gate() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0, with_sessions(800, 0));
+        d.set_gate(closed());
+        assert_eq!(d.drain_at_quiet_moment(t0, "quiet".into()), Err(Deferred));
+        assert_eq!(d.state(), State::Healthy);
+        assert!(d.deferred());
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Sidecar {
             settings,
             memory,
             sessions,
-            Box::new(fleet::Alone),
+            fleet::start(&config.fleet, config.interval),
             render,
             now,
         );

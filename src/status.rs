@@ -58,10 +58,44 @@ pub struct Status {
     pub incarnation: u64,
     /// The last run of the recycle action (`--on-recycle`).
     pub recycle_action: Option<crate::sources::operator::ActionRecord>,
+    /// The fleet this instance drains with (`--fleet`, `--events`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
     pub settings: Arc<Settings>,
     /// Recent samples, oldest first, for the page and `/history.json` (not in `/status`).
     #[serde(skip)]
     pub history: Arc<[Point]>,
+}
+
+/// The fleet, as `/status` shows it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FleetStatus {
+    /// `kubernetes`.
+    pub kind: &'static str,
+    /// The fleet's name, once known (`--fleet-name`, else the Deployment's); none with
+    /// `--events` alone.
+    pub fleet: Option<String>,
+    pub pod: String,
+    pub namespace: String,
+    /// `--fleet-drain-budget` as given, and the slots it makes now.
+    pub budget: Option<String>,
+    pub slots: Option<u32>,
+    /// The drain slot this instance holds.
+    pub holding: Option<String>,
+    /// Memory asks for a drain that waits for a slot: ready still, weighted least.
+    pub waiting: bool,
+    /// Why a drain cannot start through the fleet now (none while a slot is held).
+    pub gate: Option<String>,
+    /// `reachable`, `not asked yet`, or `unreachable: …`.
+    pub api: String,
+    pub api_requests: u64,
+    pub api_failures: u64,
+    /// `--events` (on with the fleet), and what became of them.
+    pub events: bool,
+    pub events_sent: u64,
+    pub events_dropped: u64,
+    /// What memprobe does while the API server cannot be reached.
+    pub when_unreachable: &'static str,
 }
 
 /// One sample as the history keeps it.
@@ -194,6 +228,14 @@ pub struct Settings {
     pub shutdown_delay: String,
     /// Whether `/drain` is on (an admin token is set); the token is never shown.
     pub admin_api: bool,
+    /// `--fleet` (`off`, `kubernetes`), and with it the budget and a slot's lease.
+    pub fleet: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_drain_budget: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_lease_duration: Option<String>,
+    /// `--events`.
+    pub events: bool,
 }
 
 /// Renders one answer for a status.

@@ -11,6 +11,7 @@ use clap::{ArgMatches, ValueEnum};
 use super::flags::WatchFlags;
 use super::{DEFAULT_NAME, FlagError};
 use crate::outlets::recycle::RecycleAction;
+use crate::policy::fleet::Budget;
 use crate::secret::{Secret, SecretUrl, Token, read_secret_file};
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::{MemoryFrom, MemoryKind};
@@ -18,6 +19,8 @@ use crate::units::{self, DurationRange, UnitError};
 
 /// The longest `--shutdown-delay`: a kubelet gives a pod 30 s by default to stop.
 const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+const MIN_LEASE: Duration = Duration::from_secs(6);
+const MAX_LEASE: Duration = Duration::from_secs(3600);
 
 pub(super) struct Checker<'a> {
     pub(super) matches: &'a ArgMatches,
@@ -193,6 +196,78 @@ impl Checker<'_> {
             return Err(self.error("shutdown_delay", text, problem));
         }
         Ok(delay)
+    }
+
+    /// The variable a flag is read from (`MEMPROBE_POD_NAME`).
+    pub(super) fn env_of(&self, id: &str) -> String {
+        self.command
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .and_then(|a| a.get_env())
+            .map_or_else(String::new, |e| e.to_string_lossy().into_owned())
+    }
+
+    /// A Kubernetes name (a DNS label: lowercase letters, digits and '-', at most `max`).
+    pub(super) fn kubernetes_name(
+        &self,
+        id: &str,
+        text: &str,
+        max: usize,
+        example: &str,
+    ) -> Result<String, FlagError> {
+        let t = text.trim();
+        let label = !t.is_empty()
+            && t.len() <= max
+            && t.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !t.starts_with('-')
+            && !t.ends_with('-');
+        if !label {
+            let problem = format!(
+                "is not a Kubernetes name: lowercase letters, digits and '-', at most {max} \
+                 characters (try {example})"
+            );
+            return Err(self.error(id, &units::clip(text, 80), &problem));
+        }
+        Ok(t.to_string())
+    }
+
+    /// `--fleet-drain-budget`: a number of instances (1 or more) or a share of the pods.
+    pub(super) fn budget(&self, text: &str) -> Result<Budget, FlagError> {
+        let t = text.trim();
+        let problem = "is not a number of instances or a share of the pods (try 1, 2 or 25%)";
+        if let Some(pct) = t.strip_suffix('%') {
+            return match pct.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => Ok(Budget::Percent(p)),
+                Ok(_) => Err(self.error(
+                    "fleet_drain_budget",
+                    text,
+                    "must be a share above 0% and at most 100% (try 25%)",
+                )),
+                Err(_) => Err(self.error("fleet_drain_budget", text, problem)),
+            };
+        }
+        match t.parse::<u32>() {
+            Ok(0) => Err(self.error(
+                "fleet_drain_budget",
+                text,
+                "must be at least 1: with 0 no instance could ever drain (try 1)",
+            )),
+            Ok(n) => Ok(Budget::Instances(n)),
+            Err(_) => Err(self.error("fleet_drain_budget", text, problem)),
+        }
+    }
+
+    /// `--fleet-lease-duration`: long enough to renew at a third of it, short enough that a
+    /// dead holder's slot comes back.
+    pub(super) fn lease_duration(&self, text: &str) -> Result<Duration, FlagError> {
+        let d = self.duration("fleet_lease_duration", text)?;
+        if !(MIN_LEASE..=MAX_LEASE).contains(&d) {
+            let problem = "must be between 6s and 1h: renewed at a third of it, and a dead \
+                           holder's slot comes back only after it (try 30s)";
+            return Err(self.error("fleet_lease_duration", text, problem));
+        }
+        Ok(d)
     }
 
     /// `--pid`: a process id, not a kernel thread's.

@@ -338,6 +338,67 @@ pub struct WatchFlags {
     /// Read --admin-token from this file (a mounted Secret)
     #[arg(long, env = "MEMPROBE_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub(super) admin_token_file: Option<PathBuf>,
+    /// Drain in turn with the other instances of this server: kubernetes, on Leases [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_FLEET",
+        default_value = "off",
+        value_name = "off|kubernetes",
+        allow_hyphen_values = true
+    )]
+    pub(super) fleet: String,
+    /// The fleet's name in its Leases [default: the pod's Deployment]
+    #[arg(
+        long,
+        env = "MEMPROBE_FLEET_NAME",
+        value_name = "NAME",
+        allow_hyphen_values = true
+    )]
+    pub(super) fleet_name: Option<String>,
+    /// With --fleet: how many instances may drain at once, a number or a share of the pods
+    #[arg(
+        long,
+        env = "MEMPROBE_FLEET_DRAIN_BUDGET",
+        default_value = "1",
+        value_name = "N|PERCENT",
+        allow_hyphen_values = true
+    )]
+    pub(super) fleet_drain_budget: String,
+    /// With --fleet: a drain slot's Lease; a holder that dies frees its slot this long after
+    #[arg(
+        long,
+        env = "MEMPROBE_FLEET_LEASE_DURATION",
+        default_value = "30s",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) fleet_lease_duration: String,
+    /// Send the decisions as Kubernetes Events on the pod [default: on with --fleet]
+    #[arg(
+        long,
+        env = "MEMPROBE_EVENTS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        hide_possible_values = true
+    )]
+    pub(super) events: Option<String>,
+    /// This pod's name, for --fleet and --events (Downward API: metadata.name)
+    #[arg(
+        long,
+        env = "MEMPROBE_POD_NAME",
+        value_name = "NAME",
+        allow_hyphen_values = true
+    )]
+    pub(super) pod_name: Option<String>,
+    /// This pod's namespace, for --fleet and --events (Downward API: metadata.namespace)
+    #[arg(
+        long,
+        env = "MEMPROBE_POD_NAMESPACE",
+        value_name = "NAMESPACE",
+        allow_hyphen_values = true
+    )]
+    pub(super) pod_namespace: Option<String>,
     /// Log format: text or json (level from RUST_LOG, default info)
     #[arg(
         long,

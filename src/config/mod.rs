@@ -32,7 +32,7 @@ use std::time::Duration;
 use clap::{ArgMatches, ValueEnum};
 
 use crate::outlets::agent::AgentWeight;
-use crate::{outlets, policy, sources};
+use crate::{fleet, outlets, policy, sources};
 use check::Checker;
 
 pub use flags::WatchFlags;
@@ -55,6 +55,7 @@ pub struct Config {
     pub sources: sources::Settings,
     pub policy: policy::Settings,
     pub outlets: outlets::Settings,
+    pub fleet: fleet::Settings,
     /// The time between two steps (`--interval`).
     pub interval: Duration,
     /// How far back the page's history reaches (`--history`).
@@ -106,6 +107,15 @@ impl Config {
             recycle_retry: duration(outlets.recycle.retry),
             shutdown_delay: duration(outlets.http.shutdown_delay),
             admin_api: outlets.http.admin_token.is_some(),
+            fleet: match self.fleet.mode {
+                fleet::Mode::Off => "off",
+                fleet::Mode::Kubernetes => "kubernetes",
+            },
+            fleet_drain_budget: (self.fleet.mode == fleet::Mode::Kubernetes)
+                .then(|| self.fleet.budget.to_string()),
+            fleet_lease_duration: (self.fleet.mode == fleet::Mode::Kubernetes)
+                .then(|| duration(self.fleet.lease)),
+            events: self.fleet.events,
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::outlets::agent::{AgentSettings, AgentWeight};
 use crate::outlets::http::HttpSettings;
 use crate::outlets::recycle::{RecycleAction, RecycleSettings};
 use crate::policy::ServerPolicy;
+use crate::policy::fleet::Budget;
 use crate::secret::{Secret, SecretUrl, Token};
 use crate::sources::custom::{CustomSettings, Endpoint};
 use crate::sources::janus::JanusSettings;
@@ -18,7 +19,7 @@ use crate::sources::proc::ProcSettings;
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::{MemoryFrom, MemoryKind};
 use crate::units::{self, SizeOrPercent};
-use crate::{outlets, policy, sources};
+use crate::{fleet, outlets, policy, sources};
 
 use super::check::Checker;
 use super::flags::WatchFlags;
@@ -70,6 +71,13 @@ pub(super) struct Values {
     shutdown_delay: Duration,
     admin_token: Option<Token>,
     admin_token_file: Option<(PathBuf, Token)>,
+    fleet: fleet::Mode,
+    fleet_name: Option<String>,
+    fleet_drain_budget: Budget,
+    fleet_lease_duration: Duration,
+    events: Option<bool>,
+    pod_name: Option<String>,
+    pod_namespace: Option<String>,
     log_format: LogFormat,
 }
 
@@ -119,6 +127,13 @@ impl Values {
             shutdown_delay,
             admin_token,
             admin_token_file,
+            fleet,
+            fleet_name,
+            fleet_drain_budget,
+            fleet_lease_duration,
+            events,
+            pod_name,
+            pod_namespace,
             log_format,
         } = flags;
         let size_or_percent = |id, text: &str| check.unit(id, text, units::parse_size_or_percent);
@@ -230,6 +245,25 @@ impl Values {
                     Ok((path.clone(), check.token("admin_token_file", &text)?))
                 })
                 .transpose()?,
+            fleet: check.choice("fleet", fleet)?,
+            fleet_name: fleet_name
+                .as_deref()
+                .map(|t| check.kubernetes_name("fleet_name", t, 40, "kms"))
+                .transpose()?,
+            fleet_drain_budget: check.budget(fleet_drain_budget)?,
+            fleet_lease_duration: check.lease_duration(fleet_lease_duration)?,
+            events: events
+                .as_deref()
+                .map(|t| check.boolean("events", t))
+                .transpose()?,
+            pod_name: pod_name
+                .as_deref()
+                .map(|t| check.kubernetes_name("pod_name", t, 63, "kms-7d9f8c6b5-x2x7z"))
+                .transpose()?,
+            pod_namespace: pod_namespace
+                .as_deref()
+                .map(|t| check.kubernetes_name("pod_namespace", t, 63, "media"))
+                .transpose()?,
             log_format: check.choice("log_format", log_format)?,
         })
     }
@@ -243,6 +277,7 @@ impl Values {
         host_total_bytes: u64,
     ) -> Result<Config, FlagError> {
         let custom = self.custom(flags, check)?;
+        let fleet = self.fleet_settings(check)?;
         let admin_token = check.one_of(
             ("admin_token", self.admin_token),
             ("admin_token_file", self.admin_token_file),
@@ -308,7 +343,17 @@ impl Values {
             return Err(check.error("user", text.trim(), problem));
         }
         let limit = crate::limit::choose(self.memory_limit, None, host_total_bytes);
-        flags.check_sizes(check, self.threshold, self.critical, limit)?;
+        // A fleet instance waiting for a slot must still not be OOM-killed: --critical is on
+        // by default there, when it can be above the threshold.
+        let critical = match (self.critical, fleet.mode) {
+            (None, fleet::Mode::Kubernetes) => {
+                let critical = SizeOrPercent::Percent(fleet::CRITICAL_WITH_FLEET);
+                (critical.resolve(limit.bytes) > self.threshold.resolve(limit.bytes))
+                    .then_some(critical)
+            }
+            (given, _) => given,
+        };
+        flags.check_sizes(check, self.threshold, critical, limit)?;
         let kms_off = match (&janus, &custom) {
             (Some(_), _) => Some("kms: off, since --janus-url watches Janus".to_string()),
             (None, Some(_)) => Some(
@@ -360,7 +405,7 @@ impl Values {
         };
         let policy = policy::Settings {
             threshold: self.threshold,
-            critical: self.critical,
+            critical,
             sustain: self.sustain,
             idle_sustain: self.idle_sustain,
             quiet_within: self.recycle_when_idle_within,
@@ -406,9 +451,51 @@ impl Values {
                     retry: self.recycle_retry,
                 },
             },
+            fleet,
             interval: self.interval,
             history: self.history,
             log_format: self.log_format,
+        })
+    }
+
+    /// `--fleet` and `--events`, which need the pod's name and namespace.
+    fn fleet_settings(&self, check: &Checker) -> Result<fleet::Settings, FlagError> {
+        let events = self.events.unwrap_or(self.fleet == fleet::Mode::Kubernetes);
+        let on = self.fleet == fleet::Mode::Kubernetes || events;
+        let pod = match (on, &self.pod_name, &self.pod_namespace) {
+            (false, _, _) => None,
+            (true, Some(name), Some(namespace)) => Some(fleet::Pod {
+                name: name.clone(),
+                namespace: namespace.clone(),
+            }),
+            (true, name, _) => {
+                let (id, field) = match name {
+                    None => ("pod_name", "metadata.name"),
+                    Some(_) => ("pod_namespace", "metadata.namespace"),
+                };
+                let why = if self.fleet == fleet::Mode::Kubernetes {
+                    "--fleet kubernetes"
+                } else {
+                    "--events"
+                };
+                return Err(FlagError {
+                    origin: check.origin(id),
+                    value: None,
+                    problem: format!(
+                        "is needed with {why}: set it from the Downward API \
+                         (env {}, valueFrom.fieldRef.fieldPath: {field})",
+                        check.env_of(id)
+                    ),
+                });
+            }
+        };
+        Ok(fleet::Settings {
+            mode: self.fleet,
+            name: self.fleet_name.clone(),
+            budget: self.fleet_drain_budget,
+            lease: self.fleet_lease_duration,
+            events,
+            pod,
         })
     }
 }

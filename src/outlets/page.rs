@@ -231,7 +231,7 @@ fn short_bytes(bytes: u64) -> String {
         (1 << 20, "MiB"),
         (1 << 10, "KiB"),
     ] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{} {name}", bytes / unit);
         }
     }

@@ -93,6 +93,14 @@ impl QuietMoment {
     }
 }
 
+impl QuietMoment {
+    /// The drain it asked for was held back (the fleet had no slot for it): asked again at
+    /// the next step, so the rule is not spent on a drain that never began.
+    pub fn deferred(&mut self) {
+        self.used = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,6 +194,7 @@ fn config(
                 retry: Duration::from_secs(300),
             },
         },
+        fleet: crate::fleet::Settings::default(),
         interval,
         history: HISTORY,
         log_format: LogFormat::Text,

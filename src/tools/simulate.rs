@@ -366,7 +366,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 }
                 let f = i.forecast.and_then(|(_, f)| f);
                 if let Some(why) = i.quiet.decide(now, i.decider.state(), f.as_ref())
-                    && i.decider.drain_at_quiet_moment(now, why).is_some()
+                    && matches!(i.decider.drain_at_quiet_moment(now, why), Ok(Some(_)))
                 {
                     out.quiet_recycles += 1;
                 }
