@@ -22,7 +22,10 @@
 //! - **Cost.** While it waits, an instance makes at most one request per tick
 //!   (`max(--interval, 10 s)`); while healthy, none.
 //! - **The API server away.** No new drain starts through the fleet; a drain already holding a
-//!   slot goes on (the decider latched it); `--critical` still recycles.
+//!   slot goes on (the decider latched it); `--critical` still recycles. A lease unchanged
+//!   while this instance could not see it is not expired: after a failure, every lease is
+//!   watched afresh for its whole duration, and a holder retries at a third of it, so its
+//!   renewal comes first once the server is back.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -330,12 +333,13 @@ impl Member {
     }
 
     fn plan(&mut self, now: Instant, need: Need) -> Action {
-        // A holder's and a leaver's requests are not paced by the tick, but never retried
-        // faster than it while the API server fails.
-        let pace = if self.failing.is_some() {
-            self.tick
-        } else {
-            Duration::from_secs(1)
+        // A holder's and a leaver's requests are not paced by the tick. While the API server
+        // fails, a holder tries again at a third of its lease, so that its renewal comes
+        // before anyone can count the slot expired once the server is back; others at a tick.
+        let pace = match (self.failing.is_some(), self.held.is_some()) {
+            (false, _) => Duration::from_secs(1),
+            (true, true) => (self.lease / 3).max(Duration::from_secs(1)),
+            (true, false) => self.tick,
         };
         if self.since_last(now) < pace {
             return Action::Idle;
@@ -409,6 +413,9 @@ impl Member {
         if let Answer::Failed(why) = &answer {
             self.failing = Some(why.clone());
             self.fresh = false;
+            // What was not seen is no evidence: a holder cut off with this instance could not
+            // renew either. Leases are watched afresh from the next listing.
+            self.observed.clear();
             return;
         }
         self.failing = None;
@@ -958,7 +965,7 @@ mod tests {
     }
 
     #[test]
-    fn the_api_server_away_closes_the_gate_and_a_holder_retries_no_faster_than_a_tick() {
+    fn the_api_server_away_closes_the_gate_and_a_holder_retries_at_a_third_of_its_lease() {
         let (mut m, t) = joined("kms-0");
         let down = Answer::Failed("connection refused".into());
         assert_eq!(ask(&mut m, t, wants(0.9), down.clone()), Action::List);
@@ -986,11 +993,33 @@ mod tests {
         ));
         assert!(h.held().is_some());
         assert_eq!(h.wait(t, 0.9), None, "a holder's gate stays open");
-        assert_eq!(h.next(t + MIN_TICK - S, Need::default()), Action::Idle);
+        assert_eq!(h.next(t + LEASE / 3 - S, Need::default()), Action::Idle);
         assert!(matches!(
-            h.next(t + MIN_TICK, Need::default()),
+            h.next(t + LEASE / 3, Need::default()),
             Action::Renew { .. }
         ));
+    }
+
+    #[test]
+    fn a_lease_unchanged_while_the_api_server_was_away_is_watched_afresh() {
+        let (mut m, t) = joined("kms-0");
+        let held = vec![slot(0, Some("kms-1"), "a")];
+        ask(&mut m, t, wants(0.9), Answer::Listed(held.clone()));
+        // Away for a minute: kms-1 could not renew either.
+        let mut now = t;
+        for _ in 0..6 {
+            now += MIN_TICK;
+            let _ = ask(&mut m, now, wants(0.9), Answer::Failed("refused".into()));
+        }
+        now += MIN_TICK;
+        assert_eq!(
+            ask(&mut m, now, wants(0.9), Answer::Listed(held.clone())),
+            Action::List
+        );
+        assert!(
+            !matches!(m.next(now + MIN_TICK, wants(0.9)), Action::Take { .. }),
+            "not expired: seen unchanged only since the server came back"
+        );
     }
 
     #[test]
