@@ -11,6 +11,11 @@
 FROM rust:1.95-slim-bookworm AS build
 ARG TARGETARCH=amd64
 WORKDIR /src
+# musl-gcc: the C of ring (the fleet's TLS), built for the static target.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/*
 RUN case "$TARGETARCH" in \
       amd64) echo x86_64-unknown-linux-musl > /target ;; \
       arm64) echo aarch64-unknown-linux-musl > /target ;; \

@@ -16,6 +16,8 @@ mod docs;
 mod drain;
 #[path = "cases/first_contact.rs"]
 mod first_contact;
+#[path = "cases/fleet.rs"]
+mod fleet;
 #[path = "cases/haproxy.rs"]
 mod haproxy;
 #[path = "cases/hardening.rs"]

@@ -288,10 +288,11 @@ impl Member {
         self.failing.as_deref()
     }
 
-    /// A wait lease lasts twice a slot's duration: renewed at a third of that, it costs a
-    /// request every few ticks, and leaves room for the listings in between.
+    /// A wait lease outlives a slot's: renewed at a third of its duration, it costs a request
+    /// every two ticks at most, and leaves the listings between them, which are what find a
+    /// free slot, most of the waiter's requests.
     pub fn wait_duration(&self) -> Duration {
-        (self.lease * 2).max(self.tick * 3)
+        (self.lease * 2).max(self.tick * 6)
     }
 
     /// The instance changed state. A drain of memory's (not an operator's, which needs no

@@ -110,6 +110,11 @@ pub fn wait<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Result
 }
 
 impl Cluster {
+    /// The admin's kubeconfig (client certificates), as tests/kube/up wrote it.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
     /// kubectl on this cluster.
     pub fn kubectl(&self) -> Command {
         let mut cmd = Command::new(KUBECTL);

@@ -439,6 +439,27 @@ impl Memprobe {
         }
     }
 
+    /// [`Memprobe::wait_for`] with a deadline of its own (a fleet's story takes minutes), polling
+    /// every 250 ms.
+    pub fn wait_for_long(
+        &self,
+        what: &str,
+        deadline: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.status();
+            if cond(&status) {
+                return status;
+            }
+            if start.elapsed() > deadline {
+                panic!("waited {deadline:?} for {what}; last status: {status:#}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Polls /livez until it answers 200: the sampling loop is running. One step late on a
     /// busy machine fails /livez for a moment (that is what it shows); a stuck loop never
     /// answers 200 again, and panics after [`DEADLINE`].
