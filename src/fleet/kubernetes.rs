@@ -626,7 +626,14 @@ async fn deadline<T>(
             crate::units::Human(DEADLINE)
         ))),
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(kube::Error::Api(status))) if status.is_conflict() || status.is_not_found() => {
+        // 409 (Conflict at a stale version, AlreadyExists on a create) or 404: another
+        // writer won, or the object is gone.
+        Ok(Err(kube::Error::Api(status)))
+            if status.code == 409
+                || status.is_conflict()
+                || status.is_already_exists()
+                || status.is_not_found() =>
+        {
             Err(Failure::Lost)
         }
         Ok(Err(kube::Error::Api(status))) => Err(Failure::Other(format!(

@@ -119,3 +119,28 @@ pub fn start(settings: &Settings, interval: Duration) -> Box<dyn Coordinator> {
         _ => Box::new(Alone),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_the_fleet_and_the_events_off_nothing_talks_to_the_api_server() {
+        let settings = Settings {
+            pod: Some(Pod {
+                name: "kms-0".into(),
+                namespace: "media".into(),
+            }),
+            ..Settings::default()
+        };
+        assert!(!settings.on());
+        let mut member = start(&settings, Duration::from_secs(5));
+        assert!(member.status().is_none(), "alone: no fleet in /status");
+        assert_eq!(member.step(Ask::default()), Gate::Open);
+        let wants = Ask {
+            wants: true,
+            ..Ask::default()
+        };
+        assert_eq!(member.step(wants), Gate::Open, "alone, a drain never waits");
+    }
+}

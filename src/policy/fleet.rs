@@ -242,6 +242,9 @@ pub struct Member {
     /// next action is a new listing.
     listed: Option<Vec<Seen>>,
     fresh: bool,
+    /// When that listing was answered: leases are judged as they were then, never as if
+    /// nothing had changed since (a lease shorter than a tick would always look expired).
+    listed_at: Option<Instant>,
     observed: HashMap<String, Observed>,
     pod_read: bool,
     pods: Option<(u32, Instant)>,
@@ -265,6 +268,7 @@ impl Member {
             wait: None,
             listed: None,
             fresh: false,
+            listed_at: None,
             observed: HashMap::new(),
             pod_read: false,
             pods: None,
@@ -383,8 +387,9 @@ impl Member {
             return Action::List;
         };
         self.fresh = false;
-        if let Some((slot, version)) = self.free_slot(seen, now)
-            && self.first_in_line(seen, now, need.fullness).is_none()
+        let at = self.listed_at.unwrap_or(now);
+        if let Some((slot, version)) = self.free_slot(seen, at)
+            && self.first_in_line(seen, at, need.fullness).is_none()
         {
             return Action::Take { slot, version };
         }
@@ -427,6 +432,7 @@ impl Member {
                 self.observe(&seen, now);
                 self.listed = Some(seen);
                 self.fresh = true;
+                self.listed_at = Some(now);
             }
             (Action::Take { slot, .. }, Answer::Written(version)) => {
                 self.held = Some(Held {
@@ -537,10 +543,11 @@ impl Member {
         let Some(seen) = self.listed.as_deref() else {
             return Some(Wait::Asking);
         };
-        if self.free_slot(seen, now).is_none() {
-            return Some(Wait::HeldBy(self.holders(seen, now)));
+        let at = self.listed_at.unwrap_or(now);
+        if self.free_slot(seen, at).is_none() {
+            return Some(Wait::HeldBy(self.holders(seen, at)));
         }
-        match self.first_in_line(seen, now, fullness) {
+        match self.first_in_line(seen, at, fullness) {
             Some((pod, full)) => Some(Wait::Behind {
                 pod,
                 percent: (full * 100.0).round() as u32,
@@ -764,6 +771,36 @@ mod tests {
             );
             let answer = match action {
                 Action::List => Answer::Listed(listing),
+                _ => Answer::Written("w".into()),
+            };
+            if action != Action::Idle {
+                m.answered(now, answer);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lease_shorter_than_a_tick_is_judged_as_it_was_listed_not_a_tick_later() {
+        let names = Names {
+            fleet: "kms".into(),
+            me: "kms-0".into(),
+        };
+        let short = Duration::from_secs(6);
+        let mut m = Member::new(names, Budget::Instances(1), short, S);
+        let t = Instant::now();
+        ask(&mut m, t, wants(0.9), Answer::Pod);
+        for i in 1..30u32 {
+            let now = t + i * MIN_TICK;
+            // Renewed every 2 s by a live holder: each listing sees a new renew time.
+            let mut lease = slot(0, Some("kms-1"), &format!("r{i}"));
+            lease.duration = short;
+            let action = m.next(now, wants(0.9));
+            assert!(
+                !matches!(action, Action::Take { .. }),
+                "tick {i}: {action:?}"
+            );
+            let answer = match action {
+                Action::List => Answer::Listed(vec![lease]),
                 _ => Answer::Written("w".into()),
             };
             if action != Action::Idle {

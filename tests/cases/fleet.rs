@@ -74,6 +74,8 @@ struct Instance {
     sessions: PathBuf,
     memprobe: Memprobe,
     restarted: bool,
+    /// When this test first saw it draining.
+    draining_since: Option<Instant>,
 }
 
 impl Instance {
@@ -128,6 +130,7 @@ impl Instance {
             sessions,
             memprobe,
             restarted: false,
+            draining_since: None,
         }
     }
 
@@ -151,6 +154,17 @@ impl Instance {
             return true;
         }
         false
+    }
+
+    /// Its one call ends once it has drained for `after`: a drain long enough for the others
+    /// to see the slot held and queue up, as real drains (minutes of calls) are.
+    fn end_the_call_after(&mut self, after: Duration) {
+        if self.status()["state"] == "draining" {
+            let since = *self.draining_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= after {
+                self.sessions(0);
+            }
+        }
     }
 
     fn sessions(&self, n: u32) {
@@ -200,6 +214,28 @@ fn events_of(cluster: &Cluster, ns: &str, pod: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A namespace's leases in one line each: name, holder, fullness.
+fn leases_said(cluster: &Cluster, ns: &str) -> Vec<String> {
+    let leases = cluster
+        .json(&["get", "leases", "-n", ns])
+        .unwrap_or_default();
+    leases["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            format!(
+                "{} {} {}",
+                l["metadata"]["name"].as_str().unwrap_or_default(),
+                l["spec"]["holderIdentity"].as_str().unwrap_or("-"),
+                l["metadata"]["annotations"]["memprobe.io/fullness"]
+                    .as_str()
+                    .unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 /// The holders of a fleet's slot leases, as the API server has them.
 fn slot_holders(cluster: &Cluster, ns: &str, fleet: &str) -> Vec<String> {
     let leases = cluster
@@ -237,11 +273,16 @@ fn five_instances_over_the_threshold_drain_one_at_a_time_fullest_first_and_say_s
     let mut fleet: Vec<Instance> = pods
         .iter()
         .enumerate()
-        .map(|(i, pod)| Instance::start(&ns, pod, 60 + 10 * i as u64, &kubeconfig, &[]))
+        .map(|(i, pod)| {
+            let instance = Instance::start(&ns, pod, 60 + 10 * i as u64, &kubeconfig, &[]);
+            instance.sessions(1);
+            instance
+        })
         .collect();
     let started = Instant::now();
     let mut seen_waiting = vec![false; fleet.len()];
     let mut most_holders = 0;
+    let (mut last_holders, mut takes) = (Vec::new(), Vec::new());
     while fleet.iter().any(|i| !i.restarted) || !all_healthy(&fleet) {
         assert!(
             started.elapsed() < STORY,
@@ -249,6 +290,7 @@ fn five_instances_over_the_threshold_drain_one_at_a_time_fullest_first_and_say_s
             fleet.iter().map(Instance::status).collect::<Vec<_>>()
         );
         for (i, instance) in fleet.iter_mut().enumerate() {
+            instance.end_the_call_after(Duration::from_secs(25));
             instance.play_kubelet();
             let status = instance.status();
             if status["fleet"]["waiting"] == true {
@@ -259,7 +301,13 @@ fn five_instances_over_the_threshold_drain_one_at_a_time_fullest_first_and_say_s
                 seen_waiting[i] = true;
             }
         }
-        most_holders = most_holders.max(slot_holders(cluster, &ns.name, "kms").len());
+        let holders = slot_holders(cluster, &ns.name, "kms");
+        most_holders = most_holders.max(holders.len());
+        if holders != last_holders {
+            // Who held, and what the waiters had written, at each change: the order's record.
+            takes.push(leases_said(cluster, &ns.name));
+            last_holders = holders;
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
     eprintln!("five drains in turn in {:?}", started.elapsed());
@@ -294,7 +342,8 @@ fn five_instances_over_the_threshold_drain_one_at_a_time_fullest_first_and_say_s
     fullest_first.sort_by(|a, b| b.cmp(a));
     assert_eq!(
         rest, fullest_first,
-        "after the first, fullest first: {order:?}"
+        "after the first, fullest first: {order:?}; pods {pods:?}; the leases at each change: \
+         {takes:#?}"
     );
     rest.push(order[0]);
     assert!(
@@ -401,64 +450,55 @@ fn a_holder_that_dies_frees_its_slot_when_the_lease_expires_and_the_next_takes_i
     assert_eq!(slot_holders(cluster, &ns.name, "kms"), [pods[1].clone()]);
 }
 
-/// A TCP relay to the API server that can be stopped (every connection cut, the port closed)
-/// and started again on the same port: the API server away, for these instances only.
+/// A TCP relay to the API server that can stop relaying: every connection it carries is cut,
+/// and new ones are accepted and never answered, as from an API server that hangs (the worst
+/// case: a refused connection fails at once, a silent one only at memprobe's deadline).
 struct Relay {
     port: u16,
-    up: Arc<AtomicBool>,
+    relaying: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Relay {
     fn to(target: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let relay = Relay {
-            port,
-            up: Arc::new(AtomicBool::new(false)),
+            port: listener.local_addr().unwrap().port(),
+            relaying: Arc::new(AtomicBool::new(true)),
             conns: Arc::new(Mutex::new(Vec::new())),
         };
-        relay.serve(listener, target.to_string());
-        relay
-    }
-
-    fn serve(&self, listener: TcpListener, target: String) {
-        self.up.store(true, Ordering::SeqCst);
-        let (up, conns) = (Arc::clone(&self.up), Arc::clone(&self.conns));
-        listener.set_nonblocking(true).unwrap();
+        let (relaying, conns) = (Arc::clone(&relay.relaying), Arc::clone(&relay.conns));
+        let target = target.to_string();
         std::thread::spawn(move || {
-            while up.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
+            for client in listener.incoming().map_while(Result::ok) {
+                let mut kept = conns.lock().unwrap();
+                kept.push(client.try_clone().unwrap());
+                if !relaying.load(Ordering::SeqCst) {
                     continue;
-                };
-                client.set_nonblocking(false).unwrap();
+                }
                 let Ok(server) = TcpStream::connect(&target) else {
                     continue;
                 };
-                let mut kept = conns.lock().unwrap();
-                kept.push(client.try_clone().unwrap());
                 kept.push(server.try_clone().unwrap());
                 pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
                 pipe(server, client);
             }
         });
+        relay
     }
 
-    fn stop(&self) {
-        self.up.store(false, Ordering::SeqCst);
+    fn hang(&self) {
+        self.relaying.store(false, Ordering::SeqCst);
         for conn in self.conns.lock().unwrap().drain(..) {
             let _ = conn.shutdown(Shutdown::Both);
         }
-        // The accept loop sees `up` within 20 ms and drops the listener: refused from then on.
-        std::thread::sleep(Duration::from_millis(200));
     }
 
-    fn start(&self, target: &str) {
-        let listener = wait("the relay's port again", Duration::from_secs(30), || {
-            TcpListener::bind(("127.0.0.1", self.port)).map_err(|e| e.to_string())
-        });
-        self.serve(listener, target.to_string());
+    fn resume(&self) {
+        self.relaying.store(true, Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -525,7 +565,7 @@ fn with_the_api_server_away_no_drain_starts_critical_still_recycles_and_the_queu
             });
     }
 
-    relay.stop();
+    relay.hang();
     for instance in [&critical, &waiting, &holder] {
         instance
             .memprobe
@@ -552,9 +592,17 @@ fn with_the_api_server_away_no_drain_starts_critical_still_recycles_and_the_queu
         .memprobe
         .wait_for_long("a critical recycle", STORY, |s| s["state"] == "recycle");
     critical.restart_server();
-    // No other drain starts through the outage, and the holder's goes on.
+    // No other drain starts through the outage, and the holder's goes on; the probes answer
+    // as ever, whatever the fleet's thread is waiting for.
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_secs(30) {
+        let asked = Instant::now();
+        assert_eq!(waiting.memprobe.get("/ready").code, 200);
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            asked.elapsed()
+        );
         let status = waiting.status();
         assert_eq!(
             status["state"], "elevated",
@@ -564,7 +612,7 @@ fn with_the_api_server_away_no_drain_starts_critical_still_recycles_and_the_queu
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    relay.start(&address);
+    relay.resume();
     // The holder renews before anyone can count its slot expired, then its call ends.
     holder
         .memprobe
