@@ -232,9 +232,39 @@ impl Namespace {
     /// Applies, server-side, `deploy/kubernetes/<base>` in this namespace with `extra`
     /// kustomization lines (patches, images, replicas); kubectl's output.
     pub fn apply(&self, base: &str, extra: &str) -> Output {
+        self.apply_kustomization(&format!(
+            "resources:\n  - {}/kubernetes/{base}\n{extra}",
+            self.deploy()
+        ))
+    }
+
+    /// deploy/ as a kustomization in this test's dir names it: relative, and from where the
+    /// dir really is, since kustomize follows symlinks (target/kube may be one, to a cluster
+    /// built in another clone, whose deploy/ is not this one's).
+    pub fn deploy(&self) -> String {
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+        let (dir, root) = (real(&self.dir), real(Path::new(ROOT)));
+        let common = dir
+            .components()
+            .zip(root.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let up = dir.components().count() - common;
+        let down = root.components().skip(common);
+        let path: PathBuf = std::iter::repeat_n(Path::new(".."), up)
+            .map(Path::to_path_buf)
+            .chain(down.map(|c| PathBuf::from(c.as_os_str())))
+            .chain([PathBuf::from("deploy")])
+            .collect();
+        path.to_str().expect("a UTF-8 path").to_string()
+    }
+
+    /// Applies, server-side, a kustomization of this test's own (its `resources:`,
+    /// `components:`, patches; the namespace is set here); kubectl's output.
+    pub fn apply_kustomization(&self, body: &str) -> Output {
         let text = format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             namespace: {}\nresources:\n  - ../../../../deploy/kubernetes/{base}\n{extra}",
+             namespace: {}\n{body}",
             self.name
         );
         std::fs::write(self.dir.join("kustomization.yaml"), text).expect("write kustomization");
