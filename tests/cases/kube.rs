@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,8 +22,8 @@ use serde_json::{Value, json};
 
 use crate::deploy::FLEET_CALLS;
 use crate::harness::kube::{
-    Cluster, Images, Namespace, POD_DEADLINE, cluster, condition, container_status, pod_ready,
-    said, wait,
+    Cluster, Images, Namespace, POD_DEADLINE, cluster, condition, container_status, kubectl_with,
+    pod_ready, said, wait,
 };
 use crate::harness::{agent, request};
 
@@ -420,6 +421,106 @@ fn the_fleet_role_allows_each_call_of_memprobe_and_nothing_next_to_them() {
     );
 }
 
+/// `Cluster::service_account_kubeconfig`: a kubeconfig that is the fleet's account, for a
+/// memprobe run on the host. With it kubectl is that account, makes each of memprobe's calls
+/// for real (a lease written, replaced at its version, listed by label, deleted; an Event
+/// created; the pods listed) and is refused what the Role leaves out.
+#[test]
+fn a_service_account_kubeconfig_is_that_account_and_makes_memprobes_calls() {
+    let Some(cluster) = cluster() else { return };
+    let ns = cluster.namespace("fleet-kubeconfig", &[]);
+    let applied = ns.apply_kustomization(&format!(
+        "resources: []\ncomponents:\n  - {}/kubernetes/components/fleet\n",
+        ns.deploy()
+    ));
+    assert!(applied.status.success(), "{}", said(&applied));
+    let kubeconfig = cluster.service_account_kubeconfig(&ns.name, "memprobe");
+    let mode = std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token is its owner's only");
+    let kubectl = |args: &[&str]| {
+        let mut cmd = kubectl_with(&kubeconfig);
+        cmd.args(args);
+        cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+    };
+    let ok = |args: &[&str]| -> String {
+        let output = kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} as the account: {}",
+            said(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let refused = |args: &[&str]| {
+        let output = kubectl(args);
+        assert!(
+            !output.status.success() && said(&output).contains("Forbidden"),
+            "kubectl {args:?} is refused to the account: {}",
+            said(&output)
+        );
+    };
+    let whoami: Value = serde_json::from_str(&ok(&["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(
+        whoami["status"]["userInfo"]["username"],
+        format!("system:serviceaccount:{}:memprobe", ns.name)
+    );
+
+    // The kubeconfig's namespace is the account's: no -n needed.
+    assert!(ok(&["get", "leases", "-o", "name"]).trim().is_empty());
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "kms-slot-0", "labels": {"memprobe.io/fleet": "kms"}},
+        "spec": {"holderIdentity": "kms-0", "leaseDurationSeconds": 30},
+    });
+    let file = ns.file("lease.json", &lease.to_string());
+    let file = file.to_str().unwrap();
+    ok(&["create", "-f", file]);
+    let got: Value =
+        serde_json::from_str(&ok(&["get", "lease", "kms-slot-0", "-o", "json"])).unwrap();
+    let mut replaced = lease.clone();
+    replaced["metadata"]["resourceVersion"] = got["metadata"]["resourceVersion"].clone();
+    replaced["spec"]["holderIdentity"] = "kms-1".into();
+    let file = ns.file("lease.json", &replaced.to_string());
+    ok(&["replace", "-f", file.to_str().unwrap()]);
+    let listed = ok(&[
+        "get",
+        "leases",
+        "-l",
+        "memprobe.io/fleet=kms",
+        "-o",
+        "jsonpath={.items[*].spec.holderIdentity}",
+    ]);
+    assert_eq!(listed, "kms-1");
+    refused(&[
+        "annotate",
+        "lease",
+        "kms-slot-0",
+        "memprobe.io/fullness=0.5",
+    ]);
+    let watch = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases?watch=true",
+        ns.name
+    );
+    refused(&["get", "--raw", &watch]);
+    ok(&["delete", "lease", "kms-slot-0"]);
+
+    let event = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "kms-0.test"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "action": "Drain", "reason": "MemoryHigh", "type": "Normal", "note": "a test",
+        "reportingController": "memprobe.io/memprobe", "reportingInstance": "kms-0",
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "kms-0", "namespace": ns.name},
+    });
+    let file = ns.file("event.json", &event.to_string());
+    ok(&["create", "-f", file.to_str().unwrap()]);
+    ok(&["get", "pods"]);
+
+    refused(&["get", "secrets"]);
+    refused(&["get", "events.events.k8s.io"]);
+    refused(&["get", "leases", "-n", "default"]);
+    refused(&["get", "deployments"]);
+}
 /// The base as the tests run it: the stand-in images (never pulled), memprobe fast and
 /// counting the stand-in's sessions at its /stats, a threshold of 100 MiB against a KMS
 /// limit of 512 MiB, liveness every 2 s; the rest as shipped.
