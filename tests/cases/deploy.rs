@@ -170,13 +170,362 @@ fn documents(kubectl: &Path, dir: &str) -> Vec<Value> {
 }
 
 #[test]
-fn the_base_and_the_janus_setup_apply_on_a_bare_cluster() {
+fn the_base_the_janus_setup_and_the_fleet_apply_on_a_bare_cluster() {
     let Some(kubectl) = tool("kubectl") else {
         return;
     };
-    for dir in ["deploy/kubernetes/base", "deploy/kubernetes/janus"] {
+    for dir in [
+        "deploy/kubernetes/base",
+        "deploy/kubernetes/janus",
+        "deploy/kubernetes/overlays/fleet",
+    ] {
         only_built_in_kinds(&documents(&kubectl, dir));
     }
+}
+
+/// What memprobe calls on the API server with `--fleet kubernetes` and `--events`
+/// (src/fleet/kubernetes.rs), in its own namespace: (API group, resource, verbs).
+pub(crate) const FLEET_CALLS: &[(&str, &str, &[&str])] = &[
+    // Leases: list by the fleet's label; create; replace at the version seen (update); get a
+    // wait lease left by the pod's previous memprobe; delete the pod's wait lease.
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["get", "list", "create", "update", "delete"],
+    ),
+    // The decisions, as Events on the pod.
+    ("events.k8s.io", "events", &["create"]),
+    // Its own pod's metadata (get_metadata), the fleet's pods counted (list_metadata).
+    ("", "pods", &["get", "list"]),
+];
+
+/// The fleet's pieces as kustomize renders `dir`: its Role's rules as (group, resource,
+/// sorted verbs), the ServiceAccount, the RoleBinding and the pod template's spec.
+struct Fleet {
+    rules: Vec<(String, String, Vec<String>)>,
+    account: Value,
+    binding: Value,
+    role: Value,
+    pod: Value,
+}
+
+fn fleet(docs: &[Value]) -> Fleet {
+    let kind = |kind: &str| -> Value {
+        let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}: {found:?}");
+        found[0].clone()
+    };
+    let role = kind("Role");
+    let words = |v: &Value| -> Vec<String> {
+        let mut all: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .collect();
+        all.sort();
+        all
+    };
+    let mut rules = vec![];
+    for rule in role["rules"].as_array().unwrap() {
+        assert!(rule["resourceNames"].is_null() && rule["nonResourceURLs"].is_null());
+        for group in words(&rule["apiGroups"]) {
+            for resource in words(&rule["resources"]) {
+                rules.push((group.clone(), resource, words(&rule["verbs"])));
+            }
+        }
+    }
+    rules.sort();
+    Fleet {
+        rules,
+        account: kind("ServiceAccount"),
+        binding: kind("RoleBinding"),
+        role,
+        pod: kind("Deployment")["spec"]["template"]["spec"].clone(),
+    }
+}
+
+fn expected_fleet_rules() -> Vec<(String, String, Vec<String>)> {
+    let mut rules: Vec<_> = FLEET_CALLS
+        .iter()
+        .map(|(group, resource, verbs)| {
+            let mut verbs: Vec<String> = verbs.iter().map(|v| v.to_string()).collect();
+            verbs.sort();
+            (group.to_string(), resource.to_string(), verbs)
+        })
+        .collect();
+    rules.sort();
+    rules
+}
+
+/// Every container of a pod spec, init containers first.
+fn containers(pod: &Value) -> Vec<&Value> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| pod[k].as_array())
+        .flatten()
+        .collect()
+}
+
+/// The fleet overlay: a Role of exactly memprobe's calls, bound to the pod's ServiceAccount in
+/// the same namespace; the token reaches memprobe's container alone, where an in-cluster
+/// client reads it, and the pod still mounts none of its own; memprobe is told the fleet is
+/// on and which pod it is, by the Downward API.
+#[test]
+fn the_fleet_overlay_grants_memprobe_its_calls_and_its_container_alone_the_token() {
+    let Some(kubectl) = tool("kubectl") else {
+        return;
+    };
+    let docs = documents(&kubectl, "deploy/kubernetes/overlays/fleet");
+    let fleet = fleet(&docs);
+    assert_eq!(
+        fleet.rules,
+        expected_fleet_rules(),
+        "the Role allows exactly what memprobe calls"
+    );
+    let namespace = fleet.role["metadata"]["namespace"].as_str().unwrap();
+    assert_eq!(namespace, "media");
+    let account = fleet.account["metadata"]["name"].as_str().unwrap();
+    assert_eq!(fleet.account["metadata"]["namespace"], namespace);
+    assert_eq!(fleet.binding["metadata"]["namespace"], namespace);
+    assert_eq!(
+        fleet.binding["roleRef"],
+        serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": fleet.role["metadata"]["name"]})
+    );
+    assert_eq!(
+        fleet.binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace}])
+    );
+
+    let pod = &fleet.pod;
+    assert_eq!(pod["serviceAccountName"], account);
+    assert_eq!(
+        (
+            &pod["automountServiceAccountToken"],
+            &fleet.account["automountServiceAccountToken"]
+        ),
+        (&false.into(), &false.into()),
+        "no token in every container"
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| !v["projected"].is_null())
+        .expect("a projected volume");
+    let sources: Vec<&Value> = volume["projected"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    assert_eq!(sources[0]["serviceAccountToken"]["path"], "token");
+    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+    assert_eq!(sources[1]["configMap"]["items"][0]["path"], "ca.crt");
+    assert_eq!(sources[2]["downwardAPI"]["items"][0]["path"], "namespace");
+    for container in containers(pod) {
+        let mounts: Vec<&Value> = container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["name"] == volume["name"])
+            .collect();
+        if container["name"] == "memprobe" {
+            assert_eq!(
+                mounts[0]["mountPath"], "/var/run/secrets/kubernetes.io/serviceaccount",
+                "where an in-cluster client reads the token, the CA and the namespace"
+            );
+            assert_eq!(mounts[0]["readOnly"], true);
+        } else {
+            assert!(mounts.is_empty(), "{}: no token", container["name"]);
+        }
+    }
+
+    let memprobe = &pod["initContainers"][0];
+    assert_eq!(memprobe["name"], "memprobe");
+    let env = memprobe["env"].as_array().unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+    assert_eq!(
+        var("MEMPROBE_FLEET").map(|e| e["value"].clone()),
+        Some("kubernetes".into())
+    );
+    for (name, field) in [
+        ("MEMPROBE_POD_NAME", "metadata.name"),
+        ("MEMPROBE_POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        assert_eq!(
+            var(name).map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone()),
+            Some(field.into()),
+            "{name} from the Downward API"
+        );
+    }
+
+    // The base calls nothing: no account of its own, no token, the fleet off.
+    let base = documents(&kubectl, "deploy/kubernetes/base");
+    assert!(
+        !base
+            .iter()
+            .any(|d| ["ServiceAccount", "Role", "RoleBinding"]
+                .contains(&d["kind"].as_str().unwrap())),
+        "the base grants nothing"
+    );
+    let base_pod =
+        &base.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert!(base_pod["serviceAccountName"].is_null());
+    assert_eq!(base_pod["automountServiceAccountToken"], false);
+    for container in containers(base_pod) {
+        let text = container.to_string();
+        assert!(
+            !text.contains("MEMPROBE_FLEET") && !text.contains("serviceaccount"),
+            "{text}"
+        );
+    }
+}
+
+/// The README's line that adds the fleet to an overlay of one's own.
+fn readme_fleet_line() -> &'static str {
+    let line = "components: [../../components/fleet]";
+    let section = readme_section("Kubernetes (kustomize)").replace('\n', " ");
+    assert!(
+        section.contains(&format!(
+            "the component `deploy/kubernetes/components/fleet`, which an overlay of yours on \
+             the base, `janus` or any overlay but `pre-1.29` adds with `{line}`"
+        )),
+        "the README says how an overlay adds the fleet"
+    );
+    line
+}
+
+/// The README's fleet paragraph: the overlay is the base with the component, and the RBAC
+/// it names is [`FLEET_CALLS`], which the overlay's Role is (the test above).
+#[test]
+fn the_readmes_fleet_paragraph_names_the_overlays_parts_and_the_roles_calls() {
+    let overlay = yaml("deploy/kubernetes/overlays/fleet/kustomization.yaml");
+    assert_eq!(overlay["resources"], serde_json::json!(["../../base"]));
+    assert_eq!(
+        overlay["components"],
+        serde_json::json!(["../../components/fleet"])
+    );
+    let section = readme_section("Kubernetes (kustomize)").replace('\n', " ");
+    assert!(
+        section.contains("the `fleet` overlay is the base with the component"),
+        "{section}"
+    );
+    let and = |words: &[&str]| -> String {
+        match words.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    };
+    let calls: Vec<String> = FLEET_CALLS
+        .iter()
+        .map(|(group, resource, verbs)| {
+            let name = match (*group, *resource) {
+                ("coordination.k8s.io", "leases") => "Leases".to_string(),
+                ("", "pods") => "Pods".to_string(),
+                ("events.k8s.io", "events") => "`events.k8s.io` Events".to_string(),
+                other => panic!("name {other:?} in the README"),
+            };
+            format!("{name} {}", and(verbs))
+        })
+        .collect();
+    let rbac = format!(
+        "a ServiceAccount `memprobe` and a Role bound to it in the namespace with exactly \
+         memprobe's calls: {}.",
+        calls.join(", ")
+    );
+    assert!(
+        section.contains(&rbac),
+        "the README names the Role's calls as: {rbac}"
+    );
+    // the_fleet_overlay_grants_… checks it.
+    assert!(section.contains(
+        "The token is mounted in memprobe's container alone; without the fleet, the pods mount none."
+    ));
+    readme_fleet_line();
+}
+
+/// The component composes, with the README's line in an overlay of one's own, with the other
+/// overlays where memprobe is the native sidecar, and refuses to render on pre-1.29
+/// (memprobe a plain container) rather than add an init container with no image.
+#[test]
+fn the_fleet_component_composes_with_the_other_overlays_and_refuses_pre_1_29() {
+    let Some(kubectl) = tool("kubectl") else {
+        return;
+    };
+    // An overlay of one's own beside the shipped ones: overlays/mine, ../../components.
+    let root = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(path("deploy"), root.path().join("deploy")).unwrap();
+    std::os::unix::fs::symlink(
+        path("deploy/kubernetes/components"),
+        root.path().join("components"),
+    )
+    .unwrap();
+    let dir = root.path().join("overlays/mine");
+    std::fs::create_dir_all(&dir).unwrap();
+    let line = readme_fleet_line();
+    let compose = |resource: &str| {
+        std::fs::write(
+            dir.join("kustomization.yaml"),
+            format!("resources: [../../deploy/kubernetes/{resource}]\n{line}\n"),
+        )
+        .unwrap();
+        Command::new(&kubectl)
+            .arg("kustomize")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let mut composed = vec!["janus".to_string()];
+    for overlay in std::fs::read_dir(path("deploy/kubernetes/overlays")).unwrap() {
+        let name = overlay.unwrap().file_name().to_string_lossy().into_owned();
+        if !["fleet", "pre-1.29"].contains(&name.as_str()) {
+            composed.push(format!("overlays/{name}"));
+        }
+    }
+    for resource in &composed {
+        let output = compose(resource);
+        let yaml = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{resource} + fleet: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        let fleet = fleet(&docs);
+        assert_eq!(fleet.rules, expected_fleet_rules(), "{resource} + fleet");
+        let memprobe = &fleet.pod["initContainers"][0];
+        assert_eq!(memprobe["name"], "memprobe", "{resource} + fleet");
+        assert_eq!(
+            containers(&fleet.pod).len(),
+            2,
+            "{resource} + fleet: memprobe and the server, no more"
+        );
+        assert!(
+            crate::harness::plain_env(memprobe)
+                .contains(&("MEMPROBE_FLEET".into(), "kubernetes".into())),
+            "{resource} + fleet"
+        );
+        // What the overlay changed stays: jemalloc's image, pss's user, the kms source.
+        let alone = documents(&kubectl, &format!("deploy/kubernetes/{resource}"));
+        let alone =
+            &alone.iter().find(|d| d["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"];
+        for (i, container) in containers(alone).iter().enumerate() {
+            let with = containers(&fleet.pod)[i];
+            for key in ["image", "args", "securityContext"] {
+                assert_eq!(with[key], container[key], "{resource} + fleet: {key}");
+            }
+        }
+    }
+    let output = compose("overlays/pre-1.29");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && said.contains("initContainers/0/name"),
+        "pre-1.29 + fleet is refused, naming why: {said}"
+    );
 }
 
 fn only_built_in_kinds(docs: &[Value]) {

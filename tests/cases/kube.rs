@@ -13,15 +13,17 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::deploy::FLEET_CALLS;
 use crate::harness::kube::{
-    Cluster, Images, Namespace, POD_DEADLINE, cluster, condition, container_status, pod_ready,
-    said, wait,
+    Cluster, Images, Namespace, POD_DEADLINE, cluster, condition, container_status, kubectl_with,
+    pod_ready, said, wait,
 };
 use crate::harness::{agent, request};
 
@@ -152,9 +154,10 @@ fn every_kustomization_applies_server_side_and_memprobe_passes_pod_security() {
 }
 
 /// What the pods' service account may do, as `kubectl auth can-i --list` prints it, one
-/// whitespace-collapsed line each. memprobe calls no Kubernetes API (the pod mounts no token):
-/// the manifests grant nothing, so this is exactly what every authenticated identity may
-/// (the cluster's system:basic-user, system:discovery and system:public-info-viewer).
+/// whitespace-collapsed line each. Without the fleet memprobe calls no Kubernetes API (the pod
+/// mounts no token): the manifests grant nothing, so this is exactly what every authenticated
+/// identity may (the cluster's system:basic-user, system:discovery and
+/// system:public-info-viewer). The fleet adds its Role's rules, [`FLEET_CALLS`].
 const SERVICE_ACCOUNT_MAY: &[&str] = &[
     "selfsubjectreviews.authentication.k8s.io [] [] [create]",
     "selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
@@ -177,12 +180,45 @@ const SERVICE_ACCOUNT_MAY: &[&str] = &[
     "[/version] [] [get]",
 ];
 
+/// A line of `kubectl auth can-i --list`, whitespace collapsed and its verbs sorted: the
+/// order of a rule's verbs means nothing.
+fn may_line(line: &str) -> String {
+    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.rsplit_once('[') {
+        Some((head, verbs)) => {
+            let mut verbs: Vec<&str> = verbs.trim_end_matches(']').split(' ').collect();
+            verbs.sort();
+            format!("{head}[{}]", verbs.join(" "))
+        }
+        None => line,
+    }
+}
+
+/// The fleet's calls as `kubectl auth can-i --list` prints them.
+fn fleet_may() -> Vec<String> {
+    FLEET_CALLS
+        .iter()
+        .map(|(group, resource, verbs)| {
+            let resource = match group {
+                &"" => resource.to_string(),
+                group => format!("{resource}.{group}"),
+            };
+            may_line(&format!("{resource} [] [] [{}]", verbs.join(" ")))
+        })
+        .collect()
+}
+
 #[test]
 fn the_pods_service_account_may_do_exactly_what_memprobe_calls() {
     let Some(cluster) = cluster() else { return };
     operator_crds(cluster);
-    let expected: BTreeSet<String> = SERVICE_ACCOUNT_MAY.iter().map(|s| s.to_string()).collect();
     for kustomization in kustomizations() {
+        let fleet = kustomization == "overlays/fleet";
+        let mut expected: BTreeSet<String> =
+            SERVICE_ACCOUNT_MAY.iter().map(|s| may_line(s)).collect();
+        if fleet {
+            expected.extend(fleet_may());
+        }
         let ns = cluster.namespace("rbac", &[]);
         let applied = ns.apply(&kustomization, "");
         assert!(applied.status.success(), "{}", said(&applied));
@@ -190,16 +226,17 @@ fn the_pods_service_account_may_do_exactly_what_memprobe_calls() {
         let spec = &deployment["items"][0]["spec"]["template"]["spec"];
         assert_eq!(
             spec["automountServiceAccountToken"], false,
-            "{kustomization}: memprobe needs no token in the pod"
+            "{kustomization}: no token in every container (the fleet's is memprobe's alone)"
         );
         let account = spec["serviceAccountName"].as_str().unwrap_or("default");
+        assert_eq!(
+            account,
+            if fleet { "memprobe" } else { "default" },
+            "{kustomization}: an account of its own only with the fleet"
+        );
         let who = format!("--as=system:serviceaccount:{}:{account}", ns.name);
         let list = cluster.run(&["auth", "can-i", "--list", &who, "-n", &ns.name]);
-        let may: BTreeSet<String> = list
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
+        let may: BTreeSet<String> = list.lines().skip(1).map(may_line).collect();
         assert_eq!(
             may, expected,
             "{kustomization}: the service account {account} may do more or less than memprobe \
@@ -208,6 +245,282 @@ fn the_pods_service_account_may_do_exactly_what_memprobe_calls() {
     }
 }
 
+/// A question to the API server's authorizer: may the fleet's account do `verb` on
+/// `resource` (`resource/subresource`) of `group` in `namespace` ("" for the whole cluster)?
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    namespace: &'a str,
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+}
+
+/// The authorizer's answers for the memprobe account of `home`: SubjectAccessReviews, with
+/// the groups a service account's token carries, sent as one List.
+fn authorizer_says(cluster: &Cluster, home: &str, asks: &[Ask]) -> Vec<bool> {
+    let reviews: Vec<Value> = asks
+        .iter()
+        .map(|ask| {
+            let (resource, subresource) =
+                ask.resource.split_once('/').unwrap_or((ask.resource, ""));
+            json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {
+                    "user": format!("system:serviceaccount:{home}:memprobe"),
+                    "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{home}"),
+                               "system:authenticated"],
+                    "resourceAttributes": {
+                        "namespace": ask.namespace, "verb": ask.verb, "group": ask.group,
+                        "resource": resource, "subresource": subresource,
+                    },
+                },
+            })
+        })
+        .collect();
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": reviews});
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), list.to_string()).unwrap();
+    let created = cluster.output(&["create", "-f", file.path().to_str().unwrap(), "-o", "json"]);
+    assert!(
+        created.status.success(),
+        "the SubjectAccessReviews: {}",
+        said(&created)
+    );
+    // kubectl prints each object it created, one JSON document after another.
+    let answers: Vec<Value> = serde_json::Deserializer::from_slice(&created.stdout)
+        .into_iter::<Value>()
+        .map(|doc| doc.expect("kubectl's JSON"))
+        .flat_map(|doc| match doc["items"].as_array() {
+            Some(items) => items.clone(),
+            None => vec![doc],
+        })
+        .collect();
+    assert_eq!(answers.len(), asks.len(), "one answer a question");
+    answers
+        .iter()
+        .map(|a| a["status"]["allowed"] == true)
+        .collect()
+}
+
+/// The fleet component's Role and RoleBinding, applied alone: each of memprobe's calls is
+/// allowed in its namespace, not in another one nor cluster-wide, and what lies next to them
+/// is refused (a watch, a patch, the core group's Events, the pod's other verbs and
+/// subresources, Secrets, the Deployment, its own RBAC).
+#[test]
+fn the_fleet_role_allows_each_call_of_memprobe_and_nothing_next_to_them() {
+    let Some(cluster) = cluster() else { return };
+    let ns = cluster.namespace("fleet-rbac", &[]);
+    let other = cluster.namespace("fleet-other", &[]);
+    let applied = ns.apply_kustomization(&format!(
+        "resources: []\ncomponents:\n  - {}/kubernetes/components/fleet\n",
+        ns.deploy()
+    ));
+    assert!(applied.status.success(), "{}", said(&applied));
+    let home = ns.name.as_str();
+    let refused: &[(&str, &str, &[&str])] = &[
+        (
+            "coordination.k8s.io",
+            "leases",
+            &["watch", "patch", "deletecollection"],
+        ),
+        (
+            "events.k8s.io",
+            "events",
+            &["get", "list", "watch", "update", "patch", "delete"],
+        ),
+        ("", "events", &["create", "patch", "update"]),
+        (
+            "",
+            "pods",
+            &[
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection",
+            ],
+        ),
+        ("", "pods/exec", &["create", "get"]),
+        ("", "pods/log", &["get"]),
+        ("", "pods/eviction", &["create"]),
+        ("", "pods/status", &["update", "patch"]),
+        ("", "secrets", &["get", "list", "watch"]),
+        ("", "configmaps", &["get", "list"]),
+        ("", "serviceaccounts/token", &["create"]),
+        ("apps", "deployments", &["get", "update", "patch"]),
+        ("apps", "deployments/scale", &["update", "patch"]),
+        ("apps", "replicasets", &["get", "list"]),
+        (
+            "rbac.authorization.k8s.io",
+            "roles",
+            &["update", "patch", "escalate", "bind"],
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            &["create", "update"],
+        ),
+    ];
+    // (the question, the answer it must get, why)
+    let mut asks: Vec<(Ask, bool, &str)> = vec![];
+    for &(group, resource, verbs) in FLEET_CALLS {
+        for &verb in verbs {
+            for (namespace, want, why) in [
+                (home, true, "one of memprobe's calls"),
+                (
+                    other.name.as_str(),
+                    false,
+                    "only in memprobe's own namespace",
+                ),
+                ("", false, "not cluster-wide"),
+            ] {
+                let ask = Ask {
+                    namespace,
+                    verb,
+                    group,
+                    resource,
+                };
+                asks.push((ask, want, why));
+            }
+        }
+    }
+    for &(group, resource, verbs) in refused {
+        for &verb in verbs {
+            let ask = Ask {
+                namespace: home,
+                verb,
+                group,
+                resource,
+            };
+            asks.push((ask, false, "not memprobe's to do"));
+        }
+    }
+    let questions: Vec<Ask> = asks.iter().map(|(a, _, _)| *a).collect();
+    let answers = authorizer_says(cluster, home, &questions);
+    let wrong: Vec<String> = asks
+        .iter()
+        .zip(&answers)
+        .filter(|((_, want, _), got)| want != *got)
+        .map(|((a, want, why), _)| {
+            format!(
+                "{} {} ({}) in {:?}: {} ({why})",
+                a.verb,
+                a.resource,
+                a.group,
+                a.namespace,
+                if *want { "refused" } else { "allowed" }
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the authorizer's answers:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// `Cluster::service_account_kubeconfig`: a kubeconfig that is the fleet's account, for a
+/// memprobe run on the host. With it kubectl is that account, makes each of memprobe's calls
+/// for real (a lease written, replaced at its version, listed by label, deleted; an Event
+/// created; the pods listed) and is refused what the Role leaves out.
+#[test]
+fn a_service_account_kubeconfig_is_that_account_and_makes_memprobes_calls() {
+    let Some(cluster) = cluster() else { return };
+    let ns = cluster.namespace("fleet-kubeconfig", &[]);
+    let applied = ns.apply_kustomization(&format!(
+        "resources: []\ncomponents:\n  - {}/kubernetes/components/fleet\n",
+        ns.deploy()
+    ));
+    assert!(applied.status.success(), "{}", said(&applied));
+    let kubeconfig = cluster.service_account_kubeconfig(&ns.name, "memprobe");
+    let mode = std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token is its owner's only");
+    let kubectl = |args: &[&str]| {
+        let mut cmd = kubectl_with(&kubeconfig);
+        cmd.args(args);
+        cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+    };
+    let ok = |args: &[&str]| -> String {
+        let output = kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} as the account: {}",
+            said(&output)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let refused = |args: &[&str]| {
+        let output = kubectl(args);
+        assert!(
+            !output.status.success() && said(&output).contains("Forbidden"),
+            "kubectl {args:?} is refused to the account: {}",
+            said(&output)
+        );
+    };
+    let whoami: Value = serde_json::from_str(&ok(&["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(
+        whoami["status"]["userInfo"]["username"],
+        format!("system:serviceaccount:{}:memprobe", ns.name)
+    );
+
+    // The kubeconfig's namespace is the account's: no -n needed.
+    assert!(ok(&["get", "leases", "-o", "name"]).trim().is_empty());
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "kms-slot-0", "labels": {"memprobe.io/fleet": "kms"}},
+        "spec": {"holderIdentity": "kms-0", "leaseDurationSeconds": 30},
+    });
+    let file = ns.file("lease.json", &lease.to_string());
+    let file = file.to_str().unwrap();
+    ok(&["create", "-f", file]);
+    let got: Value =
+        serde_json::from_str(&ok(&["get", "lease", "kms-slot-0", "-o", "json"])).unwrap();
+    let mut replaced = lease.clone();
+    replaced["metadata"]["resourceVersion"] = got["metadata"]["resourceVersion"].clone();
+    replaced["spec"]["holderIdentity"] = "kms-1".into();
+    let file = ns.file("lease.json", &replaced.to_string());
+    ok(&["replace", "-f", file.to_str().unwrap()]);
+    let listed = ok(&[
+        "get",
+        "leases",
+        "-l",
+        "memprobe.io/fleet=kms",
+        "-o",
+        "jsonpath={.items[*].spec.holderIdentity}",
+    ]);
+    assert_eq!(listed, "kms-1");
+    refused(&[
+        "annotate",
+        "lease",
+        "kms-slot-0",
+        "memprobe.io/fullness=0.5",
+    ]);
+    let watch = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{}/leases?watch=true",
+        ns.name
+    );
+    refused(&["get", "--raw", &watch]);
+    ok(&["delete", "lease", "kms-slot-0"]);
+
+    let event = json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": "kms-0.test"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "action": "Drain", "reason": "MemoryHigh", "type": "Normal", "note": "a test",
+        "reportingController": "memprobe.io/memprobe", "reportingInstance": "kms-0",
+        "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "kms-0", "namespace": ns.name},
+    });
+    let file = ns.file("event.json", &event.to_string());
+    ok(&["create", "-f", file.to_str().unwrap()]);
+    ok(&["get", "pods"]);
+
+    refused(&["get", "secrets"]);
+    refused(&["get", "events.events.k8s.io"]);
+    refused(&["get", "leases", "-n", "default"]);
+    refused(&["get", "deployments"]);
+}
 /// The base as the tests run it: the stand-in images (never pulled), memprobe fast and
 /// counting the stand-in's sessions at its /stats, a threshold of 100 MiB against a KMS
 /// limit of 512 MiB, liveness every 2 s; the rest as shipped.

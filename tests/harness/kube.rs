@@ -84,6 +84,14 @@ pub fn cluster() -> Option<&'static Cluster> {
     Some(cluster)
 }
 
+/// kubectl of the cluster's release with this kubeconfig, such as a
+/// [`Cluster::service_account_kubeconfig`].
+pub fn kubectl_with(kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(KUBECTL);
+    cmd.arg("--kubeconfig").arg(kubeconfig);
+    cmd
+}
+
 /// What a command said on stdout and stderr, for messages.
 pub fn said(output: &Output) -> String {
     format!(
@@ -117,9 +125,7 @@ impl Cluster {
 
     /// kubectl on this cluster.
     pub fn kubectl(&self) -> Command {
-        let mut cmd = Command::new(KUBECTL);
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
-        cmd
+        kubectl_with(&self.kubeconfig)
     }
 
     /// kubectl with these arguments, which must succeed: its stdout.
@@ -164,6 +170,64 @@ impl Cluster {
             name,
             dir,
         }
+    }
+
+    /// A kubeconfig that is `service_account` of `namespace`: this cluster's server and CA,
+    /// with a token of an hour from `kubectl create token`, and `namespace` as its default.
+    /// Pods cannot reach the API server here (tests/kube/README.md), so a memprobe that calls
+    /// it runs on the host with this as its KUBECONFIG. The file is under the namespace's dir
+    /// (removed with a [`Namespace`]), readable by its owner only: it holds the token.
+    pub fn service_account_kubeconfig(&self, namespace: &str, service_account: &str) -> PathBuf {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+
+        // --flatten puts the CA's bytes in, wherever the admin kubeconfig points to them.
+        let admin = self
+            .json(&["config", "view", "--raw", "--minify", "--flatten"])
+            .unwrap_or_else(|e| panic!("the admin kubeconfig: {e}"));
+        let cluster = &admin["clusters"][0]["cluster"];
+        let (Some(server), Some(ca)) = (
+            cluster["server"].as_str(),
+            cluster["certificate-authority-data"].as_str(),
+        ) else {
+            panic!("no server and CA in the admin kubeconfig: {admin}");
+        };
+        let token = self.run(&[
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            "--duration",
+            "1h",
+        ]);
+        let user = format!("system:serviceaccount:{namespace}:{service_account}");
+        // A kubeconfig may be JSON: every client that reads YAML reads it.
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "memprobe-kube", "cluster": {
+                "server": server, "certificate-authority-data": ca,
+            }}],
+            "users": [{"name": user, "user": {"token": token.trim()}}],
+            "contexts": [{"name": user, "context": {
+                "cluster": "memprobe-kube", "user": user, "namespace": namespace,
+            }}],
+            "current-context": user,
+        });
+        let dir = Path::new(ROOT).join("target/kube/tests").join(namespace);
+        std::fs::create_dir_all(&dir).expect("a dir under target/kube/tests");
+        let path = dir.join(format!("{service_account}.kubeconfig"));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        file.write_all(config.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
     }
 
     /// The images, built and imported at the first call of the run.
@@ -237,9 +301,39 @@ impl Namespace {
     /// Applies, server-side, `deploy/kubernetes/<base>` in this namespace with `extra`
     /// kustomization lines (patches, images, replicas); kubectl's output.
     pub fn apply(&self, base: &str, extra: &str) -> Output {
+        self.apply_kustomization(&format!(
+            "resources:\n  - {}/kubernetes/{base}\n{extra}",
+            self.deploy()
+        ))
+    }
+
+    /// deploy/ as a kustomization in this test's dir names it: relative, and from where the
+    /// dir really is, since kustomize follows symlinks (target/kube may be one, to a cluster
+    /// built in another clone, whose deploy/ is not this one's).
+    pub fn deploy(&self) -> String {
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+        let (dir, root) = (real(&self.dir), real(Path::new(ROOT)));
+        let common = dir
+            .components()
+            .zip(root.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let up = dir.components().count() - common;
+        let down = root.components().skip(common);
+        let path: PathBuf = std::iter::repeat_n(Path::new(".."), up)
+            .map(Path::to_path_buf)
+            .chain(down.map(|c| PathBuf::from(c.as_os_str())))
+            .chain([PathBuf::from("deploy")])
+            .collect();
+        path.to_str().expect("a UTF-8 path").to_string()
+    }
+
+    /// Applies, server-side, a kustomization of this test's own (its `resources:`,
+    /// `components:`, patches; the namespace is set here); kubectl's output.
+    pub fn apply_kustomization(&self, body: &str) -> Output {
         let text = format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             namespace: {}\nresources:\n  - ../../../../deploy/kubernetes/{base}\n{extra}",
+             namespace: {}\n{body}",
             self.name
         );
         std::fs::write(self.dir.join("kustomization.yaml"), text).expect("write kustomization");
