@@ -251,8 +251,8 @@ impl KubernetesMetrics {
             api_failures: counter(
                 r,
                 "memprobe_fleet_api_failures_total",
-                "Requests the Kubernetes API server could not be reached for or refused (a race for \
-                 a lease lost to another instance is not one).",
+                "Requests to the Kubernetes API server that failed: it could not be reached, or \
+                 refused (a lease lost to another instance's write is no failure).",
             ),
             events: events.then(|| EventCounters {
                 sent: counter(
