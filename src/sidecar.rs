@@ -72,11 +72,13 @@ impl Sidecar {
             sessions,
             janus_switch,
         } = sources::build(sources_settings, config.interval);
-        let metrics = Arc::new(outlets::metrics::Metrics::new(
-            config.policy.critical.is_some(),
-            sources_settings.kms.is_some(),
-            sources_settings.janus.is_some() || sources_settings.custom.is_some(),
-        ));
+        let metrics = Arc::new(outlets::metrics::Metrics::new(outlets::metrics::Families {
+            critical: config.policy.critical.is_some(),
+            kms: sources_settings.kms.is_some(),
+            other_server: sources_settings.janus.is_some() || sources_settings.custom.is_some(),
+            fleet: config.fleet.mode == fleet::Mode::Kubernetes,
+            events: config.fleet.events,
+        }));
         let render = Renderers {
             metrics: Arc::new(move |status: &Status| metrics.render(status)),
             page: Arc::new(|status: &Status| bytes::Bytes::from(outlets::page::render(status))),

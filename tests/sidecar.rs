@@ -272,6 +272,12 @@ fn metrics_parse_as_prometheus_text_with_every_name() {
     );
     // A few seconds of history are no trend: no forecast, and /status says why.
     assert!(!names.contains("memprobe_forecast_threshold_seconds"));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("memprobe_fleet_") || n.starts_with("memprobe_events_")),
+        "no fleet or Event series with the fleet off: {names:?}"
+    );
     let status = probe.status();
     let said = status["forecast"]["said"].as_str().unwrap_or_default();
     assert!(said.starts_with("no forecast yet: "), "{said}");

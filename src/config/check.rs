@@ -224,8 +224,8 @@ impl Checker<'_> {
             && !t.ends_with('-');
         if !label {
             let problem = format!(
-                "is not a Kubernetes name: lowercase letters, digits and '-', at most {max} \
-                 characters (try {example})"
+                "is not a Kubernetes name: at most {max} lowercase letters, digits and '-', \
+                 starting and ending with a letter or digit (try {example})"
             );
             return Err(self.error(id, &units::clip(text, 80), &problem));
         }
@@ -242,7 +242,7 @@ impl Checker<'_> {
                 Ok(_) => Err(self.error(
                     "fleet_drain_budget",
                     text,
-                    "must be a share above 0% and at most 100% (try 25%)",
+                    "is not a share of the pods above 0% and up to 100% (try 25%)",
                 )),
                 Err(_) => Err(self.error("fleet_drain_budget", text, problem)),
             };
@@ -251,7 +251,7 @@ impl Checker<'_> {
             Ok(0) => Err(self.error(
                 "fleet_drain_budget",
                 text,
-                "must be at least 1: with 0 no instance could ever drain (try 1)",
+                "would let no instance ever drain: the budget is at least 1 (try 1)",
             )),
             Ok(n) => Ok(Budget::Instances(n)),
             Err(_) => Err(self.error("fleet_drain_budget", text, problem)),
@@ -261,10 +261,11 @@ impl Checker<'_> {
     /// `--fleet-lease-duration`: long enough to renew at a third of it, short enough that a
     /// dead holder's slot comes back.
     pub(super) fn lease_duration(&self, text: &str) -> Result<Duration, FlagError> {
-        let d = self.duration("fleet_lease_duration", text)?;
+        // Its own range, so that every refusal names it and a value inside it.
+        let d = self.unit("fleet_lease_duration", text, units::parse_duration)?;
         if !(MIN_LEASE..=MAX_LEASE).contains(&d) {
-            let problem = "must be between 6s and 1h: renewed at a third of it, and a dead \
-                           holder's slot comes back only after it (try 30s)";
+            let problem = "is outside 6s to 1h: a holder renews its Lease every third of it, \
+                           and a dead holder's slot comes back only once it has passed (try 30s)";
             return Err(self.error("fleet_lease_duration", text, problem));
         }
         Ok(d)

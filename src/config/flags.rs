@@ -80,7 +80,7 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) threshold: String,
-    /// Recycle at once on any sample over this [default: off]
+    /// Recycle at once on any sample over this [default: off; 95% with --fleet kubernetes]
     #[arg(
         long,
         env = "MEMPROBE_CRITICAL",
@@ -282,7 +282,8 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) agent_listen: Option<String>,
-    /// The agent's weight for a ready instance: fixed (100%) or headroom (falls as memory fills)
+    /// The agent's weight for a ready instance: fixed (100%) or headroom (falls as memory
+    /// fills); 1% while its drain waits for a fleet's slot
     #[arg(
         long,
         env = "MEMPROBE_AGENT_WEIGHT",
@@ -338,7 +339,7 @@ pub struct WatchFlags {
     /// Read --admin-token from this file (a mounted Secret)
     #[arg(long, env = "MEMPROBE_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub(super) admin_token_file: Option<PathBuf>,
-    /// Drain in turn with the other instances of this server: kubernetes, on Leases [default: off]
+    /// Drain in turn with the other instances of this server: kubernetes, on Leases
     #[arg(
         long,
         env = "MEMPROBE_FLEET",

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::policy::fleet::Budget;
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::{MemoryFrom, MemoryKind};
 use crate::units::SizeOrPercent;
@@ -500,5 +501,211 @@ fn a_threshold_must_be_reachable_and_more_than_zero() {
     assert!(
         e.starts_with("--memory-limit: '1' leaves a threshold of 0 B"),
         "{e}"
+    );
+}
+
+/// The pod's name and namespace, as the Downward API gives them.
+const POD: [&str; 4] = ["--pod-name", "kms-0", "--pod-namespace", "media"];
+
+/// `--fleet kubernetes` in a pod, and `args`.
+fn in_a_fleet(args: &[&str]) -> Result<Config, String> {
+    sidecar(&[&["--fleet", "kubernetes"][..], &POD, args].concat())
+}
+
+#[test]
+fn the_fleet_and_the_events_are_off_unless_asked_for_and_need_no_pod_then() {
+    let c = sidecar(&[]).unwrap();
+    assert_eq!(c.fleet, fleet::Settings::default());
+    assert!(!c.fleet.on(), "off: nothing talks to the API server");
+    let shown = c.shown();
+    assert_eq!((shown.fleet, shown.events), ("off", false));
+    assert_eq!(shown.fleet_drain_budget, None);
+    let c = in_a_fleet(&[]).unwrap();
+    assert_eq!(c.fleet.mode, fleet::Mode::Kubernetes);
+    assert!(c.fleet.events, "the Events are on with the fleet");
+    assert_eq!(
+        c.fleet.pod,
+        Some(fleet::Pod {
+            name: "kms-0".into(),
+            namespace: "media".into()
+        })
+    );
+    assert_eq!(c.fleet.budget, Budget::Instances(1));
+    assert_eq!(c.fleet.lease, Duration::from_secs(30));
+    assert_eq!(c.shown().fleet_lease_duration.as_deref(), Some("30s"));
+    assert!(!in_a_fleet(&["--events", "false"]).unwrap().fleet.events);
+}
+
+#[test]
+fn a_drain_budget_is_a_number_of_instances_or_a_share_of_the_pods() {
+    for (given, budget) in [
+        ("1", Budget::Instances(1)),
+        ("3", Budget::Instances(3)),
+        ("25%", Budget::Percent(25.0)),
+        ("100%", Budget::Percent(100.0)),
+    ] {
+        let c = in_a_fleet(&["--fleet-drain-budget", given]).unwrap();
+        assert_eq!(c.fleet.budget, budget, "{given}");
+        assert_eq!(c.shown().fleet_drain_budget.as_deref(), Some(given));
+    }
+    for (given, problem) in [
+        (
+            "0",
+            "would let no instance ever drain: the budget is at least 1 (try 1)",
+        ),
+        (
+            "0%",
+            "is not a share of the pods above 0% and up to 100% (try 25%)",
+        ),
+        (
+            "150%",
+            "is not a share of the pods above 0% and up to 100% (try 25%)",
+        ),
+        (
+            "x",
+            "is not a number of instances or a share of the pods (try 1, 2 or 25%)",
+        ),
+        (
+            "-1",
+            "is not a number of instances or a share of the pods (try 1, 2 or 25%)",
+        ),
+    ] {
+        let line = format!("--fleet-drain-budget: '{given}' {problem}");
+        assert_eq!(
+            in_a_fleet(&["--fleet-drain-budget", given]).unwrap_err(),
+            line
+        );
+        assert_eq!(
+            sidecar(&["--fleet-drain-budget", given]).unwrap_err(),
+            line,
+            "refused with the fleet off too"
+        );
+    }
+}
+
+#[test]
+fn a_slots_lease_lasts_from_6s_to_an_hour() {
+    for (given, secs) in [("6s", 6), ("30s", 30), ("1h", 3600)] {
+        let c = in_a_fleet(&["--fleet-lease-duration", given]).unwrap();
+        assert_eq!(c.fleet.lease, Duration::from_secs(secs), "{given}");
+    }
+    for given in ["5s", "5999ms", "61m", "8days"] {
+        assert_eq!(
+            in_a_fleet(&["--fleet-lease-duration", given]).unwrap_err(),
+            format!(
+                "--fleet-lease-duration: '{given}' is outside 6s to 1h: a holder renews its \
+                 Lease every third of it, and a dead holder's slot comes back only once it has \
+                 passed (try 30s)"
+            ),
+            "a refusal names the lease's own range, whatever the value"
+        );
+    }
+    assert_eq!(
+        sidecar(&["--fleet-lease-duration", "soon"]).unwrap_err(),
+        "--fleet-lease-duration: 'soon' is not a duration (try 250ms, 5s, 5m or 1h30m)"
+    );
+}
+
+#[test]
+fn a_fleet_name_a_pod_name_and_a_namespace_are_kubernetes_names() {
+    let c = in_a_fleet(&["--fleet-name", "kms-eu-1"]).unwrap();
+    assert_eq!(c.fleet.name.as_deref(), Some("kms-eu-1"));
+    assert_eq!(
+        in_a_fleet(&[]).unwrap().fleet.name,
+        None,
+        "the Deployment's"
+    );
+    let refused = |flag: &str, given: &str, max: u32, example: &str| {
+        format!(
+            "{flag}: '{given}' is not a Kubernetes name: at most {max} lowercase letters, \
+             digits and '-', starting and ending with a letter or digit (try {example})"
+        )
+    };
+    let long = "k".repeat(41);
+    for given in ["Media_KMS", "kms.eu", "-kms", "kms-", "", long.as_str()] {
+        assert_eq!(
+            in_a_fleet(&["--fleet-name", given]).unwrap_err(),
+            refused("--fleet-name", given, 40, "kms"),
+            "{given:?}"
+        );
+    }
+    assert_eq!(
+        sidecar(&["--pod-name", "KMS-0"]).unwrap_err(),
+        refused("--pod-name", "KMS-0", 63, "kms-7d9f8c6b5-x2x7z"),
+        "checked with the fleet off too"
+    );
+    assert_eq!(
+        sidecar(&["--pod-namespace", "Media"]).unwrap_err(),
+        refused("--pod-namespace", "Media", 63, "media")
+    );
+}
+
+#[test]
+fn the_fleet_and_the_events_need_the_pods_name_and_namespace_from_the_downward_api() {
+    assert_eq!(
+        sidecar(&["--fleet", "kubernetes"]).unwrap_err(),
+        "--pod-name: is needed with --fleet kubernetes, from the Downward API (try env \
+         MEMPROBE_POD_NAME with valueFrom.fieldRef.fieldPath: metadata.name)"
+    );
+    assert_eq!(
+        sidecar(&["--fleet", "kubernetes", "--pod-name", "kms-0"]).unwrap_err(),
+        "--pod-namespace: is needed with --fleet kubernetes, from the Downward API (try env \
+         MEMPROBE_POD_NAMESPACE with valueFrom.fieldRef.fieldPath: metadata.namespace)"
+    );
+    assert_eq!(
+        sidecar(&["--events"]).unwrap_err(),
+        "--pod-name: is needed with --events, from the Downward API (try env \
+         MEMPROBE_POD_NAME with valueFrom.fieldRef.fieldPath: metadata.name)"
+    );
+    let alone = sidecar(&[&["--events"][..], &POD].concat()).unwrap();
+    assert_eq!(alone.fleet.mode, fleet::Mode::Off, "the Events alone");
+    assert!(alone.fleet.events && alone.fleet.on());
+    assert!(
+        sidecar(&["--events", "false"]).is_ok(),
+        "no pod needed with nothing on"
+    );
+    assert!(
+        sidecar(&POD).is_ok(),
+        "a pod given with the fleet off is fine"
+    );
+}
+
+#[test]
+fn with_the_fleet_critical_defaults_to_95_percent_when_above_the_threshold() {
+    let c = in_a_fleet(&[]).unwrap();
+    assert_eq!(
+        c.policy.critical,
+        Some(SizeOrPercent::Percent(95.0)),
+        "an instance waiting for a slot must not be OOM-killed"
+    );
+    assert_eq!(c.shown().critical.as_deref(), Some("95%"));
+    for threshold in [&["--threshold", "95%"][..], &["--threshold", "97%"]] {
+        assert_eq!(
+            in_a_fleet(threshold).unwrap().policy.critical,
+            None,
+            "{threshold:?}: no default critical at or under the threshold"
+        );
+    }
+    assert_eq!(
+        in_a_fleet(&["--memory-limit", "4Gi", "--threshold", "3900Mi"])
+            .unwrap()
+            .policy
+            .critical,
+        None,
+        "95% of 4 GiB is under a 3900 MiB threshold once resolved"
+    );
+    assert_eq!(
+        in_a_fleet(&["--critical", "90%"]).unwrap().policy.critical,
+        Some(SizeOrPercent::Percent(90.0)),
+        "a --critical given wins"
+    );
+    assert_eq!(sidecar(&[]).unwrap().policy.critical, None, "fleet off");
+    assert_eq!(
+        sidecar(&[&["--events"][..], &POD].concat())
+            .unwrap()
+            .policy
+            .critical,
+        None,
+        "the Events alone change no decision"
     );
 }

@@ -482,8 +482,8 @@ impl Values {
                     origin: check.origin(id),
                     value: None,
                     problem: format!(
-                        "is needed with {why}: set it from the Downward API \
-                         (env {}, valueFrom.fieldRef.fieldPath: {field})",
+                        "is needed with {why}, from the Downward API (try env {} with \
+                         valueFrom.fieldRef.fieldPath: {field})",
                         check.env_of(id)
                     ),
                 });

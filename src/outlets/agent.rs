@@ -2,14 +2,15 @@
 //! reads one line and the agent closes. The line is made from the published snapshot, never
 //! from /proc:
 //!
-//! | state                      | line                    | HAProxy shows |
-//! |----------------------------|-------------------------|---------------|
-//! | healthy, elevated          | `up ready 100%`, or the headroom weight | UP, weighted |
-//! | draining, stalled, stopping | `up drain`             | DRAIN: no new sessions; established and sticky ones go on |
+//! | state                       | line                     | HAProxy shows |
+//! |-----------------------------|--------------------------|---------------|
+//! | healthy, elevated           | `up ready 100%`, or the headroom weight | UP, weighted |
+//! | elevated, waiting for a drain slot (`--fleet`) | `up ready 1%` | UP, weighted least |
+//! | draining, stalled, stopping | `up drain`               | DRAIN: no new sessions; established and sticky ones go on |
+//! | recycle, lost, starting     | `down #<reason>`         | DOWN |
 //!
 //! Only `down` carries the reason (`#...`): HAProxy reads a comment after down, fail or
 //! stopped alone.
-//! | recycle, lost, starting    | `down #<reason>`        | DOWN |
 //!
 //! Draining is `drain`, not `down`: a DOWN server's persistent (sticky) clients are sent to
 //! another server mid-call, a DRAIN server keeps them — exactly "accept no new sessions".
@@ -17,6 +18,9 @@
 //! With `--agent-weight headroom` the weight falls as memory fills: 100% up to half the
 //! threshold, then linearly down to 1% at the threshold (and 1% over it, while elevated), so
 //! the fuller instances of a fleet get fewer new sessions long before any of them drains.
+//! An instance whose drain waits for a fleet's slot is weighted 1% whatever `--agent-weight`
+//! says: it may not drain yet, so balancers send new calls elsewhere first, and it still
+//! takes them when no other instance can.
 //!
 //! A connection is answered in the accept loop itself — one non-blocking write of a line of
 //! at most a few hundred bytes, then close — so no connection is ever held and a flood costs
@@ -45,6 +49,9 @@ pub enum AgentWeight {
     Headroom,
 }
 
+/// The least weight a ready instance gets: 0% would stop new sessions as a drain does.
+const MIN_WEIGHT: u8 = 1;
+
 /// The weight, in percent, for `memory_bytes` under `threshold_bytes`.
 pub fn headroom_weight(memory_bytes: u64, threshold_bytes: u64) -> u8 {
     let half = threshold_bytes / 2;
@@ -52,10 +59,10 @@ pub fn headroom_weight(memory_bytes: u64, threshold_bytes: u64) -> u8 {
         return 100;
     }
     if memory_bytes >= threshold_bytes || threshold_bytes == half {
-        return 1;
+        return MIN_WEIGHT;
     }
     let left = (threshold_bytes - memory_bytes) as f64 / (threshold_bytes - half) as f64;
-    (left * 100.0).round().clamp(1.0, 100.0) as u8
+    (left * 100.0).round().clamp(f64::from(MIN_WEIGHT), 100.0) as u8
 }
 
 /// The agent's line for a status (and whether memprobe is stopping).
@@ -65,7 +72,9 @@ pub fn line(status: &Status, weight: AgentWeight, stopping: bool) -> String {
     }
     match status.state {
         State::Healthy | State::Elevated => {
+            let waiting = status.fleet.as_ref().is_some_and(|f| f.waiting);
             let percent = match (weight, &status.memory) {
+                _ if waiting => MIN_WEIGHT,
                 (AgentWeight::Headroom, Some(memory)) => {
                     headroom_weight(memory.deciding_bytes, status.threshold.bytes)
                 }
@@ -191,5 +200,40 @@ mod tests {
             line(&status(State::Healthy, 750), headroom, false),
             "up ready 50%\n"
         );
+    }
+
+    #[test]
+    fn an_instance_waiting_for_a_drain_slot_is_weighted_least_whatever_the_weight_setting() {
+        let waiting = |state, waiting| Status {
+            fleet: Some(crate::status::FleetStatus {
+                kind: "kubernetes",
+                waiting,
+                gate: Some("waiting for a drain slot: held by kms-1".into()),
+                ..crate::status::FleetStatus::default()
+            }),
+            ..status(state, 400)
+        };
+        for weight in [AgentWeight::Fixed, AgentWeight::Headroom] {
+            assert_eq!(
+                line(&waiting(State::Elevated, true), weight, false),
+                "up ready 1%\n",
+                "{weight:?}: ready, but new calls go elsewhere first"
+            );
+            assert_eq!(
+                line(&waiting(State::Elevated, false), weight, false),
+                "up ready 100%\n",
+                "{weight:?}: a slot held by another with no drain asked for changes nothing"
+            );
+            assert_eq!(
+                line(&waiting(State::Draining, true), weight, false),
+                "up drain\n",
+                "{weight:?}: a drain is a drain"
+            );
+            assert_eq!(
+                line(&waiting(State::Elevated, true), weight, true),
+                "up drain\n",
+                "{weight:?}: stopping wins"
+            );
+        }
     }
 }

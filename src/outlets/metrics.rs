@@ -37,6 +37,22 @@ pub struct Metrics {
     forecast: prometheus::GaugeVec,
     kms: Option<KmsMetrics>,
     servers: Option<ServerMetrics>,
+    kubernetes: Option<KubernetesMetrics>,
+}
+
+/// Which optional families to register: each is there from the first scrape when what it
+/// measures is on, and absent when it is off.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Families {
+    /// `--critical`, given or defaulted.
+    pub critical: bool,
+    pub kms: bool,
+    /// Janus's API or a custom session source.
+    pub other_server: bool,
+    /// `--fleet kubernetes`.
+    pub fleet: bool,
+    /// `--events`.
+    pub events: bool,
 }
 
 /// Families for any media server's own API, labelled by server (`kms`, `janus`, `custom`); registered
@@ -188,6 +204,94 @@ impl KmsMetrics {
     }
 }
 
+/// What memprobe does with the Kubernetes API server (`--fleet kubernetes`, `--events`),
+/// registered only when something of it is on: with the fleet and the events off there is no
+/// `memprobe_fleet_*` or `memprobe_events_*` series at all, and with one on, each of its
+/// series is there from the start at 0, so a rule never meets a series that comes and goes.
+struct KubernetesMetrics {
+    /// With `--fleet kubernetes`.
+    fleet: Option<FleetGauges>,
+    api_requests: IntCounter,
+    api_failures: IntCounter,
+    /// With `--events`.
+    events: Option<EventCounters>,
+}
+
+struct FleetGauges {
+    waiting: IntGauge,
+    holding: IntGauge,
+}
+
+struct EventCounters {
+    sent: IntCounter,
+    dropped: IntCounter,
+}
+
+impl KubernetesMetrics {
+    fn new(r: &Registry, fleet: bool, events: bool) -> Self {
+        KubernetesMetrics {
+            fleet: fleet.then(|| FleetGauges {
+                waiting: gauge(
+                    r,
+                    "memprobe_fleet_waiting",
+                    "1 while memory asks for a drain that waits for a drain slot (ready still, \
+                     weighted least).",
+                ),
+                holding: gauge(
+                    r,
+                    "memprobe_fleet_holding",
+                    "1 while this instance holds one of the fleet's drain slots.",
+                ),
+            }),
+            api_requests: counter(
+                r,
+                "memprobe_fleet_api_requests_total",
+                "Requests to the Kubernetes API server (leases, the pod, Events).",
+            ),
+            api_failures: counter(
+                r,
+                "memprobe_fleet_api_failures_total",
+                "Requests to the Kubernetes API server that failed: it could not be reached, or \
+                 refused (a lease lost to another instance's write is no failure).",
+            ),
+            events: events.then(|| EventCounters {
+                sent: counter(
+                    r,
+                    "memprobe_events_sent_total",
+                    "Kubernetes Events created on the pod (--events).",
+                ),
+                dropped: counter(
+                    r,
+                    "memprobe_events_dropped_total",
+                    "Kubernetes Events lost: the queue was full or the API server failed (those held \
+                     back by the rate limit are not counted).",
+                ),
+            }),
+        }
+    }
+
+    fn render(&self, status: &Status) {
+        let fleet = status.fleet.as_ref();
+        if let Some(gauges) = &self.fleet {
+            gauges
+                .waiting
+                .set(i64::from(fleet.is_some_and(|f| f.waiting)));
+            gauges
+                .holding
+                .set(i64::from(fleet.is_some_and(|f| f.holding.is_some())));
+        }
+        let Some(fleet) = fleet else {
+            return;
+        };
+        catch_up(&self.api_requests, fleet.api_requests);
+        catch_up(&self.api_failures, fleet.api_failures);
+        if let Some(events) = &self.events {
+            catch_up(&events.sent, fleet.events_sent);
+            catch_up(&events.dropped, fleet.events_dropped);
+        }
+    }
+}
+
 fn set_optional(gauge: &IntGaugeVec, value: Option<i64>) {
     match value {
         Some(v) => gauge.with_label_values::<&str>(&[]).set(v),
@@ -205,9 +309,9 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 
 impl Metrics {
     /// Registers every family. The names are literals; a failure here is a bug, not input.
-    pub fn new(with_critical: bool, with_kms: bool, with_other_server: bool) -> Self {
+    pub fn new(families: Families) -> Self {
         let r = Registry::new();
-        let servers = (with_kms || with_other_server).then(|| ServerMetrics::new(&r));
+        let servers = (families.kms || families.other_server).then(|| ServerMetrics::new(&r));
         let memory = register(
             &r,
             IntGaugeVec::new(
@@ -272,7 +376,7 @@ impl Metrics {
                 "memprobe_threshold_bytes",
                 "Memory over which the server drains.",
             ),
-            critical: with_critical.then(|| {
+            critical: families.critical.then(|| {
                 gauge(
                     &r,
                     "memprobe_critical_bytes",
@@ -340,8 +444,10 @@ impl Metrics {
                     &["bound"],
                 ),
             ),
-            kms: with_kms.then(|| KmsMetrics::new(&r)),
+            kms: families.kms.then(|| KmsMetrics::new(&r)),
             servers,
+            kubernetes: (families.fleet || families.events)
+                .then(|| KubernetesMetrics::new(&r, families.fleet, families.events)),
             rendering: std::sync::Mutex::new(()),
             registry: r,
             memory,
@@ -407,6 +513,9 @@ impl Metrics {
         if let Some(servers) = &self.servers {
             servers.render(status);
         }
+        if let Some(kubernetes) = &self.kubernetes {
+            kubernetes.render(status);
+        }
 
         let mut text = Vec::with_capacity(4096);
         // Encoding into a Vec only fails on a malformed family, which the names above rule out.
@@ -426,10 +535,10 @@ fn catch_up(counter: &IntCounter, total: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::ForecastStatus;
+    use crate::status::{FleetStatus, ForecastStatus};
 
     fn rendered(status: &Status) -> String {
-        String::from_utf8(Metrics::new(false, false, false).render(status).to_vec()).unwrap()
+        String::from_utf8(Metrics::new(Families::default()).render(status).to_vec()).unwrap()
     }
 
     #[test]
@@ -459,5 +568,120 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in:\n{text}");
         }
+    }
+
+    fn fleet_status(waiting: bool, holding: Option<&str>) -> Status {
+        Status {
+            fleet: Some(FleetStatus {
+                kind: "kubernetes",
+                waiting,
+                holding: holding.map(str::to_owned),
+                api_requests: 7,
+                api_failures: 2,
+                events_sent: 3,
+                events_dropped: 1,
+                ..FleetStatus::default()
+            }),
+            ..Status::default()
+        }
+    }
+
+    fn rendered_with(families: Families, status: &Status) -> String {
+        String::from_utf8(Metrics::new(families).render(status).to_vec()).unwrap()
+    }
+
+    #[test]
+    fn with_the_fleet_and_the_events_off_no_fleet_or_event_series_is_exported() {
+        for status in [Status::default(), fleet_status(true, Some("slot-0"))] {
+            let text = rendered(&status);
+            assert!(
+                !text.contains("memprobe_fleet_") && !text.contains("memprobe_events_"),
+                "no noise with the fleet off:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_the_fleet_on_every_fleet_series_is_there_from_the_first_scrape() {
+        let on = Families {
+            fleet: true,
+            events: true,
+            ..Families::default()
+        };
+        let text = rendered_with(on, &Status::default());
+        for line in [
+            "memprobe_fleet_waiting 0",
+            "memprobe_fleet_holding 0",
+            "memprobe_fleet_api_requests_total 0",
+            "memprobe_fleet_api_failures_total 0",
+            "memprobe_events_sent_total 0",
+            "memprobe_events_dropped_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line}, before the fleet says anything:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fleet_series_follow_the_status() {
+        let metrics = Metrics::new(Families {
+            fleet: true,
+            events: true,
+            ..Families::default()
+        });
+        let render = |status: &Status| String::from_utf8(metrics.render(status).to_vec()).unwrap();
+        let text = render(&fleet_status(true, None));
+        for line in [
+            "memprobe_fleet_waiting 1",
+            "memprobe_fleet_holding 0",
+            "memprobe_fleet_api_requests_total 7",
+            "memprobe_fleet_api_failures_total 2",
+            "memprobe_events_sent_total 3",
+            "memprobe_events_dropped_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        let text = render(&fleet_status(false, Some("memprobe-kms-slot-0")));
+        for line in ["memprobe_fleet_waiting 0", "memprobe_fleet_holding 1"] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "a slot taken ends the wait: {line} in:\n{text}"
+            );
+        }
+        let text = render(&Status::default());
+        assert!(
+            text.lines()
+                .any(|l| l == "memprobe_fleet_api_requests_total 7"),
+            "a counter never goes back: {text}"
+        );
+    }
+
+    #[test]
+    fn events_alone_export_the_requests_and_the_events_but_no_fleet_gauges() {
+        let events = Families {
+            events: true,
+            ..Families::default()
+        };
+        let text = rendered_with(events, &fleet_status(false, None));
+        assert!(text.lines().any(|l| l == "memprobe_events_sent_total 3"));
+        assert!(
+            text.lines()
+                .any(|l| l == "memprobe_fleet_api_requests_total 7")
+        );
+        assert!(
+            !text.contains("memprobe_fleet_waiting") && !text.contains("memprobe_fleet_holding"),
+            "no drain slots without --fleet: {text}"
+        );
+        let fleet = Families {
+            fleet: true,
+            ..Families::default()
+        };
+        let text = rendered_with(fleet, &fleet_status(false, None));
+        assert!(
+            !text.contains("memprobe_events_"),
+            "--fleet kubernetes --events false: no Event series: {text}"
+        );
     }
 }

@@ -11,15 +11,16 @@
 //! round figures and round times of day (UTC, as the transitions are stamped), and a legend
 //! under the chart names each line and band it drew, in the chart's own colours and dashes:
 //! a page read at a glance by someone who has never seen it.
-//! Beside it: the state, the reason, ready and live, the allocator (with a hint on glibc), the
-//! last transitions, and links to `/status`, `/metrics` and `/history.json`. It reloads itself
+//! Beside it: the state, the reason, ready and live, the fleet's state with `--fleet` or
+//! `--events` (waiting for a drain slot and why, holding one, the API server when it cannot
+//! be reached), the allocator (with a hint on glibc), the last transitions, and links to `/status`, `/metrics` and `/history.json`. It reloads itself
 //! every interval (a meta refresh), and follows the reader's light or dark scheme.
 
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use crate::policy::State;
-use crate::status::{Point, Status};
+use crate::status::{FleetStatus, Point, Status};
 use crate::units::{Bytes, Human};
 
 const WIDTH: f64 = 760.0;
@@ -120,6 +121,13 @@ td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; 
             esc(&status.forecast.said)
         );
     }
+    if let Some(fleet) = &status.fleet {
+        let _ = writeln!(
+            page,
+            "<p class=\"muted\" id=\"fleet\">{}</p>",
+            esc(&fleet_line(fleet))
+        );
+    }
     if let Some(t) = &status.target {
         let allocator = t.allocator.as_str();
         let hint = if allocator == "glibc" {
@@ -150,6 +158,55 @@ td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; 
          </body></html>\n",
     );
     page
+}
+
+/// The fleet in words: whether this instance waits for a drain slot and why, holds one, or
+/// needs none; the API server when it cannot be reached; the Events sent.
+fn fleet_line(fleet: &FleetStatus) -> String {
+    let mut parts = Vec::new();
+    match &fleet.budget {
+        Some(budget) => {
+            let name = fleet
+                .fleet
+                .as_deref()
+                .map_or("fleet".to_string(), |name| format!("fleet {name}"));
+            let slots = match fleet.slots {
+                Some(1) => ": 1 slot".to_string(),
+                Some(n) => format!(": {n} slots"),
+                None => String::new(),
+            };
+            let state = match (&fleet.holding, &fleet.gate) {
+                (Some(slot), _) => format!("holding drain slot {slot}"),
+                (None, Some(gate)) if fleet.waiting => gate.clone(),
+                (None, None) if fleet.waiting => "waiting for a drain slot".to_string(),
+                (None, _) => "no drain waiting for a slot".to_string(),
+            };
+            parts.push(format!("{name} (drain budget {budget}{slots}): {state}"));
+        }
+        None => parts.push(format!(
+            "Kubernetes Events on pod {}/{}",
+            fleet.namespace, fleet.pod
+        )),
+    }
+    // A wait for the API server says so already.
+    let told = fleet.waiting
+        && fleet
+            .gate
+            .as_deref()
+            .is_some_and(|g| g.contains("API server"));
+    if fleet.api.starts_with("unreachable") && !told {
+        parts.push(format!(
+            "API server {} ({})",
+            fleet.api, fleet.when_unreachable
+        ));
+    }
+    if fleet.events {
+        parts.push(format!(
+            "Events: {} sent, {} dropped",
+            fleet.events_sent, fleet.events_dropped
+        ));
+    }
+    parts.join("; ")
 }
 
 /// `5s`, `1m 30s` as whole seconds, roughly (for the refresh only).
@@ -699,6 +756,98 @@ mod tests {
         assert!(
             render(&some).contains(">at this rate, over the threshold in about 3h (2h to 5h)</p>")
         );
+    }
+
+    #[test]
+    fn the_page_says_the_fleets_state_in_words_and_nothing_with_the_fleet_off() {
+        let page = |fleet: Option<FleetStatus>| {
+            render(&Status {
+                fleet,
+                ..with_history(vec![point(0, 150, State::Elevated)])
+            })
+        };
+        assert!(
+            !page(None).contains("id=\"fleet\""),
+            "no fleet line with the fleet off"
+        );
+        let fleet = FleetStatus {
+            kind: "kubernetes",
+            fleet: Some("kms".into()),
+            pod: "kms-0".into(),
+            namespace: "media".into(),
+            budget: Some("1".into()),
+            slots: Some(1),
+            api: "reachable".into(),
+            events: true,
+            events_sent: 3,
+            when_unreachable: "no new drain starts through the fleet; a drain holding a slot \
+                               goes on; --critical still recycles",
+            ..FleetStatus::default()
+        };
+        let waiting = FleetStatus {
+            waiting: true,
+            gate: Some("waiting for a drain slot: held by kms-1".into()),
+            ..fleet.clone()
+        };
+        assert!(page(Some(waiting)).contains(
+            "<p class=\"muted\" id=\"fleet\">fleet kms (drain budget 1: 1 slot): waiting for a \
+             drain slot: held by kms-1; Events: 3 sent, 0 dropped</p>"
+        ));
+        let holding = FleetStatus {
+            holding: Some("memprobe-kms-slot-0".into()),
+            budget: Some("25%".into()),
+            slots: Some(2),
+            ..fleet.clone()
+        };
+        assert!(page(Some(holding)).contains(
+            ">fleet kms (drain budget 25%: 2 slots): holding drain slot memprobe-kms-slot-0; \
+             Events: 3 sent, 0 dropped</p>"
+        ));
+        let away = FleetStatus {
+            api: "unreachable: connection refused".into(),
+            events: false,
+            ..fleet.clone()
+        };
+        assert!(page(Some(away)).contains(
+            ">fleet kms (drain budget 1: 1 slot): no drain waiting for a slot; API server \
+             unreachable: connection refused (no new drain starts through the fleet; a drain \
+             holding a slot goes on; --critical still recycles)</p>"
+        ));
+        let waiting_for_the_api = FleetStatus {
+            api: "unreachable: connection refused".into(),
+            waiting: true,
+            gate: Some(
+                "waiting for a drain slot: the API server cannot be reached (connection \
+                 refused); no drain starts through the fleet until it can"
+                    .into(),
+            ),
+            events: false,
+            ..fleet.clone()
+        };
+        let text = page(Some(waiting_for_the_api));
+        assert_eq!(
+            text.matches("connection refused").count(),
+            1,
+            "the wait says why once: {text}"
+        );
+        let events_alone = FleetStatus {
+            fleet: None,
+            budget: None,
+            slots: None,
+            events_dropped: 1,
+            ..fleet
+        };
+        assert!(
+            page(Some(events_alone))
+                .contains(">Kubernetes Events on pod media/kms-0; Events: 3 sent, 1 dropped</p>")
+        );
+        let escaped = FleetStatus {
+            fleet: Some("kms".into()),
+            budget: Some("1".into()),
+            holding: Some("<b>".into()),
+            ..FleetStatus::default()
+        };
+        assert!(page(Some(escaped)).contains("holding drain slot &lt;b&gt;"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the README says memprobe costs must be what the benchmark measured: the figures in
 //! its Cost paragraph are all in BENCHMARKS.md's generated tables, and those tables are of
-//! the shipped binary; the calls it says memprobe keeps are the fleet simulation's.
+//! the shipped binary; the calls it says memprobe keeps are the fleet simulation's. And the
+//! flags it lists are the ones `--help` lists.
 
 const README: &str = include_str!("../../README.md");
 const BENCHMARKS: &str = include_str!("../../BENCHMARKS.md");
@@ -115,4 +116,64 @@ fn figures_are_read_as_written() {
     assert!(rounds_to("226.80", "227"));
     assert!(rounds_to("304.00", "304"));
     assert!(!rounds_to("0.89", "0.90"));
+}
+
+/// The flags `--help` lists, in its order.
+fn help_flags() -> Vec<String> {
+    let help = crate::harness::run_to_end(&["--help"], &[]);
+    String::from_utf8_lossy(&help.stdout)
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("--"))
+        .filter_map(|rest| rest.split([' ', '=', '[']).next())
+        .map(|flag| format!("--{flag}"))
+        .collect()
+}
+
+/// The flags named in the first cell of each row of the README's flag tables, with the
+/// section each row is in.
+fn table_flags() -> Vec<(&'static str, String)> {
+    let mut section = "";
+    let mut rows = Vec::new();
+    for line in README.lines() {
+        if let Some(title) = line.strip_prefix("## ") {
+            section = title;
+        }
+        let Some(cell) = line.strip_prefix("| `--").and_then(|l| l.split('|').next()) else {
+            continue;
+        };
+        for part in format!("`--{cell}")
+            .split('`')
+            .filter(|p| p.starts_with("--"))
+        {
+            let flag = part.split([' ', '=']).next().unwrap_or(part);
+            rows.push((section, flag.to_string()));
+        }
+    }
+    rows
+}
+
+#[test]
+fn every_flag_help_lists_has_one_row_in_the_readme_and_the_flags_table_keeps_helps_order() {
+    let help = help_flags();
+    let rows = table_flags();
+    for flag in &help {
+        let found = rows.iter().filter(|(_, f)| f == flag).count();
+        assert_eq!(found, 1, "{flag} has one row in the README's flag tables");
+    }
+    for (section, flag) in &rows {
+        assert!(
+            help.contains(flag),
+            "the README's {section} section lists {flag}, which --help does not"
+        );
+    }
+    let flags_table: Vec<&String> = rows
+        .iter()
+        .filter(|(section, _)| *section == "Flags")
+        .map(|(_, f)| f)
+        .collect();
+    let in_help_order: Vec<&String> = help.iter().filter(|f| flags_table.contains(f)).collect();
+    assert_eq!(
+        flags_table, in_help_order,
+        "the Flags table follows --help's order"
+    );
 }

@@ -608,6 +608,13 @@ fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_
         ("--shutdown-delay", "1h", true),
         ("--admin-token", "hunter2", false),
         ("--admin-token-file", fifo, true),
+        ("--fleet", "swarm", true),
+        ("--fleet-name", "Media_KMS", true),
+        ("--fleet-drain-budget", "0", true),
+        ("--fleet-lease-duration", "1s", true),
+        ("--events", "maybe", true),
+        ("--pod-name", "KMS_0", true),
+        ("--pod-namespace", "Media", true),
         ("--log-format", "xml", true),
     ];
     let help = run_to_end(&["--help"], &[]);
