@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::kube::{Cluster, Namespace, cluster, wait};
+use crate::harness::kube::{Cluster, Namespace, cluster, said, wait};
 use crate::harness::{Memprobe, Workload, shipped_or_dev};
 
 /// A fleet's whole story (five drains in turn, each a few ticks of 10 s) takes minutes.
@@ -64,6 +64,17 @@ fn pending_pods(ns: &Namespace, fleet: &str, count: usize) -> Vec<String> {
             Err(format!("{} of {count} pods", names.len()))
         }
     })
+}
+
+/// The fleet component's ServiceAccount and Role in this namespace, and a kubeconfig that is
+/// that account: every memprobe here runs with exactly the rights the shipped Role gives.
+fn fleet_account(ns: &Namespace) -> PathBuf {
+    let applied = ns.apply_kustomization(&format!(
+        "resources: []\ncomponents:\n  - {}/kubernetes/components/fleet\n",
+        ns.deploy()
+    ));
+    assert!(applied.status.success(), "{}", said(&applied));
+    ns.cluster.service_account_kubeconfig(&ns.name, "memprobe")
 }
 
 /// One instance: a workload, the files memprobe reads its pid and sessions from, and memprobe.
@@ -268,7 +279,7 @@ fn five_instances_over_the_threshold_drain_one_at_a_time_fullest_first_and_say_s
     let Some(cluster) = cluster() else { return };
     let ns = cluster.namespace("fleet", &[]);
     let pods = pending_pods(&ns, "kms", 5);
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let kubeconfig = fleet_account(&ns);
     // Each server a little fuller than the one before: 60, 70, … 100 MiB.
     let mut fleet: Vec<Instance> = pods
         .iter()
@@ -417,7 +428,7 @@ fn a_holder_that_dies_frees_its_slot_when_the_lease_expires_and_the_next_takes_i
     let Some(cluster) = cluster() else { return };
     let ns = cluster.namespace("fleet-dies", &[]);
     let pods = pending_pods(&ns, "kms", 2);
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let kubeconfig = fleet_account(&ns);
     let first = Instance::start(&ns, &pods[0], 80, &kubeconfig, &[]);
     // A call that never ends: the drain holds the slot as long as memprobe lives.
     first.sessions(1);
@@ -514,26 +525,26 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     });
 }
 
-/// The admin kubeconfig with its server replaced by the relay's port; and the API server's
-/// own address.
-fn relayed_kubeconfig(
-    cluster: &Cluster,
-    ns: &Namespace,
-    relay_port: Option<u16>,
-) -> (PathBuf, String) {
+/// The API server's address (`127.0.0.1:16443`), from the admin's kubeconfig.
+fn api_server(cluster: &Cluster) -> String {
     let text = std::fs::read_to_string(cluster.kubeconfig()).unwrap();
-    let server = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://"))
         .expect("a server in the kubeconfig")
         .trim()
-        .to_string();
-    let address = server.trim_start_matches("https://").to_string();
-    let Some(port) = relay_port else {
-        return (cluster.kubeconfig().to_path_buf(), address);
-    };
-    let relayed = text.replace(&server, &format!("https://127.0.0.1:{port}"));
-    (ns.file("relayed.kubeconfig", &relayed), address)
+        .to_string()
+}
+
+/// `kubeconfig` with its server replaced by the relay's port.
+fn relayed(ns: &Namespace, kubeconfig: &Path, address: &str, port: u16) -> PathBuf {
+    let text = std::fs::read_to_string(kubeconfig).unwrap();
+    assert!(
+        text.contains(address),
+        "{address} in {}",
+        kubeconfig.display()
+    );
+    let relayed = text.replace(address, &format!("127.0.0.1:{port}"));
+    ns.file("relayed.kubeconfig", &relayed)
 }
 
 #[test]
@@ -541,9 +552,9 @@ fn with_the_api_server_away_no_drain_starts_critical_still_recycles_and_the_queu
     let Some(cluster) = cluster() else { return };
     let ns = cluster.namespace("fleet-away", &[]);
     let pods = pending_pods(&ns, "kms", 3);
-    let (_, address) = relayed_kubeconfig(cluster, &ns, None);
+    let address = api_server(cluster);
     let relay = Relay::to(&address);
-    let (kubeconfig, _) = relayed_kubeconfig(cluster, &ns, Some(relay.port));
+    let kubeconfig = relayed(&ns, &fleet_account(&ns), &address, relay.port);
 
     // The holder: a call that goes on, so its drain holds the slot through the outage.
     let mut holder = Instance::start(&ns, &pods[0], 60, &kubeconfig, &[]);
