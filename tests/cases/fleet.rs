@@ -586,12 +586,14 @@ fn with_the_api_server_away_no_drain_starts_critical_still_recycles_and_the_queu
                     .is_some_and(|a| a.starts_with("unreachable"))
             });
     }
-    let away = waiting.status();
-    let reason = away["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("the API server cannot be reached"),
-        "{reason}"
-    );
+    // Its own next request (within a tick and a deadline) tells the waiter too.
+    let away = waiting
+        .memprobe
+        .wait_for_long("the waiter saying why", STORY, |s| {
+            s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("the API server cannot be reached"))
+        });
     assert_eq!(away["ready"], true, "still taking calls");
     assert_eq!(
         away["fleet"]["when_unreachable"],
