@@ -2,11 +2,16 @@
 //!
 //!     cargo bench --bench fleet      # the table BENCHMARKS.md quotes (bash benches/run fleet)
 //!
-//! It runs the real decision code — [`Decider`], [`QuietMoment`] and [`forecast`] — on
-//! simulated time for a fleet of media servers behind a balancer that sends each new call to
-//! the ready instance with the fewest calls. Nothing else is real: no process, no socket, no
-//! clock. Every instance starts at once (as after a rollout), and each call that ends leaves
-//! memory behind, as glibc's heap does: 45–50 MiB for every [`Fleet::calls_per_wave`] calls,
+//! It runs the real decision code — [`Decider`], [`QuietMoment`], [`forecast`] and, with a
+//! drain budget, each instance's fleet [`Member`] — on simulated time for a fleet of media
+//! servers behind a balancer that sends each new call to the ready instance with the fewest
+//! calls. Nothing else is real: no process, no socket, no clock. The members' requests are
+//! answered by [`Leases`], an in-memory store that answers as the API server does (one
+//! `resourceVersion` counter, 409 to a create of a name that exists or a write at a stale
+//! version, a listing by the fleet's label), and every request is counted.
+//!
+//! Every instance starts at once (as after a rollout), and each call that ends leaves memory
+//! behind, as glibc's heap does: 45–50 MiB for every [`Fleet::calls_per_wave`] calls,
 //! the growth per wave measured on KMS 7.3.1. (That measurement's wave was four 8-second
 //! pipelines; how many real calls make one is this model's assumption, stated in its table.)
 //! A live call holds [`Fleet::session_bytes`] more, given back when it ends. Resident memory
@@ -16,14 +21,16 @@
 //! The calls (arrival, length, memory left behind) are drawn once from the seed, so every
 //! policy faces the same week, and a run is the same run every time.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::forecast::{self, Forecast, History, Settings};
+use crate::policy::fleet::{Action, Answer, Budget, Member, Names, Need, Seen};
 use crate::policy::quiet::QuietMoment;
-use crate::policy::{Decider, Observation, Policy, ServerPolicy, State};
+use crate::policy::{Decider, Gate, Observation, Policy, ServerPolicy, State, Transition};
 
 const MI: u64 = 1024 * 1024;
 
@@ -55,6 +62,8 @@ pub struct Fleet {
     pub boot: Duration,
     /// `--recycle-when-idle-within` in the quiet-moment runs.
     pub within: Duration,
+    /// `--fleet-lease-duration` in the drain-budget runs.
+    pub lease: Duration,
 }
 
 impl Default for Fleet {
@@ -75,6 +84,7 @@ impl Default for Fleet {
             median_call: Duration::from_secs(8 * 60),
             boot: Duration::from_secs(30),
             within: Duration::from_secs(12 * 3600),
+            lease: crate::fleet::DEFAULT_LEASE,
         }
     }
 }
@@ -88,13 +98,12 @@ pub enum Strategy {
     PerInstance,
     /// With `--recycle-when-idle-within`.
     QuietMoment,
-    /// As today, with at most `budget` instances draining fleet-wide (and `--critical` at 95%
-    /// of the limit, as the fleet issue has it). Simulated: an instance whose memory asks for
-    /// a drain without a free slot stays in rotation until one frees, the fullest first; a
-    /// slot frees when the recycled instance is healthy again.
-    DrainBudget(usize),
+    /// As today, with `--fleet kubernetes --fleet-drain-budget N` (and so `--critical` at
+    /// 95% of the limit): each instance's [`Member`] takes a slot from [`Leases`] before its
+    /// decider may drain, and waits in rotation while none is free.
+    DrainBudget(u32),
     /// The quiet moment with the drain budget: a quiet drain takes a slot like any other.
-    QuietMomentAndBudget(usize),
+    QuietMomentAndBudget(u32),
 }
 
 impl Strategy {
@@ -129,7 +138,7 @@ impl Strategy {
         )
     }
 
-    fn budget(self) -> Option<usize> {
+    fn budget(self) -> Option<u32> {
         match self {
             Strategy::DrainBudget(n) | Strategy::QuietMomentAndBudget(n) => Some(n),
             _ => None,
@@ -152,6 +161,256 @@ pub struct Outcome {
     pub most_draining: usize,
     /// Instance-hours out of rotation (draining, restarting, starting).
     pub capacity_hours_lost: f64,
+    /// What the fleet's members asked of the API server (with a drain budget).
+    pub api: Requests,
+}
+
+/// What an instance was doing when its member made a request, and so how it is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Doing {
+    /// Healthy, neither waiting nor holding: the issue's promise is no request at all.
+    Healthy,
+    /// Its memory asks for a drain and it holds no slot, until its wait lease is gone (the
+    /// deletion that ends a wait is the wait's).
+    Waiting,
+    /// From taking a slot to giving it back (the release is the hold's).
+    Holding,
+    /// Anything else: over the threshold not yet for `--sustain`, starting, restarting
+    /// without a slot.
+    Other,
+}
+
+/// The API requests of a run's members, by what their instance was doing, and the
+/// instance-hours spent doing it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Requests {
+    /// Requests while healthy, waiting, holding, and otherwise.
+    pub healthy: u64,
+    pub waiting: u64,
+    pub holding: u64,
+    pub other: u64,
+    pub healthy_hours: f64,
+    pub waiting_hours: f64,
+    pub holding_hours: f64,
+    pub other_hours: f64,
+    pub renewals: u64,
+    /// How many times an instance began to wait, and to hold a slot.
+    pub waits: u64,
+    pub holds: u64,
+    /// The least time between two requests of one member while it waited, and between two
+    /// renewals of one member.
+    pub closest_waiting: Option<Duration>,
+    pub closest_renewals: Option<Duration>,
+}
+
+impl Requests {
+    pub fn total(&self) -> u64 {
+        self.healthy + self.waiting + self.holding + self.other
+    }
+
+    pub fn hours(&self) -> f64 {
+        self.healthy_hours + self.waiting_hours + self.holding_hours + self.other_hours
+    }
+
+    /// Requests per instance-hour; 0 for no time at all.
+    pub fn per_hour(requests: u64, hours: f64) -> f64 {
+        if hours > 0.0 {
+            requests as f64 / hours
+        } else {
+            0.0
+        }
+    }
+
+    fn count(&mut self, doing: Doing, requests: u64) {
+        match doing {
+            Doing::Healthy => self.healthy += requests,
+            Doing::Waiting => self.waiting += requests,
+            Doing::Holding => self.holding += requests,
+            Doing::Other => self.other += requests,
+        }
+    }
+
+    fn began(&mut self, doing: Doing) {
+        match doing {
+            Doing::Waiting => self.waits += 1,
+            Doing::Holding => self.holds += 1,
+            Doing::Healthy | Doing::Other => {}
+        }
+    }
+
+    fn spend(&mut self, doing: Doing, hours: f64) {
+        match doing {
+            Doing::Healthy => self.healthy_hours += hours,
+            Doing::Waiting => self.waiting_hours += hours,
+            Doing::Holding => self.holding_hours += hours,
+            Doing::Other => self.other_hours += hours,
+        }
+    }
+}
+
+/// One lease as the store keeps it; `fleet` is its `memprobe.io/fleet` label.
+#[derive(Clone, Debug)]
+struct Stored {
+    fleet: String,
+    holder: Option<String>,
+    renewed: Option<String>,
+    duration: Duration,
+    version: u64,
+    fullness: Option<f64>,
+}
+
+/// The fleet's Leases, kept and written as the API server does: every write gets the next
+/// `resourceVersion` of one counter, a create of a name that exists and a replace at another
+/// version than the stored one lose (409), a replace of a name that is absent loses (404).
+/// A renew time is opaque (the writer's clock, to the member): here it is the write's
+/// number, so it changes on each write.
+#[derive(Debug, Default)]
+pub struct Leases {
+    leases: BTreeMap<String, Stored>,
+    version: u64,
+}
+
+/// A lease as a member writes it (src/fleet/kubernetes.rs).
+struct Write<'a> {
+    name: &'a str,
+    holder: Option<&'a str>,
+    duration: Duration,
+    fullness: Option<f64>,
+}
+
+impl Leases {
+    fn stored(&mut self, fleet: &str, lease: &Write<'_>) -> String {
+        self.version += 1;
+        let released = lease.holder.is_none();
+        self.leases.insert(
+            lease.name.to_string(),
+            Stored {
+                fleet: fleet.to_string(),
+                holder: lease.holder.map(str::to_owned),
+                renewed: (!released).then(|| format!("renewed-{}", self.version)),
+                duration: lease.duration,
+                version: self.version,
+                // Written as an annotation with four decimals, read back so.
+                fullness: lease
+                    .fullness
+                    .and_then(|f| format!("{f:.4}").parse::<f64>().ok()),
+            },
+        );
+        self.version.to_string()
+    }
+
+    fn create(&mut self, fleet: &str, lease: &Write<'_>) -> Answer {
+        if self.leases.contains_key(lease.name) {
+            return Answer::Lost;
+        }
+        Answer::Written(self.stored(fleet, lease))
+    }
+
+    fn replace(&mut self, fleet: &str, version: &str, lease: &Write<'_>) -> Answer {
+        match self.leases.get(lease.name) {
+            Some(old) if old.version.to_string() == version => {
+                Answer::Written(self.stored(fleet, lease))
+            }
+            _ => Answer::Lost,
+        }
+    }
+
+    fn listed(&self, fleet: &str) -> Vec<Seen> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.fleet == fleet)
+            .map(|(name, l)| Seen {
+                name: name.clone(),
+                holder: l.holder.clone(),
+                renewed: l.renewed.clone(),
+                duration: l.duration,
+                version: l.version.to_string(),
+                fullness: l.fullness,
+            })
+            .collect()
+    }
+
+    fn holds(&self, name: &str) -> bool {
+        self.leases.contains_key(name)
+    }
+
+    /// Carries out one member's request, as src/fleet/kubernetes.rs does on the API server:
+    /// the answer, and how many API requests it took.
+    pub fn answer(
+        &mut self,
+        member: &Member,
+        action: &Action,
+        lease: Duration,
+        pods: u32,
+    ) -> (Answer, u64) {
+        let Names { fleet, me } = member.names();
+        match action {
+            Action::Idle => (Answer::Pod, 0),
+            Action::ReadPod => (Answer::Pod, 1),
+            Action::CountPods => (Answer::Counted(pods), 1),
+            Action::List => (Answer::Listed(self.listed(fleet)), 1),
+            Action::Take { slot, version } => {
+                let write = Write {
+                    name: slot,
+                    holder: Some(me),
+                    duration: lease,
+                    fullness: None,
+                };
+                let answer = match version {
+                    None => self.create(fleet, &write),
+                    Some(version) => self.replace(fleet, version, &write),
+                };
+                (answer, 1)
+            }
+            Action::Renew { slot, version } => {
+                let write = Write {
+                    name: slot,
+                    holder: Some(me),
+                    duration: lease,
+                    fullness: None,
+                };
+                (self.replace(fleet, version, &write), 1)
+            }
+            Action::Release { slot, version } => {
+                let write = Write {
+                    name: slot,
+                    holder: None,
+                    duration: lease,
+                    fullness: None,
+                };
+                (self.replace(fleet, version, &write), 1)
+            }
+            Action::WriteWait { version, fullness } => {
+                let name = member.names().wait();
+                let write = Write {
+                    name: &name,
+                    holder: Some(me),
+                    duration: member.wait_duration(),
+                    fullness: Some(*fullness),
+                };
+                match version {
+                    Some(version) => (self.replace(fleet, version, &write), 1),
+                    None => match self.create(fleet, &write) {
+                        // Left by this pod's previous memprobe: read, then replaced at its
+                        // version, as the client does.
+                        Answer::Lost => {
+                            let old = self.leases.get(&name).map(|l| l.version.to_string());
+                            let answer = match old {
+                                Some(old) => self.replace(fleet, &old, &write),
+                                None => Answer::Lost,
+                            };
+                            (answer, 3)
+                        }
+                        written => (written, 1),
+                    },
+                }
+            }
+            Action::DeleteWait => {
+                self.leases.remove(&member.names().wait());
+                (Answer::Deleted, 1)
+            }
+        }
+    }
 }
 
 /// One call of the week, drawn from the seed.
@@ -238,11 +497,16 @@ struct Instance {
     /// The last forecast, for the bucket it was drawn in: it changes once a bucket.
     forecast: Option<(u64, Option<Forecast>)>,
     incarnation: u64,
-    /// Holds a drain slot; frees it once healthy after its restart.
-    slot: bool,
-    restarted_with_slot: bool,
-    /// Its memory asked for a drain and no slot was free: still in rotation.
-    waiting: bool,
+    /// Its part in the fleet, with a drain budget; what it asks for this step; when it last
+    /// made a request while waiting, and last renewed.
+    member: Option<Member>,
+    need: Need,
+    last_waiting: Option<Instant>,
+    last_renewal: Option<Instant>,
+    /// What it was doing at the last beat.
+    doing: Doing,
+    /// The memory last sampled; none while the server restarts.
+    last_memory_bytes: Option<u64>,
 }
 
 impl Instance {
@@ -253,7 +517,90 @@ impl Instance {
     fn memory_bytes(&self, fleet: &Fleet) -> u64 {
         self.floor_bytes + self.calls.len() as u64 * fleet.session_bytes
     }
+
+    /// A transition, told to the member as the monitor tells it (no operator's drains here).
+    fn told(&mut self, transition: Option<Transition>) {
+        if let (Some(tr), Some(member)) = (transition, &mut self.member) {
+            member.told(tr.to, false);
+        }
+    }
+
+    /// The monitor's `ask_the_fleet`: what the decider held back goes to the member, and the
+    /// member's view of the leases becomes the gate of the next steps.
+    fn ask(&mut self, now: Instant, fleet: &Fleet) {
+        let Some(member) = &self.member else {
+            return;
+        };
+        let fullness = self
+            .last_memory_bytes
+            .map_or(0.0, |m| m as f64 / fleet.limit_bytes as f64)
+            .clamp(0.0, 1.0);
+        self.need = Need {
+            wants: self.decider.deferred(),
+            fullness,
+        };
+        self.decider.set_gate(match member.wait(now, fullness) {
+            None => Gate::Open,
+            Some(wait) => Gate::Closed(wait.to_string()),
+        });
+    }
+
+    fn doing_now(&self, leases: &Leases) -> Doing {
+        let Some(member) = &self.member else {
+            return Doing::Other;
+        };
+        if member.held().is_some() {
+            Doing::Holding
+        } else if self.need.wants || leases.holds(&member.names().wait()) {
+            Doing::Waiting
+        } else if self.running() && self.decider.state() == State::Healthy {
+            Doing::Healthy
+        } else {
+            Doing::Other
+        }
+    }
+
+    /// One beat of the fleet's thread: the member's next request, answered by the leases.
+    fn beat(&mut self, at: Instant, fleet: &Fleet, leases: &mut Leases, api: &mut Requests) {
+        let doing = self.doing_now(leases);
+        if doing != self.doing {
+            api.began(doing);
+            self.doing = doing;
+        }
+        api.spend(doing, BEAT.as_secs_f64() / 3600.0);
+        let Some(member) = &mut self.member else {
+            return;
+        };
+        let action = member.next(at, self.need);
+        if action == Action::Idle {
+            return;
+        }
+        let (answer, requests) =
+            leases.answer(member, &action, fleet.lease, fleet.instances as u32);
+        member.answered(at, answer);
+        api.count(doing, requests);
+        let closest = |last: &mut Option<Instant>, closest: &mut Option<Duration>| {
+            if let Some(before) = last.replace(at) {
+                let gap = at - before;
+                *closest = Some(closest.map_or(gap, |c| c.min(gap)));
+            }
+        };
+        if doing == Doing::Waiting {
+            closest(&mut self.last_waiting, &mut api.closest_waiting);
+        }
+        if let Action::Renew { .. } = action {
+            api.renewals += 1;
+            closest(&mut self.last_renewal, &mut api.closest_renewals);
+        }
+    }
 }
+
+/// How often the fleet's thread asks its member for the next request, between the monitor's
+/// steps and with the need of the last one. The real thread beats every 250 ms; a member's
+/// paces are whole seconds (1 s, the tick, a third of the lease) from a request made at a
+/// step, so beats of a second find the same requests due at the same moments, in a quarter
+/// of the time (only the time spent, counted per beat, is coarser).
+const BEAT: Duration = Duration::from_secs(1);
 
 /// Runs one week under `strategy`.
 pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
@@ -265,12 +612,21 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
     let within = strategy.quiet().then_some(fleet.within);
     let settings = Settings::DEFAULT;
     let bucket_steps = settings.bucket.as_secs() / fleet.step.as_secs().max(1);
+    let beats = (fleet.step.as_millis() / BEAT.as_millis()).max(1) as u32;
     let mut noise = fastrand::Rng::with_seed(fleet.seed ^ 0x9e37_79b9);
+    let mut leases = Leases::default();
     let mut fleet_state: Vec<Instance> = (0..fleet.instances)
-        .map(|_| {
+        .map(|n| {
             let mut decider = Decider::new(policy.clone(), base);
             decider.new_incarnation(base, policy.clone(), "instance");
-            Instance {
+            let member = strategy.budget().map(|slots| {
+                let names = Names {
+                    fleet: "kms".into(),
+                    me: format!("kms-{n}"),
+                };
+                Member::new(names, Budget::Instances(slots), fleet.lease, fleet.step)
+            });
+            let mut instance = Instance {
                 booting_until: None,
                 floor_bytes: fleet.fresh_bytes,
                 calls: Vec::new(),
@@ -279,10 +635,15 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 history: History::new(settings),
                 forecast: None,
                 incarnation: 1,
-                slot: false,
-                restarted_with_slot: false,
-                waiting: false,
-            }
+                member,
+                need: Need::default(),
+                last_waiting: None,
+                last_renewal: None,
+                doing: Doing::Other,
+                last_memory_bytes: None,
+            };
+            instance.ask(base, fleet);
+            instance
         })
         .collect();
     let mut out = Outcome {
@@ -290,7 +651,6 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
         ..Outcome::default()
     };
     let mut next_call = 0;
-    let mut slots_held = 0;
     let hours_per_step = fleet.step.as_secs_f64() / 3600.0;
 
     for step in 0..steps {
@@ -301,7 +661,8 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 i.booting_until = None;
                 i.floor_bytes = fleet.fresh_bytes;
                 i.incarnation += 1;
-                i.decider.new_incarnation(now, policy.clone(), "instance");
+                let tr = i.decider.new_incarnation(now, policy.clone(), "instance");
+                i.told(Some(tr));
                 i.quiet.new_incarnation();
                 i.forecast = None;
             }
@@ -321,7 +682,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 .filter(|i| {
                     i.running()
                         && i.calls.len() < fleet.capacity
-                        && (!strategy.memprobe() || i.waiting || i.decider.state().ready())
+                        && (!strategy.memprobe() || i.decider.state().ready())
                 })
                 .min_by_key(|i| i.calls.len());
             match pick {
@@ -330,13 +691,18 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
             }
         }
         // Samples: the OOM killer, then memprobe.
-        for i in fleet_state.iter_mut().filter(|i| i.running()) {
+        for i in fleet_state.iter_mut() {
+            if !i.running() {
+                i.ask(now, fleet);
+                continue;
+            }
             let jitter = noise.u64(0..=4 * MI);
             let memory = i.memory_bytes(fleet) + jitter;
             if memory > fleet.limit_bytes {
                 out.lost += i.calls.len() as u64;
                 out.oom_kills += 1;
                 restart(i, step + boot_steps);
+                i.ask(now, fleet);
                 continue;
             }
             if !strategy.memprobe() {
@@ -347,42 +713,31 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 memory_bytes: memory,
                 sessions,
             };
-            // Waiting for a slot, only --critical still acts.
-            if !i.waiting || policy.critical_bytes.is_some_and(|c| memory > c) {
-                i.decider.observe(now, obs);
-            }
+            i.last_memory_bytes = Some(memory);
+            let tr = i.decider.observe(now, obs);
+            i.told(tr);
             i.history.push(forecast::Sample {
                 at: now - base,
                 memory_bytes: memory,
                 sessions,
                 incarnation: i.incarnation,
             });
-            let slot_free = strategy.budget().is_none_or(|n| slots_held < n);
-            if i.quiet.idle(now, sessions) && i.decider.state().ready() && slot_free {
+            if i.quiet.idle(now, sessions) && i.decider.state().ready() {
                 let bucket = step / bucket_steps.max(1);
                 if i.forecast.is_none_or(|(b, _)| b != bucket) {
                     let f = i.history.forecast(policy.threshold_bytes).ok();
                     i.forecast = Some((bucket, f));
                 }
                 let f = i.forecast.and_then(|(_, f)| f);
-                if let Some(why) = i.quiet.decide(now, i.decider.state(), f.as_ref())
-                    && matches!(i.decider.drain_at_quiet_moment(now, why), Ok(Some(_)))
-                {
-                    out.quiet_recycles += 1;
-                }
-            }
-            if let Some(budget) = strategy.budget() {
-                if i.decider.state() == State::Draining && !i.slot && !i.waiting {
-                    if slots_held < budget {
-                        i.slot = true;
-                        slots_held += 1;
-                    } else {
-                        i.waiting = true;
+                if let Some(why) = i.quiet.decide(now, i.decider.state(), f.as_ref()) {
+                    match i.decider.drain_at_quiet_moment(now, why) {
+                        Ok(Some(tr)) => {
+                            out.quiet_recycles += 1;
+                            i.told(Some(tr));
+                        }
+                        Ok(None) => {}
+                        Err(crate::policy::Deferred) => i.quiet.deferred(),
                     }
-                }
-                if i.restarted_with_slot && i.decider.state() == State::Healthy {
-                    i.restarted_with_slot = false;
-                    slots_held -= 1;
                 }
             }
             if i.decider.state() == State::Recycle {
@@ -390,33 +745,25 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 restart(i, step + boot_steps);
                 out.restarts += 1;
             }
+            i.ask(now, fleet);
         }
-        // Free slots go to the waiting instances, the fullest first.
-        if let Some(budget) = strategy.budget() {
-            while slots_held < budget {
-                let Some(i) = fleet_state
-                    .iter_mut()
-                    .filter(|i| i.waiting && i.running())
-                    .max_by_key(|i| i.memory_bytes(fleet))
-                else {
-                    break;
-                };
-                grant(i, now, &policy, fleet);
-                if i.slot {
-                    slots_held += 1;
+        // Until the next step, the fleet's threads: every member's next request, answered.
+        if strategy.budget().is_some() {
+            for beat in 0..beats {
+                let at = now + BEAT * beat;
+                for i in fleet_state.iter_mut() {
+                    i.beat(at, fleet, &mut leases, &mut out.api);
                 }
             }
         }
         let draining = fleet_state
             .iter()
-            .filter(|i| i.running() && !i.waiting && i.decider.state() == State::Draining)
+            .filter(|i| i.running() && i.decider.state() == State::Draining)
             .count();
         out.most_draining = out.most_draining.max(draining);
         let out_of_rotation = fleet_state
             .iter()
-            .filter(|i| {
-                !i.running() || (strategy.memprobe() && !i.waiting && !i.decider.state().ready())
-            })
+            .filter(|i| !i.running() || (strategy.memprobe() && !i.decider.state().ready()))
             .count();
         out.capacity_hours_lost += out_of_rotation as f64 * hours_per_step;
     }
@@ -427,38 +774,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
 fn restart(i: &mut Instance, boots_at: u64) {
     i.calls.clear();
     i.booting_until = Some(boots_at);
-    i.waiting = false;
-    if i.slot {
-        i.slot = false;
-        i.restarted_with_slot = true;
-    }
-}
-
-/// A slot for a waiting instance: its drain starts now, under the real rules, if its memory
-/// still asks for one; otherwise it is healthy again and needs none.
-fn grant(i: &mut Instance, now: Instant, policy: &Policy, fleet: &Fleet) {
-    i.waiting = false;
-    let obs = Observation {
-        memory_bytes: i.memory_bytes(fleet),
-        sessions: Some(i.calls.len() as u32),
-    };
-    let mut decider = Decider::new(policy.clone(), now);
-    if obs.memory_bytes > policy.threshold_bytes {
-        // Its memory has been over the threshold for --sustain already: judged on a policy
-        // without the wait, it drains on this sample; the drain's own rules then apply.
-        let primed = Policy {
-            sustain: Duration::ZERO,
-            idle_sustain: Duration::ZERO,
-            ..policy.clone()
-        };
-        decider.new_incarnation(now, primed, "instance");
-        decider.observe(now, obs);
-        i.slot = decider.state() == State::Draining;
-    } else {
-        decider.new_incarnation(now, policy.clone(), "instance");
-        decider.observe(now, obs);
-    }
-    i.decider = decider;
+    i.last_memory_bytes = None;
 }
 
 /// The whole comparison as a markdown table, with the model it ran.
@@ -494,6 +810,7 @@ pub fn table(fleet: &Fleet) -> String {
          most draining at once | capacity lost (instance-hours) |\n",
     );
     text.push_str("|---|---|---|---|---|---|\n");
+    let mut budgets = Vec::new();
     for strategy in Strategy::ALL {
         let o = run(fleet, strategy);
         let _ = writeln!(
@@ -506,6 +823,48 @@ pub fn table(fleet: &Fleet) -> String {
             o.oom_kills,
             o.most_draining,
             o.capacity_hours_lost
+        );
+        if strategy.budget().is_some() {
+            budgets.push((strategy, o.api));
+        }
+    }
+    let _ = writeln!(
+        text,
+        "\nThe drain budgets' API requests (each instance's fleet member, answered by an \
+         in-memory Lease store; lease {} s, interval {} s), per instance-hour, with the \
+         instance-hours spent so: waiting runs from the first step memory asks for a drain \
+         without a slot to the deletion of its wait lease, holding from taking a slot to its \
+         release.\n",
+        fleet.lease.as_secs(),
+        fleet.step.as_secs(),
+    );
+    text.push_str(
+        "| policy | API requests per instance-hour | while healthy | while waiting for a slot \
+         (waits) | closest two while waiting | while holding one (holds) | renewals | closest \
+         two renewals |\n",
+    );
+    text.push_str("|---|---|---|---|---|---|---|---|\n");
+    let seconds =
+        |d: Option<Duration>| d.map_or("none".to_string(), |d| format!("{} s", d.as_secs()));
+    for (strategy, api) in budgets {
+        let rate = Requests::per_hour;
+        let _ = writeln!(
+            text,
+            "| {} | {:.1} | {:.1} ({:.0} h) | {:.1} ({:.1} h, {}) | {} | {:.1} ({:.1} h, {}) | \
+             {:.1} | {} |",
+            strategy.name(),
+            rate(api.total(), api.hours()),
+            rate(api.healthy, api.healthy_hours),
+            api.healthy_hours,
+            rate(api.waiting, api.waiting_hours),
+            api.waiting_hours,
+            api.waits,
+            seconds(api.closest_waiting),
+            rate(api.holding, api.holding_hours),
+            api.holding_hours,
+            api.holds,
+            rate(api.renewals, api.holding_hours),
+            seconds(api.closest_renewals),
         );
     }
     text
@@ -572,4 +931,159 @@ mod tests {
             "with the quiet moment, the budget loses fewer: {both:?} against {budget:?}"
         );
     }
+
+    #[test]
+    fn a_healthy_member_asks_nothing_a_waiter_once_a_tick_and_a_holder_renews_at_a_third_of_its_lease()
+     {
+        let fleet = small();
+        let tick = fleet.step.max(crate::policy::fleet::MIN_TICK);
+        let per_tick = 3600.0 / tick.as_secs_f64();
+        let per_renewal = 3600.0 / (fleet.lease / 3).as_secs_f64();
+        for strategy in [Strategy::DrainBudget(1), Strategy::QuietMomentAndBudget(1)] {
+            let api = run(&fleet, strategy).api;
+            assert!(
+                api.healthy_hours > 0.0 && api.healthy == 0,
+                "no request while healthy: {strategy:?} {api:?}"
+            );
+            assert!(
+                api.waits > 0 && api.closest_waiting >= Some(tick),
+                "while waiting, at most one request per max(--interval, 10 s): {strategy:?} {api:?}"
+            );
+            // One a tick, and the first at once: 360 an hour, plus one a wait.
+            assert!(
+                api.waiting as f64 <= api.waiting_hours * per_tick + api.waits as f64,
+                "{strategy:?} {api:?}"
+            );
+            assert!(
+                api.holds > 0
+                    && api.closest_renewals >= Some(fleet.lease / 3)
+                    && Requests::per_hour(api.renewals, api.holding_hours) <= per_renewal,
+                "a holder renews at a third of its lease, no more often: {strategy:?} {api:?}"
+            );
+        }
+        for strategy in [Strategy::PerInstance, Strategy::QuietMoment] {
+            assert_eq!(
+                run(&fleet, strategy).api.total(),
+                0,
+                "without the fleet, no member and no request"
+            );
+        }
+    }
+
+    #[test]
+    fn the_lease_store_answers_as_the_api_server_does() {
+        let names = |me: &str| Names {
+            fleet: "kms".into(),
+            me: me.into(),
+        };
+        let a = Member::new(names("kms-0"), Budget::Instances(1), LEASE, STEP);
+        let b = Member::new(names("kms-1"), Budget::Instances(1), LEASE, STEP);
+        let mut leases = Leases::default();
+        let take = Action::Take {
+            slot: "memprobe-kms-slot-0".into(),
+            version: None,
+        };
+        let (first, requests) = leases.answer(&a, &take, LEASE, 2);
+        assert_eq!((first.clone(), requests), (Answer::Written("1".into()), 1));
+        assert_eq!(
+            leases.answer(&b, &take, LEASE, 2).0,
+            Answer::Lost,
+            "a create of a name that exists is a 409"
+        );
+        let stale = Action::Take {
+            slot: "memprobe-kms-slot-0".into(),
+            version: Some("0".into()),
+        };
+        assert_eq!(
+            leases.answer(&b, &stale, LEASE, 2).0,
+            Answer::Lost,
+            "a stale version too"
+        );
+        let Answer::Listed(before) = leases.answer(&b, &Action::List, LEASE, 2).0 else {
+            panic!("a listing");
+        };
+        let renew = Action::Renew {
+            slot: "memprobe-kms-slot-0".into(),
+            version: "1".into(),
+        };
+        assert_eq!(
+            leases.answer(&a, &renew, LEASE, 2).0,
+            Answer::Written("2".into())
+        );
+        let wait = Action::WriteWait {
+            version: None,
+            fullness: 0.912_345,
+        };
+        assert_eq!(
+            leases.answer(&b, &wait, LEASE, 2).0,
+            Answer::Written("3".into())
+        );
+        leases.leases.insert(
+            "someone-elses".into(),
+            Stored {
+                fleet: "janus".into(),
+                holder: Some("janus-0".into()),
+                renewed: None,
+                duration: LEASE,
+                version: 9,
+                fullness: None,
+            },
+        );
+        let Answer::Listed(after) = leases.answer(&b, &Action::List, LEASE, 2).0 else {
+            panic!("a listing");
+        };
+        let names: Vec<&str> = after.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["memprobe-kms-slot-0", "memprobe-kms-wait-kms-1"],
+            "listed by the fleet's label"
+        );
+        assert_eq!(after[0].holder.as_deref(), Some("kms-0"));
+        assert_ne!(
+            after[0].renewed, before[0].renewed,
+            "a renewal changes the renew time"
+        );
+        assert_eq!(
+            after[1].fullness,
+            Some(0.9123),
+            "the annotation's four decimals"
+        );
+        assert_eq!(after[1].duration, b.wait_duration());
+        assert_eq!(
+            leases.answer(&b, &wait, LEASE, 2),
+            (Answer::Written("4".into()), 3),
+            "a wait lease left behind: create, read, replace"
+        );
+        let release = Action::Release {
+            slot: "memprobe-kms-slot-0".into(),
+            version: "2".into(),
+        };
+        assert_eq!(
+            leases.answer(&a, &release, LEASE, 2).0,
+            Answer::Written("5".into())
+        );
+        let Answer::Listed(released) = leases.answer(&b, &Action::List, LEASE, 2).0 else {
+            panic!("a listing");
+        };
+        assert_eq!(
+            (released[0].holder.clone(), released[0].renewed.clone()),
+            (None, None)
+        );
+        assert_eq!(
+            leases.answer(&b, &Action::DeleteWait, LEASE, 2),
+            (Answer::Deleted, 1)
+        );
+        assert_eq!(
+            leases.answer(&b, &Action::DeleteWait, LEASE, 2).0,
+            Answer::Deleted,
+            "a 404 on deletion is deleted"
+        );
+        assert_eq!(
+            leases.answer(&b, &Action::CountPods, LEASE, 2).0,
+            Answer::Counted(2)
+        );
+    }
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const STEP: Duration = Duration::from_secs(10);
 }
