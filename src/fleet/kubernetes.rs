@@ -339,6 +339,7 @@ impl Worker {
         let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
         let member_names = self.names();
         match action {
+            // The loop never performs Idle; answered as a no-op all the same.
             Action::Idle => Ok(Answer::Pod),
             Action::ReadPod => {
                 let facts = self.read_pod(&client).await?;

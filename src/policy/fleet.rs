@@ -885,16 +885,27 @@ mod tests {
             matches!(m2.next(t + MIN_TICK, wants(0.5)), Action::Take { .. }),
             "kms-5 holds slot 0: its wait lease is not a waiter"
         );
-        // A waiter whose lease has not changed for its duration is gone.
-        let seen = vec![slot(0, None, "a"), waiter("kms-7", 0.99)];
-        ask(&mut m, t, wants(0.5), Answer::Listed(seen.clone()));
-        let later = t + LEASE * 2 + MIN_TICK;
-        m.pending = None;
-        m.last_request = None;
-        m.answered(later, Answer::Pod);
-        m.pending = Some(Action::List);
-        m.answered(later, Answer::Listed(seen));
-        assert!(matches!(m.next(later, wants(0.5)), Action::Take { .. }));
+        // A waiter whose lease has not changed for its duration is gone: the slot is taken
+        // then, and not before.
+        let stale = vec![slot(0, None, "a"), waiter("kms-7", 0.99)];
+        let mut now = t;
+        let took = loop {
+            let answer = match m.next(now, wants(0.5)) {
+                Action::Take { .. } => break now,
+                Action::List => Answer::Listed(stale.clone()),
+                Action::Idle => {
+                    now += S;
+                    continue;
+                }
+                _ => Answer::Written("w".into()),
+            };
+            m.answered(now, answer);
+            assert!(now - t < 10 * LEASE, "never taken");
+        };
+        assert!(
+            took - t >= LEASE * 2,
+            "not before the waiter's lease expired"
+        );
     }
 
     #[test]

@@ -348,7 +348,7 @@ fn five_instances_over_the_threshold_drain_one_at_a_time_fullest_first_and_say_s
     }
     // The first drain went to whoever asked first; every later one to the fullest waiting.
     let order: Vec<usize> = spans.iter().map(|(_, _, i)| *i).collect();
-    let mut rest = order[1..].to_vec();
+    let rest = order[1..].to_vec();
     let mut fullest_first = rest.clone();
     fullest_first.sort_by(|a, b| b.cmp(a));
     assert_eq!(
@@ -356,7 +356,6 @@ fn five_instances_over_the_threshold_drain_one_at_a_time_fullest_first_and_say_s
         "after the first, fullest first: {order:?}; pods {pods:?}; the leases at each change: \
          {takes:#?}"
     );
-    rest.push(order[0]);
     assert!(
         seen_waiting.iter().filter(|w| **w).count() >= 3,
         "{seen_waiting:?}"

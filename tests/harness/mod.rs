@@ -426,17 +426,7 @@ impl Memprobe {
 
     /// Polls /status until `cond` holds; panics with the last status after [`DEADLINE`].
     pub fn wait_for(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        let start = Instant::now();
-        loop {
-            let status = self.status();
-            if cond(&status) {
-                return status;
-            }
-            if start.elapsed() > DEADLINE {
-                panic!("waited {DEADLINE:?} for {what}; last status: {status:#}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll_status(what, DEADLINE, Duration::from_millis(50), cond)
     }
 
     /// [`Memprobe::wait_for`] with a deadline of its own (a fleet's story takes minutes), polling
@@ -445,6 +435,16 @@ impl Memprobe {
         &self,
         what: &str,
         deadline: Duration,
+        cond: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.poll_status(what, deadline, Duration::from_millis(250), cond)
+    }
+
+    fn poll_status(
+        &self,
+        what: &str,
+        deadline: Duration,
+        every: Duration,
         cond: impl Fn(&Value) -> bool,
     ) -> Value {
         let start = Instant::now();
@@ -456,7 +456,7 @@ impl Memprobe {
             if start.elapsed() > deadline {
                 panic!("waited {deadline:?} for {what}; last status: {status:#}");
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(every);
         }
     }
 
