@@ -61,4 +61,4 @@ pub mod tools;
 mod units;
 
 pub use crate::outlets::http::Shutdown;
-pub use crate::sidecar::{RunError, Sidecar};
+pub use crate::sidecar::{Listeners, RunError, Sidecar};

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use memprobe::cli::{self, Invocation};
 use memprobe::config::{Config, LogFormat, ParseError};
-use memprobe::{Shutdown, Sidecar};
+use memprobe::{Listeners, Shutdown, Sidecar};
 use tokio::net::TcpListener;
 
 /// The exit status after a panic anywhere (Rust's own for a panicking main).
@@ -146,7 +146,28 @@ async fn sidecar(config: Config) -> ExitCode {
             }
         },
     };
-    match Sidecar::start(config, listener, agent, Shutdown::on_signals())
+    let kms_gate = match config.outlets.kms_gate.as_ref().map(|g| g.listen) {
+        None => None,
+        Some(at) => match TcpListener::bind(at).await {
+            Ok(gate) => {
+                let bound = gate.local_addr().map_or(at, |a| a);
+                tracing::info!(kms_gate = %bound, "KMS gate on {bound}");
+                Some(gate)
+            }
+            Err(e) => {
+                eprintln!(
+                    "memprobe: --kms-gate {at}: cannot listen there: {e} (is KMS itself still on that port? move it to another, e.g. 8889)"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let listeners = Listeners {
+        probes: listener,
+        agent,
+        kms_gate,
+    };
+    match Sidecar::start(config, listeners, Shutdown::on_signals())
         .wait()
         .await
     {

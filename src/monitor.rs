@@ -73,6 +73,8 @@ pub struct Monitor {
     sessions: Option<Box<dyn SessionSource>>,
     /// What the target says of itself, when it reports (the demo's workload).
     reported: Option<reported::Feed>,
+    /// What the KMS gate sees, when it is on.
+    gate: Option<Arc<crate::sources::kms::wire::Wire>>,
     decider: Decider,
     target: Option<TargetStatus>,
     limit: MemoryLimit,
@@ -122,6 +124,7 @@ impl Monitor {
             memory,
             sessions,
             reported: None,
+            gate: None,
             decider,
             target: None,
             limit,
@@ -144,6 +147,11 @@ impl Monitor {
     /// Shows what the target reports of itself beside what memprobe measures.
     pub fn show_reports(&mut self, feed: reported::Feed) {
         self.reported = Some(feed);
+    }
+
+    /// Shows what the KMS gate sees on the wire in every snapshot.
+    pub fn show_gate(&mut self, wire: Arc<crate::sources::kms::wire::Wire>) {
+        self.gate = Some(wire);
     }
 
     /// The target's latest report, if it reports.
@@ -469,6 +477,7 @@ impl Monitor {
             incarnation: self.decider.incarnations(),
             recycle_action: self.record.recycle_action().cloned(),
             fleet: self.fleet.status(),
+            kms_gate: self.gate.as_ref().map(|wire| wire.status()),
             history: self.record.points(),
             settings: Arc::clone(&self.settings.shown),
         }

@@ -26,6 +26,14 @@ pub enum RunError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// The sockets the sidecar serves on, bound by its caller: the probe port, and HAProxy's
+/// agent and the KMS gate when they are on.
+pub struct Listeners {
+    pub probes: TcpListener,
+    pub agent: Option<TcpListener>,
+    pub kms_gate: Option<TcpListener>,
+}
+
 /// A running sidecar: its snapshots, and the task that ends when it stops.
 pub struct Sidecar {
     pub(crate) snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -33,19 +41,13 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the sources and the sampling loop, and serves on `listener` (and HAProxy's
-    /// agent on `agent`) until `shutdown` says to stop.
-    pub fn start(
-        config: Config,
-        listener: TcpListener,
-        agent: Option<TcpListener>,
-        shutdown: Shutdown,
-    ) -> Self {
+    /// Starts the sources and the sampling loop, and serves on `listeners` until `shutdown`
+    /// says to stop.
+    pub fn start(config: Config, listeners: Listeners, shutdown: Shutdown) -> Self {
         Self::start_with_reports(
             config,
             forecast::Settings::DEFAULT,
-            listener,
-            agent,
+            listeners,
             shutdown,
             None,
         )
@@ -58,11 +60,15 @@ impl Sidecar {
     pub(crate) fn start_with_reports(
         config: Config,
         forecast: forecast::Settings,
-        listener: TcpListener,
-        agent: Option<TcpListener>,
+        listeners: Listeners,
         shutdown: Shutdown,
         reports: Option<sources::reported::Feed>,
     ) -> Self {
+        let Listeners {
+            probes: listener,
+            agent,
+            kms_gate,
+        } = listeners;
         let sources_settings = &config.sources;
         if let Some(why) = &sources_settings.kms_off {
             tracing::info!("{why}");
@@ -109,7 +115,16 @@ impl Sidecar {
             http,
             agent: agent_settings,
             recycle,
+            kms_gate: gate_settings,
         } = config.outlets;
+        let gate = match (kms_gate, gate_settings) {
+            (Some(listener), Some(settings)) => {
+                let wire = Arc::new(sources::kms::wire::Wire::new(settings.listen.to_string()));
+                monitor.show_gate(Arc::clone(&wire));
+                Some((listener, settings, wire))
+            }
+            _ => None,
+        };
         let (requests, inbox) = sources::operator::channel();
         let readout = outlets::Readout::new(snapshots.clone());
         let state = outlets::http::AppState::new(readout.clone(), config.interval).with_admin(
@@ -140,6 +155,17 @@ impl Sidecar {
                 }
             }
         };
+        let gate = {
+            let readout = readout.clone();
+            async move {
+                match gate {
+                    Some((listener, settings, wire)) => {
+                        outlets::kms_gate::serve(listener, readout, settings, wire).await
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+        };
         let agent = async move {
             match (agent, agent_settings) {
                 (Some(listener), Some(settings)) => {
@@ -159,6 +185,7 @@ impl Sidecar {
                 () = agent => Ok(()),
                 () = recycle => Ok(()),
                 () = janus_switch => Ok(()),
+                () = gate => Ok(()),
                 stopped = stopped => match stopped {
                     Ok(Err(fatal)) => Err(fatal.into()),
                     // The loop ends only once nobody reads its snapshots.

@@ -61,6 +61,9 @@ pub struct Status {
     /// The fleet this instance drains with (`--fleet`, `--events`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+    /// The KMS gate (`--kms-gate`), when on: its connections and the pipelines it refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_gate: Option<crate::sources::kms::wire::GateStatus>,
     pub settings: Arc<Settings>,
     /// Recent samples, oldest first, for the page and `/history.json` (not in `/status`).
     #[serde(skip)]
@@ -223,6 +226,8 @@ pub struct Settings {
     pub history: String,
     pub agent_listen: Option<String>,
     pub agent_weight: String,
+    /// Where the KMS gate serves (`--kms-gate`), when on.
+    pub kms_gate: Option<String>,
     pub on_recycle: String,
     pub recycle_retry: String,
     pub shutdown_delay: String,

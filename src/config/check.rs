@@ -396,6 +396,38 @@ impl Checker<'_> {
         }
     }
 
+    /// `--kms-gate`: relays to the KMS memprobe talks to, which must not be the gate itself.
+    pub(super) fn kms_gate(
+        &self,
+        listen: SocketAddr,
+        kms: Option<&crate::sources::kms::KmsSettings>,
+        kms_off: Option<&str>,
+    ) -> Result<crate::outlets::kms_gate::GateSettings, FlagError> {
+        let shown = listen.to_string();
+        let Some(kms) = kms else {
+            let why = kms_off.unwrap_or("kms: off, since --kms-url is none");
+            let problem = format!(
+                "relays to KMS, but memprobe does not talk to KMS here ({why}): give KMS's own \
+                 port, e.g. --kms-url ws://127.0.0.1:8889/kurento"
+            );
+            return Err(self.error("kms_gate", &shown, &problem));
+        };
+        if crate::outlets::kms_gate::points_at(listen, kms.url.expose()) {
+            let problem = format!(
+                "is where --kms-url {} points: the gate would relay to itself (move KMS to \
+                 another port, e.g. 8889 in kurento.conf.json, and give --kms-url \
+                 ws://127.0.0.1:8889/kurento)",
+                kms.url
+            );
+            return Err(self.error("kms_gate", &shown, &problem));
+        }
+        Ok(crate::outlets::kms_gate::GateSettings {
+            listen,
+            kms: kms.url.clone(),
+            timeout: kms.timeout,
+        })
+    }
+
     /// `--memory-source kms` reads memory from KMS itself: there is no process to pick.
     pub(super) fn kms_source(
         &self,

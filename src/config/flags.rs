@@ -256,6 +256,15 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) kms_gc_period: String,
+    /// Serve KMS's WebSocket here and relay it to --kms-url: while draining, a new
+    /// MediaPipeline is refused with error -32099 [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_GATE",
+        value_name = "ADDR",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_gate: Option<String>,
     /// Where memory figures come from: proc (/proc of a shared PID namespace) or kms (getUsedMemory)
     #[arg(
         long,

@@ -103,6 +103,7 @@ impl Config {
                 agent.map_or_else(AgentWeight::default, |a| a.weight)
             )
             .to_lowercase(),
+            kms_gate: outlets.kms_gate.as_ref().map(|g| g.listen.to_string()),
             on_recycle: outlets.recycle.action.to_string(),
             recycle_retry: duration(outlets.recycle.retry),
             shutdown_delay: duration(outlets.http.shutdown_delay),

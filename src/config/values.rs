@@ -61,6 +61,7 @@ pub(super) struct Values {
     kms_failures: u32,
     kms_hang_timeout: Duration,
     kms_gc_period: Duration,
+    kms_gate: Option<SocketAddr>,
     memory_source: MemoryFrom,
     listen: SocketAddr,
     agent_listen: Option<SocketAddr>,
@@ -117,6 +118,7 @@ impl Values {
             kms_failures,
             kms_hang_timeout,
             kms_gc_period,
+            kms_gate,
             memory_source,
             listen,
             agent_listen,
@@ -222,6 +224,10 @@ impl Values {
             kms_failures: check.failures(kms_failures)?,
             kms_hang_timeout: check.duration("kms_hang_timeout", kms_hang_timeout)?,
             kms_gc_period: check.duration("kms_gc_period", kms_gc_period)?,
+            kms_gate: kms_gate
+                .as_deref()
+                .map(|t| check.address("kms_gate", t, "0.0.0.0:8888"))
+                .transpose()?,
             memory_source: check.choice("memory_source", memory_source)?,
             listen: check.address("listen", listen, "0.0.0.0:8899")?,
             agent_listen: agent_listen
@@ -380,6 +386,10 @@ impl Values {
         if self.memory_source == MemoryFrom::Kms {
             check.kms_source(flags, kms.is_some(), self.memory)?;
         }
+        let kms_gate = match self.kms_gate {
+            None => None,
+            Some(listen) => Some(check.kms_gate(listen, kms.as_ref(), kms_off.as_deref())?),
+        };
         check.signal_possible(&self.on_recycle, &target, self.memory_source)?;
         let (admin_token, admin_token_file) = match admin_token {
             Some((token, file)) => (Some(token), file),
@@ -450,6 +460,7 @@ impl Values {
                     action: self.on_recycle,
                     retry: self.recycle_retry,
                 },
+                kms_gate,
             },
             fleet,
             interval: self.interval,

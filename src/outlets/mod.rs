@@ -6,6 +6,8 @@
 //! - [`agent`] — HAProxy's agent-check: one line per connection, with a memory-aware weight.
 //! - [`recycle`] — the recycle action: a signal or a command, once per incarnation.
 //! - [`janus_switch`] — Janus's own accept_new_sessions, following memprobe's drains.
+//! - [`kms_gate`] — the switch KMS lacks: its WebSocket relayed, a new pipeline refused
+//!   while the instance takes no new sessions.
 //! - [`metrics`] — the Prometheus families, rendered from a snapshot's status.
 //! - [`page`] — the status page (`GET /`): memory against the threshold over time, in SVG.
 //!
@@ -14,6 +16,7 @@
 pub mod agent;
 pub mod http;
 pub mod janus_switch;
+pub mod kms_gate;
 pub mod metrics;
 pub mod page;
 pub mod recycle;
@@ -32,6 +35,8 @@ pub struct Settings {
     /// HAProxy's agent-check; `None` without `--agent-listen`.
     pub agent: Option<agent::AgentSettings>,
     pub recycle: recycle::RecycleSettings,
+    /// The KMS gate; `None` without `--kms-gate`.
+    pub kms_gate: Option<kms_gate::GateSettings>,
 }
 
 /// What every outlet reads: the latest snapshot, and whether memprobe is shutting down (from

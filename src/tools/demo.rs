@@ -193,6 +193,7 @@ fn config(
                 action: RecycleAction::None,
                 retry: Duration::from_secs(300),
             },
+            kms_gate: None,
         },
         fleet: crate::fleet::Settings::default(),
         interval,
@@ -349,8 +350,11 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             Story::Drain => forecast::Settings::DEFAULT,
             Story::Quiet => QUIET_FORECAST,
         },
-        listener,
-        None,
+        crate::Listeners {
+            probes: listener,
+            agent: None,
+            kms_gate: None,
+        },
         shutdown,
         Some(watched.shown.clone()),
     );

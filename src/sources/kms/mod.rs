@@ -17,6 +17,7 @@ mod memory;
 mod pipelines;
 pub mod protocol;
 pub mod session;
+pub mod wire;
 
 pub use memory::KmsMemory;
 
