@@ -445,6 +445,15 @@ impl Monitor {
             .unwrap_or_default();
         let state = self.decider.state();
         let policy = self.decider.policy();
+        let deciding = self
+            .last_sample
+            .filter(|_| self.target.is_some())
+            .map(|(sample, _)| sample.deciding(self.settings.memory));
+        let headroom_bytes = deciding.map(|bytes| policy.threshold_bytes.saturating_sub(bytes));
+        let headroom_percent = headroom_bytes.map(|left| {
+            let share = left as f64 / policy.threshold_bytes.max(1) as f64;
+            (share * 1000.0).round() / 10.0
+        });
         Status {
             state,
             since: crate::units::timestamp(self.record.since()),
@@ -460,6 +469,8 @@ impl Monitor {
                 sample,
                 sampled_at: crate::units::timestamp(at),
             }),
+            headroom_bytes,
+            headroom_percent,
             threshold: ThresholdStatus {
                 bytes: policy.threshold_bytes,
                 given: self.settings.policy.threshold.to_string(),

@@ -84,6 +84,7 @@ impl Sidecar {
             other_server: sources_settings.janus.is_some() || sources_settings.custom.is_some(),
             fleet: config.fleet.mode == fleet::Mode::Kubernetes,
             events: config.fleet.events,
+            kms_gate: config.outlets.kms_gate.is_some(),
         }));
         let render = Renderers {
             metrics: Arc::new(move |status: &Status| metrics.render(status)),

@@ -34,6 +34,10 @@ pub struct Status {
     pub target: Option<TargetStatus>,
     pub memory: Option<MemoryStatus>,
     pub threshold: ThresholdStatus,
+    /// Room left under the threshold, for a placer choosing a KMS (0 at or over it), in bytes
+    /// and as a share of the threshold; absent while memory is unknown.
+    pub headroom_bytes: Option<u64>,
+    pub headroom_percent: Option<f64>,
     /// What the target says of itself, when it reports (only the demo's workload does):
     /// shown beside resident memory, never decided on.
     #[serde(skip_serializing_if = "Option::is_none")]

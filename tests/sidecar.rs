@@ -27,6 +27,8 @@ mod harness;
 mod house;
 #[path = "cases/janus.rs"]
 mod janus;
+#[path = "cases/kms_gate.rs"]
+mod kms_gate;
 #[path = "cases/kube.rs"]
 mod kube;
 #[path = "cases/kurento.rs"]

@@ -38,6 +38,7 @@ pub struct Metrics {
     kms: Option<KmsMetrics>,
     servers: Option<ServerMetrics>,
     kubernetes: Option<KubernetesMetrics>,
+    kms_gate: Option<GateMetrics>,
 }
 
 /// Which optional families to register: each is there from the first scrape when what it
@@ -53,6 +54,61 @@ pub struct Families {
     pub fleet: bool,
     /// `--events`.
     pub events: bool,
+    /// `--kms-gate`.
+    pub kms_gate: bool,
+}
+
+/// The KMS gate's families, registered only with `--kms-gate`.
+struct GateMetrics {
+    connections: IntGauge,
+    connections_total: IntCounter,
+    rejected: IntCounter,
+    refused: IntCounter,
+    unreachable: IntCounter,
+}
+
+impl GateMetrics {
+    fn new(r: &Registry) -> Self {
+        GateMetrics {
+            connections: gauge(
+                r,
+                "memprobe_kms_gate_connections",
+                "Client WebSockets the KMS gate relays to KMS now.",
+            ),
+            connections_total: counter(
+                r,
+                "memprobe_kms_gate_connections_total",
+                "Client WebSockets the KMS gate has relayed to KMS.",
+            ),
+            rejected: counter(
+                r,
+                "memprobe_kms_gate_connections_rejected_total",
+                "Connections the KMS gate answered 503: its cap of open connections was reached.",
+            ),
+            refused: counter(
+                r,
+                "memprobe_kms_gate_pipelines_refused_total",
+                "Creates of a MediaPipeline the KMS gate answered itself (error -32099) while the \
+                 instance took no new sessions.",
+            ),
+            unreachable: counter(
+                r,
+                "memprobe_kms_gate_kms_unreachable_total",
+                "Client handshakes the KMS gate answered 502 or 504: KMS could not be reached.",
+            ),
+        }
+    }
+
+    fn render(&self, status: &Status) {
+        let Some(gate) = &status.kms_gate else {
+            return;
+        };
+        self.connections.set(gate.open_connections as i64);
+        catch_up(&self.connections_total, gate.connections_total);
+        catch_up(&self.rejected, gate.connections_rejected_total);
+        catch_up(&self.refused, gate.pipelines_refused_total);
+        catch_up(&self.unreachable, gate.kms_unreachable_total);
+    }
 }
 
 /// Families for any media server's own API, labelled by server (`kms`, `janus`, `custom`); registered
@@ -448,6 +504,7 @@ impl Metrics {
             servers,
             kubernetes: (families.fleet || families.events)
                 .then(|| KubernetesMetrics::new(&r, families.fleet, families.events)),
+            kms_gate: families.kms_gate.then(|| GateMetrics::new(&r)),
             rendering: std::sync::Mutex::new(()),
             registry: r,
             memory,
@@ -515,6 +572,9 @@ impl Metrics {
         }
         if let Some(kubernetes) = &self.kubernetes {
             kubernetes.render(status);
+        }
+        if let Some(gate) = &self.kms_gate {
+            gate.render(status);
         }
 
         let mut text = Vec::with_capacity(4096);

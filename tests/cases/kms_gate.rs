@@ -1,0 +1,323 @@
+//! The KMS gate (`--kms-gate`), end to end: the real memprobe binary relays a client's
+//! WebSocket to the fake KMS, and answers a new pipeline's `create` itself once the instance
+//! takes no new sessions. Requests are shaped as the official Java kurento-client sends them
+//! (no `connect`; the session comes back in the first `create`), per
+//! `shared/reference/kurento-jsonrpc.md`.
+
+#![allow(clippy::disallowed_types)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::fake_kms::{Client, FakeKms, Received};
+use crate::harness::{Memprobe, Workload, free_port, run_to_end};
+
+/// memprobe watching `target` with `kms` behind a gate on a free port; the gate's URL.
+fn gated(kms: &FakeKms, target: &Workload, extra: &[&str]) -> (Memprobe, String, String) {
+    let port = free_port();
+    let gate = format!("127.0.0.1:{port}");
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let mut args = vec![
+        "--interval",
+        "100ms",
+        "--threshold",
+        "100MiB",
+        "--kms-url",
+        &url,
+        "--kms-ping-interval",
+        "200ms",
+        "--kms-timeout",
+        "2s",
+        "--pid",
+        &pid,
+        "--kms-gate",
+        &gate,
+    ];
+    args.extend_from_slice(extra);
+    let probe = Memprobe::start(&args);
+    probe.wait_for("connected to KMS, the gate on", |s| {
+        s["kms"]["connected"] == true && s["kms_gate"]["listen"] == gate.as_str()
+    });
+    (probe, format!("ws://{gate}/kurento"), gate)
+}
+
+fn create_pipeline(id: u64) -> String {
+    format!(
+        r#"{{"id":{id},"method":"create","params":{{"type":"MediaPipeline","constructorParams":{{}},"properties":{{}}}},"jsonrpc":"2.0"}}"#
+    )
+}
+
+fn create_endpoint(id: u64, pipeline: &str, session: &str) -> String {
+    format!(
+        r#"{{"id":{id},"method":"create","params":{{"type":"WebRtcEndpoint","constructorParams":{{"mediaPipeline":"{pipeline}"}},"properties":{{}},"sessionId":"{session}"}},"jsonrpc":"2.0"}}"#
+    )
+}
+
+/// The reply to request `id`, skipping the events that may come before it.
+fn reply(client: &mut Client, id: u64) -> Value {
+    for _ in 0..50 {
+        let frame: Value = serde_json::from_str(&client.text()).expect("JSON from the gate");
+        if frame["id"] == id {
+            return frame;
+        }
+    }
+    panic!("no reply to request {id}");
+}
+
+#[test]
+fn a_draining_kms_takes_no_new_pipeline_through_the_gate_while_its_calls_go_on() {
+    let kms = FakeKms::start();
+    let mut target = Workload::start(None);
+    let (probe, gate_url, _) = gated(
+        &kms,
+        &target,
+        &[
+            "--sustain",
+            "1s",
+            "--min-drain",
+            "1s",
+            "--drain-timeout",
+            "1h",
+        ],
+    );
+    let mut client = Client::connect_to(&gate_url);
+
+    client.send(&create_pipeline(2));
+    let created = reply(&mut client, 2);
+    let pipeline = created["result"]["value"]
+        .as_str()
+        .expect("a pipeline id")
+        .to_string();
+    let session = created["result"]["sessionId"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+    client.send(&create_endpoint(3, &pipeline, &session));
+    assert!(
+        reply(&mut client, 3)["result"]["value"].is_string(),
+        "an endpoint, while healthy"
+    );
+    probe.wait_for("the client's pipeline counted", |s| s["sessions"] == 1);
+
+    target.send("alloc 150MiB");
+    probe.wait_state("draining");
+    let creates_seen = kms.requests_of("create");
+    client.send(&create_pipeline(4));
+    let refused = reply(&mut client, 4);
+    assert_eq!(
+        refused["error"]["code"], -32099,
+        "the gate's stable code: {refused}"
+    );
+    assert_eq!(refused["error"]["data"]["type"], "KMS_DRAINING");
+    let message = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("this KMS takes no new media pipelines (draining:")
+            && message.contains("create the pipeline on another KMS"),
+        "the message says what happened and what to do: {message}"
+    );
+    assert_eq!(
+        kms.requests_of("create"),
+        creates_seen,
+        "the refused create never reached KMS"
+    );
+    assert_eq!(
+        kms.pipelines().len(),
+        1,
+        "no pipeline landed on the draining KMS"
+    );
+
+    client.send(&create_endpoint(5, &pipeline, &session));
+    assert!(
+        reply(&mut client, 5)["result"]["value"].is_string(),
+        "an endpoint on the existing pipeline is created while draining"
+    );
+    client.send(&format!(
+        r#"{{"id":6,"method":"invoke","params":{{"object":"{pipeline}","operation":"getChildren","sessionId":"{session}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert_eq!(
+        reply(&mut client, 6)["result"]["value"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "an invoke on the existing pipeline is answered by KMS while draining"
+    );
+    let status = probe.status();
+    assert_eq!(status["state"], "draining", "the call is still live");
+    assert_eq!(
+        status["kms_gate"]["pipelines_refused_total"], 1,
+        "{status:#}"
+    );
+    assert_eq!(status["kms_gate"]["open_connections"], 1);
+
+    client.send(&format!(
+        r#"{{"id":7,"method":"release","params":{{"object":"{pipeline}","sessionId":"{session}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert!(
+        reply(&mut client, 7).get("error").is_none(),
+        "the release passes"
+    );
+    let status = probe.wait_state("recycle");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("last session ended after draining"),
+        "recycled right after the last release: {status:#}"
+    );
+    let metrics = probe.get("/metrics").body;
+    assert!(
+        metrics.contains("memprobe_kms_gate_pipelines_refused_total 1")
+            && metrics.contains("memprobe_kms_gate_connections 1"),
+        "the gate's figures are exported: {metrics}"
+    );
+}
+
+#[test]
+fn memprobe_restarted_mid_call_leaves_the_clients_pipeline_usable() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (probe, gate_url, gate) = gated(&kms, &target, &[]);
+    let mut client = Client::connect_to(&gate_url);
+    client.send(&create_pipeline(1));
+    let created = reply(&mut client, 1);
+    let pipeline = created["result"]["value"]
+        .as_str()
+        .expect("a pipeline")
+        .to_string();
+    let session = created["result"]["sessionId"]
+        .as_str()
+        .expect("a session")
+        .to_string();
+
+    drop(probe);
+    assert!(
+        matches!(
+            client.recv(Duration::from_secs(10)),
+            Received::Closed(_) | Received::Dropped
+        ),
+        "the client's WebSocket closes with memprobe, as it would with KMS"
+    );
+    assert_eq!(
+        kms.pipelines(),
+        vec![pipeline.clone()],
+        "KMS keeps the pipeline"
+    );
+
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let again = Memprobe::start(&[
+        "--interval",
+        "100ms",
+        "--threshold",
+        "100MiB",
+        "--kms-url",
+        &url,
+        "--kms-timeout",
+        "2s",
+        "--pid",
+        &pid,
+        "--kms-gate",
+        &gate,
+    ]);
+    again.wait_for("the gate back", |s| {
+        s["kms_gate"]["listen"] == gate.as_str()
+    });
+    // What kurento-client does on reconnecting: `connect` with its session, then carries on.
+    let mut client = Client::connect_to(&gate_url);
+    client.send(&format!(
+        r#"{{"id":2,"method":"connect","params":{{"sessionId":"{session}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert_eq!(
+        reply(&mut client, 2)["result"]["sessionId"],
+        session.as_str()
+    );
+    client.send(&format!(
+        r#"{{"id":3,"method":"create","params":{{"type":"WebRtcEndpoint","constructorParams":{{"mediaPipeline":"{pipeline}"}},"sessionId":"{session}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert!(
+        reply(&mut client, 3)["result"]["value"].is_string(),
+        "the pipeline made before memprobe's restart takes a new endpoint after it"
+    );
+}
+
+/// The status code of the answer to a raw request.
+fn status_line(addr: &str, request: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect to the gate");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(request.as_bytes()).unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).expect("a status line");
+    String::from_utf8_lossy(&head[9..12])
+        .parse()
+        .expect("a status code")
+}
+
+#[test]
+fn the_gate_answers_what_is_not_a_websocket_as_kms_does() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (_probe, _, gate) = gated(&kms, &target, &[]);
+    assert_eq!(
+        status_line(&gate, "GET /kurento HTTP/1.1\r\nHost: kms\r\n\r\n"),
+        426,
+        "a plain GET: upgrade required, as KMS answers"
+    );
+    assert_eq!(
+        status_line(
+            &gate,
+            "GET /kurento HTTP/1.1\r\nHost: kms\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ),
+        500,
+        "an upgrade without a version gets KMS's 500, which Kurento's image health check expects"
+    );
+
+    kms.sigterm();
+    let refused = std::net::TcpStream::connect(&gate).and_then(|tcp| {
+        tokio_tungstenite::tungstenite::client(format!("ws://{gate}/kurento"), tcp)
+            .map_err(std::io::Error::other)
+    });
+    let said = format!("{:?}", refused.err());
+    assert!(
+        said.contains("502"),
+        "with KMS gone the handshake fails at once with 502, not a socket that never answers: {said}"
+    );
+}
+
+#[test]
+fn a_gate_that_would_relay_to_itself_or_to_no_kms_is_refused_at_start() {
+    let out = run_to_end(
+        &[
+            "--kms-url",
+            "ws://127.0.0.1:8888/kurento",
+            "--kms-gate",
+            "0.0.0.0:8888",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "--kms-gate: '0.0.0.0:8888' is where --kms-url ws://127.0.0.1:8888/kurento points"
+        ) && err.contains("ws://127.0.0.1:8889/kurento"),
+        "{err}"
+    );
+    let out = run_to_end(
+        &[
+            "--janus-url",
+            "http://127.0.0.1:7088/admin",
+            "--kms-gate",
+            "0.0.0.0:8888",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "--kms-gate: '0.0.0.0:8888' relays to KMS, but memprobe does not talk to KMS here"
+        ),
+        "{err}"
+    );
+}
