@@ -73,7 +73,7 @@ fn assert_replayed(recorded: &str, got: &str) {
 }
 
 /// A client that did `connect` and subscribed to both object events.
-fn subscriber(kms: &FakeKms) -> (Client, String) {
+pub(crate) fn subscriber(kms: &FakeKms) -> (Client, String) {
     let mut client = Client::connect(kms);
     let sid = client.handshake(1);
     for (id, kind) in [(2, "ObjectCreated"), (3, "ObjectDestroyed")] {
@@ -99,7 +99,7 @@ fn until_reply(client: &mut Client, id: u64) -> Vec<Value> {
 }
 
 /// (type, object) of an event frame.
-fn event(frame: &Value) -> (String, String) {
+pub(crate) fn event(frame: &Value) -> (String, String) {
     let value = &frame["params"]["value"];
     let data = &value["data"];
     let object = data["object"].as_str().or(data["objectId"].as_str());
