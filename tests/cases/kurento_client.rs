@@ -324,3 +324,75 @@ fn memprobe_counts_the_clients_pipeline_and_recycles_a_draining_instance_after_i
     );
     assert_eq!(probe.get("/healthz").code, 503, "drained: restart KMS now");
 }
+
+#[test]
+fn the_application_server_example_skips_a_draining_kms_and_moves_on_when_a_gate_refuses() {
+    // Three KMSes, each with its memprobe: `roomy` has the most headroom but refuses creates
+    // (as its gate would once it drains), `fuller` takes sessions with less headroom, and
+    // `draining` answers /ready 503.
+    let [roomy, fuller, draining] = [FakeKms::start(), FakeKms::start(), FakeKms::start()];
+    let targets = [
+        Workload::start(None),
+        Workload::start(None),
+        Workload::start(None),
+    ];
+    let [roomy_target, mut fuller_target, mut draining_target] = targets;
+    let roomy_probe = watch(&roomy, &roomy_target, &[]);
+    let fuller_probe = watch(&fuller, &fuller_target, &[]);
+    let draining_probe = watch(&draining, &draining_target, &["--sustain", "1s"]);
+    fuller_target.send("alloc 40MiB");
+    draining_target.send("alloc 150MiB");
+    roomy.refuse_create(
+        "MediaPipeline",
+        DRAINING_CODE,
+        DRAINING_MESSAGE,
+        Some(json!({"type": "KMS_DRAINING"})),
+    );
+    roomy_probe.wait_state("healthy");
+    fuller_probe.wait_for("40 MiB in use", |s| {
+        s["memory"]["deciding_bytes"].as_u64() >= Some(40 * crate::MI) && s["ready"] == true
+    });
+    draining_probe.wait_state("draining");
+
+    let arg = |probe: &crate::harness::Memprobe, kms: &FakeKms| {
+        format!("http://{}={}", probe.addr, kms.url())
+    };
+    let args = [
+        arg(&draining_probe, &draining),
+        arg(&fuller_probe, &fuller),
+        arg(&roomy_probe, &roomy),
+    ];
+    let Some(output) = crate::harness::kurento_client::run_example(&args) else {
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("{} refused: {DRAINING_MESSAGE}", roomy.url())),
+        "the roomiest first, and its refusal said: {stdout}"
+    );
+    let created = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("created "))
+        .unwrap_or_else(|| panic!("a pipeline: {stdout}"));
+    let (pipeline, on) = created.split_once(" on ").unwrap();
+    assert_eq!(on, fuller.url(), "{stdout}");
+    assert!(
+        fuller
+            .wire()
+            .iter()
+            .any(|w| !w.inbound && w.text.contains(pipeline)),
+        "made on the fuller KMS"
+    );
+    assert_eq!(roomy.requests_of("create"), 1, "asked once, refused");
+    assert_eq!(
+        draining.requests_of("create"),
+        0,
+        "a KMS whose /ready is 503 is never asked"
+    );
+    assert!(
+        fuller.pipelines().is_empty(),
+        "the example's destroy() ends its session, and KMS frees the session's pipeline"
+    );
+}

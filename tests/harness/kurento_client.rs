@@ -69,6 +69,35 @@ pub fn find() -> Option<(PathBuf, PathBuf)> {
     Some((java, jar))
 }
 
+/// Runs the README's application-server example (`example.PlacePipeline`) with these
+/// arguments to its end: its output, or `None` (with a printed reason) without Java or the
+/// build.
+pub fn run_example(args: &[String]) -> Option<std::process::Output> {
+    let (java, jar) = find()?;
+    let child = Command::new(java)
+        .arg("-cp")
+        .arg(jar)
+        .arg("example.PlacePipeline")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the application-server example");
+    let pid = child.id();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(ANSWER_DEADLINE) {
+        Ok(output) => Some(output.expect("the example's output")),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the example did not end within {ANSWER_DEADLINE:?} (pid {pid}, killed)")
+        }
+    }
+}
+
 /// One running driver: one JVM, at most one `KurentoClient` in it.
 pub struct KurentoClient {
     child: Child,
