@@ -20,11 +20,17 @@
 //!   element, then the pipeline's, `release_delay` later; a frame that is not JSON (or, on a
 //!   socket with a session, is not an object or has `params` that is not one) drops the TCP
 //!   connection without a close frame; a message over 32 MB closes with 1009; SIGTERM drops
-//!   every connection with no event at all.
+//!   every connection with no event at all;
+//! - what the official Java kurento-client sends besides (captured from it, answered as KMS's
+//!   `ServerMethods` does): `transaction` (operations in order, `newref:N`, each answer whole,
+//!   the first error ends the list), `getName`/`setName`, and its reconnect's `connect` with
+//!   its session.
 //!
 //! Tests drive it (pipelines made and released as another client would, hangs, raw frames,
-//! SIGTERM and restarts, races with an in-flight `getPipelines`, `ObjectDestroyed` that stops
-//! coming) and ask it what memprobe did (the requests seen, getPipelines calls, cache hits).
+//! a `create` refused with a given error as a gate would refuse it, SIGTERM and restarts, races
+//! with an in-flight `getPipelines`, `ObjectDestroyed` that stops coming) and ask it what
+//! memprobe or a client did (the requests seen, every frame both ways, getPipelines calls,
+//! cache hits).
 //! [`Client`] is a plain WebSocket client for the fake's own conformance tests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
