@@ -189,6 +189,11 @@ fn a_json_rpc_error_reaches_the_application_as_a_kurento_server_exception_with_i
         "{error:?}"
     );
     assert!(error.message.contains(DRAINING_MESSAGE), "{error:?}");
+    assert_eq!(
+        error.code,
+        Some(DRAINING_CODE),
+        "a KurentoServerException too, with the same code"
+    );
 
     // The refusal is the create's alone: the existing pipeline keeps working.
     let endpoint = client.endpoint(&kept).unwrap();
@@ -221,6 +226,42 @@ fn a_transaction_creates_a_pipeline_and_its_endpoint_in_one_request() {
         operations[1]["params"]["constructorParams"]["mediaPipeline"], "newref:0",
         "the endpoint names the pipeline the transaction makes: {request}"
     );
+}
+
+#[test]
+fn another_client_finds_a_pipeline_by_its_id_and_creates_an_endpoint_on_it() {
+    let Some(mut maker) = KurentoClient::start() else {
+        return;
+    };
+    let Some(mut finder) = KurentoClient::start() else {
+        return;
+    };
+    let kms = FakeKms::start();
+    maker.connect(&kms.url()).unwrap();
+    let pipeline = maker.pipeline().unwrap();
+    finder.connect(&kms.url()).unwrap();
+    assert_eq!(finder.by_id(&pipeline).unwrap(), pipeline);
+    let endpoint = finder.endpoint(&pipeline).unwrap();
+    assert_eq!(
+        maker.children(&pipeline).unwrap(),
+        std::slice::from_ref(&endpoint)
+    );
+    // getById with the class given asks KMS nothing (no describe), and the finder's first
+    // request is the endpoint's create, with no session yet: the first create on a WebSocket
+    // is not always a MediaPipeline's.
+    let requests = kms.requests();
+    assert!(
+        requests.iter().all(|r| r.method != "describe"),
+        "{}",
+        wire(&kms)
+    );
+    let (maker_connection, _) = client_session(&kms);
+    let first_of_finder = requests
+        .iter()
+        .find(|r| r.connection != maker_connection && r.method != "ping")
+        .unwrap();
+    assert_eq!(first_of_finder.method, "create");
+    assert_eq!(first_of_finder.session_id, None, "{}", wire(&kms));
 }
 
 #[test]
