@@ -436,4 +436,14 @@ fn the_application_server_example_skips_a_draining_kms_and_moves_on_when_a_gate_
         fuller.pipelines().is_empty(),
         "the example's destroy() ends its session, and KMS frees the session's pipeline"
     );
+
+    let only_draining = [arg(&draining_probe, &draining)];
+    let output = crate::harness::kurento_client::run_example(&only_draining).unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no KMS takes new sessions now"));
+    let output = crate::harness::kurento_client::run_example(&["nonsense".into()]).unwrap();
+    assert_eq!(output.status.code(), Some(2), "a bad argument exits 2");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("'nonsense' is not MEMPROBE-URL=GATE-URL")
+    );
 }

@@ -41,6 +41,11 @@ public final class PlacePipeline {
     List<Kms> fleet = new ArrayList<>();
     for (String arg : args) {
       String[] urls = arg.split("=", 2);
+      if (urls.length != 2) {
+        System.err.println("'" + arg + "' is not MEMPROBE-URL=GATE-URL"
+            + " (try http://kms-a:8899=ws://kms-a:8889/kurento)");
+        System.exit(2);
+      }
       fleet.add(new Kms(urls[0], urls[1]));
     }
     for (Kms kms : readyByHeadroom(fleet)) {
