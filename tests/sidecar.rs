@@ -33,6 +33,8 @@ mod kms_gate;
 mod kube;
 #[path = "cases/kurento.rs"]
 mod kurento;
+#[path = "cases/kurento_client.rs"]
+mod kurento_client;
 #[path = "cases/kurento_fake.rs"]
 mod kurento_fake;
 #[path = "cases/page.rs"]

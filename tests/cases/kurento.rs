@@ -33,7 +33,7 @@ fn with_kms<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// memprobe watching `target` by pid, with `kms` as its KMS.
-fn watch(kms: &FakeKms, target: &Workload, extra: &[&str]) -> Memprobe {
+pub(crate) fn watch(kms: &FakeKms, target: &Workload, extra: &[&str]) -> Memprobe {
     let (url, pid) = (kms.url(), target.pid.to_string());
     let mut args = vec!["--pid", pid.as_str()];
     args.extend_from_slice(extra);

@@ -73,7 +73,7 @@ fn assert_replayed(recorded: &str, got: &str) {
 }
 
 /// A client that did `connect` and subscribed to both object events.
-fn subscriber(kms: &FakeKms) -> (Client, String) {
+pub(crate) fn subscriber(kms: &FakeKms) -> (Client, String) {
     let mut client = Client::connect(kms);
     let sid = client.handshake(1);
     for (id, kind) in [(2, "ObjectCreated"), (3, "ObjectDestroyed")] {
@@ -99,7 +99,7 @@ fn until_reply(client: &mut Client, id: u64) -> Vec<Value> {
 }
 
 /// (type, object) of an event frame.
-fn event(frame: &Value) -> (String, String) {
+pub(crate) fn event(frame: &Value) -> (String, String) {
     let value = &frame["params"]["value"];
     let data = &value["data"];
     let object = data["object"].as_str().or(data["objectId"].as_str());
@@ -772,4 +772,195 @@ fn changes_race_an_in_flight_get_pipelines_as_asked() {
         (kind.as_str(), object.as_str()),
         ("ObjectCreated", late.as_str())
     );
+}
+
+/// The reference's "What the official Java kurento-client 7.3.0 sends", replayed as the client
+/// sends it (no `connect`; `ping` and the first `create` pipelined on a socket with no
+/// session; `jsonrpc` last, `params` after it in `closeSession`): KMS's recorded answers, byte
+/// for byte.
+#[test]
+fn the_official_clients_requests_get_the_answers_recorded_from_kms() {
+    let kms = FakeKms::start();
+    let mut client = Client::connect(&kms);
+    client.send(r#"{"id":1,"method":"ping","params":{"interval":240000},"jsonrpc":"2.0"}"#);
+    client.send(r#"{"id":2,"method":"create","params":{"type":"MediaPipeline","constructorParams":{},"properties":{}},"jsonrpc":"2.0"}"#);
+    assert_replayed(
+        r#"{"id":1,"jsonrpc":"2.0","result":{"value":"pong"}}"#,
+        &client.text(),
+    );
+    let created = client.text();
+    assert_replayed(
+        r#"{"id":2,"jsonrpc":"2.0","result":{"sessionId":"<uuid>","value":"<uuid>_kurento.MediaPipeline"}}"#,
+        &created,
+    );
+    let created: Value = serde_json::from_str(&created).unwrap();
+    let (sid, pipeline) = (
+        created["result"]["sessionId"].as_str().unwrap(),
+        created["result"]["value"].as_str().unwrap(),
+    );
+    // The client's ObjectCreated events go nowhere: it subscribes to none.
+    let endpoint = client.call(&format!(
+        r#"{{"id":3,"method":"create","params":{{"type":"WebRtcEndpoint","constructorParams":{{"mediaPipeline":"{pipeline}"}},"properties":{{}},"sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert_replayed(
+        &format!(
+            r#"{{"id":3,"jsonrpc":"2.0","result":{{"sessionId":"<uuid>","value":"{pipeline}/<uuid>_kurento.WebRtcEndpoint"}}}}"#
+        ),
+        &endpoint,
+    );
+    let released = client.call(&format!(
+        r#"{{"id":5,"method":"release","params":{{"object":"{pipeline}","sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert_replayed(
+        r#"{"id":5,"jsonrpc":"2.0","result":{"sessionId":"<uuid>"}}"#,
+        &released,
+    );
+    let closed = client.call(&format!(
+        r#"{{"id":7,"method":"closeSession","jsonrpc":"2.0","params":{{"sessionId":"{sid}"}}}}"#
+    ));
+    assert_replayed(r#"{"id":7,"jsonrpc":"2.0","result":null}"#, &closed);
+    assert!(kms.pipelines().is_empty());
+}
+
+/// The client's `getName`/`setName` (captured from it): a name is the object's id until set
+/// (KMS's `MediaObjectImpl::getName`), and a setter's answer has no `value`.
+#[test]
+fn get_name_is_the_id_until_set_name_and_a_setter_answers_with_no_value() {
+    let kms = FakeKms::start();
+    let mut client = Client::connect(&kms);
+    let sid = client.handshake(1);
+    let created = client.call_json(
+        r#"{"id":2,"method":"create","params":{"type":"MediaPipeline","constructorParams":{},"properties":{}},"jsonrpc":"2.0"}"#,
+    );
+    let pipeline = created["result"]["value"].as_str().unwrap().to_string();
+    let get_name = |id: u64| {
+        format!(
+            r#"{{"id":{id},"method":"invoke","params":{{"object":"{pipeline}","operation":"getName","sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#
+        )
+    };
+    let named = client.call_json(&get_name(3));
+    assert_eq!(
+        named["result"],
+        json!({"sessionId": sid, "value": pipeline})
+    );
+    let set = client.call(&format!(
+        r#"{{"id":4,"method":"invoke","params":{{"object":"{pipeline}","operation":"setName","operationParams":{{"name":"call-42"}},"sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert_eq!(
+        set,
+        format!(r#"{{"id":4,"jsonrpc":"2.0","result":{{"sessionId":"{sid}"}}}}"#)
+    );
+    let named = client.call_json(&get_name(5));
+    assert_eq!(named["result"]["value"], "call-42");
+}
+
+/// The client's `Transaction.commit()` (captured from it), answered as KMS's
+/// `ServerMethods::transaction` runs one: the operations in order in the transaction's session,
+/// `"newref:N"` replaced by operation N's value, each answer whole under the request's `value`,
+/// the first error ending the list; an operation whose id is not its index fails the whole
+/// request (40008, MALFORMED_TRANSACTION).
+#[test]
+fn a_transaction_runs_its_operations_in_order_and_stops_at_the_first_error() {
+    let kms = FakeKms::start();
+    let (mut watcher, _) = subscriber(&kms);
+    let mut client = Client::connect(&kms);
+    let sid = client.handshake(1);
+    let operations = |first_type: &str| {
+        format!(
+            r#"[{{"id":0,"method":"create","params":{{"type":"{first_type}","constructorParams":{{}},"properties":{{}}}},"jsonrpc":"2.0"}},{{"id":1,"method":"create","params":{{"type":"WebRtcEndpoint","constructorParams":{{"mediaPipeline":"newref:0"}},"properties":{{}}}},"jsonrpc":"2.0"}}]"#
+        )
+    };
+    let reply = client.call_json(&format!(
+        r#"{{"id":8,"method":"transaction","params":{{"operations":{},"sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#,
+        operations("MediaPipeline")
+    ));
+    assert_eq!(reply["id"], 8);
+    assert_eq!(reply["result"]["sessionId"], sid);
+    let answers = reply["result"]["value"].as_array().unwrap();
+    assert_eq!(answers.len(), 2, "{reply}");
+    let pipeline = answers[0]["result"]["value"].as_str().unwrap();
+    let endpoint = answers[1]["result"]["value"].as_str().unwrap();
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer["id"], i, "{answer}");
+        assert_eq!(answer["jsonrpc"], "2.0");
+        assert_eq!(answer["result"]["sessionId"], sid);
+    }
+    assert!(
+        endpoint.starts_with(&format!("{pipeline}/")),
+        "newref:0 is the pipeline: {reply}"
+    );
+    assert_eq!(kms.pipelines(), [pipeline]);
+    let created: Vec<String> = (0..2)
+        .map(|_| event(&serde_json::from_str(&watcher.text()).unwrap()).1)
+        .collect();
+    assert_eq!(created, [pipeline, endpoint], "an ObjectCreated for each");
+
+    let reply = client.call_json(&format!(
+        r#"{{"id":9,"method":"transaction","params":{{"operations":{},"sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#,
+        operations("Nope")
+    ));
+    assert_eq!(
+        compact(&reply["result"]["value"]),
+        r#"[{"error":{"code":40108,"data":{"type":"MEDIA_OBJECT_NOT_AVAILABLE"},"message":"Factory 'Nope' not found"},"id":0,"jsonrpc":"2.0"}]"#,
+        "the first error ends the list, inside a successful reply"
+    );
+
+    let reply = client.call(&format!(
+        r#"{{"id":10,"method":"transaction","params":{{"operations":[{{"id":1,"method":"ping","jsonrpc":"2.0"}}],"sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert_eq!(
+        reply,
+        r#"{"error":{"code":40008,"data":{"type":"MALFORMED_TRANSACTION"},"message":"Id of request '0' should be '0'"},"id":10,"jsonrpc":"2.0"}"#
+    );
+}
+
+/// The client's reconnect (captured from it): on a new WebSocket it sends `connect` with its
+/// session and gets the same session back while KMS lives; after KMS restarted that is 40007,
+/// and it connects again without params to a new session, with the new serverId.
+#[test]
+fn the_clients_reconnect_gets_its_session_back_and_a_restarted_kms_a_new_one() {
+    let kms = FakeKms::start();
+    let mut first = Client::connect(&kms);
+    let created = first.call_json(
+        r#"{"id":2,"method":"create","params":{"type":"MediaPipeline","constructorParams":{},"properties":{}},"jsonrpc":"2.0"}"#,
+    );
+    let sid = created["result"]["sessionId"].as_str().unwrap().to_string();
+    let pipeline = created["result"]["value"].as_str().unwrap().to_string();
+    drop(first);
+
+    let reconnect = |id: u64| {
+        format!(
+            r#"{{"id":{id},"method":"connect","jsonrpc":"2.0","params":{{"sessionId":"{sid}"}}}}"#
+        )
+    };
+    let mut second = Client::connect(&kms);
+    let again = second.call(&reconnect(11));
+    assert_eq!(
+        again,
+        format!(
+            r#"{{"id":11,"jsonrpc":"2.0","result":{{"serverId":"{}","sessionId":"{sid}"}}}}"#,
+            kms.server_id()
+        )
+    );
+    let children = second.call_json(&format!(
+        r#"{{"id":12,"method":"invoke","params":{{"object":"{pipeline}","operation":"getChildren","sessionId":"{sid}"}},"jsonrpc":"2.0"}}"#
+    ));
+    assert_eq!(
+        children["result"]["value"],
+        json!([]),
+        "the pipeline lives on"
+    );
+
+    let old_server = kms.server_id();
+    kms.sigterm();
+    kms.start_again();
+    let mut third = Client::connect(&kms);
+    assert_eq!(
+        third.call(&reconnect(13)),
+        r#"{"error":{"code":40007,"data":{"type":"INVALID_SESSION"},"message":"Invalid session"},"id":13,"jsonrpc":"2.0"}"#
+    );
+    let fresh = third.call_json(r#"{"id":14,"method":"connect","jsonrpc":"2.0"}"#);
+    assert_ne!(fresh["result"]["sessionId"], sid.as_str());
+    assert_ne!(fresh["result"]["serverId"], old_server.as_str());
+    assert_eq!(fresh["result"]["serverId"], kms.server_id());
 }

@@ -20,11 +20,17 @@
 //!   element, then the pipeline's, `release_delay` later; a frame that is not JSON (or, on a
 //!   socket with a session, is not an object or has `params` that is not one) drops the TCP
 //!   connection without a close frame; a message over 32 MB closes with 1009; SIGTERM drops
-//!   every connection with no event at all.
+//!   every connection with no event at all;
+//! - what the official Java kurento-client sends besides (captured from it, answered as KMS's
+//!   `ServerMethods` does): `transaction` (operations in order, `newref:N`, each answer whole,
+//!   the first error ends the list), `getName`/`setName`, and its reconnect's `connect` with
+//!   its session.
 //!
 //! Tests drive it (pipelines made and released as another client would, hangs, raw frames,
-//! SIGTERM and restarts, races with an in-flight `getPipelines`, `ObjectDestroyed` that stops
-//! coming) and ask it what memprobe did (the requests seen, getPipelines calls, cache hits).
+//! a `create` refused with a given error as a gate would refuse it, SIGTERM and restarts, races
+//! with an in-flight `getPipelines`, `ObjectDestroyed` that stops coming) and ask it what
+//! memprobe or a client did (the requests seen, every frame both ways, getPipelines calls,
+//! cache hits).
 //! [`Client`] is a plain WebSocket client for the fake's own conformance tests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -66,7 +72,7 @@ const FACTORIES: [&str; 10] = [
     "Dispatcher",
     "GStreamerFilter",
 ];
-const METHODS: [&str; 12] = [
+const METHODS: [&str; 13] = [
     "connect",
     "ping",
     "create",
@@ -79,6 +85,7 @@ const METHODS: [&str; 12] = [
     "keepAlive",
     "describe",
     "closeSession",
+    "transaction",
 ];
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -159,11 +166,22 @@ pub struct Seen {
     pub bound_to: Option<String>,
 }
 
+/// One frame on the wire, as sent, for tests that check what a client really sends.
+#[derive(Clone, Debug)]
+pub struct Wire {
+    pub connection: u64,
+    /// True for a frame from the client, false for one the fake sent.
+    pub inbound: bool,
+    pub text: String,
+}
+
 struct Object {
     kind: String,
     parent: Option<String>,
     children: BTreeSet<String>,
     owners: BTreeSet<String>,
+    /// The `name` property: the id until `setName`.
+    name: Option<String>,
 }
 
 struct Subscription {
@@ -196,6 +214,7 @@ struct Caused {
     when: When,
 }
 
+#[derive(Clone)]
 struct RpcError {
     code: i64,
     message: String,
@@ -268,6 +287,9 @@ struct State {
     connections: u64,
     next_conn: u64,
     seen: Vec<Seen>,
+    wire: Vec<Wire>,
+    /// `create` of these types is answered with this error instead (the gate's, say).
+    refused: HashMap<String, RpcError>,
 }
 
 struct Inner {
@@ -328,6 +350,8 @@ impl FakeKms {
             connections: 0,
             next_conn: 0,
             seen: Vec::new(),
+            wire: Vec::new(),
+            refused: HashMap::new(),
         };
         let inner = Arc::new(Inner {
             addr,
@@ -606,6 +630,27 @@ impl FakeKms {
         self.state().seen.clone()
     }
 
+    /// Every frame so far, both ways, in the order the fake read or queued them.
+    pub fn wire(&self) -> Vec<Wire> {
+        self.state().wire.clone()
+    }
+
+    /// From now on a `create` of `kind` is answered with this JSON-RPC error (the shape of
+    /// KMS's own: `code`, `message`, `data`), as a gate in front of KMS would answer it.
+    pub fn refuse_create(&self, kind: &str, code: i64, message: &str, data: Option<Value>) {
+        let error = RpcError {
+            code,
+            message: message.to_string(),
+            data,
+        };
+        self.state().refused.insert(kind.to_string(), error);
+    }
+
+    /// `create` of every type works again.
+    pub fn accept_creates(&self) {
+        self.state().refused.clear();
+    }
+
     pub fn requests_of(&self, method: &str) -> usize {
         self.state()
             .seen
@@ -774,6 +819,11 @@ impl Inner {
         {
             return false;
         }
+        s.wire.push(Wire {
+            connection: conn,
+            inbound: true,
+            text: text.to_string(),
+        });
         let Ok(mut request) = serde_json::from_str::<Value>(text) else {
             return false;
         };
@@ -812,8 +862,14 @@ impl Inner {
             s.emit(event.kind, &event.object);
         }
         if let Some(response) = &response {
+            let text = compact(response);
+            s.wire.push(Wire {
+                connection: conn,
+                inbound: false,
+                text: text.clone(),
+            });
             if let Some(conn) = s.conns.get(&conn) {
-                let _ = conn.tx.send(Out::Frame(compact(response)));
+                let _ = conn.tx.send(Out::Frame(text));
             }
             let rebind = response
                 .get("result")
@@ -1030,6 +1086,9 @@ impl State {
         match method {
             "create" => {
                 let kind = text("type")?;
+                if let Some(error) = self.refused.get(&kind) {
+                    return Err(error.clone());
+                }
                 if !FACTORIES.contains(&kind.as_str()) {
                     return Err(RpcError::kurento(
                         40108,
@@ -1064,7 +1123,8 @@ impl State {
                 } else {
                     self.object_operation(&object, &operation, params)?
                 };
-                Ok(with_session(Some(value)))
+                // A void operation (a setter) answers without a value.
+                Ok(with_session(Some(value).filter(|v| !v.is_null())))
             }
             "subscribe" => {
                 let kind = text("type")?;
@@ -1148,8 +1208,59 @@ impl State {
                 self.unref_session(&session);
                 Ok(Value::Null)
             }
+            "transaction" => self.transaction(&session, params, caused),
             _ => unreachable!("every method in METHODS has an arm"),
         }
+    }
+
+    /// KMS's `transaction`: each operation run in order in the transaction's session, a
+    /// `"newref:N"` anywhere in its params replaced by operation N's result value, and each
+    /// answer kept whole (`{"id":N,"jsonrpc":"2.0","result":..}` or its error); the first error
+    /// ends the list. The kurento-client sends one for `Transaction.commit()`.
+    fn transaction(
+        &mut self,
+        session: &str,
+        params: &Value,
+        caused: &mut Vec<Caused>,
+    ) -> Result<Value, RpcError> {
+        let Some(operations) = params.get("operations").and_then(Value::as_array) else {
+            return Err(RpcError::missing("operations"));
+        };
+        let mut responses: Vec<Value> = Vec::new();
+        for (i, operation) in operations.iter().enumerate() {
+            if operation["id"].as_u64() != Some(i as u64) {
+                return Err(RpcError::kurento(
+                    40008,
+                    "MALFORMED_TRANSACTION",
+                    format!("Id of request '{i}' should be '{i}'"),
+                ));
+            }
+            let mut op_params = match operation.get("params") {
+                Some(Value::Object(p)) => Value::Object(p.clone()),
+                _ => json!({}),
+            };
+            op_params["sessionId"] = json!(session);
+            inject_refs(&mut op_params, &responses)?;
+            let method = operation["method"].as_str().unwrap_or_default();
+            let outcome = if METHODS.contains(&method) {
+                self.call(method, &op_params, caused)
+            } else {
+                Err(RpcError {
+                    code: -32601,
+                    message: "Method not found.".into(),
+                    data: None,
+                })
+            };
+            let failed = outcome.is_err();
+            responses.push(match outcome {
+                Ok(result) => json!({"id": i, "jsonrpc": "2.0", "result": result}),
+                Err(e) => error_response(json!(i), e),
+            });
+            if failed {
+                break;
+            }
+        }
+        Ok(json!({"sessionId": session, "value": responses}))
     }
 
     fn server_manager(
@@ -1209,8 +1320,16 @@ impl State {
         operation: &str,
         params: &Value,
     ) -> Result<Value, RpcError> {
-        match (operation, self.objects.get(object)) {
+        match (operation, self.objects.get_mut(object)) {
             ("getChildren", Some(o)) => Ok(json!(o.children)),
+            ("getName", Some(o)) => Ok(json!(o.name.as_deref().unwrap_or(object))),
+            ("setName", Some(o)) => match params["operationParams"]["name"].as_str() {
+                Some(name) => {
+                    o.name = Some(name.to_string());
+                    Ok(Value::Null)
+                }
+                None => Err(unknown_operation(operation, params)),
+            },
             _ => Err(unknown_operation(operation, params)),
         }
     }
@@ -1280,6 +1399,7 @@ impl State {
                 parent,
                 children: BTreeSet::new(),
                 owners: owners.clone(),
+                name: None,
             },
         );
         for owner in owners {
@@ -1454,6 +1574,33 @@ impl State {
                 let _ = conn.tx.send(Out::Frame(frame.clone()));
             }
         }
+    }
+}
+
+/// A transaction's `"newref:N"`, anywhere in an operation's params, becomes the value of
+/// operation N's result.
+fn inject_refs(params: &mut Value, responses: &[Value]) -> Result<(), RpcError> {
+    match params {
+        Value::Object(map) => map.values_mut().try_for_each(|v| inject_refs(v, responses)),
+        Value::Array(items) => items.iter_mut().try_for_each(|v| inject_refs(v, responses)),
+        Value::String(text) => {
+            let Some(index) = text.strip_prefix("newref:") else {
+                return Ok(());
+            };
+            let malformed =
+                |message: String| RpcError::kurento(40008, "MALFORMED_TRANSACTION", message);
+            let index: usize = index
+                .parse()
+                .map_err(|_| malformed(format!("Invalid index of newref '{index}'")))?;
+            let value = responses
+                .get(index)
+                .and_then(|r| r["result"].get("value"))
+                .cloned()
+                .ok_or_else(|| malformed(format!("Result not found on request {index}")))?;
+            *params = value;
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod count_server;
 pub mod fake_kms;
 pub mod janus;
 pub mod kube;
+pub mod kurento_client;
 pub mod podman;
 pub mod skips;
 
