@@ -137,8 +137,7 @@ pub async fn serve(
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .keep_alive(false);
+                .max_buf_size(MAX_HEAD_BYTES);
             let _ = http
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::fake_kms::{Client, FakeKms, Received};
+use crate::harness::kurento_client::KurentoClient;
 use crate::harness::{Memprobe, Workload, free_port, run_to_end};
 
 /// memprobe watching `target` with `kms` behind a gate on a free port; the gate's URL.
@@ -142,13 +143,11 @@ fn a_draining_kms_takes_no_new_pipeline_through_the_gate_while_its_calls_go_on()
         Some(2),
         "an invoke on the existing pipeline is answered by KMS while draining"
     );
-    let status = probe.status();
+    let status = probe.wait_for("the refusal counted", |s| {
+        s["kms_gate"]["pipelines_refused_total"] == 1
+    });
     assert_eq!(status["state"], "draining", "the call is still live");
-    assert_eq!(
-        status["kms_gate"]["pipelines_refused_total"], 1,
-        "{status:#}"
-    );
-    assert_eq!(status["kms_gate"]["open_connections"], 1);
+    assert_eq!(status["kms_gate"]["open_connections"], 1, "{status:#}");
 
     client.send(&format!(
         r#"{{"id":7,"method":"release","params":{{"object":"{pipeline}","sessionId":"{session}"}},"jsonrpc":"2.0"}}"#
@@ -320,4 +319,133 @@ fn a_gate_that_would_relay_to_itself_or_to_no_kms_is_refused_at_start() {
         ),
         "{err}"
     );
+}
+
+/// The official Java kurento-client through the gate: pipelines while healthy; the gate's
+/// exception for a new one while draining, with its code and message; an existing pipeline
+/// that keeps working (an endpoint, an invoke, its release); and the recycle right after.
+#[test]
+fn the_official_client_through_the_gate_is_refused_a_new_pipeline_only_while_draining() {
+    let Some(mut client) = KurentoClient::start() else {
+        return;
+    };
+    let kms = FakeKms::start();
+    let mut target = Workload::start(None);
+    let (probe, gate_url, _) = gated(
+        &kms,
+        &target,
+        &[
+            "--sustain",
+            "1s",
+            "--min-drain",
+            "1s",
+            "--drain-timeout",
+            "1h",
+        ],
+    );
+    client
+        .connect(&gate_url)
+        .expect("the client connects through the gate");
+    let pipeline = client.pipeline().expect("a pipeline while healthy");
+    let spare = client.pipeline().expect("a second one while healthy");
+    client.release(&spare).expect("released while healthy");
+    probe.wait_for("the client's pipeline counted", |s| s["sessions"] == 1);
+
+    target.send("alloc 150MiB");
+    probe.wait_state("draining");
+    let refused = client
+        .pipeline()
+        .expect_err("no new pipeline while draining");
+    assert_eq!(refused.code, Some(-32099), "{refused}");
+    assert!(
+        refused.class.ends_with("KurentoServerException")
+            && refused
+                .message
+                .starts_with("this KMS takes no new media pipelines (draining:")
+            && refused
+                .message
+                .contains("create the pipeline on another KMS"),
+        "the exception the application sees says what happened and what to do: {refused}"
+    );
+    let in_transaction = client.transaction().expect_err("nor inside a transaction");
+    assert_eq!(in_transaction.code, Some(-32099), "{in_transaction}");
+    assert_eq!(
+        kms.pipelines(),
+        vec![pipeline.clone()],
+        "nothing landed on the draining KMS"
+    );
+
+    let endpoint = client
+        .endpoint(&pipeline)
+        .expect("an endpoint on the existing pipeline, while draining");
+    client
+        .set_name(&endpoint, "caller")
+        .expect("an invoke on it, while draining");
+    assert_eq!(client.name(&endpoint).expect("its name"), "caller");
+    assert_eq!(
+        probe.status()["state"],
+        "draining",
+        "the call is still live"
+    );
+
+    client.release(&pipeline).expect("its release passes");
+    let status = probe.wait_state("recycle");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("last session ended after draining"),
+        "recycled right after the client's last release: {status:#}"
+    );
+    assert_eq!(
+        status["kms_gate"]["pipelines_refused_total"], 2,
+        "{status:#}"
+    );
+}
+
+/// memprobe restarted in the middle of a call: the client's WebSocket drops with memprobe,
+/// kurento-client reconnects through the gate once it is back, with its session, and its
+/// pipeline, which KMS kept, is still usable.
+#[test]
+fn the_official_clients_pipeline_outlives_a_memprobe_restart_mid_call() {
+    let Some(mut client) = KurentoClient::start() else {
+        return;
+    };
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (probe, gate_url, gate) = gated(&kms, &target, &[]);
+    client
+        .connect(&gate_url)
+        .expect("connects through the gate");
+    let pipeline = client.pipeline().expect("a pipeline");
+    let endpoint = client.endpoint(&pipeline).expect("an endpoint");
+
+    drop(probe);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let again = Memprobe::start(&[
+        "--interval",
+        "100ms",
+        "--threshold",
+        "100MiB",
+        "--kms-url",
+        &url,
+        "--kms-timeout",
+        "2s",
+        "--pid",
+        &pid,
+        "--kms-gate",
+        &gate,
+    ]);
+    again.wait_for("the gate back", |s| {
+        s["kms_gate"]["listen"] == gate.as_str()
+    });
+    client.wait_event("reconnected", 1);
+    client
+        .set_name(&endpoint, "after-restart")
+        .expect("the endpoint made before the restart answers after it");
+    assert!(
+        client.endpoint(&pipeline).is_ok(),
+        "the pipeline takes a new endpoint after memprobe's restart"
+    );
+    assert_eq!(kms.pipelines(), vec![pipeline], "KMS kept the one pipeline");
 }

@@ -1,5 +1,6 @@
 package example;
 
+import com.google.gson.JsonElement;
 import com.google.gson.JsonObject;
 import com.google.gson.JsonParser;
 import java.net.URI;
@@ -23,7 +24,7 @@ import org.kurento.commons.exception.KurentoException;
  *
  * <pre>
  * java -cp memprobe-kurento-client.jar example.PlacePipeline \
- *     http://kms-a:8899=ws://kms-a:8889/kurento http://kms-b:8899=ws://kms-b:8889/kurento
+ *     http://kms-a:8899=ws://kms-a:8888/kurento http://kms-b:8899=ws://kms-b:8888/kurento
  * </pre>
  *
  * Each argument is a KMS: its memprobe's address, then its gate's (--kms-gate) WebSocket.
@@ -43,7 +44,7 @@ public final class PlacePipeline {
       String[] urls = arg.split("=", 2);
       if (urls.length != 2) {
         System.err.println("'" + arg + "' is not MEMPROBE-URL=GATE-URL"
-            + " (try http://kms-a:8899=ws://kms-a:8889/kurento)");
+            + " (try http://kms-a:8899=ws://kms-a:8888/kurento)");
         System.exit(2);
       }
       fleet.add(new Kms(urls[0], urls[1]));
@@ -91,13 +92,12 @@ public final class PlacePipeline {
     return ready.stream().map(Ready::kms).toList();
   }
 
-  /** Bytes until memprobe's threshold, from its /status. */
+  /** Bytes until memprobe's threshold, from its /status (0 while memory is not known yet). */
   static long headroomBytes(Kms kms) throws Exception {
     JsonObject status = JsonParser.parseString(get(kms.memprobe() + "/status").body())
         .getAsJsonObject();
-    long threshold = status.getAsJsonObject("threshold").get("bytes").getAsLong();
-    long used = status.getAsJsonObject("memory").get("deciding_bytes").getAsLong();
-    return threshold - used;
+    JsonElement headroom = status.get("headroom_bytes");
+    return headroom == null || headroom.isJsonNull() ? 0 : headroom.getAsLong();
   }
 
   static HttpResponse<String> get(String url) throws Exception {
