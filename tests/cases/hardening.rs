@@ -288,8 +288,9 @@ fn on_sigterm_ready_fails_at_once_the_port_answers_through_the_delay_then_exits_
         .unwrap();
     assert_eq!(on_connection(&mut kept, "/ready"), "HTTP/1.1 200 OK");
 
-    memprobe.signal("TERM");
+    // Taken before the signal is sent: memprobe's delay starts when it receives it.
     let signalled = Instant::now();
+    memprobe.signal("TERM");
     let deadline = signalled + Duration::from_secs(10);
     while on_connection(&mut kept, "/ready") != "HTTP/1.1 503 Service Unavailable" {
         assert!(Instant::now() < deadline, "/ready never turned 503");
@@ -598,6 +599,7 @@ fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_
         ("--kms-failures", "0", true),
         ("--kms-hang-timeout", "9days", true),
         ("--kms-gc-period", "-1s", true),
+        ("--kms-gate", "nowhere", true),
         ("--memory-source", "disk", true),
         ("--listen", "nowhere", true),
         ("--agent-listen", "nowhere", true),
