@@ -86,9 +86,9 @@ impl Checker<'_> {
         if bytes >= MIN_SIZE_BYTES {
             return Ok(());
         }
-        let shown = units::clip(text.trim(), 40);
-        let bare = shown.bytes().all(|b| b.is_ascii_digit());
-        let example = match shown.parse::<u64>() {
+        let number = text.trim();
+        let bare = number.bytes().all(|b| b.is_ascii_digit());
+        let example = match number.parse::<u64>() {
             Ok(n @ 1..=100) if bare && percent => format!("{n}%"),
             Ok(n) if bare => format!("{n}Mi"),
             _ if percent => "80%".to_string(),

@@ -182,11 +182,12 @@ fn a_pidfile_that_never_ends_costs_nothing_and_says_so_briefly() {
 
 #[test]
 fn a_secret_in_the_kms_url_is_never_shown() {
+    let own = std::process::id().to_string();
     let memprobe = Memprobe::start(&[
         "--interval",
         "100ms",
         "--pid",
-        "4194303",
+        &own,
         "--kms-url",
         "ws://admin:S3cr3t@127.0.0.1:9/kurento?token=X",
         "--kms-timeout",
