@@ -1106,4 +1106,33 @@ mod tests {
         assert_eq!(line, "judged by: threshold 100.00 MiB, critical off");
         assert_eq!(warning, None, "a size does not depend on the limit");
     }
+
+    /// Memory hovering at the threshold flips the state at every sample: `/status` keeps each
+    /// flip, and the monitor hands every one to the count that the log says once.
+    #[test]
+    fn flips_at_the_threshold_are_all_kept_and_counted_for_the_log() {
+        let mut rig = Rig::new();
+        rig.step(SECOND, found(42, 50));
+        for i in 0..12 {
+            rig.sample(SECOND, if i % 2 == 0 { 101 } else { 99 });
+        }
+        let snap = rig.sample(SECOND / 10, 99);
+        let flips = snap
+            .status
+            .transitions
+            .iter()
+            .filter(|t| {
+                matches!(
+                    (t.from, t.to),
+                    (State::Healthy, State::Elevated) | (State::Elevated, State::Healthy)
+                )
+            })
+            .count();
+        assert_eq!(flips, 12, "every flip is in /status");
+        assert_eq!(
+            rig.monitor.flaps.counted(),
+            11,
+            "the first flip is logged, the other eleven counted"
+        );
+    }
 }

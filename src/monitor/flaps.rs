@@ -74,6 +74,12 @@ impl Flaps {
         }
     }
 
+    /// Flips counted and not said yet.
+    #[cfg(test)]
+    pub fn counted(&self) -> u32 {
+        self.counted
+    }
+
     /// At every step: the count, once the flips have stopped or a window has passed.
     pub fn tick(&mut self, now: Instant) -> Option<String> {
         let quiet = self
