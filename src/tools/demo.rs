@@ -350,7 +350,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             Story::Drain => forecast::Settings::DEFAULT,
             Story::Quiet => QUIET_FORECAST,
         },
-        crate::Listeners {
+        crate::sidecar::Listeners {
             probes: listener,
             agent: None,
             kms_gate: None,
