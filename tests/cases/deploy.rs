@@ -1230,3 +1230,83 @@ fn the_jemalloc_image_and_overlay_set_the_malloc_conf_measured_on_a_real_kms() {
         );
     }
 }
+
+/// Every yaml file under `dir`, recursively.
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+/// The `MEMPROBE_*` names set on a memprobe container (or compose service) in `value`.
+fn memprobe_env(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if map.get("name").and_then(Value::as_str) == Some("memprobe")
+                && let Some(env) = map.get("env").and_then(Value::as_array)
+            {
+                out.extend(
+                    env.iter()
+                        .filter_map(|e| e["name"].as_str())
+                        .filter(|n| n.starts_with("MEMPROBE_"))
+                        .map(str::to_owned),
+                );
+            }
+            if let Some(env) = map
+                .get("memprobe")
+                .and_then(|s| s.get("environment"))
+                .and_then(Value::as_object)
+            {
+                out.extend(env.keys().filter(|n| n.starts_with("MEMPROBE_")).cloned());
+            }
+            for v in map.values() {
+                memprobe_env(v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| memprobe_env(v, out)),
+        _ => {}
+    }
+}
+
+/// memprobe warns at start of a `MEMPROBE_*` variable no flag reads: none of the shipped
+/// manifests sets one on memprobe.
+#[test]
+fn the_shipped_manifests_set_memprobe_no_variable_it_would_warn_of() {
+    let help = crate::harness::run_to_end(&["--help"], &[]);
+    let known: Vec<String> = String::from_utf8_lossy(&help.stdout)
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("MEMPROBE_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        known.len() > 40,
+        "--help names each flag's variable: {known:?}"
+    );
+    let mut files = Vec::new();
+    yaml_files(&path("deploy"), &mut files);
+    let mut checked = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut set = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let Ok(doc) = <Value as serde::Deserialize>::deserialize(doc) else {
+                continue;
+            };
+            memprobe_env(&doc, &mut set);
+        }
+        checked += set.len();
+        for name in set {
+            assert!(
+                known.contains(&name),
+                "{}: memprobe is given {name}, which no flag reads",
+                file.display()
+            );
+        }
+    }
+    assert!(checked > 10, "only {checked} variables found on memprobe");
+}
