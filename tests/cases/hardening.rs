@@ -913,6 +913,10 @@ fn the_start_warns_of_unknown_variables_and_says_what_the_instance_is_judged_by(
         unknown.contains("did you mean MEMPROBE_THRESHOLD?"),
         "{unknown}"
     );
+    assert!(
+        !unknown.contains("60%"),
+        "the name alone, never the value: {unknown}"
+    );
     let start = memprobe.said_once("judging rss: threshold 80%, critical off; percentages of");
     assert!(start.contains("INFO"), "{start}");
     let source = status["threshold"]["limit"]["source"]
