@@ -125,9 +125,7 @@ impl Config {
             events: self.fleet.events,
         }
     }
-}
 
-impl Config {
     /// The threshold and critical level as given, and the limit a percentage is of: said at
     /// start, before a target is found (then `monitor` says them resolved, and warns when the
     /// limit is the host's).
