@@ -74,3 +74,85 @@ where
         }
     })
 }
+
+/// A usage error as clap renders it, whole (its tips and lists included), on memprobe's
+/// terms: `memprobe: ` for clap's `error: `, and a tip of ours where a size was split from its
+/// unit (`--threshold 1.5 GiB` reads to clap as a subcommand `GiB`).
+pub fn usage_error(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let rendered = rendered.trim_end();
+    let (first, rest) = rendered.split_once('\n').unwrap_or((rendered, ""));
+    let first = first.trim_start_matches("error: ");
+    let mut out = format!("memprobe: {first}");
+    if let Some(unit) = unit_apart(e) {
+        out.push_str(&format!(
+            "\n\n  tip: a size and its unit are one word: 1.5{unit}, not 1.5 {unit}"
+        ));
+    }
+    if !rest.is_empty() {
+        out.push('\n');
+        out.push_str(rest);
+    }
+    out
+}
+
+/// The unit clap took for a subcommand or an argument of its own, if it is one.
+fn unit_apart(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    const UNITS: [&str; 20] = [
+        "b", "k", "kb", "ki", "kib", "m", "mb", "mi", "mib", "g", "gb", "gi", "gib", "t", "tb",
+        "ti", "tib", "%", "kB", "byte",
+    ];
+    let word = [ContextKind::InvalidSubcommand, ContextKind::InvalidArg]
+        .into_iter()
+        .find_map(|kind| match e.get(kind) {
+            Some(ContextValue::String(word)) => Some(word.clone()),
+            _ => None,
+        })?;
+    let unit = word.trim();
+    UNITS
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case(unit))
+        .then(|| unit.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(args: &[&str]) -> String {
+        match parse_with(
+            std::iter::once("memprobe").chain(args.iter().copied()),
+            1 << 34,
+        ) {
+            Err(ParseError::Clap(e)) => usage_error(&e),
+            other => panic!("{args:?} is a usage error, not {other:?}"),
+        }
+    }
+
+    /// clap's whole message is kept: its tip for a misspelt flag was cut before.
+    #[test]
+    fn a_usage_error_keeps_clap_s_tip() {
+        let said = usage(&["--treshold", "80%"]);
+        assert!(
+            said.starts_with("memprobe: unexpected argument '--treshold' found"),
+            "{said}"
+        );
+        assert!(
+            said.contains("tip: a similar argument exists: '--threshold'"),
+            "{said}"
+        );
+        assert!(said.contains("Usage: memprobe"), "{said}");
+    }
+
+    #[test]
+    fn a_size_split_from_its_unit_is_told_so() {
+        let said = usage(&["--threshold", "1.5", "GiB"]);
+        assert!(
+            said.contains("tip: a size and its unit are one word: 1.5GiB, not 1.5 GiB"),
+            "{said}"
+        );
+        let said = usage(&["--treshold", "80%"]);
+        assert!(!said.contains("one word"), "{said}");
+    }
+}

@@ -7,6 +7,7 @@
 
 use std::process::ExitCode;
 
+use clap::CommandFactory;
 use clap::error::ErrorKind;
 use memprobe::cli::{self, Invocation};
 use memprobe::config::{Config, LogFormat, ParseError};
@@ -55,7 +56,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Help and version go to stdout with status 0; usage errors become one line and status 2.
+/// Help and version go to stdout with status 0; usage errors, clap's whole message (its tips
+/// included), go to stderr with status 2.
 fn clap_outcome(e: clap::Error) -> ExitCode {
     match e.kind() {
         ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
@@ -63,10 +65,7 @@ fn clap_outcome(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            let rendered = e.render().to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
-            let line = line.trim_start_matches("error: ");
-            eprintln!("memprobe: {line} (see memprobe --help)");
+            eprintln!("{}", cli::usage_error(&e));
             ExitCode::from(2)
         }
     }
@@ -79,8 +78,11 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::prelude::*;
     let filter: Targets = match std::env::var("RUST_LOG") {
         Ok(text) if !text.trim().is_empty() => text.trim().parse().map_err(|_| {
+            let shown: String = text.chars().take(100).collect();
+            let more = if shown.len() < text.len() { "…" } else { "" };
             format!(
-                "RUST_LOG: '{text}' is not a log filter (try info, debug or memprobe=debug,warn)"
+                "RUST_LOG: '{shown}{more}' is not a log filter (try info, debug or \
+                 memprobe=debug,warn)"
             )
         })?,
         _ => Targets::new().with_default(tracing::Level::INFO),
@@ -130,6 +132,11 @@ async fn sidecar(config: Config) -> ExitCode {
         .map_or(config.outlets.http.listen, |a| a);
     let target = &config.sources.proc.target;
     tracing::info!(%addr, watching = %target, "listening on {addr}, watching {target}");
+    tracing::info!("{}", config.judging());
+    let variables = std::env::vars_os().map(|(name, _)| name);
+    for unknown in memprobe::config::unknown_variables(&cli::Cli::command(), variables) {
+        tracing::warn!("{unknown}");
+    }
     let agent = match config.outlets.agent.map(|a| a.listen) {
         None => None,
         Some(at) => match TcpListener::bind(at).await {

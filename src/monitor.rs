@@ -16,6 +16,7 @@
 //! looks for it again with a backoff from 100 ms up to the interval: a restarted server is
 //! found quickly, and a server that is not there costs at most one scan per interval.
 
+mod flaps;
 mod record;
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::fleet::{Ask, Coordinator};
 use crate::forecast;
-use crate::limit::{self, MemoryLimit};
+use crate::limit::{self, LimitSource, MemoryLimit};
 use crate::policy::quiet::QuietMoment;
 use crate::policy::{self, Decider, Observation, Policy, State, Transition};
 use crate::sources::operator::{Asked, Message, Request};
@@ -39,7 +40,7 @@ use crate::sources::{
 use crate::status::{
     ForecastStatus, MemoryStatus, Point, Renderers, Snapshot, Status, ThresholdStatus,
 };
-use crate::units::{Bytes, Human};
+use crate::units::{Bytes, Human, SizeOrPercent};
 use record::Record;
 
 /// What the loop runs by, composed by the wiring from the families' settings.
@@ -92,6 +93,10 @@ pub struct Monitor {
     started: Instant,
     /// The fleet this instance belongs to, told of every transition.
     fleet: Box<dyn Coordinator>,
+    /// Flips between healthy and elevated, counted rather than logged one by one.
+    flaps: flaps::Flaps,
+    /// The time of the step or request being handled, for the log's count of flips.
+    now: Instant,
     render: Renderers,
     publish: watch::Sender<Arc<Snapshot>>,
 }
@@ -136,6 +141,8 @@ impl Monitor {
             quiet: QuietMoment::new(settings.policy.quiet_within, settings.policy.min_drain),
             started: now,
             fleet,
+            flaps: flaps::Flaps::default(),
+            now,
             render,
             publish,
             settings,
@@ -191,6 +198,7 @@ impl Monitor {
 
     /// Hands an operator's request to the policy, publishes the outcome and replies with it.
     pub fn answer(&mut self, now: Instant, asked: Asked) {
+        self.now = now;
         let outcome = match asked.request {
             Request::Drain => self.decider.request_drain(now, &asked.who),
             Request::CancelDrain => self.decider.cancel_drain(now, &asked.who),
@@ -217,6 +225,7 @@ impl Monitor {
         let outcome = self.memory.step(started);
         // The clock is read after the blocking reads, so time spent there is not lost.
         let now = clock().max(started);
+        self.now = now;
         self.apply(now, outcome)?;
         if let Some(server) = &server
             && let Some(tr) = self.decider.server_answers(now, server.failed_pings)
@@ -225,6 +234,9 @@ impl Monitor {
         }
         self.server = server.map(|s| s.report);
         self.ask_the_fleet();
+        if let Some(flips) = self.flaps.tick(now) {
+            info!("{flips}");
+        }
         self.publish(now, self.server.clone());
         Ok(if self.target.is_some() {
             self.backoff = FIRST_BACKOFF;
@@ -255,9 +267,13 @@ impl Monitor {
                 self.limit = limit;
                 self.target = Some(target);
                 self.last_sample = None;
-                let tr = self
-                    .decider
-                    .new_incarnation(now, judged_by(&self.settings, limit), &who);
+                let policy = judged_by(&self.settings, limit);
+                let (line, host_warning) = judging(&self.settings.policy, &policy, limit);
+                info!("{line}");
+                if let Some(warning) = host_warning {
+                    warn!("{warning}");
+                }
+                let tr = self.decider.new_incarnation(now, policy, &who);
                 self.record.found(self.decider.incarnations() > 1);
                 self.quiet.new_incarnation();
                 self.transition(tr);
@@ -424,13 +440,19 @@ impl Monitor {
     }
 
     fn transition(&mut self, tr: Transition) {
-        info!(
-            from = tr.from.as_str(),
-            to = tr.to.as_str(),
-            "{}: {}",
-            tr.to.as_str(),
-            tr.reason
-        );
+        let said = self.flaps.transition(self.now, &tr);
+        if let Some(flips) = said.summary {
+            info!("{flips}");
+        }
+        if said.logged {
+            info!(
+                from = tr.from.as_str(),
+                to = tr.to.as_str(),
+                "{}: {}",
+                tr.to.as_str(),
+                tr.reason
+            );
+        }
         self.record.transition(&tr, SystemTime::now());
         self.fleet.told(&tr, self.decider.requested_by().is_some());
     }
@@ -520,6 +542,46 @@ fn judged_by(settings: &Settings, limit: MemoryLimit) -> Policy {
         );
     }
     policy
+}
+
+/// What one incarnation is judged by, said when it is found: the threshold and critical level
+/// resolved, and the limit they were taken of. A percentage of the host's MemTotal (no cgroup
+/// limit found, no `--memory-limit`) is warned of: on a shared node the kernel's OOM killer
+/// may act long before 80% of the whole machine is reached.
+fn judging(
+    given: &policy::Settings,
+    policy: &Policy,
+    limit: MemoryLimit,
+) -> (String, Option<String>) {
+    let of = |s: SizeOrPercent| match s {
+        SizeOrPercent::Percent(_) => format!(
+            " ({s} of {} from {})",
+            Bytes(limit.bytes),
+            limit.source.as_str()
+        ),
+        SizeOrPercent::Bytes(_) => String::new(),
+    };
+    let critical = match (policy.critical_bytes, given.critical) {
+        (Some(bytes), Some(c)) => format!("{}{}", Bytes(bytes), of(c)),
+        _ => "off".to_string(),
+    };
+    let line = format!(
+        "judged by: threshold {}{}, critical {critical}",
+        Bytes(policy.threshold_bytes),
+        of(given.threshold)
+    );
+    let percent = matches!(given.threshold, SizeOrPercent::Percent(_))
+        || matches!(given.critical, Some(SizeOrPercent::Percent(_)));
+    let warning = (percent && limit.source == LimitSource::HostMemTotal).then(|| {
+        format!(
+            "the memory limit is the host's MemTotal ({}): no cgroup limit was found for the \
+             target and no --memory-limit given, so a percentage is of the whole machine and \
+             memprobe may never act before the kernel does (give --memory-limit, e.g. the \
+             container's limits.memory, or a size: --threshold 1536Mi)",
+            Bytes(limit.bytes)
+        )
+    });
+    (line, warning)
 }
 
 #[cfg(test)]
@@ -999,5 +1061,78 @@ mod tests {
         rig.script.lock().unwrap().push_back(outcome);
         let now = rig.now.get();
         assert!(rig.monitor.step(&|| now).is_err());
+    }
+
+    /// The first lines say what an incarnation is judged by, resolved, and where the limit
+    /// came from; a percentage of the host's MemTotal is a warning, a size or a cgroup's
+    /// limit is not.
+    #[test]
+    fn an_incarnation_says_what_it_is_judged_by_and_warns_of_the_hosts_memory() {
+        let mut given = settings().policy;
+        given.threshold = SizeOrPercent::Percent(80.0);
+        given.critical = Some(SizeOrPercent::Percent(95.0));
+        let host = MemoryLimit {
+            bytes: 16 * 1024 * MI,
+            source: LimitSource::HostMemTotal,
+        };
+        let (policy, _) = given.resolve("rss", host);
+        let (line, warning) = judging(&given, &policy, host);
+        assert_eq!(
+            line,
+            "judged by: threshold 12.80 GiB (80% of 16.00 GiB from host MemTotal), \
+             critical 15.20 GiB (95% of 16.00 GiB from host MemTotal)"
+        );
+        let warning = warning.expect("a percentage of the host's memory is warned of");
+        assert!(
+            warning.starts_with("the memory limit is the host's MemTotal (16.00 GiB)"),
+            "{warning}"
+        );
+        let cgroup = MemoryLimit {
+            bytes: 2048 * MI,
+            source: LimitSource::CgroupV2,
+        };
+        let (policy, _) = given.resolve("rss", cgroup);
+        let (line, warning) = judging(&given, &policy, cgroup);
+        assert!(
+            line.contains("(80% of 2.00 GiB from cgroup v2 memory.max)"),
+            "{line}"
+        );
+        assert_eq!(
+            warning, None,
+            "a cgroup's limit is what a percentage is for"
+        );
+        let (policy, _) = settings().policy.resolve("rss", host);
+        let (line, warning) = judging(&settings().policy, &policy, host);
+        assert_eq!(line, "judged by: threshold 100.00 MiB, critical off");
+        assert_eq!(warning, None, "a size does not depend on the limit");
+    }
+
+    /// Memory hovering at the threshold flips the state at every sample: `/status` keeps each
+    /// flip, and the monitor hands every one to the count that the log says once.
+    #[test]
+    fn flips_at_the_threshold_are_all_kept_and_counted_for_the_log() {
+        let mut rig = Rig::new();
+        rig.step(SECOND, found(42, 50));
+        for i in 0..12 {
+            rig.sample(SECOND, if i % 2 == 0 { 101 } else { 99 });
+        }
+        let snap = rig.sample(SECOND / 10, 99);
+        let flips = snap
+            .status
+            .transitions
+            .iter()
+            .filter(|t| {
+                matches!(
+                    (t.from, t.to),
+                    (State::Healthy, State::Elevated) | (State::Elevated, State::Healthy)
+                )
+            })
+            .count();
+        assert_eq!(flips, 12, "every flip is in /status");
+        assert_eq!(
+            rig.monitor.flaps.counted(),
+            11,
+            "the first flip is logged, the other eleven counted"
+        );
     }
 }

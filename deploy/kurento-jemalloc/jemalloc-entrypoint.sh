@@ -1,6 +1,7 @@
 #!/bin/sh
 # Preload jemalloc for KMS, then hand over to the image's own entrypoint.
-# MALLOC_CONF (e.g. background_thread:true or stats_print:true) is passed through as set.
+# MALLOC_CONF (the image's background_thread:true, or any value the container is given) is
+# passed through as set.
 set -eu
 # The Dockerfile links the architecture's own library here.
 JEMALLOC=/usr/local/lib/libjemalloc.so.2

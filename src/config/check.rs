@@ -1,5 +1,6 @@
 //! Checks of one flag's text, each error naming where the value came from (`--flag` or
-//! `MEMPROBE_FLAG`), the value, and an example that works.
+//! `MEMPROBE_FLAG`), the value, and an example that works. Given text, not `WatchFlags`: this
+//! file names no other of `config`'s files, and `values` reads it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,17 +9,24 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, ValueEnum};
 
-use super::flags::WatchFlags;
 use super::{DEFAULT_NAME, FlagError};
 use crate::outlets::recycle::RecycleAction;
 use crate::policy::fleet::Budget;
 use crate::secret::{Secret, SecretUrl, Token, read_secret_file};
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::{MemoryFrom, MemoryKind};
-use crate::units::{self, DurationRange, UnitError};
+use crate::units::{self, DurationRange, SizeOrPercent, UnitError};
 
 /// The longest `--shutdown-delay`: a kubelet gives a pod 30 s by default to stop.
 const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
+/// The smallest size `--threshold`, `--critical` or `--memory-limit` takes. A size under it
+/// is below what any server's process keeps resident (its C library and binary alone), so a
+/// threshold there is crossed by the first sample and every instance drains: it is a
+/// percentage or a unit forgotten (`MEMPROBE_THRESHOLD: "80"`), never a setting.
+pub(super) const MIN_SIZE_BYTES: u64 = 1 << 20;
+/// How much of a refused value an error shows (and `…` after it): enough for any value
+/// meant, never a page of one that was not.
+const MAX_SHOWN_BYTES: usize = 100;
 const MIN_LEASE: Duration = Duration::from_secs(6);
 const MAX_LEASE: Duration = Duration::from_secs(3600);
 
@@ -39,10 +47,11 @@ impl Checker<'_> {
         }
     }
 
+    /// A refusal of `value`, shown clipped: a 130 KB value is named by its start, on one line.
     pub(super) fn error(&self, id: &str, value: &str, problem: &str) -> FlagError {
         FlagError {
             origin: self.origin(id),
-            value: Some(value.to_string()),
+            value: Some(units::clip(value, MAX_SHOWN_BYTES)),
             problem: problem.to_string(),
         }
     }
@@ -54,6 +63,47 @@ impl Checker<'_> {
         parse: impl Fn(&str) -> Result<T, UnitError>,
     ) -> Result<T, FlagError> {
         parse(text).map_err(|e| self.error(id, text, &e.to_string()))
+    }
+
+    /// A size or a percentage (`--threshold`, `--critical`); a size of at least 1 MiB.
+    pub(super) fn size_or_percent(&self, id: &str, text: &str) -> Result<SizeOrPercent, FlagError> {
+        let value = self.unit(id, text, units::parse_size_or_percent)?;
+        if let SizeOrPercent::Bytes(bytes) = value {
+            self.not_tiny(id, text, bytes, true)?;
+        }
+        Ok(value)
+    }
+
+    /// A size (`--memory-limit`) of at least 1 MiB.
+    pub(super) fn size(&self, id: &str, text: &str) -> Result<u64, FlagError> {
+        let bytes = self.unit(id, text, units::parse_size)?;
+        self.not_tiny(id, text, bytes, false)?;
+        Ok(bytes)
+    }
+
+    /// Refuses a size under [`MIN_SIZE_BYTES`]: `80` is 80 bytes, and meant `80%` or `80Mi`.
+    fn not_tiny(&self, id: &str, text: &str, bytes: u64, percent: bool) -> Result<(), FlagError> {
+        if bytes >= MIN_SIZE_BYTES {
+            return Ok(());
+        }
+        let number = text.trim();
+        let bare = number.bytes().all(|b| b.is_ascii_digit());
+        let example = match number.parse::<u64>() {
+            Ok(n @ 1..=100) if bare && percent => format!("{n}%"),
+            Ok(n) if bare => format!("{n}Mi"),
+            _ if percent => "80%".to_string(),
+            _ => "2Gi".to_string(),
+        };
+        let problem = format!(
+            "is {}, too small to be a server's memory{} (try {example})",
+            units::Bytes(bytes),
+            if bare {
+                ": a number without a unit is bytes"
+            } else {
+                ""
+            },
+        );
+        Err(self.error(id, text, &problem))
     }
 
     pub(super) fn duration(&self, id: &str, text: &str) -> Result<Duration, FlagError> {
@@ -282,6 +332,14 @@ impl Checker<'_> {
                            (try the pid of a server process)";
             return Err(self.error("pid", text, problem));
         }
+        // A pid is one process: one that is not there at start never will be (a pid used
+        // again later is another process). Signal 0 tells, even without the right to signal.
+        let exists = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+        if let Err(nix::errno::Errno::ESRCH) = exists {
+            let problem = "is not a running process (try the pid of a running server, or \
+                           --pidfile or --name for one that is not started yet)";
+            return Err(self.error("pid", text, problem));
+        }
         Ok(pid)
     }
 
@@ -431,7 +489,7 @@ impl Checker<'_> {
     /// `--memory-source kms` reads memory from KMS itself: there is no process to pick.
     pub(super) fn kms_source(
         &self,
-        flags: &WatchFlags,
+        include_children_given: bool,
         kms_on: bool,
         memory: MemoryKind,
     ) -> Result<(), FlagError> {
@@ -447,7 +505,7 @@ impl Checker<'_> {
                 });
             }
         }
-        if flags.include_children.is_some() {
+        if include_children_given {
             return Err(FlagError {
                 origin: self.origin("include_children"),
                 value: None,

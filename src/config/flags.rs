@@ -1,17 +1,10 @@
 //! The sidecar's flags as clap reads them: text, not yet validated, each with its variable
-//! (`MEMPROBE_<FLAG>`), in the order `--help` lists them.
+//! (`MEMPROBE_<FLAG>`), in the order `--help` lists them. The lowest of `config`'s files: it
+//! names neither `check` nor `values`, which read it.
 
 use std::path::PathBuf;
 
 use clap::Args;
-
-use super::{Config, FlagError};
-use crate::limit::MemoryLimit;
-use crate::policy::{SizeProblem, check_sizes};
-use crate::units::{Bytes, SizeOrPercent};
-
-use super::check::Checker;
-use super::values::Values;
 
 /// The sidecar's flags as given, not yet validated.
 #[derive(Debug, Args)]
@@ -418,64 +411,4 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) log_format: String,
-}
-
-impl WatchFlags {
-    /// Every value parsed first, then combined: see `Values`.
-    pub(super) fn validate(
-        self,
-        check: &Checker,
-        host_total_bytes: u64,
-    ) -> Result<Config, FlagError> {
-        Values::parse(&self, check)?.decide(&self, check, host_total_bytes)
-    }
-
-    /// Threshold and critical, resolved against the limit: the threshold is more than 0 and
-    /// within the limit, and critical is above the threshold. Checked again for every
-    /// incarnation's own cgroup limit by [`check_sizes`].
-    pub(super) fn check_sizes(
-        &self,
-        check: &Checker,
-        threshold: SizeOrPercent,
-        critical: Option<SizeOrPercent>,
-        limit: MemoryLimit,
-    ) -> Result<(), FlagError> {
-        match check_sizes(threshold, critical, limit) {
-            Ok(()) => Ok(()),
-            Err(SizeProblem::ThresholdZero) => {
-                let (id, value) = match &self.memory_limit {
-                    Some(text) => ("memory_limit", text.as_str()),
-                    None => ("threshold", self.threshold.as_str()),
-                };
-                let problem = format!(
-                    "leaves a threshold of 0 B ({threshold} of {}) (try --memory-limit 2Gi)",
-                    Bytes(limit.bytes)
-                );
-                Err(check.error(id, value, &problem))
-            }
-            Err(SizeProblem::ThresholdOverLimit { threshold_bytes }) => {
-                let problem = format!(
-                    "is {} , over the memory limit {} ({}): it could never be reached (try 80%)",
-                    Bytes(threshold_bytes),
-                    Bytes(limit.bytes),
-                    limit.source.as_str()
-                );
-                Err(check.error("threshold", &self.threshold, &problem.replace(" ,", ",")))
-            }
-            Err(SizeProblem::CriticalNotAboveThreshold {
-                threshold_bytes,
-                critical_bytes,
-            }) => {
-                let value = self.critical.as_deref().unwrap_or_default();
-                let problem = format!(
-                    "is {}, not above the threshold {} ({}): every sample over it would \
-                     recycle at once (try 95%)",
-                    Bytes(critical_bytes),
-                    Bytes(threshold_bytes),
-                    self.threshold.trim()
-                );
-                Err(check.error("critical", value, &problem))
-            }
-        }
-    }
 }

@@ -17,6 +17,10 @@
 //! - `check` — one flag's text into its value, with the error line that names it.
 //! - `values` — every value parsed on its own, then combined into each family's settings.
 //!
+//! Imports among them run one way, down that list read from the bottom: `values` reads
+//! `check` and `flags`, `check` reads neither, `flags` reads nothing of `config`
+//! (`tests/cases/house.rs` keeps it so). All three may name this module's own items.
+//!
 //! The settings types themselves live beside the code that uses them
 //! (`sources::kms::KmsSettings`, `policy::Settings`, `outlets::http::HttpSettings`, …); this
 //! module only builds them, and [`Config`] only composes them.
@@ -32,8 +36,10 @@ use std::time::Duration;
 use clap::{ArgMatches, ValueEnum};
 
 use crate::outlets::agent::AgentWeight;
+use crate::units::{Bytes, SizeOrPercent};
 use crate::{fleet, outlets, policy, sources};
 use check::Checker;
+use values::Values;
 
 pub use flags::WatchFlags;
 
@@ -119,6 +125,79 @@ impl Config {
             events: self.fleet.events,
         }
     }
+
+    /// The threshold and critical level as given, and the limit a percentage is of: said at
+    /// start, before a target is found (then `monitor` says them resolved, and warns when the
+    /// limit is the host's).
+    pub fn judging(&self) -> String {
+        let policy = &self.policy;
+        let percent = matches!(policy.threshold, SizeOrPercent::Percent(_))
+            || matches!(policy.critical, Some(SizeOrPercent::Percent(_)));
+        let of = match (self.sources.memory_limit, percent) {
+            (_, false) => String::new(),
+            (Some(bytes), true) => format!("; percentages of --memory-limit {}", Bytes(bytes)),
+            (None, true) => "; percentages of the target's memory limit (its cgroup's, read \
+                             once it is found; else the host's MemTotal)"
+                .to_string(),
+        };
+        let critical = policy
+            .critical
+            .map_or_else(|| "off".to_string(), |c| c.to_string());
+        format!(
+            "judging {}: threshold {}, critical {critical}{of}",
+            self.sources.memory.as_str(),
+            policy.threshold
+        )
+    }
+}
+
+/// The variables named `MEMPROBE_*` in `names` that no flag of `command` (or of its tools)
+/// reads, each said with the known name closest to it: on Kubernetes the environment is where
+/// memprobe is configured, and a misspelt name would otherwise change nothing silently.
+pub fn unknown_variables<I>(command: &clap::Command, names: I) -> Vec<String>
+where
+    I: IntoIterator<Item = std::ffi::OsString>,
+{
+    fn known(command: &clap::Command, out: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                out.push(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            known(sub, out);
+        }
+    }
+    let mut names_known = Vec::new();
+    known(command, &mut names_known);
+    let mut unknown: Vec<String> = names
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("MEMPROBE_") && !names_known.contains(n))
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    unknown
+        .into_iter()
+        .map(|name| {
+            let shown = crate::units::clip(&name, 64);
+            let closest = names_known
+                .iter()
+                .map(|k| (strsim::levenshtein(&name, k), k))
+                .min()
+                .filter(|(distance, _)| *distance <= 4);
+            match closest {
+                Some((_, known)) => format!(
+                    "{shown} is not a variable memprobe reads, so it changes nothing (did you \
+                     mean {known}?)"
+                ),
+                None => format!(
+                    "{shown} is not a variable memprobe reads, so it changes nothing (memprobe \
+                     --help lists each flag's MEMPROBE_<FLAG>)"
+                ),
+            }
+        })
+        .collect()
 }
 
 /// A refused setting: where it came from, the value, and what would work.
@@ -156,5 +235,5 @@ pub fn validate(
     host_total_bytes: u64,
 ) -> Result<Config, FlagError> {
     let check = Checker { matches, command };
-    flags.validate(&check, host_total_bytes)
+    Values::parse(&flags, &check)?.decide(&flags, &check, host_total_bytes)
 }

@@ -29,6 +29,11 @@ fn sidecar(args: &[&str]) -> Result<Config, String> {
     validate(flags.watch, &matches, &command, 16 * GI).map_err(|e| e.to_string())
 }
 
+/// A pid that exists: this test's own.
+fn own_pid() -> String {
+    std::process::id().to_string()
+}
+
 #[test]
 fn defaults_are_right_for_kms_on_kubernetes() {
     let c = sidecar(&[]).expect("no flags at all is valid");
@@ -196,7 +201,7 @@ fn include_children_is_a_flag_or_a_boolean() {
             .include_children
     );
     assert!(
-        sidecar(&["--include-children", "--pid", "4194303"])
+        sidecar(&["--include-children", "--pid", &own_pid()])
             .unwrap()
             .sources
             .proc
@@ -218,8 +223,9 @@ fn include_children_is_a_flag_or_a_boolean() {
 
 #[test]
 fn a_target_that_is_not_kms_needs_no_kms() {
+    let own = own_pid();
     for args in [
-        &["--pid", "4194303"][..],
+        &["--pid", own.as_str()][..],
         &["--pidfile", "/run/x.pid"],
         &["--name", "python3"],
     ] {
@@ -227,7 +233,7 @@ fn a_target_that_is_not_kms_needs_no_kms() {
         assert_eq!(c.sources.kms, None, "{args:?}: no KMS to reach");
         assert!(c.sources.kms_off.unwrap().starts_with("kms: off"));
     }
-    let c = sidecar(&["--pid", "4194303", "--kms-url", "ws://kms:8888/kurento"]).unwrap();
+    let c = sidecar(&["--pid", &own, "--kms-url", "ws://kms:8888/kurento"]).unwrap();
     assert!(c.sources.kms.is_some(), "a --kms-url given turns it on");
     let c = sidecar(&[]).unwrap();
     assert!(
@@ -374,7 +380,7 @@ fn a_user_narrows_a_name() {
         "--user: 'no-such-user-here' is not a user on this system (try a numeric uid, e.g. --user 1000)"
     );
     assert!(
-        sidecar(&["--user", "0", "--pid", "4194303"])
+        sidecar(&["--user", "0", "--pid", &own_pid()])
             .unwrap_err()
             .starts_with("--user: '0' narrows --name only")
     );
@@ -444,7 +450,7 @@ fn memory_from_kms_needs_no_process_flags() {
     let c = sidecar(&["--memory-source", "kms"]).unwrap();
     assert_eq!(c.sources.memory_from, MemoryFrom::Kms);
     assert!(
-        sidecar(&["--memory-source", "kms", "--pid", "4194303"])
+        sidecar(&["--memory-source", "kms", "--pid", &own_pid()])
             .unwrap_err()
             .starts_with("--pid: picks a process")
     );
@@ -497,11 +503,46 @@ fn a_threshold_must_be_reachable_and_more_than_zero() {
     );
     let e = sidecar(&["--threshold", "32Gi"]).unwrap_err();
     assert!(e.contains("host MemTotal"), "{e}");
-    let e = sidecar(&["--memory-limit", "1"]).unwrap_err();
+    let e = sidecar(&["--memory-limit", "1Mi", "--threshold", "0.00001%"]).unwrap_err();
     assert!(
-        e.starts_with("--memory-limit: '1' leaves a threshold of 0 B"),
+        e.starts_with("--memory-limit: '1Mi' leaves a threshold of 0 B"),
         "{e}"
     );
+}
+
+/// `MEMPROBE_THRESHOLD: "80"` in a Deployment is 80 bytes: every pod would drain at its first
+/// sample. No server keeps less than 1 MiB resident, so a size under it is refused, and a
+/// bare number that reads as a percentage is offered as one.
+#[test]
+fn a_size_too_small_to_be_a_servers_memory_is_refused_with_what_was_meant() {
+    assert_eq!(
+        sidecar(&["--threshold", "80"]).unwrap_err(),
+        "--threshold: '80' is 80 B, too small to be a server's memory: a number without a unit \
+         is bytes (try 80%)"
+    );
+    assert_eq!(
+        sidecar(&["--critical", "95"]).unwrap_err(),
+        "--critical: '95' is 95 B, too small to be a server's memory: a number without a unit \
+         is bytes (try 95%)"
+    );
+    assert_eq!(
+        sidecar(&["--threshold", "1536"]).unwrap_err(),
+        "--threshold: '1536' is 1.50 KiB, too small to be a server's memory: a number without a \
+         unit is bytes (try 1536Mi)"
+    );
+    assert_eq!(
+        sidecar(&["--memory-limit", "512"]).unwrap_err(),
+        "--memory-limit: '512' is 512 B, too small to be a server's memory: a number without a \
+         unit is bytes (try 512Mi)"
+    );
+    assert_eq!(
+        sidecar(&["--threshold", "500KiB"]).unwrap_err(),
+        "--threshold: '500KiB' is 500.00 KiB, too small to be a server's memory (try 80%)"
+    );
+    // 1 MiB and more are sizes, with or without a unit.
+    for size in ["1048576", "1Mi", "1536Mi", "2000000000"] {
+        assert!(sidecar(&["--threshold", size]).is_ok(), "{size}");
+    }
 }
 
 /// The pod's name and namespace, as the Downward API gives them.
@@ -707,5 +748,82 @@ fn with_the_fleet_critical_defaults_to_95_percent_when_above_the_threshold() {
             .critical,
         None,
         "the Events alone change no decision"
+    );
+}
+
+/// A pid names one process: one that does not exist at start never will (a pid used again is
+/// another process), so it is refused rather than waited for.
+#[test]
+fn a_pid_that_is_not_running_at_start_is_refused() {
+    // The largest pid Linux hands out; nothing runs there on a test machine.
+    assert_eq!(
+        sidecar(&["--pid", "4194303"]).unwrap_err(),
+        "--pid: '4194303' is not a running process (try the pid of a running server, or \
+         --pidfile or --name for one that is not started yet)"
+    );
+    assert!(sidecar(&["--pid", &own_pid()]).is_ok());
+}
+
+/// On Kubernetes the environment is the configuration: a misspelt `MEMPROBE_*` name is said,
+/// with the known name closest to it; other variables and known names are not.
+#[test]
+fn an_unknown_memprobe_variable_is_said_with_the_closest_known_name() {
+    use clap::CommandFactory;
+    let names = [
+        "MEMPROBE_TRESHOLD",
+        "MEMPROBE_THRESHOLD",
+        "PATH",
+        "MEMPROBE_NOTHING_LIKE_ANY_FLAG_AT_ALL",
+        "MEMPROBE_KMSURL",
+    ]
+    .map(std::ffi::OsString::from);
+    let said = unknown_variables(&Sidecar::command(), names);
+    assert_eq!(
+        said,
+        [
+            "MEMPROBE_KMSURL is not a variable memprobe reads, so it changes nothing (did you \
+             mean MEMPROBE_KMS_URL?)",
+            "MEMPROBE_NOTHING_LIKE_ANY_FLAG_AT_ALL is not a variable memprobe reads, so it \
+             changes nothing (memprobe --help lists each flag's MEMPROBE_<FLAG>)",
+            "MEMPROBE_TRESHOLD is not a variable memprobe reads, so it changes nothing (did you \
+             mean MEMPROBE_THRESHOLD?)",
+        ]
+    );
+}
+
+/// A value of 130 KB is refused by its start, on one short line, as `--name` was already.
+#[test]
+fn a_huge_bad_value_is_shown_clipped() {
+    let huge = "x".repeat(130_000);
+    for flag in [
+        "--threshold",
+        "--interval",
+        "--listen",
+        "--fleet-drain-budget",
+    ] {
+        let e = sidecar(&[flag, &huge]).unwrap_err();
+        assert!(e.len() < 400, "{flag}: {} bytes", e.len());
+        assert!(e.contains(&format!("'{}…'", "x".repeat(100))), "{e}");
+        assert!(e.contains("(try"), "{e}");
+    }
+}
+
+/// The first lines say what the instance is judged by, before a target is found.
+#[test]
+fn the_start_says_the_threshold_the_critical_level_and_what_a_percentage_is_of() {
+    assert_eq!(
+        sidecar(&[]).unwrap().judging(),
+        "judging rss: threshold 80%, critical off; percentages of the target's memory limit \
+         (its cgroup's, read once it is found; else the host's MemTotal)"
+    );
+    assert_eq!(
+        sidecar(&["--memory-limit", "2Gi", "--critical", "95%"])
+            .unwrap()
+            .judging(),
+        "judging rss: threshold 80%, critical 95%; percentages of --memory-limit 2.00 GiB"
+    );
+    assert_eq!(
+        sidecar(&["--threshold", "1536Mi"]).unwrap().judging(),
+        "judging rss: threshold 1.50 GiB, critical off"
     );
 }

@@ -1,16 +1,19 @@
 //! Every flag's text parsed into its typed value on its own (`Values::parse`), then the
-//! values combined into each family's settings (`Values::decide`).
+//! values combined into each family's settings (`Values::decide`). The highest of `config`'s
+//! files: it reads `flags` and `check`, and neither names it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Config, DEFAULT_NAME, FlagError, JANUS_NAME, LogFormat};
+use crate::limit::MemoryLimit;
 use crate::outlets::agent::{AgentSettings, AgentWeight};
 use crate::outlets::http::HttpSettings;
 use crate::outlets::recycle::{RecycleAction, RecycleSettings};
 use crate::policy::ServerPolicy;
 use crate::policy::fleet::Budget;
+use crate::policy::{SizeProblem, check_sizes};
 use crate::secret::{Secret, SecretUrl, Token};
 use crate::sources::custom::{CustomSettings, Endpoint};
 use crate::sources::janus::JanusSettings;
@@ -18,7 +21,7 @@ use crate::sources::kms::KmsSettings;
 use crate::sources::proc::ProcSettings;
 use crate::sources::proc::target::TargetSpec;
 use crate::sources::{MemoryFrom, MemoryKind};
-use crate::units::{self, SizeOrPercent};
+use crate::units::{Bytes, SizeOrPercent};
 use crate::{fleet, outlets, policy, sources};
 
 use super::check::Checker;
@@ -138,7 +141,7 @@ impl Values {
             pod_namespace,
             log_format,
         } = flags;
-        let size_or_percent = |id, text: &str| check.unit(id, text, units::parse_size_or_percent);
+        let size_or_percent = |id, text: &str| check.size_or_percent(id, text);
         Ok(Values {
             pid: pid.as_deref().map(|t| check.pid(t)).transpose()?,
             pidfile: pidfile.as_deref().map(|p| check.pidfile(p)).transpose()?,
@@ -158,7 +161,7 @@ impl Values {
                 .transpose()?,
             memory_limit: memory_limit
                 .as_deref()
-                .map(|t| check.unit("memory_limit", t, units::parse_size))
+                .map(|t| check.size("memory_limit", t))
                 .transpose()?,
             sustain: check.duration("sustain", sustain)?,
             drain_timeout: check.duration("drain_timeout", drain_timeout)?,
@@ -359,7 +362,7 @@ impl Values {
             }
             (given, _) => given,
         };
-        flags.check_sizes(check, self.threshold, critical, limit)?;
+        check_sizes_against(flags, check, self.threshold, critical, limit)?;
         let kms_off = match (&janus, &custom) {
             (Some(_), _) => Some("kms: off, since --janus-url watches Janus".to_string()),
             (None, Some(_)) => Some(
@@ -384,7 +387,7 @@ impl Values {
             _ => None,
         };
         if self.memory_source == MemoryFrom::Kms {
-            check.kms_source(flags, kms.is_some(), self.memory)?;
+            check.kms_source(flags.include_children.is_some(), kms.is_some(), self.memory)?;
         }
         let kms_gate = match self.kms_gate {
             None => None,
@@ -564,5 +567,54 @@ impl Values {
             failures: self.kms_failures,
             hang_timeout: self.kms_hang_timeout,
         }))
+    }
+}
+
+/// Threshold and critical, resolved against the limit: the threshold is more than 0 and
+/// within the limit, and critical is above the threshold. Checked again for every
+/// incarnation's own cgroup limit by [`check_sizes`].
+fn check_sizes_against(
+    flags: &WatchFlags,
+    check: &Checker,
+    threshold: SizeOrPercent,
+    critical: Option<SizeOrPercent>,
+    limit: MemoryLimit,
+) -> Result<(), FlagError> {
+    match check_sizes(threshold, critical, limit) {
+        Ok(()) => Ok(()),
+        Err(SizeProblem::ThresholdZero) => {
+            let (id, value) = match &flags.memory_limit {
+                Some(text) => ("memory_limit", text.as_str()),
+                None => ("threshold", flags.threshold.as_str()),
+            };
+            let problem = format!(
+                "leaves a threshold of 0 B ({threshold} of {}) (try --memory-limit 2Gi)",
+                Bytes(limit.bytes)
+            );
+            Err(check.error(id, value, &problem))
+        }
+        Err(SizeProblem::ThresholdOverLimit { threshold_bytes }) => {
+            let problem = format!(
+                "is {} , over the memory limit {} ({}): it could never be reached (try 80%)",
+                Bytes(threshold_bytes),
+                Bytes(limit.bytes),
+                limit.source.as_str()
+            );
+            Err(check.error("threshold", &flags.threshold, &problem.replace(" ,", ",")))
+        }
+        Err(SizeProblem::CriticalNotAboveThreshold {
+            threshold_bytes,
+            critical_bytes,
+        }) => {
+            let value = flags.critical.as_deref().unwrap_or_default();
+            let problem = format!(
+                "is {}, not above the threshold {} ({}): every sample over it would \
+                 recycle at once (try 95%)",
+                Bytes(critical_bytes),
+                Bytes(threshold_bytes),
+                flags.threshold.trim()
+            );
+            Err(check.error("critical", value, &problem))
+        }
     }
 }

@@ -59,6 +59,15 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// memprobe's shortest `?wait=`.
 const SHORTEST_WAIT: Duration = Duration::from_millis(10);
+/// How often a waiter says how many sessions are left: every tenth of `--wait`, between 1 s
+/// and 30 s. Each is one answer of memprobe's, asked for the next slice of the wait.
+const SAY_AT_MOST_EVERY: Duration = Duration::from_secs(30);
+const SAY_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one call waits: a slice of `wait`, so that the waiter can say what is left.
+fn slice_of(wait: Duration) -> Duration {
+    (wait / 10).clamp(SAY_AT_LEAST_EVERY, SAY_AT_MOST_EVERY)
+}
 
 /// What one attempt means.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,6 +80,9 @@ enum Next {
     TokenRefused,
     /// No answer on a connection made, or memprobe gone since: ask again.
     Retry(String),
+    /// A slice of the wait ended with sessions left, and the deadline is later: say this
+    /// line, and ask again at once.
+    Waiting(String),
 }
 
 /// How a call goes: whether memprobe was reached before, whether it waits, and whether it
@@ -80,6 +92,8 @@ struct Call {
     reached_before: bool,
     waiting: bool,
     with_token: bool,
+    /// This call waits for a slice only: the deadline is later.
+    slice: bool,
 }
 
 /// The outcome of one `POST /drain` (the status and body, or why none came).
@@ -88,6 +102,7 @@ fn judge(outcome: Result<(u16, &[u8]), &ClientError>, call: Call) -> Next {
         reached_before,
         waiting,
         with_token,
+        slice,
     } = call;
     let (code, body) = match outcome {
         Ok(answer) => answer,
@@ -99,10 +114,8 @@ fn judge(outcome: Result<(u16, &[u8]), &ClientError>, call: Call) -> Next {
     let said: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let detail = |key: &str| said[key].as_str().unwrap_or("").to_string();
     match code {
-        200 if waiting => Next::Done(format!(
-            "drained: no session left after {:.1}s",
-            said["waited_seconds"].as_f64().unwrap_or(0.0)
-        )),
+        // The time is the whole wait's, across slices: the caller says it.
+        200 if waiting => Next::Done("drained: no session left".to_string()),
         200 => Next::Done(format!("draining: {}", detail("reason"))),
         // A memprobe that stops (restarted, upgraded) knows nothing of the sessions: while
         // waiting, that is "not drained yet", and the memprobe that comes next is asked.
@@ -114,6 +127,13 @@ fn judge(outcome: Result<(u16, &[u8]), &ClientError>, call: Call) -> Next {
             NOT_DRAINED,
             "memprobe is stopping: it can take no drain now".to_string(),
         ),
+        503 if waiting && slice && said["drained"] == false => {
+            Next::Waiting(match said["sessions"].as_u64() {
+                Some(1) => "waiting: 1 session left".to_string(),
+                Some(n) => format!("waiting: {n} sessions left"),
+                None => format!("waiting: {}", detail("reason")),
+            })
+        }
         503 => Next::Fail(
             NOT_DRAINED,
             format!("not drained by the deadline: {}", detail("reason")),
@@ -194,29 +214,40 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
         .iter()
         .map(|(token, _)| ("authorization", format!("Bearer {}", token.expose())))
         .collect();
-    let deadline = Instant::now() + wait.unwrap_or(NO_WAIT_PATIENCE);
+    let started = Instant::now();
+    let deadline = started + wait.unwrap_or(NO_WAIT_PATIENCE);
     let mut backoff = FIRST_BACKOFF;
     let mut reached = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut target = url.clone();
         target.set_path("/drain");
-        if wait.is_some() {
-            // Asked again, the wait is what is left of ours.
-            let asked = left.max(SHORTEST_WAIT);
+        let mut slice = false;
+        let mut asked = left;
+        if let Some(wait) = wait {
+            // Asked again, the wait is what is left of ours, a slice at a time.
+            asked = left.min(slice_of(wait)).max(SHORTEST_WAIT);
+            slice = asked < left;
             target.set_query(Some(&format!("wait={}ms", asked.as_millis())));
         }
-        let outcome = crate::client::post(&target, &auth, String::new(), left + ROUND_TRIP).await;
+        let outcome = crate::client::post(&target, &auth, String::new(), asked + ROUND_TRIP).await;
         let next = judge(
             outcome.as_ref().map(|(code, body)| (*code, body.as_ref())),
             Call {
                 reached_before: reached,
                 waiting: wait.is_some(),
                 with_token: token.is_some(),
+                slice,
             },
         );
         reached |= !matches!(outcome, Err(ClientError::Refused));
         match next {
+            Next::Done(line) if wait.is_some() => {
+                return Ok(format!(
+                    "{line} after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
             Next::Done(line) => return Ok(line),
             Next::TokenRefused => {
                 let origin = token.as_ref().map_or("", |(_, origin)| origin.as_str());
@@ -227,6 +258,11 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
                 return Err((code, format!("cannot reach memprobe at {url}: {line}")));
             }
             Next::Fail(code, line) => return Err((code, line)),
+            Next::Waiting(line) => {
+                let waited = crate::units::Human(started.elapsed());
+                let left = crate::units::Human(deadline.saturating_duration_since(Instant::now()));
+                eprintln!("memprobe drain: {line} after {waited} (waiting up to {left} more)");
+            }
             Next::Retry(why) => {
                 if Instant::now() + backoff >= deadline {
                     return Err((
@@ -250,6 +286,7 @@ mod tests {
         reached_before: true,
         waiting: true,
         with_token: true,
+        slice: false,
     };
     const FIRST: Call = Call {
         reached_before: false,
@@ -287,7 +324,7 @@ mod tests {
         let drained = br#"{"drained":true,"sessions":0,"waited_seconds":12.5}"#;
         assert_eq!(
             judge(Ok((200, drained)), WAITER),
-            Next::Done("drained: no session left after 12.5s".into())
+            Next::Done("drained: no session left".into())
         );
         let stopping = br#"{"error":"memprobe is stopping","state":"stopping","drained":false}"#;
         assert!(
@@ -306,6 +343,21 @@ mod tests {
                 "not drained by the deadline: 2 sessions still live".into()
             )
         );
+        let slice = Call {
+            slice: true,
+            ..WAITER
+        };
+        assert_eq!(
+            judge(Ok((503, late)), slice),
+            Next::Waiting("waiting: 2 sessions left".into()),
+            "a slice of the wait that ends with sessions left is said, and the wait goes on"
+        );
+        assert!(
+            matches!(judge(Ok((503, stopping)), slice), Next::Retry(_)),
+            "a stopping memprobe is asked again, as ever"
+        );
+        assert_eq!(slice_of(Duration::from_secs(59 * 60)), SAY_AT_MOST_EVERY);
+        assert_eq!(slice_of(Duration::from_secs(5)), SAY_AT_LEAST_EVERY);
         assert_eq!(judge(Ok((401, b"{}")), WAITER), Next::TokenRefused);
     }
 

@@ -215,6 +215,17 @@ fn memprobe_drain_exits_0_when_drained_1_at_the_deadline_2_on_bad_input() {
         "the drain started all the same"
     );
 
+    // A long wait says every so often (a tenth of --wait, 1 s here) how many are left.
+    let out = drain(&["--wait", "3s"], token_path);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = stderr
+        .lines()
+        .filter(|l| l.starts_with("memprobe drain: waiting: 1 session left after"))
+        .count();
+    assert!(said >= 1, "the wait says what is left: {stderr}");
+    assert!(stderr.contains("not drained by the deadline"), "{stderr}");
+
     kms.destroy_pipeline(&session);
     let out = drain(&["--wait", "20s"], token_path);
     assert_eq!(out.status.code(), Some(0), "{out:?}");

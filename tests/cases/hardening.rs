@@ -131,7 +131,8 @@ fn a_kept_alive_connection_idle_past_the_header_timeout_is_closed() {
 
 #[test]
 fn a_large_request_body_is_refused() {
-    let memprobe = Memprobe::start(&fast(&["--pid", "4194303"]));
+    let own = std::process::id().to_string();
+    let memprobe = Memprobe::start(&fast(&["--pid", &own]));
     let mut stream = TcpStream::connect(memprobe.addr).unwrap();
     stream
         .write_all(b"POST /ready HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n")
@@ -181,11 +182,12 @@ fn a_pidfile_that_never_ends_costs_nothing_and_says_so_briefly() {
 
 #[test]
 fn a_secret_in_the_kms_url_is_never_shown() {
+    let own = std::process::id().to_string();
     let memprobe = Memprobe::start(&[
         "--interval",
         "100ms",
         "--pid",
-        "4194303",
+        &own,
         "--kms-url",
         "ws://admin:S3cr3t@127.0.0.1:9/kurento?token=X",
         "--kms-timeout",
@@ -828,5 +830,111 @@ fn clients_that_never_read_cannot_grow_memprobe_past_a_32_mib_cgroup() {
         idle as f64 / MIB as f64,
         peak as f64 / MIB as f64,
         cgroup.peak_bytes()
+    );
+}
+
+/// The operator's first mistakes are caught at start: the `%` forgotten in a Deployment's
+/// variable exits 2; a misspelt flag or a size split from its unit keeps clap's whole message,
+/// tip included; a 130 KB value is named by its start.
+#[test]
+fn the_operators_first_mistakes_exit_2_saying_what_was_meant() {
+    // Each of these was taken, and memprobe ran: `exit_of` gives up after a few seconds.
+    let binary = std::path::Path::new(harness::MEMPROBE);
+    let (code, stderr) = exit_of(binary, &["--pid", "4194303"], &[]);
+    assert_eq!(
+        code,
+        Some(2),
+        "a pid not running at start is refused: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("memprobe: --pid: '4194303' is not a running process"),
+        "{stderr}"
+    );
+    let own = std::process::id().to_string();
+    let (code, stderr) = exit_of(binary, &["--pid", &own], &[("MEMPROBE_THRESHOLD", "80")]);
+    assert_eq!(code, Some(2), "the % forgotten: {stderr}");
+    assert!(
+        stderr.starts_with(
+            "memprobe: MEMPROBE_THRESHOLD: '80' is 80 B, too small to be a server's memory"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(try 80%)"), "{stderr}");
+
+    let output = run_to_end(&["--treshold", "80%"], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("memprobe: unexpected argument '--treshold'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("a similar argument exists: '--threshold'"),
+        "clap's tip is kept: {stderr}"
+    );
+
+    let output = run_to_end(&["--threshold", "1.5", "GiB"], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("1.5GiB, not 1.5 GiB"), "{stderr}");
+
+    let huge = "9".repeat(130_000) + "x";
+    let output = run_to_end(&["--interval", &huge], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr.len());
+    assert_eq!(stderr.trim_end().lines().count(), 1);
+    assert!(stderr.len() < 400, "{} bytes: {stderr}", stderr.len());
+    assert!(stderr.contains("…' is not a duration"), "{stderr}");
+}
+
+/// On Kubernetes the environment is the configuration: a misspelt variable is warned of at
+/// start, and the first lines say what the instance is judged by, with a warning when a
+/// percentage is of the host's whole memory.
+#[test]
+fn the_start_warns_of_unknown_variables_and_says_what_the_instance_is_judged_by() {
+    let target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let memprobe = Memprobe::start_with(
+        &[
+            "--pid",
+            &pid,
+            "--interval",
+            "100ms",
+            "--kms-url",
+            "none",
+            "--threshold",
+            "80%",
+        ],
+        &[("MEMPROBE_TRESHOLD", "60%")],
+    );
+    let status = memprobe.wait_state("healthy");
+    let unknown = memprobe.said_once("MEMPROBE_TRESHOLD is not a variable memprobe reads");
+    assert!(unknown.contains("WARN"), "{unknown}");
+    assert!(
+        unknown.contains("did you mean MEMPROBE_THRESHOLD?"),
+        "{unknown}"
+    );
+    assert!(
+        !unknown.contains("60%"),
+        "the name alone, never the value: {unknown}"
+    );
+    let start = memprobe.said_once("judging rss: threshold 80%, critical off; percentages of");
+    assert!(start.contains("INFO"), "{start}");
+    let source = status["threshold"]["limit"]["source"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let judged = memprobe.said_once("judged by: threshold");
+    assert!(judged.contains("(80% of "), "{judged}");
+    assert!(judged.contains(&format!("from {source})")), "{judged}");
+    let host = memprobe
+        .logs()
+        .iter()
+        .filter(|l| l.contains("the memory limit is the host's MemTotal"))
+        .count();
+    assert_eq!(
+        host,
+        usize::from(source == "host MemTotal"),
+        "a percentage of the host's memory is warned of, once; a cgroup's limit is not: {source}"
     );
 }

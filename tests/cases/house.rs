@@ -1,6 +1,7 @@
 //! The house's layering, read off the code: every path that starts with `crate::` (in a `use`
 //! or inline, tests included) names a module of a lower layer than the one it is in, or its
-//! own; and no outlet names another outlet. The layers are the crate doc's (`src/lib.rs`).
+//! own; no outlet names another outlet; and inside `config/` too imports run one way
+//! (`CONFIG_FILES`). The layers are the crate doc's (`src/lib.rs`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,10 @@ const LAYERS: &[&[&str]] = &[
     &["tools"],
     &["cli"],
 ];
+
+/// `config/`'s files, lowest first: each may name a lower one, never a higher one (its
+/// `mod.rs`'s own items are the family's, named by all). Its unit tests read everything.
+const CONFIG_FILES: &[&str] = &["flags", "check", "values", "tests"];
 
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
@@ -173,6 +178,33 @@ fn imports_run_one_way_and_outlets_never_name_each_other() {
                     "{}: outlet {member} names outlet {other}",
                     relative.display()
                 ));
+            }
+        }
+        // Inside config/, a file names only the files below it, by `super::` or `crate::`.
+        if module == "config" && parts.len() == 2 && parts[1] != "mod" {
+            let own = CONFIG_FILES.iter().position(|f| *f == parts[1]);
+            let Some(own) = own else {
+                wrong.push(format!(
+                    "{}: a file of config/ not in CONFIG_FILES",
+                    relative.display()
+                ));
+                continue;
+            };
+            let via_crate = named
+                .crate_paths
+                .iter()
+                .filter(|(first, _)| first == "config")
+                .filter_map(|(_, second)| second.clone());
+            for name in named.super_names.iter().cloned().chain(via_crate) {
+                if let Some(other) = CONFIG_FILES.iter().position(|f| *f == name)
+                    && other > own
+                {
+                    wrong.push(format!(
+                        "{}: config's {} names config's {name}, which is above it",
+                        relative.display(),
+                        parts[1]
+                    ));
+                }
             }
         }
         // An outlet's own file may name its parent's items, never a sibling outlet.

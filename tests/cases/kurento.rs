@@ -250,8 +250,29 @@ fn an_absent_kms_costs_one_log_line_and_never_liveness() {
     assert_eq!(status["kms"]["connected"], false);
     assert_eq!(probe.get("/ready").code, 200);
     assert_eq!(probe.get("/healthz").code, 200);
-    // One line, not one per retry.
-    probe.said_once("cannot reach");
+    // One line, not one per retry: a warning that points at the URL, since nothing has
+    // ever answered there.
+    let line = probe.said_once("cannot reach");
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("it has never answered since memprobe started (check --kms-url"),
+        "{line}"
+    );
+}
+
+/// A KMS that answered, then stopped, is said apart from one that never answered: the URL is
+/// right, the server is not.
+#[test]
+fn a_kms_that_stopped_answering_is_said_apart_from_one_that_never_did() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let probe = watch(&kms, &target, &[]);
+    connected_with_no_session(&probe);
+    kms.sigterm();
+    probe.wait_said("cannot reach");
+    let line = probe.said_once("cannot reach");
+    assert!(line.contains("it stopped answering"), "{line}");
+    assert!(!line.contains("never answered"), "{line}");
 }
 
 #[test]

@@ -277,8 +277,13 @@ async fn run(mut settings: Link, mut reporter: Reporter) {
                     absent_logged = false;
                     backoff = FIRST_BACKOFF;
                 } else if !absent_logged {
-                    info!(
-                        "kms: {} accepts connections but {ended}; retrying quietly",
+                    let never = if reporter.view().server_id.is_none() {
+                        ": it has never answered since memprobe started (check --kms-url)"
+                    } else {
+                        ""
+                    };
+                    warn!(
+                        "kms: {} accepts connections but {ended}{never}; retrying quietly",
                         settings.url
                     );
                     absent_logged = true;
@@ -292,11 +297,21 @@ async fn run(mut settings: Link, mut reporter: Reporter) {
                     _ => format!("no answer within {}", crate::units::Human(settings.timeout)),
                 };
                 // A KMS that is not there yet (or at all) costs one line, not one per retry.
+                // One that never answered since start is most often a wrong --kms-url: said
+                // apart from one that stopped answering, and as a warning.
                 if !absent_logged {
-                    info!(
-                        "kms: cannot reach {}: {why}; retrying quietly",
-                        settings.url
-                    );
+                    if reporter.view().server_id.is_none() {
+                        warn!(
+                            "kms: cannot reach {}: {why}; it has never answered since memprobe \
+                             started (check --kms-url and that KMS listens there; retrying quietly)",
+                            settings.url
+                        );
+                    } else {
+                        info!(
+                            "kms: cannot reach {}: {why}; it stopped answering (retrying quietly)",
+                            settings.url
+                        );
+                    }
                     absent_logged = true;
                 }
                 reporter.update(|v| {
