@@ -44,7 +44,8 @@ async fn serve_pongs(listener: TcpListener) {
                     .ok()
                     .and_then(|v| v.get("id").cloned())
                     .unwrap_or(serde_json::Value::Null);
-                let reply = serde_json::json!({"id": id, "jsonrpc": "2.0", "result": {"value": "pong"}});
+                let reply =
+                    serde_json::json!({"id": id, "jsonrpc": "2.0", "result": {"value": "pong"}});
                 if ws.send(Message::text(reply.to_string())).await.is_err() {
                     return;
                 }
@@ -54,7 +55,9 @@ async fn serve_pongs(listener: TcpListener) {
 }
 
 async fn connect(url: &str) -> Socket {
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("a WebSocket");
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("a WebSocket");
     if let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() {
         let _ = tcp.set_nodelay(true);
     }

@@ -70,7 +70,11 @@ impl Sidecar {
             kms_gate,
         } = listeners;
         let sources_settings = &config.sources;
-        if let Some(why) = &sources_settings.kms_off {
+        if let Some(why) = sources_settings
+            .kms_off
+            .as_ref()
+            .or(sources_settings.kms_said.as_ref())
+        {
             tracing::info!("{why}");
         }
         let sources::Sources {

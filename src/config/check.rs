@@ -442,16 +442,31 @@ impl Checker<'_> {
 
     /// A target picked by `--pid`, `--pidfile` or a `--name` other than KMS's is not KMS:
     /// without a `--kms-url` (or its file), memprobe does not try to reach one.
+    /// A target picked by `--pid` or `--pidfile` whose process is KMS at start keeps it on.
     pub(super) fn kms_not_asked(&self, target: &TargetSpec) -> Option<String> {
         if self.given("kms_url") || self.given("kms_url_file") {
             return None;
         }
         match target {
             TargetSpec::Name(name) if name == DEFAULT_NAME => None,
+            other if kms_by_pid(other).is_some() => None,
             other => Some(format!(
                 "kms: off, since the target ({other}) is not KMS; --kms-url turns it on"
             )),
         }
+    }
+
+    /// Why KMS is on for a target picked by pid, to be said once at start.
+    pub(super) fn kms_on_by_pid(&self, target: &TargetSpec) -> Option<String> {
+        if self.given("kms_url") || self.given("kms_url_file") {
+            return None;
+        }
+        kms_by_pid(target).map(|pid| {
+            format!(
+                "kms: on, since the target ({target}) is {DEFAULT_NAME} (pid {pid}); \
+                 --kms-url none turns it off"
+            )
+        })
     }
 
     /// `--kms-gate`: relays to the KMS memprobe talks to, which must not be the gate itself.
@@ -555,4 +570,15 @@ impl Checker<'_> {
             (_, _, name) => TargetSpec::Name(name.unwrap_or_else(|| default_name.to_string())),
         })
     }
+}
+
+/// The pid of a target picked by `--pid`, or by a `--pidfile` that names one now, when that
+/// process is KMS.
+fn kms_by_pid(target: &TargetSpec) -> Option<i32> {
+    let pid = match target {
+        TargetSpec::Pid(pid) => *pid,
+        TargetSpec::Pidfile(path) => read_secret_file(path).ok()?.trim().parse().ok()?,
+        TargetSpec::Name(_) => return None,
+    };
+    crate::sources::proc::target::goes_by(pid, DEFAULT_NAME).then_some(pid)
 }

@@ -370,6 +370,10 @@ impl Values {
             ),
             (None, None) => check.kms_not_asked(&target),
         };
+        let kms_said = match (&janus, &custom) {
+            (None, None) => check.kms_on_by_pid(&target),
+            _ => None,
+        };
         let (kms_url, kms_url_file) = match self.kms_url_file {
             Some((path, url)) => (url, Some(path)),
             None => (self.kms_url, None),
@@ -444,6 +448,7 @@ impl Values {
                 memory_from: self.memory_source,
                 kms,
                 kms_off,
+                kms_said,
                 janus,
                 custom,
             },

@@ -169,6 +169,9 @@ pub struct Settings {
     /// Why the Kurento integration is off though nobody said `--kms-url none`, to be said
     /// once at start.
     pub kms_off: Option<String>,
+    /// Why the Kurento integration is on where that needs saying (a target picked by pid that
+    /// is KMS), to be said once at start.
+    pub kms_said: Option<String>,
     /// The Janus integration; `None` without `--janus-url`.
     pub janus: Option<janus::JanusSettings>,
     /// Any other server's session count; `None` without `--sessions-url` or `--sessions-file`.

@@ -163,6 +163,7 @@ fn config(
             memory_from: sources::MemoryFrom::Proc,
             kms: None,
             kms_off: None,
+            kms_said: None,
             janus: None,
             custom,
         },

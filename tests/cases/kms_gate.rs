@@ -466,3 +466,27 @@ fn the_readmes_application_server_example_is_the_one_the_tests_run() {
         "the README's example is in PlacePipeline.java as written"
     );
 }
+
+/// A KMS picked by `--pid` (a VM's pidfile is the natural setup) keeps the KMS integration
+/// on, and memprobe says so, where another process picked by pid turns it off.
+#[test]
+fn a_kms_picked_by_pid_keeps_the_kms_integration_on_and_says_so() {
+    let kms_process = Workload::start(Some("kurento-media-server"));
+    let pid = kms_process.pid.to_string();
+    let probe = Memprobe::start(&["--interval", "100ms", "--pid", &pid]);
+    let status = probe.wait_for("the target found", |s| s["state"] != "lost");
+    assert!(
+        status["kms"].is_object(),
+        "the KMS integration is on for a kurento-media-server picked by pid: {status:#}"
+    );
+    probe.wait_said(&format!(
+        "kms: on, since the target (--pid {pid}) is kurento-media-server"
+    ));
+
+    let other = Workload::start(None);
+    let pid = other.pid.to_string();
+    let probe = Memprobe::start(&["--interval", "100ms", "--pid", &pid]);
+    let status = probe.wait_for("the target found", |s| s["state"] != "lost");
+    assert!(status["kms"].is_null(), "another process: no KMS to reach");
+    probe.wait_said("kms: off, since the target");
+}

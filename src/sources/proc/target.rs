@@ -122,6 +122,30 @@ const MAX_PIDFILE_BYTES: u64 = 32;
 const MAX_NAME_BYTES: usize = 64;
 
 /// Is `pid` a kernel thread (kthreadd and its children)? False when it cannot be told.
+/// Whether the running process `pid` goes by `name` (its executable, argv[0] or comm), as
+/// far as /proc shows it; false for a process that is not there.
+pub fn goes_by(pid: i32, name: &str) -> bool {
+    let Ok(process) = Process::new(pid) else {
+        return false;
+    };
+    let Ok(stat) = process.stat() else {
+        return false;
+    };
+    let text = |p: PathBuf| p.to_str().map(str::to_owned);
+    let candidate = Candidate {
+        pid,
+        ppid: Some(stat.ppid),
+        comm: stat.comm,
+        exe: process.exe().ok().and_then(text),
+        argv0: process
+            .cmdline()
+            .ok()
+            .and_then(|argv| argv.into_iter().next()),
+        start_ticks: stat.starttime,
+    };
+    name_matches(&candidate, name)
+}
+
 pub fn is_kernel_thread(pid: i32) -> bool {
     Process::new(pid)
         .and_then(|p| p.stat())
