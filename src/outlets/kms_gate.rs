@@ -127,12 +127,20 @@ pub async fn serve(
             );
             continue;
         };
+        // Held by the connection and, once upgraded, by its relay: the cap counts both.
+        let permit = Arc::new(permit);
         let (readout, settings, wire) = (readout.clone(), Arc::clone(&settings), Arc::clone(&wire));
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let (readout, settings, wire) =
-                    (readout.clone(), Arc::clone(&settings), Arc::clone(&wire));
-                async move { Ok::<_, Infallible>(handshake(request, readout, settings, wire).await) }
+                let (readout, settings, wire, permit) = (
+                    readout.clone(),
+                    Arc::clone(&settings),
+                    Arc::clone(&wire),
+                    Arc::clone(&permit),
+                );
+                async move {
+                    Ok::<_, Infallible>(handshake(request, readout, settings, wire, permit).await)
+                }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
@@ -142,7 +150,6 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await;
-            drop(permit);
         });
     }
 }
@@ -166,6 +173,7 @@ async fn handshake(
     readout: Readout,
     settings: Arc<GateSettings>,
     wire: Arc<Wire>,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response<http_body_util::Full<Bytes>> {
     let headers = request.headers();
     if !has_token(headers, header::UPGRADE, "websocket") {
@@ -231,6 +239,7 @@ async fn handshake(
         )
         .await;
         wire.closed();
+        drop(permit);
         tracing::debug!("kms gate: a connection ended ({end:?})");
     });
     let mut response = Response::new(http_body_util::Full::new(Bytes::new()));

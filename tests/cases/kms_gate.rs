@@ -490,3 +490,42 @@ fn a_kms_picked_by_pid_keeps_the_kms_integration_on_and_says_so() {
     assert!(status["kms"].is_null(), "another process: no KMS to reach");
     probe.wait_said("kms: off, since the target");
 }
+
+/// A flood of gate connections: the cap holds (the connection over it is answered 503), and
+/// the probes answer throughout.
+#[test]
+fn a_flood_of_gate_connections_is_capped_and_takes_no_probe_away() {
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (probe, gate_url, gate) = gated(&kms, &target, &[]);
+    let mut open = Vec::new();
+    for _ in 0..128 {
+        open.push(Client::connect_to(&gate_url));
+        assert_eq!(
+            probe.get("/ready").code,
+            200,
+            "the probes answer during the flood"
+        );
+    }
+    assert_eq!(
+        status_line(
+            &gate,
+            "GET /kurento HTTP/1.1\r\nHost: kms\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        ),
+        503,
+        "one connection over the cap of 128 is answered 503"
+    );
+    probe.wait_for("the rejection counted", |s| {
+        s["kms_gate"]["connections_rejected_total"] == 1 && s["kms_gate"]["open_connections"] == 128
+    });
+    drop(open);
+    probe.wait_for("the relays closed with their clients", |s| {
+        s["kms_gate"]["open_connections"] == 0
+    });
+    let mut client = Client::connect_to(&gate_url);
+    client.send(&create_pipeline(1));
+    assert!(
+        reply(&mut client, 1)["result"]["value"].is_string(),
+        "the gate takes clients again"
+    );
+}
