@@ -170,6 +170,11 @@ impl Monitor {
                 }
                 match wait(left) {
                     Some(Message::Ask(asked)) => self.answer(clock(), asked),
+                    Some(Message::FreshCount(reply)) => {
+                        let count = self.fresh_count();
+                        self.publish(clock(), self.server.clone());
+                        let _ = reply.send(count);
+                    }
                     Some(Message::RecycleActionRan(ran)) => {
                         self.record.recycle_action_ran(ran);
                         self.publish(clock(), self.server.clone());
@@ -321,6 +326,15 @@ impl Monitor {
         }
     }
 
+    /// The session count from a read that begins now, when the source is polled (kept
+    /// and published as the count from then on); the count in hand when it is live already.
+    fn fresh_count(&mut self) -> Option<u32> {
+        if let Some(fresh) = self.sessions.as_mut().and_then(|s| s.fresh_count()) {
+            self.follow_sessions(fresh);
+        }
+        self.session_count
+    }
+
     /// Keeps the session count, and says how many sessions a drain is waiting for.
     fn follow_sessions(&mut self, sessions: Option<u32>) {
         if sessions != self.session_count
@@ -334,10 +348,14 @@ impl Monitor {
 
     fn observe(&mut self, now: Instant, s: MemorySample) {
         self.last_sample = Some((s, SystemTime::now()));
-        let obs = Observation {
+        let mut obs = Observation {
             memory_bytes: s.deciding(self.settings.memory),
             sessions: self.session_count,
         };
+        if self.decider.ends_on_zero(now, obs) {
+            // The policy would end the drain on this zero: it must be a count read now.
+            obs.sessions = self.fresh_count();
+        }
         if let Some(tr) = self.decider.observe(now, obs) {
             self.transition(tr);
         }

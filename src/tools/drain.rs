@@ -197,6 +197,7 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
     let deadline = Instant::now() + wait.unwrap_or(NO_WAIT_PATIENCE);
     let mut backoff = FIRST_BACKOFF;
     let mut reached = false;
+    let resolver = crate::client::Resolver::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut target = url.clone();
@@ -206,7 +207,8 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
             let asked = left.max(SHORTEST_WAIT);
             target.set_query(Some(&format!("wait={}ms", asked.as_millis())));
         }
-        let outcome = crate::client::post(&target, &auth, String::new(), left + ROUND_TRIP).await;
+        let outcome =
+            crate::client::post(&resolver, &target, &auth, String::new(), left + ROUND_TRIP).await;
         let next = judge(
             outcome.as_ref().map(|(code, body)| (*code, body.as_ref())),
             Call {

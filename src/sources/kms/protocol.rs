@@ -85,15 +85,24 @@ struct ErrorBody {
 
 /// Understands one text frame.
 pub fn decode(text: &str) -> Result<Incoming, FrameError> {
-    let frame: Frame =
-        serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    // Where it broke and how, never what it held: serde's own message can quote the frame,
+    // and what KMS sends is not shown on the open port (SECURITY.md).
+    let frame: Frame = serde_json::from_str(text).map_err(|e| {
+        FrameError::Malformed(format!(
+            "{:?} error at line {} column {} of {} bytes",
+            e.classify(),
+            e.line(),
+            e.column(),
+            text.len()
+        ))
+    })?;
     let id = match &frame.id {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(id) => Some(id),
-            None => return Err(FrameError::UnknownId(n.to_string())),
+            None => return Err(FrameError::UnknownId("a number out of range".into())),
         },
-        Some(other) => return Err(FrameError::UnknownId(other.to_string())),
+        Some(_) => return Err(FrameError::UnknownId("not a number".into())),
     };
     if let Some(error) = frame.error {
         return Ok(Incoming::Error {
