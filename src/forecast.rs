@@ -19,6 +19,11 @@
 //!    rank interval) is above zero — a rise that cannot be told from flat is no rise — and
 //!    every forecast carries the earliest and latest crossing that the slope's bounds and two
 //!    robust standard deviations of the floors around the trend allow.
+//! 5. Only a ratchet is carried forward: a straight line through a curve still rising is no
+//!    crossing. The rise must hold across the window (each quarter's median floor above the
+//!    last's) and must not level off (the later half's slope not below the earlier half's,
+//!    beyond Sen's interval); a warm-up that levels off, or a cache trimmed every night, has
+//!    no forecast.
 //!
 //! [`History`] keeps what the forecast needs in little memory: per bucket, the lowest sample
 //! and the lowest idle one, which give the same floors as every sample would.
@@ -97,6 +102,10 @@ pub struct Forecast {
     pub span: Duration,
     /// Whether they are idle floors (zero sessions) or the lower envelope of all samples.
     pub idle_floors: bool,
+    /// Whether the floor fell by half within this incarnation and the window (a restart
+    /// memprobe did not see, or a cache trimmed every night): only the history since is
+    /// drawn, and nothing but that history says the rise is a ratchet.
+    pub fell_back: bool,
 }
 
 impl fmt::Display for Forecast {
@@ -132,6 +141,15 @@ pub enum NoForecast {
     },
     /// The floor is flat or falling, or rises too little to tell from flat.
     NotRising { bytes_per_hour: f64 },
+    /// The floor rises, but not as a ratchet does: it levels off (the later half of the
+    /// window rises more slowly than the earlier, beyond doubt), as a warm-up does.
+    LevellingOff {
+        earlier_per_hour: f64,
+        later_per_hour: f64,
+    },
+    /// The floor rises, but fell back within the window (a cache trimmed every night): a
+    /// ratchet's floor never does.
+    FellBack,
 }
 
 impl fmt::Display for NoForecast {
@@ -153,6 +171,19 @@ impl fmt::Display for NoForecast {
                 "no forecast: the memory kept is not rising ({}{}/h)",
                 if *bytes_per_hour < 0.0 { "-" } else { "" },
                 Bytes(bytes_per_hour.abs() as u64)
+            ),
+            NoForecast::LevellingOff {
+                earlier_per_hour,
+                later_per_hour,
+            } => write!(
+                f,
+                "no forecast: the memory kept is levelling off (rising {}/h lately, {}/h before)",
+                Bytes(later_per_hour.max(0.0) as u64),
+                Bytes(earlier_per_hour.max(0.0) as u64)
+            ),
+            NoForecast::FellBack => write!(
+                f,
+                "no forecast: the memory kept fell back within the window, so it is not a ratchet"
             ),
         }
     }
@@ -203,28 +234,16 @@ pub fn forecast(
     }
 
     let t0 = points[0].0;
-    let mut slopes: Vec<f64> = Vec::with_capacity(points.len() * (points.len() - 1) / 2);
-    for (i, a) in points.iter().enumerate() {
-        for b in &points[i + 1..] {
-            if b.0 > a.0 {
-                slopes.push((b.1 - a.1) / (b.0 - a.0));
-            }
-        }
-    }
-    let n = points.len() as f64;
-    let pairs = slopes.len();
-    let slope = median(&mut slopes);
-    // Sen's 95% interval: the slopes at these ranks, from the variance of Kendall's S.
-    let c = 1.96 * (n * (n - 1.0) * (2.0 * n + 5.0) / 18.0).sqrt();
-    let rank = |r: f64| (r.max(0.0) as usize).min(pairs - 1);
-    let low = nth(&mut slopes, rank(((pairs as f64 - c) / 2.0).floor() - 1.0));
-    let high = nth(&mut slopes, rank(((pairs as f64 + c) / 2.0).ceil()));
+    let Some(Sen { slope, low, high }) = sen(&points) else {
+        return Err(too_little(span, points.len()));
+    };
     let per_hour = slope * 3600.0;
     if slope <= 0.0 || low <= 0.0 {
         return Err(NoForecast::NotRising {
             bytes_per_hour: per_hour,
         });
     }
+    ratchet(&points)?;
     let mut offsets: Vec<f64> = points.iter().map(|p| p.1 - slope * (p.0 - t0)).collect();
     let intercept = median(&mut offsets);
     let mut residuals: Vec<f64> = points
@@ -246,11 +265,80 @@ pub fn forecast(
         floors: points.len(),
         span,
         idle_floors,
+        fell_back: restarted_at > 0,
     })
 }
 
 /// A floor: (seconds, bytes).
 type Point = (f64, f64);
+
+/// A Theil–Sen slope, in bytes a second, with its 95% interval.
+struct Sen {
+    slope: f64,
+    low: f64,
+    high: f64,
+}
+
+/// The median of the slopes between every pair of points, and Sen's 95% interval: the
+/// slopes at the ranks the variance of Kendall's S gives. `None` without two points apart.
+fn sen(points: &[Point]) -> Option<Sen> {
+    let mut slopes: Vec<f64> = Vec::with_capacity(points.len() * points.len() / 2);
+    for (i, a) in points.iter().enumerate() {
+        for b in &points[i + 1..] {
+            if b.0 > a.0 {
+                slopes.push((b.1 - a.1) / (b.0 - a.0));
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    let n = points.len() as f64;
+    let pairs = slopes.len();
+    let slope = median(&mut slopes);
+    let c = 1.96 * (n * (n - 1.0) * (2.0 * n + 5.0) / 18.0).sqrt();
+    let rank = |r: f64| (r.max(0.0) as usize).min(pairs - 1);
+    let low = nth(&mut slopes, rank(((pairs as f64 - c) / 2.0).floor() - 1.0));
+    let high = nth(&mut slopes, rank(((pairs as f64 + c) / 2.0).ceil()));
+    Some(Sen { slope, low, high })
+}
+
+/// Whether rising floors are a ratchet, which a straight line may carry forward to the
+/// threshold, rather than a curve that is still rising now and will level off. A ratchet's
+/// rise holds across the whole window: the median floor of each quarter of it is above the
+/// one before (a cache trimmed at midnight falls back), and the later half rises no more
+/// slowly than the earlier, unless that cannot be told from noise (a warm-up levelling off
+/// at 900 MiB rises ever more slowly, however straight its first hours look).
+fn ratchet(points: &[Point]) -> Result<(), NoForecast> {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return Ok(());
+    };
+    let (t0, length) = (first.0, last.0 - first.0);
+    let part =
+        |p: &Point, parts: f64| (((p.0 - t0) / length * parts) as usize).min(parts as usize - 1);
+    let mut quarters: [Vec<f64>; 4] = Default::default();
+    for p in points {
+        quarters[part(p, 4.0)].push(p.1);
+    }
+    let medians: Vec<f64> = quarters
+        .iter_mut()
+        .filter(|q| !q.is_empty())
+        .map(|q| median(q))
+        .collect();
+    if medians.windows(2).any(|pair| pair[1] <= pair[0]) {
+        return Err(NoForecast::FellBack);
+    }
+    let (earlier, later): (Vec<Point>, Vec<Point>) = points.iter().partition(|p| part(p, 2.0) == 0);
+    if let (Some(earlier), Some(later)) = (sen(&earlier), sen(&later))
+        && later.high < earlier.slope
+    {
+        return Err(NoForecast::LevellingOff {
+            earlier_per_hour: earlier.slope * 3600.0,
+            later_per_hour: later.slope * 3600.0,
+        });
+    }
+    Ok(())
+}
 
 /// Per bucket, the lowest idle sample and the lowest of all, as (seconds, bytes), oldest first.
 fn floors(samples: &[&Sample], bucket: Duration) -> (Vec<Point>, Vec<Point>) {
@@ -453,6 +541,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rise_that_levels_off_is_no_ratchet() {
+        // A warm-up: from 200 MiB towards 900 MiB, ever more slowly. A straight line through
+        // its first 6 h would cross 1600 MiB; the curve never does.
+        let e = run(&series(6.0, Some(0), |h| 900.0 - 700.0 * (-h / 4.0).exp())).unwrap_err();
+        assert!(
+            matches!(e, NoForecast::LevellingOff { earlier_per_hour, later_per_hour }
+                if later_per_hour < earlier_per_hour),
+            "the later half rises more slowly, beyond doubt: {e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("no forecast: the memory kept is levelling off")
+        );
+    }
+
+    #[test]
+    fn a_rise_that_fell_back_in_the_window_is_no_ratchet() {
+        // A cache trimmed at midnight, 14 h in: the day's rise does not hold.
+        let e = run(&series(30.0, Some(0), |h| {
+            400.0 + 15.0 * ((h + 10.0) % 24.0)
+        }))
+        .unwrap_err();
+        assert_eq!(e, NoForecast::FellBack, "{e}");
+        assert_eq!(
+            e.to_string(),
+            "no forecast: the memory kept fell back within the window, so it is not a ratchet"
+        );
+        // A ratchet of steps still is one: each quarter's floor above the last.
+        let steps = run(&series(12.0, Some(0), |h| 200.0 + 40.0 * h.floor())).expect("a ratchet");
+        assert!(!steps.fell_back, "{steps}");
+    }
+
+    #[test]
     fn falling_memory_has_no_forecast() {
         let e = run(&series(12.0, Some(0), |h| 900.0 - 20.0 * h)).unwrap_err();
         assert!(matches!(e, NoForecast::NotRising { bytes_per_hour } if bytes_per_hour < 0.0));
@@ -574,6 +695,7 @@ mod tests {
             (f.bytes_per_hour / MI - 50.0).abs() < 1.0,
             "only the rate since the drop: {f}"
         );
+        assert!(f.fell_back, "and it says the floor fell back in the window");
     }
 
     #[test]

@@ -130,7 +130,11 @@ impl Monitor {
             backoff: FIRST_BACKOFF,
             server: None,
             record,
-            quiet: QuietMoment::new(settings.policy.quiet_within, settings.policy.min_drain),
+            quiet: QuietMoment::new(
+                settings.policy.quiet_within,
+                settings.policy.min_drain,
+                settings.policy.max_gap,
+            ),
             started: now,
             fleet,
             render,
@@ -896,6 +900,8 @@ mod tests {
     fn the_quiet_moment_drains_an_idle_instance_forecast_over_soon_and_recycles_it() {
         let mut on = settings();
         on.policy.quiet_within = Some(12 * 3600 * SECOND);
+        // Samples 10 s apart are no pause of memprobe's.
+        on.policy.max_gap = policy::Settings::max_gap_at(10 * SECOND);
         let mut rig = Rig::with(on);
         let snap = seven_idle_hours(&mut rig);
         let drain = snap
@@ -930,6 +936,7 @@ mod tests {
     fn the_quiet_moment_waits_while_the_forecast_is_further_than_asked_or_off() {
         let mut near = settings();
         near.policy.quiet_within = Some(3600 * SECOND);
+        near.policy.max_gap = policy::Settings::max_gap_at(10 * SECOND);
         let mut rig = Rig::with(near);
         let snap = seven_idle_hours(&mut rig);
         assert_eq!(
