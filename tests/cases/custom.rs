@@ -28,6 +28,11 @@ fn a_server_that_says_its_sessions_at_a_url_ends_a_drain_when_its_last_session_e
         s["sessions"] == 2 && s["state"] == "healthy"
     });
     assert_eq!(status["custom"]["from"], url, "/status says where it reads");
+    assert_eq!(
+        server.host(),
+        Some(server.addr.to_string()),
+        "the Host header keeps the port"
+    );
     assert_eq!(status["custom"]["connected"], true);
     let metrics = probe.get("/metrics").body;
     assert!(

@@ -15,6 +15,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Connections held unanswered while hung, closed when it stops.
     held: Mutex<Vec<TcpStream>>,
+    /// The `Host` header of the last request.
+    host: Mutex<Option<String>>,
 }
 
 pub struct CountServer {
@@ -37,6 +39,7 @@ impl CountServer {
             hung: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
+            host: Mutex::new(None),
         });
         let serving = Arc::clone(&shared);
         std::thread::spawn(move || {
@@ -61,6 +64,11 @@ impl CountServer {
         *self.shared.body.lock().unwrap() = body.to_string();
     }
 
+    /// The `Host` header the last request carried.
+    pub fn host(&self) -> Option<String> {
+        self.shared.host.lock().unwrap().clone()
+    }
+
     pub fn hang(&self) {
         self.shared.hung.store(true, Ordering::SeqCst);
     }
@@ -82,6 +90,11 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
     while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
         if line == "\r\n" {
             break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("host")
+        {
+            *shared.host.lock().unwrap() = Some(value.trim().to_string());
         }
         line.clear();
     }
