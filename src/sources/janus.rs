@@ -135,10 +135,11 @@ pub fn spawn(settings: Link) -> (JanusSessions, watch::Receiver<JanusView>, Drai
     };
     let (tx, rx) = watch::channel(view);
     let (switch_tx, switch_rx) = mpsc::unbounded_channel();
-    // A fresh poll may wait for the one in flight (ping, info, list_sessions, a secret read
-    // again), then takes its own ping and list_sessions.
+    // A fresh poll may wait for the one in flight, then takes its own ping and
+    // list_sessions; the monitor waits no longer than that for it (its thread must step
+    // again well within /livez's three intervals), and a count it did not get is unknown.
     let (fresh, asks) =
-        crate::sources::FreshReads::new(settings.timeout * 6 + Duration::from_secs(1));
+        crate::sources::FreshReads::new(settings.timeout * 2 + Duration::from_secs(1));
     tokio::spawn(run(settings, tx, switch_rx, asks));
     (
         JanusSessions {
