@@ -181,6 +181,18 @@ fn a_count_that_cannot_be_read_never_restarts_the_server_unless_the_operator_opt
     server.answer();
     let status = probe.wait_state("healthy");
     assert_eq!(status["sessions"], 5, "its calls went on");
+
+    // An answer at a byte a second never comes in time either.
+    server.trickle();
+    let before = status["custom"]["errors_total"]["timeout"]
+        .as_u64()
+        .unwrap_or(0);
+    let status = probe.wait_for("a long trickle", |s| {
+        s["custom"]["errors_total"]["timeout"].as_u64() >= Some(before + 15)
+    });
+    assert_eq!(status["state"], "stalled", "never recycled: {status:#}");
+    assert_eq!(probe.get("/healthz").code, 200);
+    server.answer();
 }
 
 /// Whether a transition into `state` gave a reason that starts so.
