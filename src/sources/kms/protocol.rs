@@ -219,6 +219,22 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_frame_is_said_by_where_it_broke_never_by_what_it_held() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":"S3cr3t-token"}}"#,
+            r#"{"id":"S3cr3t-token","result":{}}"#,
+            "S3cr3t-token",
+        ] {
+            let said = decode(text).unwrap_err().to_string();
+            assert!(!said.contains("S3cr3t"), "{said}");
+        }
+        assert_eq!(
+            decode("S3cr3t").unwrap_err().to_string(),
+            "malformed JSON-RPC frame: Syntax error at line 1 column 1 of 6 bytes"
+        );
+    }
+
+    #[test]
     fn broken_frames_are_errors_not_panics() {
         for text in [
             "",

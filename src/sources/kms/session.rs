@@ -535,6 +535,18 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_error_reply_is_said_by_its_code_and_length_never_its_text() {
+        let message = "Object 'S3cr3t' not found".to_string();
+        let length = message.len();
+        let said = super::CallError::Reply {
+            code: 40101,
+            message,
+        }
+        .to_string();
+        assert_eq!(said, format!("error 40101 ({length} bytes of message)"));
+    }
+
     fn settings() -> Link {
         Link {
             url: crate::secret::SecretUrl::parse_ws("ws://127.0.0.1:8888/kurento").expect("url"),
