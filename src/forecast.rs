@@ -19,6 +19,12 @@
 //!    rank interval) is above zero — a rise that cannot be told from flat is no rise — and
 //!    every forecast carries the earliest and latest crossing that the slope's bounds and two
 //!    robust standard deviations of the floors around the trend allow.
+//! 5. Only a ratchet is carried forward: a straight line through a curve still rising is no
+//!    crossing. The rise must hold across the window (each quarter's median floor above the
+//!    last's) and must not level off (the later half's slope, at the top of Sen's interval,
+//!    at least 85% of the earlier half's), both judged up to the last bucket with sessions,
+//!    after which the floor may rest but not fall back; a warm-up that levels off, or a
+//!    cache trimmed every night, has no forecast.
 //!
 //! [`History`] keeps what the forecast needs in little memory: per bucket, the lowest sample
 //! and the lowest idle one, which give the same floors as every sample would.
@@ -97,6 +103,10 @@ pub struct Forecast {
     pub span: Duration,
     /// Whether they are idle floors (zero sessions) or the lower envelope of all samples.
     pub idle_floors: bool,
+    /// Whether the floor fell by half within this incarnation and the window (a restart
+    /// memprobe did not see, or a cache trimmed every night): only the history since is
+    /// drawn, and nothing but that history says the rise is a ratchet.
+    pub fell_back: bool,
 }
 
 impl fmt::Display for Forecast {
@@ -132,6 +142,15 @@ pub enum NoForecast {
     },
     /// The floor is flat or falling, or rises too little to tell from flat.
     NotRising { bytes_per_hour: f64 },
+    /// The floor rises, but not as a ratchet does: it levels off (the later half of the
+    /// window rises more slowly than the earlier, beyond doubt), as a warm-up does.
+    LevellingOff {
+        earlier_per_hour: f64,
+        later_per_hour: f64,
+    },
+    /// The floor rises, but fell back within the window (a cache trimmed every night): a
+    /// ratchet's floor never does.
+    FellBack,
 }
 
 impl fmt::Display for NoForecast {
@@ -153,6 +172,19 @@ impl fmt::Display for NoForecast {
                 "no forecast: the memory kept is not rising ({}{}/h)",
                 if *bytes_per_hour < 0.0 { "-" } else { "" },
                 Bytes(bytes_per_hour.abs() as u64)
+            ),
+            NoForecast::LevellingOff {
+                earlier_per_hour,
+                later_per_hour,
+            } => write!(
+                f,
+                "no forecast: the memory kept is levelling off (rising {}/h lately, {}/h before)",
+                Bytes(later_per_hour.max(0.0) as u64),
+                Bytes(earlier_per_hour.max(0.0) as u64)
+            ),
+            NoForecast::FellBack => write!(
+                f,
+                "no forecast: the memory kept fell back within the window, so it is not a ratchet"
             ),
         }
     }
@@ -203,28 +235,24 @@ pub fn forecast(
     }
 
     let t0 = points[0].0;
-    let mut slopes: Vec<f64> = Vec::with_capacity(points.len() * (points.len() - 1) / 2);
-    for (i, a) in points.iter().enumerate() {
-        for b in &points[i + 1..] {
-            if b.0 > a.0 {
-                slopes.push((b.1 - a.1) / (b.0 - a.0));
-            }
-        }
-    }
-    let n = points.len() as f64;
-    let pairs = slopes.len();
-    let slope = median(&mut slopes);
-    // Sen's 95% interval: the slopes at these ranks, from the variance of Kendall's S.
-    let c = 1.96 * (n * (n - 1.0) * (2.0 * n + 5.0) / 18.0).sqrt();
-    let rank = |r: f64| (r.max(0.0) as usize).min(pairs - 1);
-    let low = nth(&mut slopes, rank(((pairs as f64 - c) / 2.0).floor() - 1.0));
-    let high = nth(&mut slopes, rank(((pairs as f64 + c) / 2.0).ceil()));
+    let Some(Sen { slope, low, high }) = sen(&points) else {
+        return Err(too_little(span, points.len()));
+    };
     let per_hour = slope * 3600.0;
     if slope <= 0.0 || low <= 0.0 {
         return Err(NoForecast::NotRising {
             bytes_per_hour: per_hour,
         });
     }
+    // Memory ratchets while sessions come and go; at night, with none, it rests. The rise is
+    // judged up to the end of the last bucket that saw a session (or an unknown count).
+    let width = settings.bucket.as_nanos().max(1);
+    let busy_until = recent
+        .iter()
+        .rev()
+        .find(|s| s.sessions != Some(0))
+        .map(|s| ((s.at.as_nanos() / width + 1) * width) as f64 / 1e9);
+    ratchet(&points, busy_until)?;
     let mut offsets: Vec<f64> = points.iter().map(|p| p.1 - slope * (p.0 - t0)).collect();
     let intercept = median(&mut offsets);
     let mut residuals: Vec<f64> = points
@@ -246,11 +274,100 @@ pub fn forecast(
         floors: points.len(),
         span,
         idle_floors,
+        fell_back: restarted_at > 0,
     })
 }
 
 /// A floor: (seconds, bytes).
 type Point = (f64, f64);
+
+/// A Theil–Sen slope, in bytes a second, with its 95% interval.
+struct Sen {
+    slope: f64,
+    low: f64,
+    high: f64,
+}
+
+/// The median of the slopes between every pair of points, and Sen's 95% interval: the
+/// slopes at the ranks the variance of Kendall's S gives. `None` without two points apart.
+fn sen(points: &[Point]) -> Option<Sen> {
+    let mut slopes: Vec<f64> = Vec::with_capacity(points.len() * points.len() / 2);
+    for (i, a) in points.iter().enumerate() {
+        for b in &points[i + 1..] {
+            if b.0 > a.0 {
+                slopes.push((b.1 - a.1) / (b.0 - a.0));
+            }
+        }
+    }
+    if slopes.is_empty() {
+        return None;
+    }
+    let n = points.len() as f64;
+    let pairs = slopes.len();
+    let slope = median(&mut slopes);
+    let c = 1.96 * (n * (n - 1.0) * (2.0 * n + 5.0) / 18.0).sqrt();
+    let rank = |r: f64| (r.max(0.0) as usize).min(pairs - 1);
+    let low = nth(&mut slopes, rank(((pairs as f64 - c) / 2.0).floor() - 1.0));
+    let high = nth(&mut slopes, rank(((pairs as f64 + c) / 2.0).ceil()));
+    Some(Sen { slope, low, high })
+}
+
+/// Whether rising floors are a ratchet, which a straight line may carry forward to the
+/// threshold, rather than a curve that is still rising now and will level off. A ratchet's
+/// rise holds across the whole window: the median floor of each quarter of it is above the
+/// one before (a cache trimmed at midnight falls back), and the later half rises not much
+/// more slowly than the earlier (a warm-up levelling off at 900 MiB rises ever more slowly,
+/// however straight its first hours look). Both are judged up to `busy_until`, the end of the
+/// last bucket with sessions: a ratchet rests while nobody is on the server, and that idle
+/// stretch must only not fall back by a third of the rise.
+fn ratchet(points: &[Point], busy_until: Option<f64>) -> Result<(), NoForecast> {
+    // The stretch with sessions; the idle one after it must only hold what it reached.
+    let busy = busy_until.map_or(points.len(), |t| points.iter().filter(|p| p.0 < t).count());
+    let (points, rest) = if busy >= 8 {
+        points.split_at(busy)
+    } else {
+        (points, &[][..])
+    };
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return Ok(());
+    };
+    let (t0, length) = (first.0, last.0 - first.0);
+    let part =
+        |p: &Point, parts: f64| (((p.0 - t0) / length * parts) as usize).min(parts as usize - 1);
+    let mut quarters: [Vec<f64>; 4] = Default::default();
+    for p in points {
+        quarters[part(p, 4.0)].push(p.1);
+    }
+    let medians: Vec<f64> = quarters
+        .iter_mut()
+        .filter(|q| !q.is_empty())
+        .map(|q| median(q))
+        .collect();
+    if medians.windows(2).any(|pair| pair[1] <= pair[0]) {
+        return Err(NoForecast::FellBack);
+    }
+    // Where the idle stretch has come to (the median of its later half) may settle a little
+    // below the last floors (an allocator handing pages back), never by a third of the rise.
+    let mut rested: Vec<f64> = rest[rest.len() / 2..].iter().map(|p| p.1).collect();
+    if let (Some(first), Some(last)) = (medians.first(), medians.last())
+        && !rested.is_empty()
+        && median(&mut rested) < last - (last - first) / 3.0
+    {
+        return Err(NoForecast::FellBack);
+    }
+    let (earlier, later): (Vec<Point>, Vec<Point>) = points.iter().partition(|p| part(p, 2.0) == 0);
+    // Beyond doubt, and by more than a ratchet's own unevenness: the later half at most
+    // 85% as steep as the earlier, at the top of its interval.
+    if let (Some(earlier), Some(later)) = (sen(&earlier), sen(&later))
+        && later.high < earlier.slope * 0.85
+    {
+        return Err(NoForecast::LevellingOff {
+            earlier_per_hour: earlier.slope * 3600.0,
+            later_per_hour: later.slope * 3600.0,
+        });
+    }
+    Ok(())
+}
 
 /// Per bucket, the lowest idle sample and the lowest of all, as (seconds, bytes), oldest first.
 fn floors(samples: &[&Sample], bucket: Duration) -> (Vec<Point>, Vec<Point>) {
@@ -307,6 +424,9 @@ struct Kept {
     bucket: u128,
     lowest: Sample,
     lowest_idle: Option<Sample>,
+    /// A sample with sessions (or an unknown count), if the bucket had one: the forecast
+    /// judges the rise up to the last such bucket.
+    busy: Option<Sample>,
 }
 
 impl History {
@@ -324,11 +444,13 @@ impl History {
     pub fn push(&mut self, s: Sample) {
         let bucket = s.at.as_nanos() / self.settings.bucket.as_nanos().max(1);
         let idle = (s.sessions == Some(0)).then_some(s);
+        let busy = (s.sessions != Some(0)).then_some(s);
         match self.kept.back_mut() {
             Some(k) if k.bucket == bucket && k.lowest.incarnation == s.incarnation => {
                 if s.memory_bytes < k.lowest.memory_bytes {
                     k.lowest = s;
                 }
+                k.busy = k.busy.or(busy);
                 if idle.is_some()
                     && k.lowest_idle
                         .is_none_or(|l| s.memory_bytes < l.memory_bytes)
@@ -340,6 +462,7 @@ impl History {
                 bucket,
                 lowest: s,
                 lowest_idle: idle,
+                busy,
             }),
         }
         let from =
@@ -351,13 +474,13 @@ impl History {
 
     /// What is kept, oldest first: a slice for [`forecast`].
     pub fn samples(&self) -> Vec<Sample> {
-        let mut out = Vec::with_capacity(self.kept.len() * 2);
+        let mut out = Vec::with_capacity(self.kept.len() * 3);
         for k in &self.kept {
-            match k.lowest_idle {
-                Some(idle) if idle.at < k.lowest.at => out.extend([idle, k.lowest]),
-                Some(idle) if idle.at > k.lowest.at => out.extend([k.lowest, idle]),
-                _ => out.push(k.lowest),
-            }
+            let from = out.len();
+            out.push(k.lowest);
+            out.extend(k.lowest_idle.filter(|idle| idle.at != k.lowest.at));
+            out.extend(k.busy.filter(|busy| busy.at != k.lowest.at));
+            out[from..].sort_by_key(|s| s.at);
         }
         out
     }
@@ -450,6 +573,75 @@ mod tests {
             matches!(e, NoForecast::NotRising { .. }),
             "flat memory never crosses: {e}"
         );
+    }
+
+    #[test]
+    fn a_rise_that_levels_off_is_no_ratchet() {
+        // A warm-up: from 200 MiB towards 900 MiB, ever more slowly. A straight line through
+        // its first 6 h would cross 1600 MiB; the curve never does.
+        let e = run(&series(6.0, Some(0), |h| 900.0 - 700.0 * (-h / 4.0).exp())).unwrap_err();
+        assert!(
+            matches!(e, NoForecast::LevellingOff { earlier_per_hour, later_per_hour }
+                if later_per_hour < earlier_per_hour),
+            "the later half rises more slowly, beyond doubt: {e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("no forecast: the memory kept is levelling off")
+        );
+    }
+
+    /// A day of traffic, then the night: 40 of every 60 minutes busy (600 MiB of sessions
+    /// over the floor) until `busy_hours`, idle after; the floor in MiB as `floor(hours)`.
+    fn day_then_night(hours: f64, busy_hours: f64, floor: impl Fn(f64) -> f64) -> Vec<Sample> {
+        series(hours, Some(0), floor)
+            .into_iter()
+            .map(|mut s| {
+                let h = s.at.as_secs_f64() / HOUR;
+                if h < busy_hours && s.at.as_secs() / 60 % 60 < 40 {
+                    s.memory_bytes += (600.0 * MI) as u64;
+                    s.sessions = Some(8);
+                }
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_ratchet_resting_at_night_is_still_one() {
+        // 50 MiB/h while sessions come and go for 12 h; then, with none, it holds 700 MiB.
+        let ratchet = |h: f64| 100.0 + 50.0 * h.min(12.0);
+        let samples = day_then_night(16.0, 12.0, ratchet);
+        let f = run(&samples).expect("the night's flat floor is rest, not levelling off");
+        assert!(f.bytes_per_hour > 0.0, "{f}");
+        let mut history = History::new(Settings::DEFAULT);
+        samples.iter().for_each(|s| history.push(*s));
+        assert_eq!(
+            history.forecast(THRESHOLD),
+            Ok(f),
+            "the history keeps the busy buckets"
+        );
+        // The same day, and a cache trimmed by 300 MiB at 14 h, in the night.
+        let trimmed = |h: f64| ratchet(h) - if h >= 14.0 { 300.0 } else { 0.0 };
+        let e = run(&day_then_night(16.0, 12.0, trimmed)).unwrap_err();
+        assert_eq!(e, NoForecast::FellBack, "{e}");
+    }
+
+    #[test]
+    fn a_rise_that_fell_back_in_the_window_is_no_ratchet() {
+        // A cache trimmed at midnight, 14 h in: the day's rise does not hold.
+        let e = run(&series(30.0, Some(0), |h| {
+            400.0 + 15.0 * ((h + 10.0) % 24.0)
+        }))
+        .unwrap_err();
+        assert_eq!(e, NoForecast::FellBack, "{e}");
+        assert_eq!(
+            e.to_string(),
+            "no forecast: the memory kept fell back within the window, so it is not a ratchet"
+        );
+        // A ratchet of steps still is one: each quarter's floor above the last.
+        let steps = run(&series(12.0, Some(0), |h| 200.0 + 40.0 * h.floor())).expect("a ratchet");
+        assert!(!steps.fell_back, "{steps}");
     }
 
     #[test]
@@ -574,6 +766,7 @@ mod tests {
             (f.bytes_per_hour / MI - 50.0).abs() < 1.0,
             "only the rate since the drop: {f}"
         );
+        assert!(f.fell_back, "and it says the floor fell back in the window");
     }
 
     #[test]
@@ -606,8 +799,8 @@ mod tests {
             history.push(*s);
         }
         assert!(
-            history.samples().len() <= 2 * (24 * 12 + 2),
-            "two samples per bucket of the window at most"
+            history.samples().len() <= 3 * (24 * 12 + 2),
+            "three samples per bucket of the window at most: the lowest, the lowest idle, one busy"
         );
         assert_eq!(
             history.forecast(THRESHOLD),

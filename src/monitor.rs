@@ -138,7 +138,11 @@ impl Monitor {
             backoff: FIRST_BACKOFF,
             server: None,
             record,
-            quiet: QuietMoment::new(settings.policy.quiet_within, settings.policy.min_drain),
+            quiet: QuietMoment::new(
+                settings.policy.quiet_within,
+                settings.policy.min_drain,
+                settings.policy.max_gap,
+            ),
             started: now,
             fleet,
             flaps: flaps::Flaps::default(),
@@ -185,6 +189,11 @@ impl Monitor {
                 }
                 match wait(left) {
                     Some(Message::Ask(asked)) => self.answer(clock(), asked),
+                    Some(Message::FreshCount(reply)) => {
+                        let count = self.fresh_count();
+                        self.publish(clock(), self.server.clone());
+                        let _ = reply.send(count);
+                    }
                     Some(Message::RecycleActionRan(ran)) => {
                         self.record.recycle_action_ran(ran);
                         self.publish(clock(), self.server.clone());
@@ -345,6 +354,15 @@ impl Monitor {
         }
     }
 
+    /// The session count from a read that begins now, when the source is polled (kept
+    /// and published as the count from then on); the count in hand when it is live already.
+    fn fresh_count(&mut self) -> Option<u32> {
+        if let Some(fresh) = self.sessions.as_mut().and_then(|s| s.fresh_count()) {
+            self.follow_sessions(fresh);
+        }
+        self.session_count
+    }
+
     /// Keeps the session count, and says how many sessions a drain is waiting for.
     fn follow_sessions(&mut self, sessions: Option<u32>) {
         if sessions != self.session_count
@@ -358,10 +376,14 @@ impl Monitor {
 
     fn observe(&mut self, now: Instant, s: MemorySample) {
         self.last_sample = Some((s, SystemTime::now()));
-        let obs = Observation {
+        let mut obs = Observation {
             memory_bytes: s.deciding(self.settings.memory),
             sessions: self.session_count,
         };
+        if self.decider.ends_on_zero(now, obs) {
+            // The policy would end the drain on this zero: it must be a count read now.
+            obs.sessions = self.fresh_count();
+        }
         if let Some(tr) = self.decider.observe(now, obs) {
             self.transition(tr);
         }
@@ -960,6 +982,8 @@ mod tests {
     fn the_quiet_moment_drains_an_idle_instance_forecast_over_soon_and_recycles_it() {
         let mut on = settings();
         on.policy.quiet_within = Some(12 * 3600 * SECOND);
+        // Samples 10 s apart are no pause of memprobe's.
+        on.policy.max_gap = policy::Settings::max_gap_at(10 * SECOND);
         let mut rig = Rig::with(on);
         let snap = seven_idle_hours(&mut rig);
         let drain = snap
@@ -994,6 +1018,7 @@ mod tests {
     fn the_quiet_moment_waits_while_the_forecast_is_further_than_asked_or_off() {
         let mut near = settings();
         near.policy.quiet_within = Some(3600 * SECOND);
+        near.policy.max_gap = policy::Settings::max_gap_at(10 * SECOND);
         let mut rig = Rig::with(near);
         let snap = seven_idle_hours(&mut rig);
         assert_eq!(

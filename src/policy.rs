@@ -425,6 +425,21 @@ impl Decider {
         }
     }
 
+    /// Whether `obs` would end the drain on its zero count (`last session ended`). A count
+    /// that is polled may be a poll old, and a session may have arrived since: before such
+    /// an end, the monitor takes a read that begins after this question and observes with
+    /// its count instead. The end on `--drain-timeout` rests on no count, so it asks none.
+    pub fn ends_on_zero(&self, now: Instant, obs: Observation) -> bool {
+        let p = &self.policy;
+        let drained_for = now.saturating_duration_since(self.since);
+        self.state == State::Draining
+            && self.requested_by.is_none()
+            && obs.sessions == Some(0)
+            && drained_for >= p.min_drain
+            && drained_for < p.drain_timeout
+            && p.critical_bytes.is_none_or(|c| obs.memory_bytes <= c)
+    }
+
     /// Judges one sample. Returns the transition it caused, if any.
     pub fn observe(&mut self, now: Instant, obs: Observation) -> Option<Transition> {
         self.sampled = true;
@@ -832,6 +847,47 @@ mod tests {
             "zero sessions after --min-drain recycles at once"
         );
         assert_eq!(tr.reason, "last session ended after draining 30s");
+    }
+
+    #[test]
+    fn a_drain_ends_on_a_zero_only_once_a_read_after_the_decision_confirms_it() {
+        let (mut d, t0) = started(policy());
+        let drained = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(300), mem(1200));
+        let early = drained + Duration::from_secs(29);
+        assert!(
+            !d.ends_on_zero(early, with_sessions(1200, 0)),
+            "before --min-drain a zero ends nothing, so it needs no fresh read"
+        );
+        let after = drained + Duration::from_secs(30);
+        assert!(
+            !d.ends_on_zero(after, with_sessions(1200, 1)),
+            "a live session ends nothing"
+        );
+        assert!(
+            !d.ends_on_zero(after, mem(1200)),
+            "nor does an unknown count"
+        );
+        assert!(
+            d.ends_on_zero(after, with_sessions(1200, 0)),
+            "a zero that would end the drain asks for a read begun after the decision"
+        );
+        assert!(
+            !d.ends_on_zero(drained + Duration::from_secs(3600), with_sessions(1200, 0)),
+            "--drain-timeout ends it whatever the count: no read needed"
+        );
+        assert_eq!(
+            d.observe(after, with_sessions(1200, 1)),
+            None,
+            "the fresh read found a session that arrived since the poll: the drain goes on"
+        );
+        assert_eq!(d.state(), State::Draining);
+        let (mut requested, t0) = started(policy());
+        requested.observe(t0, mem(500));
+        requested.request_drain(t0, "admin").unwrap();
+        assert!(
+            !requested.ends_on_zero(t0 + Duration::from_secs(60), with_sessions(500, 0)),
+            "a requested drain never recycles"
+        );
     }
 
     #[test]

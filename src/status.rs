@@ -226,6 +226,8 @@ pub struct Settings {
     /// `--sessions-url` (query values hidden) or `--sessions-file`.
     pub sessions_from: Option<String>,
     pub sessions_poll: Option<String>,
+    /// `--sessions-hang-timeout`, when on.
+    pub sessions_hang_timeout: Option<String>,
     pub listen: String,
     pub history: String,
     pub agent_listen: Option<String>,

@@ -155,8 +155,12 @@ pub fn clip(text: &str, max: usize) -> String {
     out
 }
 
-/// RFC 3339 wall-clock time, for people.
+/// RFC 3339 wall-clock time, for people. A wall clock set before 1970 or after 9999 (which
+/// the format cannot say, and its formatter panics on) shows as the nearest time it can.
 pub fn timestamp(at: std::time::SystemTime) -> String {
+    use std::time::{Duration, SystemTime};
+    let last = SystemTime::UNIX_EPOCH + Duration::from_millis(253_402_300_799_999);
+    let at = at.clamp(SystemTime::UNIX_EPOCH, last);
     humantime::format_rfc3339_millis(at).to_string()
 }
 
@@ -311,6 +315,26 @@ mod tests {
         assert_eq!(
             UnitError::OutOfRange(standard).to_string(),
             "is outside 10ms to 7days (try 5s)"
+        );
+    }
+
+    #[test]
+    fn a_wall_clock_before_1970_or_after_9999_never_panics() {
+        use std::time::SystemTime;
+        let epoch = SystemTime::UNIX_EPOCH;
+        assert_eq!(timestamp(epoch), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(epoch - Duration::from_secs(86_400 * 365 * 30)),
+            "1970-01-01T00:00:00.000Z",
+            "a clock set to 1940 shows the nearest time RFC 3339 can say"
+        );
+        assert_eq!(
+            timestamp(epoch + Duration::from_secs(400_000_000_000)),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            timestamp(epoch + Duration::from_secs(1_800_000_000)),
+            "2027-01-15T08:00:00.000Z"
         );
     }
 

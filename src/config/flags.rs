@@ -201,6 +201,16 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) sessions_poll: String,
+    /// Opt-in: a --sessions-url or --sessions-file server stalled this long is restarted (otherwise a count that cannot be read is unknown, never a restart) [default: off]
+    #[arg(
+        long,
+        env = "MEMPROBE_SESSIONS_HANG_TIMEOUT",
+        default_value = "off",
+        hide_default_value = true,
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub(super) sessions_hang_timeout: String,
     /// Read --kms-url from this file (for a URL that carries a secret)
     #[arg(long, env = "MEMPROBE_KMS_URL_FILE", value_name = "PATH")]
     pub(super) kms_url_file: Option<PathBuf>,

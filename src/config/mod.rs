@@ -101,6 +101,7 @@ impl Config {
             janus_drain_switch: janus.map(|j| j.drain_switch),
             sessions_from: custom.map(|c| c.from.shown()),
             sessions_poll: custom.map(|c| duration(c.poll)),
+            sessions_hang_timeout: custom.and_then(|c| c.hang_timeout).map(duration),
             listen: outlets.http.listen.to_string(),
             history: duration(self.history),
             agent_listen: agent.map(|a| a.listen.to_string()),

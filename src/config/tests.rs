@@ -156,6 +156,7 @@ fn every_value_is_checked_whether_or_not_anything_uses_it() {
         ("--janus-drain-switch", "maybe"),
         ("--sessions-url", "https://sfu/stats"),
         ("--sessions-poll", "9days"),
+        ("--sessions-hang-timeout", "soon"),
         ("--janus-secret", " "),
         ("--janus-secret-file", "/dev/zero"),
         ("--agent-weight", "heavy"),
@@ -300,6 +301,22 @@ fn any_other_server_counts_its_sessions_at_a_url_or_in_a_file() {
         (3, Duration::from_secs(3))
     );
     assert_eq!(c.sources.kms, None, "no KMS beside it");
+    assert_eq!(
+        (custom.hang_timeout, c.policy.server.hang_timeout),
+        (None, Duration::MAX),
+        "a count that cannot be read never restarts the server unless the operator opts in"
+    );
+    let opted = ["--name", "my-sfu", "--sessions-url", url];
+    let opted = sidecar(&[&opted[..], &["--sessions-hang-timeout", "90s"]].concat()).unwrap();
+    assert_eq!(
+        opted.policy.server.hang_timeout,
+        Duration::from_secs(90),
+        "--sessions-hang-timeout: a stall this long recycles"
+    );
+    assert_eq!(
+        opted.shown().sessions_hang_timeout.as_deref(),
+        Some("1m 30s")
+    );
     let file = ["--name", "my-sfu", "--sessions-file", "/dev/zero"];
     assert!(
         sidecar(&file)

@@ -57,6 +57,8 @@ pub(super) struct Values {
     sessions_url: Option<Endpoint>,
     sessions_file: Option<Endpoint>,
     sessions_poll: Duration,
+    /// `None` for `off`: a stall of such a server never recycles it.
+    sessions_hang_timeout: Option<Duration>,
     /// The file, and the URL it holds (`None` for `none`).
     kms_url_file: Option<(PathBuf, Option<SecretUrl>)>,
     kms_ping_interval: Duration,
@@ -115,6 +117,7 @@ impl Values {
             sessions_url,
             sessions_file,
             sessions_poll,
+            sessions_hang_timeout,
             kms_url_file,
             kms_ping_interval,
             kms_timeout,
@@ -213,6 +216,10 @@ impl Values {
                 })
                 .transpose()?,
             sessions_poll: check.duration("sessions_poll", sessions_poll)?,
+            sessions_hang_timeout: match sessions_hang_timeout.trim() {
+                "off" => None,
+                text => Some(check.duration("sessions_hang_timeout", text)?),
+            },
             kms_url_file: kms_url_file
                 .as_ref()
                 .map(|path| {
@@ -416,7 +423,7 @@ impl Values {
             (None, None, Some(c)) => ServerPolicy {
                 name: "server",
                 failures: c.failures,
-                hang_timeout: c.hang_timeout,
+                hang_timeout: c.hang_timeout.unwrap_or(Duration::MAX),
             },
             (None, None, None) => ServerPolicy::default(),
         };
@@ -570,7 +577,7 @@ impl Values {
             poll: self.sessions_poll,
             timeout: self.sessions_poll.min(Duration::from_secs(3)),
             failures: self.kms_failures,
-            hang_timeout: self.kms_hang_timeout,
+            hang_timeout: self.sessions_hang_timeout,
         }))
     }
 }

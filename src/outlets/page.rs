@@ -296,7 +296,8 @@ fn short_bytes(bytes: u64) -> String {
 }
 
 /// A step for the time axis, in seconds: a round one, giving at most [`MOST_TICKS`] ticks
-/// over `span_s` seconds.
+/// over `span_s` seconds, whatever the span (a wall clock jumped forward by years makes it
+/// long): past half a day, whole days.
 fn time_step(span_s: u64) -> u64 {
     const STEPS: [u64; 16] = [
         1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200,
@@ -305,7 +306,7 @@ fn time_step(span_s: u64) -> u64 {
         .iter()
         .copied()
         .find(|step| span_s / step < MOST_TICKS)
-        .unwrap_or(86400)
+        .unwrap_or_else(|| (span_s / MOST_TICKS + 1).div_ceil(86400) * 86400)
 }
 
 /// The time of day (UTC) at `at_ms`, to the second when ticks are seconds apart.
@@ -889,6 +890,30 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_jumped_forward_by_years_keeps_the_page_under_the_size_budget() {
+        // Half the history, then the wall clock jumps: 5 years, 300 years, 6,000 years.
+        for jump_s in [5 * 365 * 86_400, 300 * 365 * 86_400, 6_000 * 365 * 86_400] {
+            let history: Vec<Point> = (0..2000)
+                .map(|s| {
+                    let at_s = if s < 1000 { s } else { s + jump_s };
+                    point(at_s, 50 + s % 90, State::Healthy)
+                })
+                .collect();
+            let page = render(&with_history(history));
+            let ticks = page.matches("class=\"tick\"").count();
+            assert!(
+                ticks as u64 <= MOST_TICKS,
+                "{ticks} ticks over a span of {jump_s} s"
+            );
+            assert!(
+                page.len() < 64 * 1024,
+                "under 64 KiB whatever the span: {} bytes",
+                page.len()
+            );
+        }
+    }
+
+    #[test]
     fn two_thousand_samples_stay_under_the_size_budget() {
         // Every series drawn: memory, rss, live and sessions.
         let history: Vec<Point> = (0..2000)
@@ -947,7 +972,12 @@ mod tests {
             "the demo's 30 minutes: every 5 minutes"
         );
         assert_eq!(time_step(2 * 86400), 43200);
-        assert_eq!(time_step(10 * 86400), 86400, "a day at most");
+        assert_eq!(time_step(7 * 86400), 86400);
+        assert_eq!(
+            time_step(10 * 86400),
+            2 * 86400,
+            "whole days past half a day, and never more ticks than MOST_TICKS"
+        );
         assert_eq!(clock(1_800_000_123_000, 10), "08:02:03");
         assert_eq!(
             clock(1_800_000_123_000, 60),

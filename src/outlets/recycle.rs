@@ -223,12 +223,21 @@ async fn act(
             (Some(handle), Some(signal)) => {
                 let name = sig.as_str();
                 // A pidfd's poll and send never wait, but the fallback reads /proc: off the
-                // threads that answer probes.
-                let sent = tokio::task::spawn_blocking(move || handle.signal(signal, name)).await;
-                match sent {
-                    Ok(Ok(done)) => ("ok", done),
-                    Ok(Err(e)) => ("failed", e.to_string()),
-                    Err(e) => ("failed", format!("{name}: {e}")),
+                // threads that answer probes, on a thread of its own rather than tokio's
+                // blocking pool, whose queue a source's stuck lookups or reads could fill.
+                let (tx, sent) = tokio::sync::oneshot::channel();
+                let started = std::thread::Builder::new()
+                    .name("memprobe-signal".into())
+                    .spawn(move || {
+                        let _ = tx.send(handle.signal(signal, name));
+                    });
+                match started {
+                    Err(e) => ("failed", format!("{name}: no thread to send it on: {e}")),
+                    Ok(_) => match sent.await {
+                        Ok(Ok(done)) => ("ok", done),
+                        Ok(Err(e)) => ("failed", e.to_string()),
+                        Err(_) => ("failed", format!("{name}: the sending thread ended")),
+                    },
                 }
             }
         },

@@ -11,6 +11,11 @@
 //! had no session for `--min-drain` out of rotation — or, if a call slipped in, once that call
 //! has ended. So the rule never acts with a session live, never without a forecast, and at
 //! most once per incarnation.
+//!
+//! Nor on a rise that is not a ratchet: the forecast gives none for memory that levels off
+//! (a warm-up) or whose rise does not hold across the window, and the rule does not act on
+//! one drawn since the floor fell back (a cache trimmed at midnight). A server whose memory
+//! levels off under the threshold is never restarted for it.
 
 use std::time::Duration;
 
@@ -26,18 +31,25 @@ pub struct QuietMoment {
     /// `--recycle-when-idle-within`: `None` leaves the rule off.
     within: Option<Duration>,
     min_drain: Duration,
+    /// Two looks further apart than this mean memprobe itself was not running in between:
+    /// the idle run starts again from the look after the gap (`Policy::max_gap`).
+    max_gap: Duration,
     /// First sample of the current unbroken run with zero sessions.
     idle_since: Option<Instant>,
+    /// The last look at the session count.
+    last_look: Option<Instant>,
     /// Whether this incarnation has been drained by the rule already.
     used: bool,
 }
 
 impl QuietMoment {
-    pub fn new(within: Option<Duration>, min_drain: Duration) -> Self {
+    pub fn new(within: Option<Duration>, min_drain: Duration, max_gap: Duration) -> Self {
         QuietMoment {
             within,
             min_drain,
+            max_gap,
             idle_since: None,
+            last_look: None,
             used: false,
         }
     }
@@ -52,6 +64,11 @@ impl QuietMoment {
     /// allowed: it is on, unused, and the instance has had no session for `--min-drain`.
     /// (The forecast costs more than this: ask it only then.)
     pub fn idle(&mut self, now: Instant, sessions: Option<u32>) -> bool {
+        let previous = self.last_look.replace(now);
+        if previous.is_some_and(|at| now.saturating_duration_since(at) > self.max_gap) {
+            // memprobe was not running: a session may have come and gone meanwhile.
+            self.idle_since = None;
+        }
         if sessions == Some(0) {
             self.idle_since.get_or_insert(now);
         } else {
@@ -79,7 +96,9 @@ impl QuietMoment {
         }
         let idle_for = self.idle_for(now);
         let forecast = forecast?;
-        if idle_for < self.min_drain || forecast.eta > within {
+        // A rise since the floor fell back is no evidence of a ratchet: the floor came back
+        // once, and may again (a cache trimmed every night).
+        if idle_for < self.min_drain || forecast.eta > within || forecast.fell_back {
             return None;
         }
         self.used = true;
@@ -107,6 +126,8 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
     const MIN_DRAIN: Duration = Duration::from_secs(30);
+    /// Long, so that the tests may look an hour apart; the gap's own test looks further.
+    const MAX_GAP: Duration = Duration::from_secs(3 * 3600);
 
     fn crossing_in(eta: Duration) -> Forecast {
         Forecast {
@@ -119,11 +140,15 @@ mod tests {
             floors: 100,
             span: 12 * HOUR,
             idle_floors: true,
+            fell_back: false,
         }
     }
 
     fn rule() -> (QuietMoment, Instant) {
-        (QuietMoment::new(Some(12 * HOUR), MIN_DRAIN), Instant::now())
+        (
+            QuietMoment::new(Some(12 * HOUR), MIN_DRAIN, MAX_GAP),
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -244,8 +269,116 @@ mod tests {
     }
 
     #[test]
+    fn memprobes_own_pause_starts_the_idle_run_again() {
+        let (mut q, t0) = rule();
+        q.idle(t0, Some(0));
+        // memprobe stopped for four hours (SIGSTOP, a frozen cgroup, a suspended VM): a
+        // session may have come and gone unseen.
+        let after = t0 + 4 * HOUR;
+        assert!(
+            !q.idle(after, Some(0)),
+            "the idle run starts again from the look after the gap"
+        );
+        assert_eq!(
+            q.decide(after, State::Healthy, Some(&crossing_in(HOUR))),
+            None
+        );
+        assert!(
+            q.idle(after + MIN_DRAIN, Some(0)),
+            "idle for --min-drain since the gap"
+        );
+        let (mut q, t0) = rule();
+        let mut t = t0;
+        while t < t0 + MIN_DRAIN {
+            q.idle(t, Some(0));
+            t += Duration::from_secs(10);
+        }
+        assert!(q.idle(t, Some(0)), "looks 10 s apart are no gap");
+        let (mut q, t0) = rule();
+        q.idle(t0, Some(0));
+        assert!(
+            q.idle(t0 + MAX_GAP, Some(0)),
+            "a look exactly --max-gap later is no gap"
+        );
+    }
+
+    /// What the rule does over 30 hours of an idle instance whose memory (MiB) follows
+    /// `shape(hours)`, a sample a minute with a few MiB of noise, under a 1000 MiB threshold
+    /// and `--recycle-when-idle-within 12h`, on the real forecast: the hour it drains, if any.
+    fn drains_at(shape: impl Fn(f64) -> f64) -> Option<f64> {
+        use crate::forecast::{History, Sample, Settings};
+        const MI: f64 = 1024.0 * 1024.0;
+        let (mut q, t0) = rule();
+        let mut history = History::new(Settings::DEFAULT);
+        for minute in 0..=30 * 60u64 {
+            let h = minute as f64 / 60.0;
+            let noise = (minute * 7919 % 13) as f64 / 2.0 - 3.0;
+            let at = Duration::from_secs(minute * 60);
+            history.push(Sample {
+                at,
+                memory_bytes: ((shape(h) + noise) * MI) as u64,
+                sessions: Some(0),
+                incarnation: 1,
+            });
+            let now = t0 + at;
+            if minute % 10 != 0 || !q.idle(now, Some(0)) {
+                continue;
+            }
+            let forecast = history.forecast(1000 * 1024 * 1024).ok();
+            if q.decide(now, State::Healthy, forecast.as_ref()).is_some() {
+                return Some(h);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn memory_that_levels_off_or_comes_back_is_never_a_quiet_moment() {
+        // From 200 MiB, rising 175 MiB/h at first and ever more slowly (the rule drained
+        // both at 6 h, the first moment the forecast had history enough).
+        let warm_up_to = |top: f64| move |h: f64| top - (top - 200.0) * (-h / 4.0).exp();
+        assert_eq!(
+            drains_at(warm_up_to(900.0)),
+            None,
+            "a warm-up levelling at 900 MiB under a 1000 MiB threshold is never drained"
+        );
+        assert_eq!(
+            drains_at(warm_up_to(950.0)),
+            None,
+            "nor one levelling at 950 MiB"
+        );
+        // Started at 10:00; a cache grows 15 MiB/h over 400 MiB, to 760 MiB at midnight,
+        // when it is trimmed (the rule drained this at 18.5 h, 4.5 h after the trim).
+        let daily_cache = |h: f64| 400.0 + 15.0 * ((h + 10.0) % 24.0);
+        assert_eq!(
+            drains_at(daily_cache),
+            None,
+            "a daily cache trimmed at midnight is no ratchet"
+        );
+        // Started at 18:00; 25 MiB/h over 150 MiB: the trim looks like a restart memprobe
+        // missed, and only the rise since is drawn (drained at 28 h without the rule).
+        let daily_cache_on_little = |h: f64| 150.0 + 25.0 * ((h + 18.0) % 24.0);
+        assert_eq!(
+            drains_at(daily_cache_on_little),
+            None,
+            "nor is a rise since memory fell back"
+        );
+        assert_eq!(drains_at(|_| 800.0), None, "flat memory never is");
+    }
+
+    #[test]
+    fn a_true_ratchet_drains_at_a_quiet_moment() {
+        let ratchet = |h: f64| 300.0 + 40.0 * h;
+        let at = drains_at(ratchet).expect("a ratchet is drained before it crosses");
+        assert!(
+            (6.0..17.5).contains(&at),
+            "once the forecast has 6 h of history, within 12 h of the crossing at 17.5 h: {at}"
+        );
+    }
+
+    #[test]
     fn off_by_default() {
-        let mut q = QuietMoment::new(None, MIN_DRAIN);
+        let mut q = QuietMoment::new(None, MIN_DRAIN, MAX_GAP);
         let t0 = Instant::now();
         q.idle(t0, Some(0));
         assert!(!q.idle(t0 + HOUR, Some(0)), "off: never asks the forecast");

@@ -37,7 +37,7 @@ use crate::client::ClientError;
 const MAX_ANSWER_BYTES: usize = 64 << 10;
 /// The most of a file read: it holds one number.
 const MAX_FILE_BYTES: u64 = 4 << 10;
-/// Text from the server is cut to this before it is kept or shown.
+/// A fragment given in the flag is cut to this before it is shown.
 const MAX_TEXT_BYTES: usize = 120;
 const URL_EXAMPLE: &str = "try http://127.0.0.1:3000/sessions, or \
                            http://127.0.0.1:3000/stats#/rooms/active for a JSON field";
@@ -77,7 +77,12 @@ impl Endpoint {
     /// `--sessions-file`: a regular file, or one that may appear in a directory that exists
     /// (the server may start after memprobe). The error is a problem to show after the path.
     pub fn file(path: &Path) -> Result<Self, String> {
-        match std::fs::metadata(path) {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(
+                "is a symbolic link, which memprobe does not follow (give the file the server \
+                 writes its session count to, e.g. /run/sfu/sessions)"
+                    .into(),
+            ),
             Ok(meta) if meta.is_file() => Ok(Endpoint::File(path.to_path_buf())),
             Ok(_) => Err(
                 "is not a regular file (try a file the server writes its session \
@@ -140,35 +145,53 @@ pub struct CustomSettings {
     pub poll: Duration,
     /// Each read's deadline: the poll interval, at most 3 s.
     pub timeout: Duration,
-    /// Failed pings in a row that stall it, and how long a stall may last (the
-    /// `--kms-failures` and `--kms-hang-timeout` rules).
+    /// Failed pings in a row that stall it (`--kms-failures`), and how long a stall may last
+    /// before it recycles (`--sessions-hang-timeout`): `None`, the default, never. A count
+    /// endpoint that cannot be read (a DNS lookup that never answers, a stats handler that
+    /// is stuck) is no evidence that the server itself is hung.
     pub failures: u32,
-    pub hang_timeout: Duration,
+    pub hang_timeout: Option<Duration>,
 }
 
-/// Why an answer is not a session count.
+/// Why an answer is not a session count. It says the answer's length and the kind of what
+/// was there, never the content: whoever writes the file or the answer (the media server,
+/// the part exposed to the network) could have put a secret of memprobe's there, a token
+/// file or `/proc/self/environ` behind a symlink, and `/status` is open to anyone.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AnswerError {
     #[error("the answer is empty (answer a whole number such as 3)")]
     Empty,
-    #[error("the answer '{0}' is not a session count (answer a whole number such as 3)")]
-    NotANumber(String),
+    #[error("the answer ({0} bytes) is not a session count (answer a whole number such as 3)")]
+    NotANumber(usize),
     #[error(
-        "the answer is not JSON, which #{0} asks for (answer e.g. {{\"sessions\": 3}} for #/sessions)"
+        "the answer ({length} bytes) is not JSON, which #{pointer} asks for (answer e.g. {{\"sessions\": 3}} for #/sessions)"
     )]
-    NotJson(String),
+    NotJson { pointer: String, length: usize },
     #[error("the JSON answer has nothing at #{0}")]
     Missing(String),
     #[error(
-        "the JSON answer has '{value}' at #{pointer}, not a session count (a whole number, or an array of sessions)"
+        "the JSON answer has {kind} at #{pointer}, not a session count (a whole number, or an array of sessions)"
     )]
-    NotACount { pointer: String, value: String },
+    NotACount { pointer: String, kind: &'static str },
+}
+
+/// What a JSON value is, in words, without its content.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a fraction",
+        Value::Number(n) if n.is_i64() => "a negative number",
+        Value::Number(_) => "a number too large",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array too long",
+        Value::Object(_) => "an object",
+    }
 }
 
 /// Reads a session count: the whole answer as a number, or, with a pointer, the number (or
 /// the length of the array) it points to in the JSON answer.
 pub fn parse_answer(body: &[u8], pointer: Option<&str>) -> Result<u32, AnswerError> {
-    let clipped = |text: &str| crate::units::clip(text, MAX_TEXT_BYTES);
     let Some(pointer) = pointer else {
         let text = String::from_utf8_lossy(body);
         let text = text.trim();
@@ -179,10 +202,12 @@ pub fn parse_answer(body: &[u8], pointer: Option<&str>) -> Result<u32, AnswerErr
             .parse::<u32>()
             .ok()
             .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(|| AnswerError::NotANumber(clipped(text)));
+            .ok_or(AnswerError::NotANumber(body.len()));
     };
-    let json: Value =
-        serde_json::from_slice(body).map_err(|_| AnswerError::NotJson(pointer.to_string()))?;
+    let json: Value = serde_json::from_slice(body).map_err(|_| AnswerError::NotJson {
+        pointer: pointer.to_string(),
+        length: body.len(),
+    })?;
     let value = json
         .pointer(pointer)
         .ok_or_else(|| AnswerError::Missing(pointer.to_string()))?;
@@ -193,7 +218,7 @@ pub fn parse_answer(body: &[u8], pointer: Option<&str>) -> Result<u32, AnswerErr
     };
     count.ok_or_else(|| AnswerError::NotACount {
         pointer: pointer.to_string(),
-        value: clipped(&value.to_string()),
+        kind: kind_of(value),
     })
 }
 
@@ -292,6 +317,7 @@ impl CustomView {
 /// The server as a session source.
 pub struct CustomSessions {
     view: watch::Receiver<CustomView>,
+    fresh: crate::sources::FreshReads,
 }
 
 impl crate::sources::SessionSource for CustomSessions {
@@ -303,6 +329,10 @@ impl crate::sources::SessionSource for CustomSessions {
             report: crate::sources::ServerReport::Custom(view),
         }
     }
+
+    fn fresh_count(&mut self) -> Option<Option<u32>> {
+        Some(self.fresh.count())
+    }
 }
 
 /// Starts the polling task (and, for a file, its reading thread).
@@ -312,20 +342,32 @@ pub fn spawn(settings: CustomSettings) -> CustomSessions {
         ..CustomView::default()
     };
     let (tx, rx) = watch::channel(view);
-    tokio::spawn(run(settings, tx));
-    CustomSessions { view: rx }
+    // A fresh read may wait for the one in flight, then takes its own.
+    let (fresh, asks) =
+        crate::sources::FreshReads::new(settings.timeout * 2 + Duration::from_secs(1));
+    tokio::spawn(run(settings, tx, asks));
+    CustomSessions { view: rx, fresh }
 }
 
-async fn run(settings: CustomSettings, view: watch::Sender<CustomView>) {
+async fn run(
+    settings: CustomSettings,
+    view: watch::Sender<CustomView>,
+    mut asks: tokio::sync::mpsc::Receiver<crate::sources::FreshReply>,
+) {
     let mut reader = Reader::new(&settings.from);
     let shown = settings.from.shown();
     let mut said = HashSet::new();
     let mut ticker = tokio::time::interval(settings.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        // A fresh read is one that begins after it was asked for: the loop reads one at a
+        // time, so it begins once the read in flight, if any, is over.
+        let asked = tokio::select! {
+            _ = ticker.tick() => None,
+            Some(reply) = asks.recv() => Some(reply),
+        };
         let sent = tokio::time::Instant::now();
-        let read = reader.read(settings.timeout).await;
+        let read = reader.read(settings.timeout, asked.is_some()).await;
         if read == Reading::Timeout && super::paused_meanwhile(sent, settings.timeout) {
             // memprobe itself was stopped: the deadline passed while nobody waited.
             continue;
@@ -350,6 +392,13 @@ async fn run(settings: CustomSettings, view: watch::Sender<CustomView>) {
         }
         let latency = sent.elapsed();
         view.send_modify(|v| v.apply(&read, latency));
+        if let Some(reply) = asked {
+            let count = match read {
+                Reading::Count(n) => Some(n),
+                _ => None,
+            };
+            let _ = reply.try_send(count);
+        }
     }
 }
 
@@ -358,6 +407,7 @@ enum Reader {
     Url {
         url: url::Url,
         pointer: Option<String>,
+        resolver: crate::client::Resolver,
     },
     File {
         requests: Option<std::sync::mpsc::Sender<oneshot::Sender<Reading>>>,
@@ -372,6 +422,7 @@ impl Reader {
             Endpoint::Url { url, pointer } => Reader::Url {
                 url: url.clone(),
                 pointer: pointer.clone(),
+                resolver: crate::client::Resolver::default(),
             },
             Endpoint::File(path) => {
                 let path = path.clone();
@@ -396,31 +447,35 @@ impl Reader {
         }
     }
 
-    async fn read(&mut self, deadline: Duration) -> Reading {
+    /// One read within `deadline`; a `fresh` one never takes the answer of a read that
+    /// began before it (a file read still in flight).
+    async fn read(&mut self, deadline: Duration, fresh: bool) -> Reading {
         match self {
-            Reader::Url { url, pointer } => {
-                match crate::client::get(url, deadline, MAX_ANSWER_BYTES).await {
-                    Ok((200, body)) => match parse_answer(&body, pointer.as_deref()) {
-                        Ok(n) => Reading::Count(n),
-                        Err(e) => Reading::Unreadable("malformed", e.to_string()),
-                    },
-                    Ok((code, _)) => Reading::Unreadable(
-                        "status",
-                        format!("answered HTTP {code}, not 200 with a session count"),
-                    ),
-                    Err(ClientError::Refused) => Reading::Absent("connection refused".into()),
-                    Err(ClientError::Timeout(_)) => Reading::Timeout,
-                    Err(e @ ClientError::TooLarge(_)) => {
-                        Reading::Unreadable("too_large", format!("{e}: it should hold a count"))
-                    }
-                    Err(ClientError::Failed(e)) => Reading::Failed(e),
+            Reader::Url {
+                url,
+                pointer,
+                resolver,
+            } => match crate::client::get(resolver, url, deadline, MAX_ANSWER_BYTES).await {
+                Ok((200, body)) => match parse_answer(&body, pointer.as_deref()) {
+                    Ok(n) => Reading::Count(n),
+                    Err(e) => Reading::Unreadable("malformed", e.to_string()),
+                },
+                Ok((code, _)) => Reading::Unreadable(
+                    "status",
+                    format!("answered HTTP {code}, not 200 with a session count"),
+                ),
+                Err(ClientError::Refused) => Reading::Absent("connection refused".into()),
+                Err(ClientError::Timeout(_)) => Reading::Timeout,
+                Err(e @ ClientError::TooLarge(_)) => {
+                    Reading::Unreadable("too_large", format!("{e}: it should hold a count"))
                 }
-            }
+                Err(ClientError::Failed(e)) => Reading::Failed(e),
+            },
             Reader::File { requests, pending } => {
                 let Some(requests) = requests else {
                     return Reading::Failed("cannot start the thread that reads the file".into());
                 };
-                let mut reply = match pending.take() {
+                let mut reply = match pending.take().filter(|_| !fresh) {
                     Some(reply) => reply,
                     None => {
                         let (tx, rx) = oneshot::channel();
@@ -443,7 +498,9 @@ impl Reader {
     }
 }
 
-/// One read of the file; blocking, so on the reading thread only.
+/// One read of the file; blocking, so on the reading thread only. A symbolic link put in
+/// the file's place is not followed (whoever writes the file could point it at a secret of
+/// memprobe's), and what the file holds is never shown: only its length.
 fn read_file(path: &Path) -> Reading {
     use std::os::unix::fs::OpenOptionsExt;
     let not_regular = || {
@@ -452,25 +509,34 @@ fn read_file(path: &Path) -> Reading {
             "is not a regular file (write the count to a plain file)".into(),
         )
     };
-    match std::fs::metadata(path) {
+    let symlink = || {
+        Reading::Unreadable(
+            "not_a_file",
+            "is a symbolic link, which is not followed (write the count to a plain file)".into(),
+        )
+    };
+    match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Reading::Absent("no such file (yet)".into());
         }
         Err(e) => return Reading::Failed(format!("cannot be read: {e}")),
+        Ok(meta) if meta.file_type().is_symlink() => return symlink(),
         Ok(meta) if !meta.is_file() => return not_regular(),
         Ok(_) => {}
     }
     // Non-blocking, in case it was swapped for a FIFO since: opening one would wait for a
-    // writer.
+    // writer; and not through a symbolic link swapped in since.
+    let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .custom_flags(flags.bits())
         .open(path);
     let file = match file {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Reading::Absent("no such file (yet)".into());
         }
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => return symlink(),
         Err(e) => return Reading::Failed(format!("cannot be opened: {e}")),
     };
     if !file.metadata().is_ok_and(|m| m.is_file()) {
@@ -488,9 +554,12 @@ fn read_file(path: &Path) -> Reading {
     }
     match parse_answer(&bytes, None) {
         Ok(n) => Reading::Count(n),
-        Err(AnswerError::NotANumber(text)) => Reading::Unreadable(
+        Err(AnswerError::NotANumber(length)) => Reading::Unreadable(
             "malformed",
-            format!("holds '{text}', not a session count (write a whole number such as 3)"),
+            format!(
+                "holds {length} bytes that are not a session count (write a whole number \
+                 such as 3)"
+            ),
         ),
         Err(_) => Reading::Unreadable(
             "malformed",
@@ -518,13 +587,14 @@ mod tests {
         for bad in ["-1", "+3", "3.0", "three", "3 sessions", "4294967296"] {
             assert_eq!(
                 parse_answer(bad.as_bytes(), None),
-                Err(AnswerError::NotANumber(bad.into())),
+                Err(AnswerError::NotANumber(bad.len())),
                 "{bad}"
             );
         }
         assert_eq!(
-            AnswerError::NotANumber("three".into()).to_string(),
-            "the answer 'three' is not a session count (answer a whole number such as 3)"
+            AnswerError::NotANumber(5).to_string(),
+            "the answer (5 bytes) is not a session count (answer a whole number such as 3)",
+            "its length, never its content"
         );
     }
 
@@ -548,31 +618,36 @@ mod tests {
             parse_answer(stats, Some("/rooms/idle")),
             Err(AnswerError::Missing("/rooms/idle".into()))
         );
-        for (pointer, value) in [
-            ("/rooms/active", "\"4\""),
-            ("/rooms/ratio", "0.5"),
-            ("/rooms/minus", "-1"),
+        for (pointer, kind) in [
+            ("/rooms/active", "a string"),
+            ("/rooms/ratio", "a fraction"),
+            ("/rooms/minus", "a negative number"),
             ("/rooms/none", "null"),
-            (
-                "/rooms",
-                r#"{"active":"4","minus":-1,"none":null,"ratio":0.5}"#,
-            ),
+            ("/rooms", "an object"),
         ] {
             assert_eq!(
                 parse_answer(stats, Some(pointer)),
                 Err(AnswerError::NotACount {
                     pointer: pointer.into(),
-                    value: value.into()
+                    kind
                 }),
                 "{pointer}"
             );
         }
         assert_eq!(
+            parse_answer(br#"{"token": "S3cr3t"}"#, Some("/token"))
+                .unwrap_err()
+                .to_string(),
+            "the JSON answer has a string at #/token, not a session count (a whole number, or \
+             an array of sessions)",
+            "what was there, never what it said"
+        );
+        assert_eq!(
             parse_answer(b"<html>busy</html>", Some("/sessions"))
                 .unwrap_err()
                 .to_string(),
-            "the answer is not JSON, which #/sessions asks for (answer e.g. {\"sessions\": 3} \
-             for #/sessions)"
+            "the answer (17 bytes) is not JSON, which #/sessions asks for (answer e.g. \
+             {\"sessions\": 3} for #/sessions)"
         );
     }
 
@@ -666,7 +741,8 @@ mod tests {
             read_file(&path),
             Reading::Unreadable(
                 "malformed",
-                "holds 'many', not a session count (write a whole number such as 3)".into()
+                "holds 4 bytes that are not a session count (write a whole number such as 3)"
+                    .into()
             )
         );
         std::fs::write(&path, "1".repeat(5000)).unwrap();
@@ -674,6 +750,14 @@ mod tests {
             read_file(&path),
             Reading::Unreadable("too_large", _)
         ));
+        std::fs::remove_file(&path).unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "S3cr3t-admin-token").unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let Reading::Unreadable("not_a_file", said) = read_file(&path) else {
+            panic!("a symbolic link put in the file's place is refused, not followed");
+        };
+        assert!(said.starts_with("is a symbolic link"), "{said}");
         std::fs::remove_file(&path).unwrap();
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert!(
@@ -698,7 +782,9 @@ mod tests {
             let _ = stream.write_all(answer.as_bytes()).await;
         });
         let from = Endpoint::url(&format!("http://{addr}/stats#/sessions")).unwrap();
-        Reader::new(&from).read(Duration::from_secs(10)).await
+        Reader::new(&from)
+            .read(Duration::from_secs(10), false)
+            .await
     }
 
     #[tokio::test]
@@ -738,16 +824,16 @@ mod tests {
             Reading::Count(n)
         });
         let deadline = Duration::from_secs(3);
-        assert_eq!(reader.read(deadline).await, Reading::Timeout);
-        assert_eq!(reader.read(deadline).await, Reading::Timeout);
+        assert_eq!(reader.read(deadline, false).await, Reading::Timeout);
+        assert_eq!(reader.read(deadline, false).await, Reading::Timeout);
         drop(release);
         tokio::time::resume();
         assert_eq!(
-            reader.read(deadline).await,
+            reader.read(deadline, false).await,
             Reading::Count(1),
             "the read in flight is waited on again, not joined by a second one"
         );
-        assert_eq!(reader.read(deadline).await, Reading::Count(2));
+        assert_eq!(reader.read(deadline, false).await, Reading::Count(2));
     }
 
     #[test]

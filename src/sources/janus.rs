@@ -56,6 +56,8 @@ pub struct Link {
     pub secret_file: Option<crate::secret::SecretFile>,
     pub poll: Duration,
     pub timeout: Duration,
+    /// Its host's lookups, one at a time.
+    pub resolver: crate::client::Resolver,
 }
 
 /// What memprobe knows of Janus, as of the last poll.
@@ -91,6 +93,7 @@ impl DrainSwitch {
 /// Janus as a session source.
 pub struct JanusSessions {
     view: watch::Receiver<JanusView>,
+    fresh: crate::sources::FreshReads,
 }
 
 impl crate::sources::SessionSource for JanusSessions {
@@ -101,6 +104,10 @@ impl crate::sources::SessionSource for JanusSessions {
             failed_pings: if view.answered { view.failed_pings } else { 0 },
             report: crate::sources::ServerReport::Janus(view),
         }
+    }
+
+    fn fresh_count(&mut self) -> Option<Option<u32>> {
+        Some(self.fresh.count())
     }
 }
 
@@ -115,6 +122,7 @@ impl Link {
                 .map(|path| crate::secret::SecretFile::new("--janus-secret-file", path)),
             poll: settings.poll,
             timeout: settings.timeout,
+            resolver: crate::client::Resolver::default(),
         }
     }
 }
@@ -127,9 +135,17 @@ pub fn spawn(settings: Link) -> (JanusSessions, watch::Receiver<JanusView>, Drai
     };
     let (tx, rx) = watch::channel(view);
     let (switch_tx, switch_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(settings, tx, switch_rx));
+    // A fresh poll may wait for the one in flight, then takes its own ping and
+    // list_sessions; the monitor waits no longer than that for it (its thread must step
+    // again well within /livez's three intervals), and a count it did not get is unknown.
+    let (fresh, asks) =
+        crate::sources::FreshReads::new(settings.timeout * 2 + Duration::from_secs(1));
+    tokio::spawn(run(settings, tx, switch_rx, asks));
     (
-        JanusSessions { view: rx.clone() },
+        JanusSessions {
+            view: rx.clone(),
+            fresh,
+        },
         rx,
         DrainSwitch(switch_tx),
     )
@@ -160,8 +176,8 @@ impl CallError {
         match self {
             CallError::Absent => "connection refused".into(),
             CallError::Timeout => "no answer in time".into(),
-            CallError::Unauthorized(reason) => format!(
-                "Janus refused the admin secret (error 403: {reason}): check --janus-secret or \
+            CallError::Unauthorized(request) => format!(
+                "Janus refused the admin secret ({request}: error 403): check --janus-secret or \
                  the file --janus-secret-file names"
             ),
             CallError::Other(_, message) => message.clone(),
@@ -179,7 +195,14 @@ async fn call(settings: &Link, request: &str, extra: Value) -> Result<Value, Cal
     {
         map.insert("admin_secret".into(), Value::from(secret.clone()));
     }
-    let answer = crate::client::post(&settings.url, &[], body.to_string(), settings.timeout).await;
+    let answer = crate::client::post(
+        &settings.resolver,
+        &settings.url,
+        &[],
+        body.to_string(),
+        settings.timeout,
+    )
+    .await;
     let (_, bytes) = match answer {
         Ok(answer) => answer,
         Err(ClientError::Refused) => return Err(CallError::Absent),
@@ -192,15 +215,13 @@ async fn call(settings: &Link, request: &str, extra: Value) -> Result<Value, Cal
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|_| CallError::Other("malformed", format!("{request}: the answer is not JSON")))?;
     if value["janus"] == "error" {
+        // The code, never Janus's own text: what an answer says is not shown on the open
+        // port (SECURITY.md).
         let code = value["error"]["code"].as_i64().unwrap_or(0);
-        let reason = crate::units::clip(
-            value["error"]["reason"].as_str().unwrap_or(""),
-            MAX_TEXT_BYTES,
-        );
         return Err(if code == 403 {
-            CallError::Unauthorized(reason)
+            CallError::Unauthorized(request.to_string())
         } else {
-            CallError::Other("error_reply", format!("{request}: error {code}: {reason}"))
+            CallError::Other("error_reply", format!("{request}: error {code}"))
         });
     }
     Ok(value)
@@ -254,14 +275,18 @@ async fn run(
     mut settings: Link,
     view: watch::Sender<JanusView>,
     mut switch: mpsc::UnboundedReceiver<bool>,
+    mut asks: mpsc::Receiver<crate::sources::FreshReply>,
 ) {
     let mut said = Said::default();
     let mut ticker = tokio::time::interval(settings.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut informed = false;
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
+        // A poll asked for fresh is answered with its count at its end; one that ends
+        // early (no answer, an error) drops the ask, and the count is unknown.
+        let asked = tokio::select! {
+            _ = ticker.tick() => None,
+            Some(reply) = asks.recv() => Some(reply),
             Some(accept) = switch.recv() => {
                 match call(&settings, "accept_new_sessions", json!({"accept": accept})).await {
                     Ok(_) => {
@@ -277,7 +302,7 @@ async fn run(
                 }
                 continue;
             }
-        }
+        };
         let sent = tokio::time::Instant::now();
         match call(&settings, "ping", json!({})).await {
             Ok(_) => {
@@ -353,6 +378,9 @@ async fn run(
                     );
                 }
                 view.send_modify(|v| v.sessions = count);
+                if let Some(reply) = asked {
+                    let _ = reply.try_send(count);
+                }
             }
             Err(e) => {
                 said.fail(&view, &e);

@@ -143,6 +143,43 @@ impl Default for ServerReport {
 /// Sessions and liveness from the server's own API.
 pub trait SessionSource: Send {
     fn read(&mut self) -> ServerView;
+
+    /// The count from a read that begins after this call, for a decision that rests on a
+    /// zero (a drain's end, a drained answer): a polled count may be a poll old, and a
+    /// session may have arrived since. `None` when the source's count is live already (KMS
+    /// follows events); `Some(None)` when the fresh read gave no count. Blocks the calling
+    /// thread (the monitor's) for at most the source's own deadlines.
+    fn fresh_count(&mut self) -> Option<Option<u32>> {
+        None
+    }
+}
+
+/// Where a polled source is asked for a read that begins now, and answers with its count.
+pub type FreshReply = std::sync::mpsc::SyncSender<Option<u32>>;
+
+/// The monitor's side of a polled source's fresh reads.
+pub struct FreshReads {
+    asks: tokio::sync::mpsc::Sender<FreshReply>,
+    /// How long a fresh read may take: the read in flight, then one of its own.
+    patience: std::time::Duration,
+}
+
+impl FreshReads {
+    /// The pair: this side, and the receiver the polling task selects on beside its ticker.
+    pub fn new(patience: std::time::Duration) -> (Self, tokio::sync::mpsc::Receiver<FreshReply>) {
+        let (asks, inbox) = tokio::sync::mpsc::channel(4);
+        (FreshReads { asks, patience }, inbox)
+    }
+
+    /// Asks for a read that begins now and waits for its count; unknown when the task is
+    /// busy with earlier asks, has ended, or takes longer than its deadlines allow.
+    pub fn count(&self) -> Option<u32> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        if self.asks.try_send(reply).is_err() {
+            return None;
+        }
+        answer.recv_timeout(self.patience).ok().flatten()
+    }
 }
 
 /// The sources a configuration asks for, started.

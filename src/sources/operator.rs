@@ -28,6 +28,9 @@ pub enum Message {
     Ask(Asked),
     /// A recycle action ran (`--on-recycle`): recorded for `/status` and `/metrics`.
     RecycleActionRan(ActionRecord),
+    /// A drained answer is about to rest on a zero count: the count from a read that begins
+    /// now, published, and sent back.
+    FreshCount(oneshot::Sender<Option<u32>>),
 }
 
 /// How one run of the recycle action (`--on-recycle`) went, as the outlet that ran it reports.
@@ -66,6 +69,14 @@ impl Requests {
         };
         self.0.send(Message::Ask(asked)).ok()?;
         outcome.await.ok()
+    }
+
+    /// The session count from a read that begins now (see [`Message::FreshCount`]); `None`
+    /// when it is unknown or the monitor has stopped.
+    pub async fn fresh_count(&self) -> Option<u32> {
+        let (reply, count) = oneshot::channel();
+        self.0.send(Message::FreshCount(reply)).ok()?;
+        count.await.ok().flatten()
     }
 
     /// Reports a recycle action's run.

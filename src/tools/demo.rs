@@ -142,14 +142,14 @@ fn config(
         poll: SESSIONS_POLL,
         timeout: SESSIONS_TIMEOUT,
         failures: 3,
-        hang_timeout: Duration::from_secs(60),
+        hang_timeout: None,
     });
     let server = custom
         .as_ref()
         .map_or_else(ServerPolicy::default, |c| ServerPolicy {
             name: "server",
             failures: c.failures,
-            hang_timeout: c.hang_timeout,
+            hang_timeout: c.hang_timeout.unwrap_or(Duration::MAX),
         });
     Config {
         sources: sources::Settings {

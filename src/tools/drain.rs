@@ -18,7 +18,7 @@
 //! Exit status: 0 once drained (or, without `--wait`, once the drain has started), or when
 //! neither side has a token; 1 at the deadline with sessions still live, when memprobe
 //! refuses, or cannot be reached at all; 2 for bad input (a flag, the token or its absence,
-//! a URL that is not memprobe's admin API).
+//! a URL that is not memprobe's admin API: a 200 or 404 whose body is not memprobe's).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +113,24 @@ fn judge(outcome: Result<(u16, &[u8]), &ClientError>, call: Call) -> Next {
     };
     let said: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let detail = |key: &str| said[key].as_str().unwrap_or("").to_string();
+    // An answer that means success must be memprobe's own: any web server answers 200 (or
+    // 404) to a POST, and a drain taken as done that never began loses every call.
+    let memprobes = match code {
+        200 if waiting => said["drained"] == true && said["sessions"] == 0,
+        200 => said["draining"].is_boolean() && said["state"].is_string(),
+        404 => said["error"] == "not found",
+        _ => true,
+    };
+    if !memprobes {
+        return Next::Fail(
+            BAD_INPUT,
+            format!(
+                "the answer (HTTP {code}, {} bytes) is not memprobe's: give --url memprobe's \
+                 probe port (try http://127.0.0.1:8899)",
+                body.len()
+            ),
+        );
+    }
     match code {
         // The time is the whole wait's, across slices: the caller says it.
         200 if waiting => Next::Done("drained: no session left".to_string()),
@@ -218,6 +236,7 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
     let deadline = started + wait.unwrap_or(NO_WAIT_PATIENCE);
     let mut backoff = FIRST_BACKOFF;
     let mut reached = false;
+    let resolver = crate::client::Resolver::default();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut target = url.clone();
@@ -230,7 +249,8 @@ async fn drain(flags: &DrainFlags) -> Result<String, (u8, String)> {
             slice = asked < left;
             target.set_query(Some(&format!("wait={}ms", asked.as_millis())));
         }
-        let outcome = crate::client::post(&target, &auth, String::new(), asked + ROUND_TRIP).await;
+        let outcome =
+            crate::client::post(&resolver, &target, &auth, String::new(), asked + ROUND_TRIP).await;
         let next = judge(
             outcome.as_ref().map(|(code, body)| (*code, body.as_ref())),
             Call {
@@ -359,6 +379,39 @@ mod tests {
         assert_eq!(slice_of(Duration::from_secs(59 * 60)), SAY_AT_MOST_EVERY);
         assert_eq!(slice_of(Duration::from_secs(5)), SAY_AT_LEAST_EVERY);
         assert_eq!(judge(Ok((401, b"{}")), WAITER), Next::TokenRefused);
+    }
+
+    #[test]
+    fn a_success_must_be_memprobes_own_answer() {
+        let not_memprobe = |code, body: &[u8], call| {
+            matches!(
+                judge(Ok((code, body)), call),
+                Next::Fail(BAD_INPUT, l) if l.contains("is not memprobe's")
+            )
+        };
+        assert!(
+            not_memprobe(200, b"<html>Welcome to nginx!</html>", WAITER),
+            "any web server's 200 is no drain"
+        );
+        assert!(
+            not_memprobe(200, br#"{"ok":true}"#, NO_WAIT),
+            "nor JSON that is not memprobe's"
+        );
+        assert!(
+            not_memprobe(200, br#"{"drained":true,"sessions":2}"#, WAITER),
+            "drained means no session left"
+        );
+        assert!(
+            not_memprobe(404, b"Not Found", NO_TOKEN),
+            "another server's 404 is not a memprobe without an admin API"
+        );
+        let draining = br#"{"draining":true,"requested_by":"admin","state":"draining","sessions":3,"reason":"drain requested by admin"}"#;
+        assert_eq!(
+            judge(Ok((200, draining)), NO_WAIT),
+            Next::Done("draining: drain requested by admin".into())
+        );
+        let off = br#"{"error":"not found","hint":"the admin API is off: start memprobe with --admin-token-file"}"#;
+        assert!(matches!(judge(Ok((404, off)), NO_TOKEN), Next::Done(_)));
     }
 
     #[test]

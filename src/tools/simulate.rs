@@ -631,7 +631,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 floor_bytes: fleet.fresh_bytes,
                 calls: Vec::new(),
                 decider,
-                quiet: QuietMoment::new(within, policy.min_drain),
+                quiet: QuietMoment::new(within, policy.min_drain, policy.max_gap),
                 history: History::new(settings),
                 forecast: None,
                 incarnation: 1,

@@ -687,3 +687,16 @@ fn the_pre_1_29_sidecars_own_pre_stop_succeeds_at_once_without_the_admin_secret(
         "{out:?}"
     );
 }
+
+/// `memprobe drain` at a URL where another web server answers: its 200 is no drain, and
+/// the mistake is said, exit 2.
+#[test]
+fn memprobe_drain_takes_only_memprobes_answer_as_drained() {
+    let other = crate::harness::count_server::CountServer::start("<html>it works</html>");
+    let mut token = tempfile::NamedTempFile::new().unwrap();
+    writeln!(token, "{TOKEN}").unwrap();
+    let mut child = drain_client(Path::new(MEMPROBE), other.addr, token.path(), "5s");
+    let (status, said, _) = finish(&mut child);
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(said.contains("is not memprobe's"), "{said}");
+}

@@ -595,6 +595,7 @@ fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_
         ("--sessions-url", "https://sfu/stats", true),
         ("--sessions-file", fifo, true),
         ("--sessions-poll", "9days", true),
+        ("--sessions-hang-timeout", "soon", true),
         ("--kms-url-file", fifo, true),
         ("--kms-ping-interval", "9days", true),
         ("--kms-timeout", "300000000000y", true),

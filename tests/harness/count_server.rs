@@ -1,7 +1,8 @@
 //! A small HTTP server that says a session count, as any server would for `--sessions-url`:
 //! a real listener on loopback answering `GET` with the body the test sets, one connection
 //! per request. `hang` makes it accept requests and never answer them, as a server whose
-//! loop is stuck does; `answer` lets it answer again.
+//! loop is stuck does; `trickle` makes it answer a byte a second; `answer` lets it answer
+//! again.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,9 +13,12 @@ use std::time::Duration;
 struct Shared {
     body: Mutex<String>,
     hung: AtomicBool,
+    trickling: AtomicBool,
     stopped: AtomicBool,
     /// Connections held unanswered while hung, closed when it stops.
     held: Mutex<Vec<TcpStream>>,
+    /// The `Host` header of the last request.
+    host: Mutex<Option<String>>,
 }
 
 pub struct CountServer {
@@ -35,8 +39,10 @@ impl CountServer {
         let shared = Arc::new(Shared {
             body: Mutex::new(body.to_string()),
             hung: AtomicBool::new(false),
+            trickling: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             held: Mutex::new(Vec::new()),
+            host: Mutex::new(None),
         });
         let serving = Arc::clone(&shared);
         std::thread::spawn(move || {
@@ -61,12 +67,23 @@ impl CountServer {
         *self.shared.body.lock().unwrap() = body.to_string();
     }
 
+    /// The `Host` header the last request carried.
+    pub fn host(&self) -> Option<String> {
+        self.shared.host.lock().unwrap().clone()
+    }
+
     pub fn hang(&self) {
         self.shared.hung.store(true, Ordering::SeqCst);
     }
 
+    /// Answers a byte a second, as a server behind a starved link does.
+    pub fn trickle(&self) {
+        self.shared.trickling.store(true, Ordering::SeqCst);
+    }
+
     pub fn answer(&self) {
         self.shared.hung.store(false, Ordering::SeqCst);
+        self.shared.trickling.store(false, Ordering::SeqCst);
         self.shared.held.lock().unwrap().clear();
     }
 }
@@ -83,6 +100,11 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         if line == "\r\n" {
             break;
         }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("host")
+        {
+            *shared.host.lock().unwrap() = Some(value.trim().to_string());
+        }
         line.clear();
     }
     if shared.hung.load(Ordering::SeqCst) {
@@ -90,12 +112,21 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
         return;
     }
     let body = shared.body.lock().unwrap().clone();
-    let _ = write!(
-        stream,
+    let answer = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n{body}",
         body.len()
     );
+    if shared.trickling.load(Ordering::SeqCst) {
+        for byte in answer.as_bytes() {
+            if shared.stopped.load(Ordering::SeqCst) || stream.write_all(&[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        return;
+    }
+    let _ = stream.write_all(answer.as_bytes());
 }
 
 impl Drop for CountServer {

@@ -404,9 +404,10 @@ impl Memprobe {
         std::fs::remove_file(path).expect("remove the FIFO");
     }
 
-    /// Fails if any of `secrets` shows in the logs or in `/status`.
+    /// Fails if any of `secrets` shows in the logs, in `/status` or on the page.
     pub fn never_shown(&self, secrets: &[&str]) {
-        let shown = format!("{}{}", self.logs().join("\n"), self.status());
+        let page = self.get("/").body;
+        let shown = format!("{}{}{page}", self.logs().join("\n"), self.status());
         for secret in secrets {
             assert!(!shown.contains(secret), "{secret} is shown: {shown}");
         }

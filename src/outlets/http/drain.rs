@@ -126,7 +126,7 @@ pub async fn start(
         None => stopping(),
         Some(Err(refused)) => answer(StatusCode::CONFLICT, json!({"error": refused.to_string()})),
         Some(Ok(_)) => match wait {
-            Some(limit) => drained_within(&state, limit).await,
+            Some(limit) => drained_within(&state, &requests, limit).await,
             None => now_draining(&state),
         },
     }
@@ -149,12 +149,13 @@ pub async fn wait(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, &headers).await {
-        return refused.response();
-    }
+    let requests = match authorize(&state, &headers).await {
+        Ok(requests) => requests,
+        Err(refused) => return refused.response(),
+    };
     match wait_of(&params) {
         Err(refused) => refused.response(),
-        Ok(Some(limit)) => drained_within(&state, limit).await,
+        Ok(Some(limit)) => drained_within(&state, &requests, limit).await,
         Ok(None) => now_draining(&state),
     }
 }
@@ -166,13 +167,21 @@ fn stopping() -> Response {
     )
 }
 
-/// Answers once the published session count is zero (200), or at `limit` (503).
-async fn drained_within(state: &AppState, limit: Duration) -> Response {
+/// Answers once the session count is zero (200), or at `limit` (503). A published zero
+/// may be a poll old: it is answered only when a read that began after it says 0 too.
+async fn drained_within(state: &AppState, requests: &Requests, limit: Duration) -> Response {
     let started = Instant::now();
     let deadline = started + limit;
     let mut snapshots = state.readout.snapshots();
     loop {
-        let sessions = snapshots.borrow_and_update().status.sessions;
+        let mut sessions = snapshots.borrow_and_update().status.sessions;
+        if sessions == Some(0) {
+            sessions = tokio::select! {
+                count = requests.fresh_count() => count,
+                () = state.closed() => return stopping(),
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+        }
         let waited = started.elapsed().as_secs_f64();
         if sessions == Some(0) {
             return answer(

@@ -85,15 +85,24 @@ struct ErrorBody {
 
 /// Understands one text frame.
 pub fn decode(text: &str) -> Result<Incoming, FrameError> {
-    let frame: Frame =
-        serde_json::from_str(text).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    // Where it broke and how, never what it held: serde's own message can quote the frame,
+    // and what KMS sends is not shown on the open port (SECURITY.md).
+    let frame: Frame = serde_json::from_str(text).map_err(|e| {
+        FrameError::Malformed(format!(
+            "{:?} error at line {} column {} of {} bytes",
+            e.classify(),
+            e.line(),
+            e.column(),
+            text.len()
+        ))
+    })?;
     let id = match &frame.id {
         None | Some(Value::Null) => None,
         Some(Value::Number(n)) => match n.as_u64() {
             Some(id) => Some(id),
-            None => return Err(FrameError::UnknownId(n.to_string())),
+            None => return Err(FrameError::UnknownId("a number out of range".into())),
         },
-        Some(other) => return Err(FrameError::UnknownId(other.to_string())),
+        Some(_) => return Err(FrameError::UnknownId("not a number".into())),
     };
     if let Some(error) = frame.error {
         return Ok(Incoming::Error {
@@ -207,6 +216,22 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_broken_frame_is_said_by_where_it_broke_never_by_what_it_held() {
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":"S3cr3t-token"}}"#,
+            r#"{"id":"S3cr3t-token","result":{}}"#,
+            "S3cr3t-token",
+        ] {
+            let said = decode(text).unwrap_err().to_string();
+            assert!(!said.contains("S3cr3t"), "{said}");
+        }
+        assert_eq!(
+            decode("S3cr3t").unwrap_err().to_string(),
+            "malformed JSON-RPC frame: Syntax error at line 1 column 1 of 6 bytes"
+        );
     }
 
     #[test]

@@ -42,7 +42,9 @@ impl fmt::Display for CallError {
         match self {
             CallError::Timeout => write!(f, "no answer in time"),
             CallError::Paused => write!(f, "memprobe was paused while waiting"),
-            CallError::Reply { code, message } => write!(f, "error {code}: {message}"),
+            CallError::Reply { code, message } => {
+                write!(f, "error {code} ({} bytes of message)", message.len())
+            }
             CallError::Ended(why) => write!(f, "{why}"),
         }
     }
@@ -186,11 +188,10 @@ where
                     code,
                     message,
                 })) if got == id => {
-                    self.reporter.error(
-                        ErrorKind::ErrorReply,
-                        format!("{method}: error {code}: {message}"),
-                    );
-                    return Err(CallError::Reply { code, message });
+                    let reply = CallError::Reply { code, message };
+                    self.reporter
+                        .error(ErrorKind::ErrorReply, format!("{method}: {reply}"));
+                    return Err(reply);
                 }
                 Ok(_) => {}
             }
@@ -267,8 +268,8 @@ where
                     }
                     None => {
                         if let Incoming::Error { code, message, .. } = &reply {
-                            self.reporter
-                                .error(ErrorKind::ErrorReply, format!("error {code}: {message}"));
+                            let said = format!("error {code} ({} bytes of message)", message.len());
+                            self.reporter.error(ErrorKind::ErrorReply, said);
                         }
                         Ok(None)
                     }
@@ -532,6 +533,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_error_reply_is_said_by_its_code_and_length_never_its_text() {
+        let message = "Object 'S3cr3t' not found".to_string();
+        let length = message.len();
+        let said = super::CallError::Reply {
+            code: 40101,
+            message,
+        }
+        .to_string();
+        assert_eq!(said, format!("error 40101 ({length} bytes of message)"));
     }
 
     fn settings() -> Link {
