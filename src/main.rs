@@ -137,37 +137,27 @@ async fn sidecar(config: Config) -> ExitCode {
     for unknown in memprobe::config::unknown_variables(&cli::Cli::command(), variables) {
         tracing::warn!("{unknown}");
     }
-    let agent = match config.outlets.agent.map(|a| a.listen) {
-        None => None,
-        Some(at) => match TcpListener::bind(at).await {
-            Ok(agent) => {
-                let bound = agent.local_addr().map_or(at, |a| a);
-                tracing::info!(agent = %bound, "HAProxy agent on {bound}");
-                Some(agent)
-            }
-            Err(e) => {
-                eprintln!(
-                    "memprobe: --agent-listen {at}: cannot listen there: {e} (try another port, e.g. --agent-listen 0.0.0.0:8897)"
-                );
-                return ExitCode::FAILURE;
-            }
-        },
+    let agent = match bind_optional(
+        config.outlets.agent.map(|a| a.listen),
+        "HAProxy agent",
+        "--agent-listen",
+        "try another port, e.g. --agent-listen 0.0.0.0:8897",
+    )
+    .await
+    {
+        Ok(agent) => agent,
+        Err(code) => return code,
     };
-    let kms_gate = match config.outlets.kms_gate.as_ref().map(|g| g.listen) {
-        None => None,
-        Some(at) => match TcpListener::bind(at).await {
-            Ok(gate) => {
-                let bound = gate.local_addr().map_or(at, |a| a);
-                tracing::info!(kms_gate = %bound, "KMS gate on {bound}");
-                Some(gate)
-            }
-            Err(e) => {
-                eprintln!(
-                    "memprobe: --kms-gate {at}: cannot listen there: {e} (is KMS itself still on that port? move it to another, e.g. 8889)"
-                );
-                return ExitCode::FAILURE;
-            }
-        },
+    let kms_gate = match bind_optional(
+        config.outlets.kms_gate.as_ref().map(|g| g.listen),
+        "KMS gate",
+        "--kms-gate",
+        "is KMS itself still on that port? move it to another, e.g. 8889",
+    )
+    .await
+    {
+        Ok(gate) => gate,
+        Err(code) => return code,
     };
     let listeners = Listeners {
         probes: listener,
@@ -185,6 +175,30 @@ async fn sidecar(config: Config) -> ExitCode {
         Err(e) => {
             eprintln!("memprobe: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds an optional listener (`flag` given as `at`), saying where it listens, or what to do
+/// when it cannot.
+async fn bind_optional(
+    at: Option<std::net::SocketAddr>,
+    what: &str,
+    flag: &str,
+    hint: &str,
+) -> Result<Option<TcpListener>, ExitCode> {
+    let Some(at) = at else {
+        return Ok(None);
+    };
+    match TcpListener::bind(at).await {
+        Ok(listener) => {
+            let bound = listener.local_addr().map_or(at, |a| a);
+            tracing::info!("{what} on {bound}");
+            Ok(Some(listener))
+        }
+        Err(e) => {
+            eprintln!("memprobe: {flag} {at}: cannot listen there: {e} ({hint})");
+            Err(ExitCode::FAILURE)
         }
     }
 }

@@ -14,10 +14,8 @@ use crate::harness::fake_kms::{Client, FakeKms, Received};
 use crate::harness::kurento_client::KurentoClient;
 use crate::harness::{Memprobe, Workload, free_port, run_to_end};
 
-/// memprobe watching `target` with `kms` behind a gate on a free port; the gate's URL.
-fn gated(kms: &FakeKms, target: &Workload, extra: &[&str]) -> (Memprobe, String, String) {
-    let port = free_port();
-    let gate = format!("127.0.0.1:{port}");
+/// memprobe watching `target` with `kms` behind a gate at `gate`.
+fn start_gated(kms: &FakeKms, target: &Workload, gate: &str, extra: &[&str]) -> Memprobe {
     let (url, pid) = (kms.url(), target.pid.to_string());
     let mut args = vec![
         "--interval",
@@ -33,13 +31,20 @@ fn gated(kms: &FakeKms, target: &Workload, extra: &[&str]) -> (Memprobe, String,
         "--pid",
         &pid,
         "--kms-gate",
-        &gate,
+        gate,
     ];
     args.extend_from_slice(extra);
     let probe = Memprobe::start(&args);
     probe.wait_for("connected to KMS, the gate on", |s| {
-        s["kms"]["connected"] == true && s["kms_gate"]["listen"] == gate.as_str()
+        s["kms"]["connected"] == true && s["kms_gate"]["listen"] == gate
     });
+    probe
+}
+
+/// memprobe watching `target` with `kms` behind a gate on a free port; the gate's URL.
+fn gated(kms: &FakeKms, target: &Workload, extra: &[&str]) -> (Memprobe, String, String) {
+    let gate = format!("127.0.0.1:{}", free_port());
+    let probe = start_gated(kms, target, &gate, extra);
     (probe, format!("ws://{gate}/kurento"), gate)
 }
 
@@ -203,24 +208,7 @@ fn memprobe_restarted_mid_call_leaves_the_clients_pipeline_usable() {
         "KMS keeps the pipeline"
     );
 
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let again = Memprobe::start(&[
-        "--interval",
-        "100ms",
-        "--threshold",
-        "100MiB",
-        "--kms-url",
-        &url,
-        "--kms-timeout",
-        "2s",
-        "--pid",
-        &pid,
-        "--kms-gate",
-        &gate,
-    ]);
-    again.wait_for("the gate back", |s| {
-        s["kms_gate"]["listen"] == gate.as_str()
-    });
+    let _again = start_gated(&kms, &target, &gate, &[]);
     // What kurento-client does on reconnecting: `connect` with its session, then carries on.
     let mut client = Client::connect_to(&gate_url);
     client.send(&format!(
@@ -421,24 +409,7 @@ fn the_official_clients_pipeline_outlives_a_memprobe_restart_mid_call() {
     let endpoint = client.endpoint(&pipeline).expect("an endpoint");
 
     drop(probe);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let again = Memprobe::start(&[
-        "--interval",
-        "100ms",
-        "--threshold",
-        "100MiB",
-        "--kms-url",
-        &url,
-        "--kms-timeout",
-        "2s",
-        "--pid",
-        &pid,
-        "--kms-gate",
-        &gate,
-    ]);
-    again.wait_for("the gate back", |s| {
-        s["kms_gate"]["listen"] == gate.as_str()
-    });
+    let _again = start_gated(&kms, &target, &gate, &[]);
     client.wait_event("reconnected", 1);
     client
         .set_name(&endpoint, "after-restart")
