@@ -139,24 +139,30 @@ async fn sidecar(config: Config) -> ExitCode {
     }
     let agent = match bind_optional(
         config.outlets.agent.map(|a| a.listen),
-        "HAProxy agent",
         "--agent-listen",
         "try another port, e.g. --agent-listen 0.0.0.0:8897",
     )
     .await
     {
-        Ok(agent) => agent,
+        Ok(Some((agent, bound))) => {
+            tracing::info!(agent = %bound, "HAProxy agent on {bound}");
+            Some(agent)
+        }
+        Ok(None) => None,
         Err(code) => return code,
     };
     let kms_gate = match bind_optional(
         config.outlets.kms_gate.as_ref().map(|g| g.listen),
-        "KMS gate",
         "--kms-gate",
         "is KMS itself still on that port? move it to another, e.g. 8889",
     )
     .await
     {
-        Ok(gate) => gate,
+        Ok(Some((gate, bound))) => {
+            tracing::info!(kms_gate = %bound, "KMS gate on {bound}");
+            Some(gate)
+        }
+        Ok(None) => None,
         Err(code) => return code,
     };
     let listeners = Listeners {
@@ -179,22 +185,20 @@ async fn sidecar(config: Config) -> ExitCode {
     }
 }
 
-/// Binds an optional listener (`flag` given as `at`), saying where it listens, or what to do
+/// Binds an optional listener (`flag` given as `at`): it and where it listens, or what to do
 /// when it cannot.
 async fn bind_optional(
     at: Option<std::net::SocketAddr>,
-    what: &str,
     flag: &str,
     hint: &str,
-) -> Result<Option<TcpListener>, ExitCode> {
+) -> Result<Option<(TcpListener, std::net::SocketAddr)>, ExitCode> {
     let Some(at) = at else {
         return Ok(None);
     };
     match TcpListener::bind(at).await {
         Ok(listener) => {
             let bound = listener.local_addr().map_or(at, |a| a);
-            tracing::info!("{what} on {bound}");
-            Ok(Some(listener))
+            Ok(Some((listener, bound)))
         }
         Err(e) => {
             eprintln!("memprobe: {flag} {at}: cannot listen there: {e} ({hint})");
