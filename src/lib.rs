@@ -62,3 +62,6 @@ mod units;
 
 pub use crate::outlets::http::Shutdown;
 pub use crate::sidecar::{RunError, Sidecar};
+
+/// `memprobe-fleet`'s `main`: the Kubernetes client, in a process of its own.
+pub use crate::fleet::api::main as fleet_client;
