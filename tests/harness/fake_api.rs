@@ -1,5 +1,5 @@
 //! A Kubernetes API server that misbehaves on purpose, for what a real one cannot be made to
-//! do here: answer a list with 200 MiB, or take 9 s over each Event (as a slow admission
+//! do here: answer a list with 200 MiB, or take seconds over each Event (as a slow admission
 //! webhook does). Plain HTTP/1.1 on 127.0.0.1, one thread per connection; it keeps the Leases
 //! memprobe writes (one resourceVersion counter, 409 on a stale version or an existing name)
 //! and logs every request it gets.
@@ -23,6 +23,8 @@ pub struct Hostile {
     pub list_bytes: Option<u64>,
     /// Take this long over every Event created.
     pub event_delay: Option<Duration>,
+    /// Start with this many Leases of fleet `kms` that memprobe did not write.
+    pub strangers: usize,
 }
 
 #[derive(Default)]
@@ -41,7 +43,15 @@ impl FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let store = Arc::new(Mutex::new(Store::default()));
+        let mut kept = Store::default();
+        for i in 0..hostile.strangers {
+            let name = format!("stranger-{i:05}");
+            let lease = json!({"metadata": {"name": name, "resourceVersion": "1",
+                                            "labels": {"memprobe.io/fleet": "kms"}},
+                               "spec": {"holderIdentity": "stranger"}});
+            kept.leases.insert(name, lease);
+        }
+        let store = Arc::new(Mutex::new(kept));
         let seen = Arc::clone(&log);
         std::thread::spawn(move || {
             for conn in listener.incoming().map_while(Result::ok) {
@@ -122,13 +132,40 @@ fn serve(
                     huge_list(&mut writer, bytes);
                     return;
                 }
+                // In pages, as the API server answers `limit` and `continue`.
+                let query = |key: &str| {
+                    target.split_once('?').and_then(|(_, q)| {
+                        q.split('&')
+                            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                    })
+                };
+                let limit = query("limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(usize::MAX);
+                let after = query("continue").unwrap_or("").to_string();
                 let store = store.lock().unwrap();
-                let items: Vec<Value> = store.leases.values().cloned().collect();
+                let mut names: Vec<&String> = store.leases.keys().collect();
+                names.sort();
+                let rest: Vec<&String> = names
+                    .into_iter()
+                    .filter(|n| n.as_str() > after.as_str())
+                    .collect();
+                let page: Vec<Value> = rest
+                    .iter()
+                    .take(limit)
+                    .map(|n| store.leases[*n].clone())
+                    .collect();
+                let next = if rest.len() > limit {
+                    rest[limit - 1].to_string()
+                } else {
+                    String::new()
+                };
                 (
                     200,
                     json!({"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
-                              "metadata": {"resourceVersion": store.version.to_string()},
-                              "items": items}),
+                              "metadata": {"resourceVersion": store.version.to_string(),
+                                           "continue": next},
+                              "items": page}),
                 )
             }
             ("GET", p) if p.contains("/leases/") => {
