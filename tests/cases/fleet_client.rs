@@ -358,3 +358,29 @@ fn more_leases_than_a_fleet_has_are_a_failure_read_page_by_page_never_a_partial_
         .count();
     assert!(pages >= 6, "300 leases in pages of 50: {pages} requests");
 }
+
+/// The sidecar's own executable, the one the image ships, holds no Kubernetes client: kube,
+/// k8s-openapi and rustls are all in memprobe-fleet.
+#[test]
+fn the_shipped_memprobe_carries_no_kubernetes_client_and_memprobe_fleet_does() {
+    let Some(shipped) = crate::harness::shipped() else {
+        return;
+    };
+    let holds = |path: &Path, what: &str| {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(what.len()).any(|w| w == what.as_bytes())
+    };
+    let fleet = shipped.with_file_name("memprobe-fleet");
+    for crate_name in ["kube-client", "rustls"] {
+        assert!(
+            !holds(&shipped, crate_name),
+            "{} holds {crate_name}",
+            shipped.display()
+        );
+        assert!(
+            holds(&fleet, crate_name),
+            "{} holds no {crate_name}",
+            fleet.display()
+        );
+    }
+}
