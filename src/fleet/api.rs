@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Owne
 use kube::api::{DeleteParams, GetParams, ListParams, ObjectList, PartialObjectMeta, PostParams};
 use kube::core::Request as Call;
 use kube::{Client, Config, Resource};
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, Signal};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, OnceCell, mpsc};
 
@@ -72,8 +72,26 @@ pub fn main() -> ExitCode {
         eprintln!("memprobe-fleet: cannot ask to stop with memprobe: {e}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // SIGTERM (the parent's death) is taken by a thread of its own, blocked everywhere else:
+    // it stops the group even while the runtime's one thread is held (an exec credential
+    // plugin is run without yielding).
+    let mut terminate = SigSet::empty();
+    terminate.add(Signal::SIGTERM);
+    if let Err(e) = terminate.thread_block() {
+        eprintln!("memprobe-fleet: cannot take SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
+    let watching = std::thread::Builder::new()
+        .name("memprobe-fleet-stop".into())
+        .spawn(move || {
+            let _ = terminate.wait();
+            stop();
+        });
+    if let Err(e) = watching {
+        eprintln!("memprobe-fleet: cannot watch for SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -110,14 +128,6 @@ async fn serve() -> ExitCode {
     };
     if std::os::unix::process::parent_id() != hello.parent {
         stop();
-    }
-    if let Ok(mut terminate) =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
-        tokio::spawn(async move {
-            terminate.recv().await;
-            stop();
-        });
     }
     let api = Arc::new(Api {
         hello,
