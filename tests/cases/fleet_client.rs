@@ -20,6 +20,16 @@ const SHIPPED_LIMIT: u64 = 32 << 20;
 /// memprobe with the fleet on, watching a server over its threshold (a drain is wanted at
 /// once), as pod `kms-0` of fleet `kms`; `sessions` calls go on.
 fn start(dir: &Path, kubeconfig: &str, sessions: u32, extra: &[&str]) -> (Memprobe, Workload) {
+    start_from(&shipped_or_dev(), dir, kubeconfig, sessions, extra)
+}
+
+fn start_from(
+    binary: &Path,
+    dir: &Path,
+    kubeconfig: &str,
+    sessions: u32,
+    extra: &[&str],
+) -> (Memprobe, Workload) {
     let mut workload = Workload::start(None);
     workload.send("alloc 60MiB");
     let pidfile = dir.join("kms.pid");
@@ -58,7 +68,7 @@ fn start(dir: &Path, kubeconfig: &str, sessions: u32, extra: &[&str]) -> (Mempro
     ];
     args.extend_from_slice(extra);
     let memprobe = Memprobe::start_binary(
-        &shipped_or_dev(),
+        binary,
         &args,
         &[("KUBECONFIG", kubeconfig), ("RUST_LOG", "info")],
     );
@@ -383,4 +393,19 @@ fn the_shipped_memprobe_carries_no_kubernetes_client_and_memprobe_fleet_does() {
             fleet.display()
         );
     }
+}
+
+#[test]
+fn without_memprobe_fleet_beside_it_memprobe_says_where_it_looked_and_the_probes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("memprobe");
+    std::fs::copy(MEMPROBE, &alone).unwrap();
+    let (memprobe, _workload) = start_from(&alone, dir.path(), "/nonexistent", 0, &[]);
+    let expected = format!("{} not found", dir.path().join("memprobe-fleet").display());
+    let status = api_says(&memprobe, &expected);
+    assert_eq!(
+        status["state"], "elevated",
+        "no drain through a fleet that cannot be asked"
+    );
+    assert_eq!(memprobe.get("/livez").code, 200);
 }
