@@ -4,7 +4,8 @@
 #
 # The `runtime` stage only copies the binary from `build`, so an image can also be made from
 # a binary built elsewhere: podman build --build-context build=DIR --target runtime .
-# (DIR holding `memprobe`), which is how the tests build it without pulling the Rust image.
+# (DIR holding `memprobe` and `memprobe-fleet`), which is how the tests build it without
+# pulling the Rust image.
 
 # Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 builds each architecture
 # in its own (emulated) build stage, from TARGETARCH.
@@ -23,15 +24,17 @@ RUN case "$TARGETARCH" in \
     esac \
     && rustup target add "$(cat /target)"
 COPY . .
-RUN cargo build --release --locked --target "$(cat /target)" \
-    && cp "target/$(cat /target)/release/memprobe" /memprobe
+RUN cargo build --release --locked --target "$(cat /target)" --bin memprobe --bin memprobe-fleet \
+    && cp "target/$(cat /target)/release/memprobe" "target/$(cat /target)/release/memprobe-fleet" /
 
 FROM scratch AS runtime
 LABEL org.opencontainers.image.title="memprobe" \
       org.opencontainers.image.description="Memory-aware health sidecar for Kurento Media Server: drain, then restart, before the OOM killer" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="0.1.0"
-COPY --from=build /memprobe /memprobe
+# memprobe-fleet holds the Kubernetes client of --fleet kubernetes and --events; memprobe
+# starts it from beside its own executable, only when one of them has a request to make.
+COPY --from=build /memprobe /memprobe-fleet /
 USER 65532:65532
 EXPOSE 8899
 ENTRYPOINT ["/memprobe"]

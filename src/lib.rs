@@ -22,9 +22,10 @@
 //!   probes, `/status`, Prometheus `/metrics`, the admin API, HAProxy's agent-check, recycle
 //!   actions and Janus's drain switch.
 //! - `fleet` — the instances that must not all drain at once: told of every transition, and
-//!   (with the drain budget) asked between the policy's wish to drain and the drain. An
-//!   instance alone by default; with `--fleet kubernetes`, a drain budget on Leases and the
-//!   decisions as Events, its API calls on a thread of their own.
+//!   (with the drain budget) asked between the policy's wish to drain and the drain; the
+//!   decisions as Kubernetes Events. Its Kubernetes client (`fleet::api`) is the second
+//!   executable, `memprobe-fleet` (`src/bin`), which memprobe starts beside itself and talks
+//!   to over a pipe (`fleet::wire`): the sidecar's own process carries no client.
 //! - `status` — the published snapshot: `/status` data and answers rendered at most once.
 //! - [`sources`] — what memprobe learns: memory (`/proc`, or KMS's `getUsedMemory`),
 //!   sessions and liveness (KMS's JSON-RPC, Janus's admin API, any other server's count at a
@@ -63,3 +64,6 @@ mod units;
 
 pub use crate::outlets::http::Shutdown;
 pub use crate::sidecar::{Listeners, RunError, Sidecar};
+
+/// `memprobe-fleet`'s `main`: the Kubernetes client, in a process of its own.
+pub use crate::fleet::api::main as fleet_client;

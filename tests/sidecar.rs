@@ -18,6 +18,8 @@ mod drain;
 mod first_contact;
 #[path = "cases/fleet.rs"]
 mod fleet;
+#[path = "cases/fleet_client.rs"]
+mod fleet_client;
 #[path = "cases/haproxy.rs"]
 mod haproxy;
 #[path = "cases/hardening.rs"]

@@ -9,8 +9,10 @@
 //!   `--events`). Its requests run on a thread of their own, so no API call can hold up a
 //!   step of the monitor or a probe.
 
+pub mod api;
 pub mod events;
 pub mod kubernetes;
+pub mod wire;
 
 use std::time::Duration;
 

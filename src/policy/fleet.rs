@@ -76,7 +76,7 @@ impl fmt::Display for Budget {
 }
 
 /// One lease as the API server listed it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     pub name: String,
     pub holder: Option<String>,
@@ -98,7 +98,7 @@ pub struct Need {
 }
 
 /// The one request to make now.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     /// Nothing is due.
     Idle,
@@ -130,7 +130,7 @@ pub enum Action {
 }
 
 /// What became of a request.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     /// The pod was read.
     Pod,

@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod count_server;
+pub mod fake_api;
 pub mod fake_kms;
 pub mod janus;
 pub mod kube;
@@ -29,6 +30,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const MEMPROBE: &str = env!("CARGO_BIN_EXE_memprobe");
+/// The fleet's Kubernetes client, which memprobe finds next to its own executable.
+pub const MEMPROBE_FLEET: &str = env!("CARGO_BIN_EXE_memprobe-fleet");
 /// The static binary the image ships, as `.ci/run` builds it before the tests.
 pub const SHIPPED: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -45,12 +48,14 @@ pub const SHIPPED_ARM64: &str = concat!(
 /// and strict mode is off.
 pub fn shipped() -> Option<PathBuf> {
     let path = PathBuf::from(SHIPPED);
-    if path.is_file() {
+    // Both executables, built together: memprobe starts memprobe-fleet from beside itself.
+    if path.is_file() && path.with_file_name("memprobe-fleet").is_file() {
         return Some(path);
     }
     assert!(
         !strict(),
-        "{SHIPPED} is required in strict mode: .ci/run builds it before the tests"
+        "{SHIPPED} and memprobe-fleet beside it are required in strict mode: .ci/run builds \
+         them before the tests"
     );
     skip(&format!(
         "{SHIPPED} is not built (.ci/run builds it; MEMPROBE_STRICT=1 makes this fail)"

@@ -49,11 +49,17 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// Builds memprobe's image as `image` from `binary` (the shipped static one): the
-/// Dockerfile's `runtime` stage, given the binary as its `build` context.
+/// Builds memprobe's image as `image` from `binary` (the shipped static one) and the
+/// `memprobe-fleet` beside it: the Dockerfile's `runtime` stage, given both as its `build`
+/// context.
 pub fn build_memprobe_image(bin: &Path, binary: &Path, image: &str) {
     let context = tempfile::tempdir().expect("a build context");
     std::fs::copy(binary, context.path().join("memprobe")).expect("copy the binary");
+    std::fs::copy(
+        binary.with_file_name("memprobe-fleet"),
+        context.path().join("memprobe-fleet"),
+    )
+    .expect("copy memprobe-fleet, built beside memprobe");
     let context_dir = context.path().to_str().expect("a UTF-8 temp path");
     run(podman(bin)
         .args(["build", "-q", "--target", "runtime", "-t", image])

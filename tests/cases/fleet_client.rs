@@ -1,0 +1,411 @@
+//! The fleet's Kubernetes client, `memprobe-fleet`: a process of memprobe's own beside it,
+//! bounded whatever the API server answers, never holding a renewal behind an Event, and
+//! never outliving memprobe. Against `harness::fake_api` where an API server must misbehave
+//! (a real one cannot be made to answer 200 MiB); the real API server's story is fleet.rs's.
+
+// Gaps between requests are read on the real clock.
+#![allow(clippy::disallowed_types)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::fake_api::{FakeApi, Hostile};
+use crate::harness::{DEADLINE, MEMPROBE, MEMPROBE_FLEET, Memprobe, Workload, shipped_or_dev};
+
+/// The memory limit the shipped manifests give memprobe's container.
+const SHIPPED_LIMIT: u64 = 32 << 20;
+
+/// memprobe with the fleet on, watching a server over its threshold (a drain is wanted at
+/// once), as pod `kms-0` of fleet `kms`; `sessions` calls go on.
+fn start(dir: &Path, kubeconfig: &str, sessions: u32, extra: &[&str]) -> (Memprobe, Workload) {
+    start_from(&shipped_or_dev(), dir, kubeconfig, sessions, extra)
+}
+
+fn start_from(
+    binary: &Path,
+    dir: &Path,
+    kubeconfig: &str,
+    sessions: u32,
+    extra: &[&str],
+) -> (Memprobe, Workload) {
+    let mut workload = Workload::start(None);
+    workload.send("alloc 60MiB");
+    let pidfile = dir.join("kms.pid");
+    std::fs::write(&pidfile, workload.pid.to_string()).unwrap();
+    let count = dir.join("sessions");
+    std::fs::write(&count, format!("{sessions}\n")).unwrap();
+    let mut args = vec![
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "--sessions-file",
+        count.to_str().unwrap(),
+        "--sessions-poll",
+        "1s",
+        "--threshold",
+        "40MiB",
+        "--memory-limit",
+        "1GiB",
+        "--interval",
+        "1s",
+        "--sustain",
+        "1s",
+        "--idle-sustain",
+        "1s",
+        "--min-drain",
+        "1s",
+        "--fleet",
+        "kubernetes",
+        "--fleet-name",
+        "kms",
+        "--fleet-lease-duration",
+        "6s",
+        "--pod-name",
+        "kms-0",
+        "--pod-namespace",
+        "media",
+    ];
+    args.extend_from_slice(extra);
+    let memprobe = Memprobe::start_binary(
+        binary,
+        &args,
+        &[("KUBECONFIG", kubeconfig), ("RUST_LOG", "info")],
+    );
+    (memprobe, workload)
+}
+
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let Ok(task) = task else { continue };
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+/// memprobe's `memprobe-fleet`, once it runs.
+fn fleet_child(memprobe: &Memprobe) -> u32 {
+    let start = Instant::now();
+    loop {
+        let found = children(memprobe.pid()).into_iter().find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm"))
+                .is_ok_and(|comm| comm.trim() == "memprobe-fleet")
+        });
+        if let Some(child) = found {
+            return child;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "memprobe never started memprobe-fleet"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
+
+fn gone(pid: u32) -> bool {
+    // A zombie has been killed too; only its parent's wait is left.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn wait_gone(pid: u32, what: &str) {
+    let start = Instant::now();
+    while !gone(pid) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what} (pid {pid}) outlived memprobe"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn api_says(memprobe: &Memprobe, what: &str) -> Value {
+    memprobe.wait_for(&format!("fleet.api saying {what}"), |s| {
+        s["fleet"]["api"].as_str().is_some_and(|a| a.contains(what))
+    })
+}
+
+#[test]
+fn the_client_runs_beside_memprobe_and_a_huge_answer_is_refused_within_the_shipped_limit() {
+    assert_eq!(
+        Path::new(MEMPROBE).with_file_name("memprobe-fleet"),
+        Path::new(MEMPROBE_FLEET),
+        "cargo builds memprobe-fleet next to memprobe, where memprobe looks for it"
+    );
+    let api = FakeApi::start(Hostile {
+        list_bytes: Some(200 << 20),
+        ..Hostile::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let (mut memprobe, _workload) = start(dir.path(), kubeconfig.to_str().unwrap(), 0, &[]);
+    let status = api_says(&memprobe, "an answer over 2.00 MiB");
+    assert_eq!(
+        status["state"], "elevated",
+        "no drain through a fleet that cannot be read"
+    );
+    let child = fleet_child(&memprobe);
+    let peaks = [peak_rss(memprobe.pid()), peak_rss(child)];
+    eprintln!(
+        "peak resident memory: memprobe {}, memprobe-fleet {} bytes",
+        peaks[0], peaks[1]
+    );
+    // The shipped binaries stay within the container's limit together; the dev build's text
+    // alone is larger, so there each stays within it.
+    let shipped = shipped_or_dev() != Path::new(MEMPROBE);
+    let worst = if shipped {
+        peaks[0] + peaks[1]
+    } else {
+        peaks[0].max(peaks[1])
+    };
+    assert!(
+        worst < SHIPPED_LIMIT,
+        "memprobe and memprobe-fleet peaked at {peaks:?} bytes reading a 200 MiB answer"
+    );
+    let lists = api
+        .requests()
+        .iter()
+        .filter(|(_, m, p)| m == "GET" && p.contains("/leases?"))
+        .map(|(_, _, p)| p.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        lists.iter().all(|p| p.contains("limit=50")),
+        "leases are listed in pages: {lists:?}"
+    );
+
+    // A client that dies is an API failure, and is started again.
+    nix_kill(child, "KILL");
+    let status = memprobe.wait_for_long("a new memprobe-fleet", Duration::from_secs(60), |_| {
+        fleet_child_now(memprobe.pid()).is_some_and(|c| c != child)
+    });
+    assert!(status["fleet"]["api_failures"].as_u64() >= Some(1));
+
+    // None outlives memprobe, even killed.
+    let child = fleet_child(&memprobe);
+    memprobe.signal("KILL");
+    memprobe.wait_exit();
+    wait_gone(child, "memprobe-fleet");
+}
+
+fn fleet_child_now(memprobe: u32) -> Option<u32> {
+    children(memprobe).into_iter().find(|c| {
+        std::fs::read_to_string(format!("/proc/{c}/comm"))
+            .is_ok_and(|comm| comm.trim() == "memprobe-fleet")
+    })
+}
+
+fn nix_kill(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+#[test]
+fn a_renewal_that_is_due_never_waits_behind_an_event_the_api_server_is_slow_to_take() {
+    let api = FakeApi::start(Hostile {
+        event_delay: Some(Duration::from_secs(8)),
+        ..Hostile::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    // A call goes on: the drain holds its slot and renews it every 2 s (6 s lease).
+    let (memprobe, _workload) = start(dir.path(), kubeconfig.to_str().unwrap(), 1, &[]);
+    memprobe.wait_state("draining");
+    // Two Events (MemorySustainedHigh, DrainStarted) take 16 s between them, each longer than
+    // the lease (and under the 10 s deadline, so they are sent).
+    memprobe.wait_for_long("both Events sent", Duration::from_secs(90), |s| {
+        s["fleet"]["events_sent"].as_u64() >= Some(2)
+    });
+    let renewals: Vec<Instant> = api
+        .requests()
+        .iter()
+        .filter(|(_, m, p)| m == "PUT" && p.contains("memprobe-kms-slot-"))
+        .map(|(at, _, _)| *at)
+        .collect();
+    assert!(
+        renewals.len() >= 5,
+        "renewals every 2 s while Events took 16 s: {}",
+        renewals.len()
+    );
+    let worst = renewals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        worst < Duration::from_secs(6),
+        "a renewal came {worst:?} after the last one, past the 6 s lease, while Events were slow"
+    );
+}
+
+#[test]
+fn a_kubeconfig_that_is_a_device_or_a_fifo_is_refused_and_said_in_fleet_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (memprobe, _workload) = start(dir.path(), "/dev/zero", 0, &[]);
+    api_says(&memprobe, "KUBECONFIG /dev/zero is a character device");
+    let fifo: PathBuf = dir.path().join("kubeconfig.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (memprobe, _workload) = start(dir.path(), fifo.to_str().unwrap(), 0, &[]);
+    api_says(&memprobe, "is a FIFO");
+    assert!(memprobe.get("/livez").code == 200, "the probes go on");
+}
+
+#[test]
+fn an_exec_credential_plugin_that_hangs_goes_with_memprobe() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plugin that never answers: a sleep this test can find by its argument.
+    let marker = format!("{}", 100_000 + std::process::id() % 50_000);
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             http://127.0.0.1:9\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: \
+             u\ncurrent-context: c\nusers:\n- name: u\n  user:\n    exec:\n      apiVersion: \
+             client.authentication.k8s.io/v1\n      command: sleep\n      args: [\"{marker}\"]\n      \
+             interactiveMode: Never\n"
+        ),
+    )
+    .unwrap();
+    let (mut memprobe, _workload) = start(dir.path(), kubeconfig.to_str().unwrap(), 0, &[]);
+    let child = fleet_child(&memprobe);
+    let start = Instant::now();
+    let plugin = loop {
+        if let Some(p) = children(child).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains(&marker))
+        }) {
+            break p;
+        }
+        assert!(start.elapsed() < DEADLINE, "the plugin never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(memprobe.get("/livez").code, 200, "the probes go on");
+    // A client that gives no answer is killed with its group, the plugin too, and started
+    // again: the next plugin is the one left to go with memprobe.
+    let status = memprobe.wait_for_long(
+        "the hung memprobe-fleet given up",
+        Duration::from_secs(120),
+        |s| {
+            s["fleet"]["api"]
+                .as_str()
+                .is_some_and(|a| a.contains("memprobe-fleet gave no answer within 1m"))
+        },
+    );
+    assert_eq!(status["state"], "elevated");
+    wait_gone(child, "the hung memprobe-fleet");
+    wait_gone(plugin, "the hung memprobe-fleet's plugin");
+    let child = fleet_child(&memprobe);
+    let start = Instant::now();
+    let plugin = loop {
+        if let Some(p) = children(child).into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains(&marker))
+        }) {
+            break p;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the plugin never ran again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    memprobe.signal("KILL");
+    memprobe.wait_exit();
+    wait_gone(child, "memprobe-fleet");
+    wait_gone(plugin, "the exec credential plugin");
+}
+
+#[test]
+fn more_leases_than_a_fleet_has_are_a_failure_read_page_by_page_never_a_partial_view() {
+    let api = FakeApi::start(Hostile {
+        strangers: 300,
+        ..Hostile::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let (memprobe, _workload) = start(dir.path(), kubeconfig.to_str().unwrap(), 0, &[]);
+    let status = api_says(
+        &memprobe,
+        "over 256 leases carry the label memprobe.io/fleet=kms",
+    );
+    assert_eq!(status["state"], "elevated", "no drain on a partial view");
+    let pages = api
+        .requests()
+        .iter()
+        .filter(|(_, m, p)| m == "GET" && p.contains("/leases?"))
+        .count();
+    assert!(pages >= 6, "300 leases in pages of 50: {pages} requests");
+}
+
+/// The sidecar's own executable, the one the image ships, holds no Kubernetes client: kube,
+/// k8s-openapi and rustls are all in memprobe-fleet.
+#[test]
+fn the_shipped_memprobe_carries_no_kubernetes_client_and_memprobe_fleet_does() {
+    let Some(shipped) = crate::harness::shipped() else {
+        return;
+    };
+    let holds = |path: &Path, what: &str| {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(what.len()).any(|w| w == what.as_bytes())
+    };
+    let fleet = shipped.with_file_name("memprobe-fleet");
+    for crate_name in ["kube-client", "rustls"] {
+        assert!(
+            !holds(&shipped, crate_name),
+            "{} holds {crate_name}",
+            shipped.display()
+        );
+        assert!(
+            holds(&fleet, crate_name),
+            "{} holds no {crate_name}",
+            fleet.display()
+        );
+    }
+}
+
+#[test]
+fn without_memprobe_fleet_beside_it_memprobe_says_where_it_looked_and_the_probes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("memprobe");
+    std::fs::copy(MEMPROBE, &alone).unwrap();
+    let (memprobe, _workload) = start_from(&alone, dir.path(), "/nonexistent", 0, &[]);
+    let expected = format!("{} not found", dir.path().join("memprobe-fleet").display());
+    let status = api_says(&memprobe, &expected);
+    assert_eq!(
+        status["state"], "elevated",
+        "no drain through a fleet that cannot be asked"
+    );
+    assert_eq!(memprobe.get("/livez").code, 200);
+}
