@@ -624,10 +624,20 @@ async fn call<T: serde::de::DeserializeOwned>(
     if status.as_u16() == 409 || status.as_u16() == 404 {
         return Err(Failure::Lost);
     }
-    let said = serde_json::from_slice::<kube::core::Status>(&body)
-        .map(|s| format!("{}: {}", s.reason, clip(&s.message, 200)))
+    Err(Failure::Other(refused(status.as_u16(), &body)))
+}
+
+/// A refusal as `fleet.api` says it: the status code and the API server's reason (Forbidden,
+/// Unauthorized, TooManyRequests...), which say what to fix. Its message, the answer's free
+/// text, is never passed on to `/status`, where the open port shows it: only a reason of
+/// letters, as Kubernetes writes them.
+fn refused(code: u16, body: &[u8]) -> String {
+    let reason = serde_json::from_slice::<kube::core::Status>(body)
+        .ok()
+        .map(|s| s.reason)
+        .filter(|r| r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphabetic()))
         .unwrap_or_default();
-    Err(Failure::Other(format!("{} {said}", status.as_u16())))
+    format!("{code} {reason}").trim_end().to_string()
 }
 
 /// An answer's body, refused past [`MAX_ANSWER_BYTES`] without keeping more.
@@ -782,6 +792,25 @@ fn selector(labels: &BTreeMap<String, String>) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::refused;
+
+    #[test]
+    fn a_refusal_shows_its_code_and_reason_never_the_answers_text() {
+        let body = br#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"leases is forbidden: token s3cr3t","reason":"Forbidden","code":403}"#;
+        assert_eq!(refused(403, body), "403 Forbidden");
+        let odd =
+            br#"{"kind":"Status","reason":"Forbidden: token s3cr3t","message":"x","code":403}"#;
+        assert_eq!(
+            refused(403, odd),
+            "403",
+            "a reason that is not a word is not shown"
+        );
+        assert_eq!(refused(500, b"<html>s3cr3t</html>"), "500");
+    }
 }
 
 #[cfg(test)]

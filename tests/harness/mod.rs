@@ -294,6 +294,14 @@ impl Memprobe {
         env: &[(&str, &str)],
     ) -> Self {
         assert_unique_target(args, env);
+        // The test run's own settings are no memprobe flags: memprobe would warn of each.
+        for own in [
+            "MEMPROBE_STRICT",
+            "MEMPROBE_KUBECONFIG",
+            "MEMPROBE_CONTAINERS_CONF",
+        ] {
+            command.env_remove(own);
+        }
         let mut child = command
             .args(args)
             .args(["--listen", listen, "--log-format", "json"])
