@@ -20,7 +20,8 @@
 //! - `monitor` — the loop: read the sources, ask the policy, keep the record, publish.
 //! - `outlets` — what memprobe tells or does, each reading the published snapshot: HTTP
 //!   probes, `/status`, Prometheus `/metrics`, the admin API, HAProxy's agent-check, recycle
-//!   actions and Janus's drain switch.
+//!   actions, Janus's drain switch, and the KMS gate (KMS's WebSocket relayed, a new
+//!   pipeline refused while the instance takes no new sessions).
 //! - `fleet` — the instances that must not all drain at once: told of every transition, and
 //!   (with the drain budget) asked between the policy's wish to drain and the drain; the
 //!   decisions as Kubernetes Events. Its Kubernetes client (`fleet::api`) is the second

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use crate::harness::podman::{build_memprobe_image, podman, run};
 use crate::harness::{DEADLINE, agent, request, shipped, strict, tool};
 
-/// The README says the image is under 8 MB: memprobe (2.9 MB) and memprobe-fleet, the
-/// fleet's Kubernetes client and TLS (5.0 MB); issue 23 allows 10.
-const MAX_IMAGE_BYTES: u64 = 8_000_000;
+/// The README says the image is under 9 MB: memprobe (3.1 MB with the KMS gate) and
+/// memprobe-fleet, the fleet's Kubernetes client and TLS (5.0 MB); issue 23 allows 10.
+const MAX_IMAGE_BYTES: u64 = 9_000_000;
 
 #[test]
 fn podman_settings_come_from_memprobe_containers_conf_before_the_shared_file() {
@@ -117,7 +117,7 @@ fn the_image_watches_a_target_in_its_pod_and_runs_as_non_root() {
         .unwrap();
     assert!(
         size <= MAX_IMAGE_BYTES,
-        "the image is {size} bytes, over the 8 MB the README promises"
+        "the image is {size} bytes, over the 9 MB the README promises"
     );
     let user = run(podman(&bin).args(["image", "inspect", "--format", "{{.Config.User}}", &image]));
     assert_eq!(user, "65532:65532");
