@@ -500,3 +500,41 @@ fn a_flood_of_gate_connections_is_capped_and_takes_no_probe_away() {
         "the gate takes clients again"
     );
 }
+
+/// A handshake must come whole within 10 s and 16 KiB: a half-sent head is closed, and one
+/// too large is refused, so no client holds a gate connection without opening a WebSocket.
+#[test]
+fn a_half_sent_or_oversized_handshake_is_closed() {
+    use std::io::{Read, Write};
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let (_probe, _, gate) = gated(&kms, &target, &[]);
+
+    let mut half = std::net::TcpStream::connect(&gate).expect("connect to the gate");
+    half.write_all(b"GET /kurento HTTP/1.1\r\nHost: kms\r\n")
+        .unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = half.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(55),
+        "a head not sent whole is closed after the gate's 10 s, not held"
+    );
+
+    let mut large = std::net::TcpStream::connect(&gate).expect("connect to the gate");
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(20 * 1024));
+    let _ =
+        large.write_all(format!("GET /kurento HTTP/1.1\r\nHost: kms\r\n{filler}\r\n").as_bytes());
+    large
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = large.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a head over 16 KiB is refused: {answer}"
+    );
+}
