@@ -495,6 +495,23 @@ fn the_fleet_component_composes_with_the_other_overlays_and_refuses_pre_1_29() {
         let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
+        // An overlay of one's own that names no namespace still puts everything in media,
+        // the RoleBinding's subject too: none lands in `default` beside a Deployment in media.
+        for doc in docs.iter().filter(|d| d["kind"] != "Namespace") {
+            assert_eq!(
+                doc["metadata"]["namespace"], "media",
+                "{resource} + fleet, in an overlay with no namespace: {} {}",
+                doc["kind"], doc["metadata"]["name"]
+            );
+        }
+        for doc in docs.iter().filter(|d| d["kind"] == "RoleBinding") {
+            for subject in doc["subjects"].as_array().into_iter().flatten() {
+                assert_eq!(
+                    subject["namespace"], "media",
+                    "{resource} + fleet: {subject}"
+                );
+            }
+        }
         let fleet = fleet(&docs);
         assert_eq!(fleet.rules, expected_fleet_rules(), "{resource} + fleet");
         let memprobe = &fleet.pod["initContainers"][0];
@@ -518,6 +535,37 @@ fn the_fleet_component_composes_with_the_other_overlays_and_refuses_pre_1_29() {
             for key in ["image", "args", "securityContext"] {
                 assert_eq!(with[key], container[key], "{resource} + fleet: {key}");
             }
+        }
+    }
+    // One that names its own namespace moves everything there, the RoleBinding's subject too.
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!("namespace: calls\nresources: [../../deploy/kubernetes/base]\n{line}\n"),
+    )
+    .unwrap();
+    let output = Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let docs: Vec<Value> =
+        serde_yaml_ng::Deserializer::from_str(&String::from_utf8_lossy(&output.stdout))
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    assert!(output.status.success() && !docs.is_empty());
+    for doc in &docs {
+        let namespace = if doc["kind"] == "Namespace" {
+            &doc["metadata"]["name"]
+        } else {
+            &doc["metadata"]["namespace"]
+        };
+        assert_eq!(
+            namespace, "calls",
+            "{} {}",
+            doc["kind"], doc["metadata"]["name"]
+        );
+        for subject in doc["subjects"].as_array().into_iter().flatten() {
+            assert_eq!(subject["namespace"], "calls", "{subject}");
         }
     }
     let output = compose("overlays/pre-1.29");
