@@ -154,9 +154,14 @@ pub async fn serve(
     }
 }
 
+/// An answer that is not a WebSocket, after which the connection closes: a client that
+/// opens no WebSocket holds none of the gate's connections.
 fn plain(status: StatusCode, text: &str) -> Response<http_body_util::Full<Bytes>> {
     let mut response = Response::new(http_body_util::Full::new(Bytes::from(format!("{text}\n"))));
     *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
 

@@ -250,6 +250,20 @@ fn the_gate_answers_what_is_not_a_websocket_as_kms_does() {
         426,
         "a plain GET: upgrade required, as KMS answers"
     );
+    let mut kept = std::net::TcpStream::connect(&gate).expect("connect to the gate");
+    {
+        use std::io::{Read, Write};
+        kept.write_all(b"GET /kurento HTTP/1.1\r\nHost: kms\r\n\r\n")
+            .unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = kept.read_to_end(&mut answer);
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 426"),
+            "the connection is closed after an answer that opens no WebSocket, not kept alive"
+        );
+    }
     assert_eq!(
         status_line(
             &gate,
