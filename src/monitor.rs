@@ -241,6 +241,9 @@ impl Monitor {
         {
             self.transition(tr);
         }
+        if let Some(why) = server.as_ref().and_then(|s| s.stuck.as_deref()) {
+            self.teardown_stuck(now, why);
+        }
         self.server = server.map(|s| s.report);
         self.ask_the_fleet();
         if let Some(flips) = self.flaps.tick(now) {
@@ -398,8 +401,9 @@ impl Monitor {
             anon_bytes: s.anon_bytes,
             sessions: self.session_count.or(reported.map(|r| r.sessions)),
             live_bytes: reported.map(|r| r.live_bytes),
+            threads: s.threads.map(|n| n.min(u64::from(u32::MAX)) as u32),
             state: self.decider.state(),
-            incarnation: self.decider.incarnations(),
+            incarnation: self.decider.incarnations().min(u64::from(u32::MAX)) as u32,
         };
         let at = now.saturating_duration_since(self.started);
         self.record.sampled(point, self.session_count, at);
@@ -459,6 +463,23 @@ impl Monitor {
             reason: self.decider.reason(),
         });
         self.decider.set_gate(gate);
+    }
+
+    /// The server can no longer tear sessions down: it drains at once (the decider says why,
+    /// with the target's threads), said once in the log and as an Event.
+    fn teardown_stuck(&mut self, now: Instant, why: &str) {
+        let threads = self.last_sample.and_then(|(s, _)| s.threads);
+        let why = match threads {
+            Some(n) => format!("{why}; threads {n}"),
+            None => why.to_owned(),
+        };
+        if self.decider.state() != State::Lost && self.decider.stuck().is_none() {
+            warn!("{why}: no new session from now on; restart once the last listed one ends");
+            self.fleet.stuck(&why);
+        }
+        if let Some(tr) = self.decider.teardown_stuck(now, &why) {
+            self.transition(tr);
+        }
     }
 
     fn transition(&mut self, tr: Transition) {
@@ -523,6 +544,11 @@ impl Monitor {
             },
             reported: self.reported(),
             idle_memory_bytes: self.record.idle_memory(),
+            memory_problem: crate::policy::diagnosis::diagnose(
+                deciding.is_some_and(|bytes| bytes > policy.threshold_bytes),
+                self.session_count,
+                self.decider.stuck(),
+            ),
             forecast,
             memory_source: self.settings.memory_from,
             server,

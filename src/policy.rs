@@ -20,7 +20,13 @@
 //! A stall is not latched: a server that stops answering pings takes no new sessions, and is
 //! recycled only if the stall outlasts `hang_timeout`. One that answers again returns to the
 //! state its memory gives — a server that hiccuped for 30 s keeps its live calls.
+//!
+//! A server that can no longer tear sessions down ([`Decider::teardown_stuck`]: KMS's worker
+//! pool deadlocked) drains at once, whatever its memory and without waiting for a fleet's
+//! slot — every session it took would leak the same way — and is recycled as soon as its
+//! last session ends. Latched like a memory drain.
 
+pub mod diagnosis;
 pub mod fleet;
 pub mod quiet;
 
@@ -186,6 +192,8 @@ pub struct Decider {
     requested_by: Option<String>,
     incarnations: u64,
     reason: String,
+    /// The server can no longer tear sessions down, in words, once it has said so.
+    stuck: Option<String>,
 }
 
 /// Caps every reason: it is one line in /ready, a log and /status.
@@ -210,6 +218,7 @@ impl Decider {
             requested_by: None,
             incarnations: 0,
             reason: "looking for the target process".to_string(),
+            stuck: None,
         }
     }
 
@@ -253,6 +262,7 @@ impl Decider {
         self.stalled_since = None;
         self.unreachable_since = None;
         self.requested_by = None;
+        self.stuck = None;
         self.enter(
             now,
             State::Starting,
@@ -273,6 +283,7 @@ impl Decider {
     /// The target process is not there any more.
     pub fn lost(&mut self, now: Instant, why: String) -> Option<Transition> {
         self.requested_by = None;
+        self.stuck = None;
         self.over_since = None;
         self.idle_over_since = None;
         self.stalled_since = None;
@@ -351,6 +362,30 @@ impl Decider {
             State::Draining => None,
             _ => self.stay_or_enter(now, State::Stalled, why),
         }
+    }
+
+    /// The server can no longer tear sessions down (`why` says how it shows): it takes no new
+    /// session from now on, whatever its memory and whatever the fleet's gate says (each one
+    /// would leak the same way), and the drain ends in recycle at its last session, after
+    /// `min_drain`. Latched for the incarnation; a requested drain becomes this one.
+    pub fn teardown_stuck(&mut self, now: Instant, why: &str) -> Option<Transition> {
+        self.stuck = Some(crate::units::clip(why, MAX_REASON_BYTES / 2));
+        match self.state {
+            State::Lost | State::Recycle => None,
+            State::Draining => {
+                self.requested_by = None;
+                None
+            }
+            State::Starting | State::Healthy | State::Elevated | State::Stalled => {
+                self.requested_by = None;
+                self.enter(now, State::Draining, why.to_owned())
+            }
+        }
+    }
+
+    /// Why the server can no longer tear sessions down, once it has said so.
+    pub fn stuck(&self) -> Option<&str> {
+        self.stuck.as_deref()
     }
 
     /// Who asked for the drain in force, while it is a requested one.
@@ -499,21 +534,31 @@ impl Decider {
             }
             State::Draining => {
                 let drained_for = now - self.since;
+                let stuck = self
+                    .stuck
+                    .as_deref()
+                    .map_or(String::new(), |why| format!(" ({why})"));
                 if drained_for >= p.drain_timeout {
                     let why = format!(
-                        "drained for {} (--drain-timeout), {}",
+                        "drained for {} (--drain-timeout), {}{stuck}",
                         Human(drained_for),
                         sessions_left(obs.sessions)
                     );
                     self.enter(now, State::Recycle, why)
                 } else if obs.sessions == Some(0) && drained_for >= p.min_drain {
-                    let why = format!("last session ended after draining {}", Human(drained_for));
+                    let why = format!(
+                        "last session ended after draining {}{stuck}",
+                        Human(drained_for)
+                    );
                     self.enter(now, State::Recycle, why)
                 } else {
-                    self.reason = format!(
-                        "draining for {}, {}",
-                        Human(drained_for),
-                        sessions_left(obs.sessions)
+                    self.reason = crate::units::clip(
+                        &format!(
+                            "draining for {}, {}{stuck}",
+                            Human(drained_for),
+                            sessions_left(obs.sessions)
+                        ),
+                        MAX_REASON_BYTES,
                     );
                     None
                 }
@@ -686,6 +731,76 @@ mod tests {
             t += every;
         }
         t - every
+    }
+
+    const STUCK: &str = "kms teardown stuck: 3 pipelines released but not destroyed for 20s";
+
+    #[test]
+    fn a_stuck_teardown_drains_at_once_whatever_the_memory_and_the_fleets_gate() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0 + SECOND, with_sessions(100, 4));
+        d.set_gate(Gate::Closed(
+            "waiting for a drain slot: held by kms-2".into(),
+        ));
+        let tr = d
+            .teardown_stuck(t0 + 2 * SECOND, STUCK)
+            .expect("a transition");
+        assert_eq!((tr.from, tr.to), (State::Healthy, State::Draining));
+        assert_eq!(tr.reason, STUCK, "the reason names it");
+        assert!(!d.state().ready(), "no new session, at once");
+        assert_eq!(d.teardown_stuck(t0 + 3 * SECOND, STUCK), None, "said once");
+        // Memory under the threshold does not undo it.
+        d.observe(t0 + 4 * SECOND, with_sessions(100, 2));
+        assert_eq!(d.state(), State::Draining, "latched");
+        assert!(d.reason().contains(STUCK), "{}", d.reason());
+        assert!(d.reason().contains("2 sessions left"), "{}", d.reason());
+    }
+
+    #[test]
+    fn a_stuck_teardown_recycles_at_its_last_session_after_min_drain() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0 + SECOND, with_sessions(100, 1));
+        d.teardown_stuck(t0 + SECOND, STUCK);
+        d.observe(t0 + 10 * SECOND, with_sessions(100, 0));
+        assert_eq!(d.state(), State::Draining, "--min-drain (30s) first");
+        let tr = d
+            .observe(t0 + 31 * SECOND, with_sessions(100, 0))
+            .expect("a transition");
+        assert_eq!(tr.to, State::Recycle);
+        assert!(
+            tr.reason
+                .starts_with("last session ended after draining 30s")
+                && tr.reason.contains(STUCK),
+            "{}",
+            tr.reason
+        );
+    }
+
+    #[test]
+    fn a_requested_drain_becomes_a_stuck_teardowns_and_a_stall_gives_way_to_it() {
+        let (mut d, t0) = started(policy());
+        d.observe(t0 + SECOND, with_sessions(100, 1));
+        d.request_drain(t0 + SECOND, "operator").unwrap();
+        d.teardown_stuck(t0 + 2 * SECOND, STUCK);
+        assert_eq!(d.requested_by(), None, "no longer cancellable");
+        assert_eq!(
+            d.cancel_drain(t0 + 3 * SECOND, "operator"),
+            Err(DrainRefused::MemoryDrain)
+        );
+        let tr = d.observe(t0 + 40 * SECOND, with_sessions(100, 0));
+        assert_eq!(tr.map(|t| t.to), Some(State::Recycle), "it recycles");
+
+        let (mut d, t0) = started(policy());
+        d.observe(t0 + SECOND, with_sessions(100, 1));
+        for _ in 0..3 {
+            d.server_answers(t0 + SECOND, 3);
+        }
+        assert_eq!(d.state(), State::Stalled);
+        let tr = d.teardown_stuck(t0 + 2 * SECOND, STUCK);
+        assert_eq!(tr.map(|t| t.to), Some(State::Draining));
+        // A new incarnation (KMS restarted) starts clean.
+        d.new_incarnation(t0 + 60 * SECOND, policy(), "pid 43");
+        assert_eq!(d.stuck(), None);
     }
 
     #[test]

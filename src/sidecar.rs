@@ -77,11 +77,17 @@ impl Sidecar {
         {
             tracing::info!("{why}");
         }
+        let gate_wire = match (&kms_gate, &config.outlets.kms_gate) {
+            (Some(_), Some(settings)) => Some(Arc::new(sources::kms::wire::Wire::new(
+                settings.listen.to_string(),
+            ))),
+            _ => None,
+        };
         let sources::Sources {
             memory,
             sessions,
             janus_switch,
-        } = sources::build(sources_settings, config.interval);
+        } = sources::build(sources_settings, config.interval, gate_wire.clone());
         let metrics = Arc::new(outlets::metrics::Metrics::new(outlets::metrics::Families {
             critical: config.policy.critical.is_some(),
             kms: sources_settings.kms.is_some(),
@@ -122,9 +128,8 @@ impl Sidecar {
             recycle,
             kms_gate: gate_settings,
         } = config.outlets;
-        let gate = match (kms_gate, gate_settings) {
-            (Some(listener), Some(settings)) => {
-                let wire = Arc::new(sources::kms::wire::Wire::new(settings.listen.to_string()));
+        let gate = match (kms_gate, gate_settings, gate_wire) {
+            (Some(listener), Some(settings), Some(wire)) => {
                 monitor.show_gate(Arc::clone(&wire));
                 Some((listener, settings, wire))
             }

@@ -45,6 +45,9 @@ pub struct Status {
     /// The last sample taken with zero sessions: under glibc it ratchets up session after
     /// session, the clearest fragmentation signal there is.
     pub idle_memory_bytes: Option<u64>,
+    /// Which memory problem it is, when memory does not come back or the server can no
+    /// longer tear sessions down.
+    pub memory_problem: Option<crate::policy::diagnosis::Diagnosis>,
     /// When the memory the server keeps will cross the threshold, at the rate it has been
     /// rising (`crate::forecast`), or why there is no forecast.
     pub forecast: ForecastStatus,
@@ -117,9 +120,11 @@ pub struct Point {
     pub sessions: Option<u32>,
     /// Live bytes as the target reports them (only the demo's workload does).
     pub live_bytes: Option<u64>,
+    /// The target's threads, when read from /proc.
+    pub threads: Option<u32>,
     pub state: State,
-    /// Which incarnation of the target it was taken of.
-    pub incarnation: u64,
+    /// Which incarnation of the target it was taken of (u32: a point stays within 80 bytes).
+    pub incarnation: u32,
 }
 
 /// The forecast as `/status`, `/metrics` and the page show it.
@@ -218,6 +223,7 @@ pub struct Settings {
     pub kms_timeout: Option<String>,
     pub kms_failures: Option<u32>,
     pub kms_hang_timeout: Option<String>,
+    pub kms_teardown_timeout: Option<String>,
     pub memory_source: MemoryFrom,
     /// Janus's admin API; its secret is never shown.
     pub janus_url: Option<String>,

@@ -259,6 +259,17 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) kms_gc_period: String,
+    /// A KMS whose teardown does not finish this long (memprobe's own empty pipeline, or a
+    /// release seen at the gate, never destroyed) is stuck: no new sessions, restart at its
+    /// last listed session; off: no check
+    #[arg(
+        long,
+        env = "MEMPROBE_KMS_TEARDOWN_TIMEOUT",
+        default_value = "20s",
+        value_name = "DURATION|off",
+        allow_hyphen_values = true
+    )]
+    pub(super) kms_teardown_timeout: String,
     /// Serve KMS's WebSocket here and relay it to --kms-url: while draining, a new
     /// MediaPipeline is refused with error -32099 [default: off]
     #[arg(

@@ -95,6 +95,7 @@ impl Config {
             kms_timeout: kms.map(|k| duration(k.timeout)),
             kms_failures: kms.map(|k| k.failures),
             kms_hang_timeout: kms.map(|k| duration(k.hang_timeout)),
+            kms_teardown_timeout: kms.map(|k| k.teardown_timeout.map_or("off".into(), duration)),
             memory_source: sources.memory_from,
             janus_url: janus.map(|j| j.url.to_string()),
             janus_poll: janus.map(|j| duration(j.poll)),

@@ -66,6 +66,8 @@ pub(super) struct Values {
     kms_failures: u32,
     kms_hang_timeout: Duration,
     kms_gc_period: Duration,
+    /// `None` for `off`.
+    kms_teardown_timeout: Option<Duration>,
     kms_gate: Option<SocketAddr>,
     memory_source: MemoryFrom,
     listen: SocketAddr,
@@ -124,6 +126,7 @@ impl Values {
             kms_failures,
             kms_hang_timeout,
             kms_gc_period,
+            kms_teardown_timeout,
             kms_gate,
             memory_source,
             listen,
@@ -234,6 +237,10 @@ impl Values {
             kms_failures: check.failures(kms_failures)?,
             kms_hang_timeout: check.duration("kms_hang_timeout", kms_hang_timeout)?,
             kms_gc_period: check.duration("kms_gc_period", kms_gc_period)?,
+            kms_teardown_timeout: match kms_teardown_timeout.trim() {
+                "off" => None,
+                text => Some(check.duration("kms_teardown_timeout", text)?),
+            },
             kms_gate: kms_gate
                 .as_deref()
                 .map(|t| check.address("kms_gate", t, "0.0.0.0:8888"))
@@ -394,6 +401,7 @@ impl Values {
                 failures: self.kms_failures,
                 hang_timeout: self.kms_hang_timeout,
                 gc_period: self.kms_gc_period,
+                teardown_timeout: self.kms_teardown_timeout,
             }),
             _ => None,
         };

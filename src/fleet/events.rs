@@ -4,6 +4,7 @@
 //! | reason                 | type    | when                                                   |
 //! |------------------------|---------|--------------------------------------------------------|
 //! | `MemorySustainedHigh`  | Warning | memory asks for a drain (sustained, or idle)           |
+//! | `TeardownStuck`        | Warning | the server can no longer tear sessions down            |
 //! | `DrainStarted`         | Normal  | the instance takes no new sessions                     |
 //! | `DrainDeferred`        | Normal  | the drain waits for a slot, with who holds them        |
 //! | `RecycleRequested`     | Warning | the server is to be restarted                          |
@@ -23,6 +24,7 @@ use crate::units::clip;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     MemorySustainedHigh,
+    TeardownStuck,
     DrainStarted,
     DrainDeferred,
     RecycleRequested,
@@ -31,8 +33,9 @@ pub enum Reason {
 
 impl Reason {
     #[cfg(test)]
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::MemorySustainedHigh,
+        Reason::TeardownStuck,
         Reason::DrainStarted,
         Reason::DrainDeferred,
         Reason::RecycleRequested,
@@ -42,6 +45,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::MemorySustainedHigh => "MemorySustainedHigh",
+            Reason::TeardownStuck => "TeardownStuck",
             Reason::DrainStarted => "DrainStarted",
             Reason::DrainDeferred => "DrainDeferred",
             Reason::RecycleRequested => "RecycleRequested",
@@ -52,7 +56,9 @@ impl Reason {
     /// `Normal` or `Warning`.
     pub fn kind(self) -> &'static str {
         match self {
-            Reason::MemorySustainedHigh | Reason::RecycleRequested => "Warning",
+            Reason::MemorySustainedHigh | Reason::TeardownStuck | Reason::RecycleRequested => {
+                "Warning"
+            }
             _ => "Normal",
         }
     }
@@ -61,6 +67,7 @@ impl Reason {
     pub fn action(self) -> &'static str {
         match self {
             Reason::MemorySustainedHigh => "Observe",
+            Reason::TeardownStuck => "Drain",
             Reason::DrainStarted => "Drain",
             Reason::DrainDeferred => "Wait",
             Reason::RecycleRequested => "Recycle",
@@ -144,6 +151,13 @@ pub struct Teller {
 }
 
 impl Teller {
+    /// The Event of a server that can no longer tear sessions down; the drain it causes is
+    /// not memory's.
+    pub fn stuck(&mut self, why: &str) -> Vec<Note> {
+        self.told_high = true;
+        vec![Note::new(Reason::TeardownStuck, why)]
+    }
+
     /// The Events a transition makes.
     pub fn transition(
         &mut self,

@@ -149,6 +149,11 @@ impl Coordinator for Kubernetes {
         self.send(notes);
     }
 
+    fn stuck(&mut self, why: &str) {
+        let notes = self.teller.stuck(why);
+        self.send(notes);
+    }
+
     fn step(&mut self, ask: Ask<'_>) -> Gate {
         let wait = {
             let mut shared = lock(&self.shared);

@@ -37,6 +37,10 @@ pub trait Coordinator: Send {
     /// This instance's state changed; `requested` when an operator asked for the drain.
     fn told(&mut self, transition: &Transition, requested: bool);
 
+    /// The server can no longer tear sessions down (`why`): said once per incarnation,
+    /// before the drain it causes is told.
+    fn stuck(&mut self, _why: &str) {}
+
     /// After each step: answers whether the next drains may start.
     fn step(&mut self, ask: Ask<'_>) -> Gate;
 

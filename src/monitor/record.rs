@@ -86,7 +86,7 @@ impl Record {
             at,
             memory_bytes: point.memory_bytes,
             sessions: sessions_known,
-            incarnation: point.incarnation,
+            incarnation: u64::from(point.incarnation),
         });
         self.counters.samples_total += 1;
         self.last_error = None;
@@ -228,6 +228,7 @@ mod tests {
             anon_bytes: None,
             sessions: None,
             live_bytes: None,
+            threads: None,
             state: State::Healthy,
             incarnation: 1,
         }

@@ -35,6 +35,8 @@ pub struct Metrics {
     recycle_actions: IntCounterVec,
     allocator: IntGaugeVec,
     forecast: prometheus::GaugeVec,
+    threads: IntGaugeVec,
+    memory_problem: IntGaugeVec,
     kms: Option<KmsMetrics>,
     servers: Option<ServerMetrics>,
     kubernetes: Option<KubernetesMetrics>,
@@ -169,6 +171,9 @@ struct KmsMetrics {
     reconnects: IntCounter,
     undestroyed: IntCounter,
     idle_memory: IntGaugeVec,
+    teardown_stuck: IntGauge,
+    released_not_destroyed: IntGauge,
+    teardown_checks: IntCounterVec,
 }
 
 /// Registers a family. Names and labels are literals, so a failure is a bug that every test
@@ -234,6 +239,34 @@ impl KmsMetrics {
                 "memprobe_idle_memory_bytes",
                 "Memory at the last sample taken with zero sessions.",
             ),
+            teardown_stuck: gauge(
+                r,
+                "memprobe_kms_teardown_stuck",
+                "1 once a KMS teardown did not finish within --kms-teardown-timeout: KMS can no \
+                 longer end sessions.",
+            ),
+            released_not_destroyed: gauge(
+                r,
+                "memprobe_kms_released_not_destroyed",
+                "Pipelines released (or no longer listed) whose ObjectDestroyed has not come.",
+            ),
+            teardown_checks: {
+                let v = register(
+                    r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "memprobe_kms_teardown_checks_total",
+                            "memprobe's own empty pipelines created to check KMS's teardown, \
+                             by result (passed: destroyed in time).",
+                        ),
+                        &["result"],
+                    ),
+                );
+                for result in ["created", "passed"] {
+                    v.with_label_values(&[result]);
+                }
+                v
+            },
         }
     }
 
@@ -253,6 +286,16 @@ impl KmsMetrics {
         }
         catch_up(&self.reconnects, view.reconnects_total);
         catch_up(&self.undestroyed, view.undestroyed_pipelines_total);
+        let teardown = &view.teardown;
+        self.teardown_stuck.set(i64::from(teardown.stuck));
+        self.released_not_destroyed
+            .set(i64::from(teardown.released_not_destroyed));
+        for (result, total) in [
+            ("created", teardown.checks_total),
+            ("passed", teardown.checks_passed_total),
+        ] {
+            catch_up(&self.teardown_checks.with_label_values(&[result]), total);
+        }
         set_optional(
             &self.idle_memory,
             status.idle_memory_bytes.map(|b| b as i64),
@@ -500,6 +543,29 @@ impl Metrics {
                     &["bound"],
                 ),
             ),
+            threads: optional_gauge(
+                &r,
+                "memprobe_target_threads",
+                "Threads of the watched process (from /proc); absent when unknown.",
+            ),
+            memory_problem: {
+                let v = register(
+                    &r,
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "memprobe_memory_problem",
+                            "1 for the memory problem memprobe sees now (fragmentation, \
+                             stuck_teardown, growth_with_sessions, unknown), 0 for the others; \
+                             all 0 while there is none.",
+                        ),
+                        &["kind"],
+                    ),
+                );
+                for kind in crate::policy::diagnosis::Problem::ALL {
+                    v.with_label_values(&[kind.as_str()]).set(0);
+                }
+                v
+            },
             kms: families.kms.then(|| KmsMetrics::new(&r)),
             servers,
             kubernetes: (families.fleet || families.events)
@@ -540,6 +606,19 @@ impl Metrics {
             for (kind, bytes) in memory.sample.figures() {
                 self.memory.with_label_values(&[kind]).set(bytes as i64);
             }
+        }
+        let threads = status.memory.as_ref().and_then(|m| m.sample.threads);
+        set_optional(
+            &self.threads,
+            threads
+                .filter(|_| status.target.is_some())
+                .map(|n| n as i64),
+        );
+        let problem = status.memory_problem.as_ref().map(|d| d.kind);
+        for kind in crate::policy::diagnosis::Problem::ALL {
+            self.memory_problem
+                .with_label_values(&[kind.as_str()])
+                .set(i64::from(problem == Some(kind)));
         }
         self.threshold.set(status.threshold.bytes as i64);
         if let (Some(g), Some(bytes)) = (&self.critical, status.threshold.critical_bytes) {

@@ -688,6 +688,7 @@ mod tests {
             anon_bytes: None,
             sessions: Some(2),
             live_bytes: None,
+            threads: None,
             state,
             incarnation: 1,
         }

@@ -324,6 +324,7 @@ impl crate::sources::SessionSource for CustomSessions {
     fn read(&mut self) -> crate::sources::ServerView {
         let view = self.view.borrow().clone();
         crate::sources::ServerView {
+            stuck: None,
             sessions: view.sessions.filter(|_| view.connected),
             failed_pings: if view.answered { view.failed_pings } else { 0 },
             report: crate::sources::ServerReport::Custom(view),

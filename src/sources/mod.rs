@@ -109,6 +109,8 @@ pub struct ServerView {
     /// Pings in a row without an answer since the server last answered; 0 while it answers
     /// or before it ever has (a server that is starting is not hung).
     pub failed_pings: u32,
+    /// The server can no longer tear sessions down, in words (`kms teardown stuck: …`).
+    pub stuck: Option<String>,
     /// What `/status` and `/metrics` show of it.
     pub report: ServerReport,
 }
@@ -217,7 +219,11 @@ pub struct Settings {
 
 /// The sources the settings ask for, with memory from KMS asked for every `interval`.
 /// Starts the API connections on the current runtime.
-pub fn build(settings: &Settings, interval: std::time::Duration) -> Sources {
+pub fn build(
+    settings: &Settings,
+    interval: std::time::Duration,
+    gate: Option<std::sync::Arc<kms::wire::Wire>>,
+) -> Sources {
     let from_proc = || -> Box<dyn MemorySource> {
         Box::new(proc::ProcMemory::new(
             &settings.proc,
@@ -241,10 +247,11 @@ pub fn build(settings: &Settings, interval: std::time::Duration) -> Sources {
         };
     }
     let kms_memory = settings.memory_from == MemoryFrom::Kms;
-    let kms = settings
-        .kms
-        .as_ref()
-        .map(|k| kms::spawn(kms::Link::new(k, kms_memory.then_some(interval))));
+    let kms = settings.kms.as_ref().map(|k| {
+        let mut link = kms::Link::new(k, kms_memory.then_some(interval));
+        link.gate = gate;
+        kms::spawn(link)
+    });
     let memory: Box<dyn MemorySource> = match (settings.memory_from, &kms) {
         (MemoryFrom::Kms, Some(view)) => {
             Box::new(kms::KmsMemory::new(view.clone(), settings.memory_limit))

@@ -53,6 +53,9 @@ pub struct KmsSettings {
     pub hang_timeout: Duration,
     /// KMS's `garbageCollectorPeriod` (`--kms-gc-period`).
     pub gc_period: Duration,
+    /// How long a teardown may take before KMS's is stuck (`--kms-teardown-timeout`), or
+    /// None: no check, no verdict.
+    pub teardown_timeout: Option<Duration>,
 }
 
 /// What the connection task runs by: the settings, with the URL's file to read again.
@@ -68,6 +71,9 @@ pub struct Link {
     pub gc_period: Duration,
     /// Poll `getUsedMemory` this often (`--memory-source kms`), or never.
     pub memory_interval: Option<Duration>,
+    pub teardown_timeout: Option<Duration>,
+    /// What the gate saw released, when it runs: each release must end in its destruction.
+    pub gate: Option<std::sync::Arc<wire::Wire>>,
 }
 
 /// What memprobe knows of KMS, as of the last frame.
@@ -97,6 +103,56 @@ pub struct KmsView {
     pub get_pipelines_calls_total: u64,
     /// Pipelines `getPipelines` stopped listing without an `ObjectDestroyed`.
     pub undestroyed_pipelines_total: u64,
+    /// Boxed: most views never need it, and the view is copied at every step.
+    pub teardown: Box<Teardown>,
+}
+
+/// Whether KMS still tears sessions down (`/status` `kms.teardown`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Teardown {
+    /// `--kms-teardown-timeout` in seconds; None when off.
+    pub timeout_seconds: Option<f64>,
+    /// A teardown did not finish within the timeout: KMS can no longer end sessions.
+    pub stuck: bool,
+    /// What showed it: `check` (memprobe's own pipeline), `released` (seen at the gate) or
+    /// `unlisted` (gone from `getPipelines`).
+    pub evidence: Option<&'static str>,
+    /// When it was found.
+    pub stuck_since: Option<String>,
+    /// Pipelines released (or no longer listed) whose `ObjectDestroyed` has not come.
+    pub released_not_destroyed: u32,
+    /// How long the oldest of them has waited.
+    pub oldest_seconds: f64,
+    /// memprobe's own check pipelines created, and those destroyed in time.
+    pub checks_total: u64,
+    pub checks_passed_total: u64,
+    /// The serverId the verdict is about: it holds across reconnects to the same KMS.
+    #[serde(skip)]
+    pub server_id: Option<String>,
+    #[serde(skip)]
+    pub found: Option<(tokio::time::Instant, pipelines::Evidence)>,
+}
+
+impl Teardown {
+    /// The verdict in words, while stuck: `kms teardown stuck: 16 pipelines released but not
+    /// destroyed for 1m (memprobe's check among them)`.
+    pub fn says(&self) -> Option<String> {
+        if !self.stuck {
+            return None;
+        }
+        let n = self.released_not_destroyed;
+        let how = match self.evidence {
+            Some("check") => " (memprobe's check pipeline among them)",
+            Some("released") => " (released through the gate)",
+            Some("unlisted") => " (no longer listed by getPipelines)",
+            _ => "",
+        };
+        Some(format!(
+            "kms teardown stuck: {n} pipeline{} released but not destroyed for {}{how}",
+            if n == 1 { "" } else { "s" },
+            crate::units::Human(Duration::from_secs(self.oldest_seconds as u64))
+        ))
+    }
 }
 
 /// What went wrong in an exchange with KMS: the label of `memprobe_kms_rpc_errors_total`.
@@ -207,6 +263,7 @@ impl crate::sources::SessionSource for KmsSessions {
         let view = self.view.borrow().clone();
         crate::sources::ServerView {
             sessions: view.sessions.filter(|_| view.connected),
+            stuck: view.teardown.says(),
             // Never before this serverId's first answer: KMS may be starting.
             failed_pings: if view.answered { view.failed_pings } else { 0 },
             report: crate::sources::ServerReport::Kms(view),
@@ -227,6 +284,8 @@ impl Link {
             timeout: settings.timeout,
             gc_period: settings.gc_period,
             memory_interval,
+            teardown_timeout: settings.teardown_timeout,
+            gate: None,
         }
     }
 }
@@ -234,6 +293,9 @@ impl Link {
 /// Starts the connection task; the view starts disconnected.
 pub fn spawn(settings: Link) -> watch::Receiver<KmsView> {
     let (reporter, view) = Reporter::new(&settings.url);
+    reporter.update(|v| {
+        v.teardown.timeout_seconds = settings.teardown_timeout.map(|t| t.as_secs_f64());
+    });
     tokio::spawn(run(settings, reporter));
     view
 }

@@ -20,6 +20,27 @@
 //! gone without their event are counted as undestroyed once their event has had
 //! [`EVENT_GRACE`] to arrive late.
 //!
+//! Third, a KMS whose worker pool has deadlocked (the reference's "A worker pool that
+//! deadlocks") can no longer tear anything down: `release` is answered, `ObjectDestroyed`
+//! never comes, `getPipelines` stops listing what was released, yet the media goes on running.
+//! That is not fragmentation, and [`Pipelines::stuck`] says so when a teardown does not
+//! finish within the timeout (`--kms-teardown-timeout`):
+//!
+//! - **memprobe's own check**: while KMS has pipelines (or had some since the last check),
+//!   memprobe creates one empty `MediaPipeline` of its own every timeout and releases it at
+//!   once; its `ObjectDestroyed` must come within the timeout. One at a time: a sick KMS gets
+//!   at most one object from memprobe. It is never counted as a session, and it references
+//!   no other pipeline, so it keeps none alive (no `getPipelines` is called for it);
+//! - **a release seen at the gate**: a pipeline the gate saw released, still counted, with no
+//!   `ObjectDestroyed` within the timeout;
+//! - **a list that left a pipeline out**: gone from `getPipelines` without its event for the
+//!   timeout.
+//!
+//! Once stuck (latched for the connection, and carried over a reconnect to the same server),
+//! the list is what counts: it is fetched every [`LISTED_EVERY`] so that the drain ends
+//! within seconds of the last *listed* pipeline's release — on a KMS that will be restarted,
+//! the garbage-collection period no longer matters.
+//!
 //! Pure: time is passed in, nothing is read or sent here.
 
 use std::collections::{HashMap, HashSet};
@@ -34,6 +55,69 @@ pub const MAX_PIPELINES: usize = 10_000;
 /// How long after a list a missing pipeline's `ObjectDestroyed` may still arrive (KMS sends
 /// it about half a second after the release, before or after other replies).
 pub const EVENT_GRACE: Duration = Duration::from_secs(10);
+
+/// How often the list is fetched once the teardown is stuck.
+pub const LISTED_EVERY: Duration = Duration::from_secs(3);
+
+/// How a teardown that does not finish shows itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// memprobe's own empty pipeline, released, not destroyed.
+    Check,
+    /// Pipelines released through the gate, not destroyed.
+    Released,
+    /// Pipelines `getPipelines` stopped listing, not destroyed.
+    Unlisted,
+}
+
+impl Evidence {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Evidence::Check => "check",
+            Evidence::Released => "released",
+            Evidence::Unlisted => "unlisted",
+        }
+    }
+}
+
+/// A teardown that does not finish: when it was found, and what showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stuck {
+    pub since: Instant,
+    pub evidence: Evidence,
+}
+
+/// What the teardown looks like now, for the view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Pipelines released (or no longer listed) whose `ObjectDestroyed` has not come.
+    pub pipelines: usize,
+    /// How long the oldest of them has waited.
+    pub oldest: Duration,
+}
+
+/// memprobe's own check pipeline, at most one at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Check {
+    /// None out: the last one ended at this time (or the list arrived).
+    Idle { since: Instant },
+    /// `create` sent, its reply not yet in.
+    Creating,
+    /// Created; `release` sent at `at` (None until it is).
+    Out {
+        id: String,
+        released: Option<Instant>,
+    },
+    /// Its release failed: no verdict on it, and no other check on this connection.
+    Abandoned,
+}
+
+/// A pipeline whose teardown memprobe is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Waiting {
+    since: Instant,
+    released: bool,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Change {
@@ -78,6 +162,22 @@ pub struct Pipelines {
     /// The wait before the next quiet resync: a period, doubled by each one that changed
     /// nothing.
     quiet_wait: Duration,
+    /// `--kms-teardown-timeout`, or None (off): no check, no verdict.
+    teardown_timeout: Option<Duration>,
+    /// memprobe's own check pipelines: never counted, never listed as sessions.
+    own: HashSet<String>,
+    check: Check,
+    /// An event (or a live pipeline) since the last check: a KMS with nothing going on is
+    /// not asked.
+    active: bool,
+    /// Pipelines released or unlisted, not yet destroyed.
+    waiting: HashMap<String, Waiting>,
+    stuck: Option<Stuck>,
+    /// The first `ObjectCreated` seen while the check's `create` was in flight: the check's
+    /// own, or another's.
+    early: Option<String>,
+    /// Checks destroyed in time, not yet taken.
+    passed: u64,
 }
 
 impl Pipelines {
@@ -91,7 +191,26 @@ impl Pipelines {
             last_event: None,
             last_list: None,
             quiet_wait: gc_period,
+            teardown_timeout: None,
+            own: HashSet::new(),
+            check: Check::Abandoned,
+            active: false,
+            waiting: HashMap::new(),
+            stuck: None,
+            early: None,
+            passed: 0,
         }
+    }
+
+    /// Follows teardowns: each must finish within `timeout` (`--kms-teardown-timeout`).
+    pub fn with_teardown_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.teardown_timeout = timeout;
+        self
+    }
+
+    /// This server's teardown was found stuck before, on an earlier connection.
+    pub fn stuck_before(&mut self, since: Instant, evidence: Evidence) {
+        self.stuck.get_or_insert(Stuck { since, evidence });
     }
 
     /// Live pipelines, once a list has arrived on this connection.
@@ -100,7 +219,16 @@ impl Pipelines {
     }
 
     pub fn created(&mut self, now: Instant, id: &str) -> Applied {
-        self.event(now);
+        if self.own.contains(id) {
+            return Applied::Unchanged;
+        }
+        if self.check == Check::Creating && self.early.is_none() {
+            // Perhaps the check's own, ahead of the create's reply: activity only if not.
+            self.early = Some(id.to_owned());
+            self.last_event = Some(now);
+        } else {
+            self.event(now);
+        }
         self.missing.remove(id);
         if let Some(changes) = &mut self.in_flight {
             changes.push(Change::Created(id.to_owned()));
@@ -116,8 +244,18 @@ impl Pipelines {
     }
 
     pub fn destroyed(&mut self, now: Instant, id: &str) -> Applied {
+        if self.own.remove(id) {
+            if matches!(&self.check, Check::Out { id: out, .. } if out == id) {
+                self.check = Check::Idle { since: now };
+                if self.stuck.is_none() {
+                    self.passed += 1;
+                }
+            }
+            return Applied::Unchanged;
+        }
         self.event(now);
         self.missing.remove(id);
+        self.waiting.remove(id);
         if let Some(changes) = &mut self.in_flight {
             changes.push(Change::Destroyed(id.to_owned()));
         }
@@ -131,6 +269,7 @@ impl Pipelines {
     fn event(&mut self, now: Instant) {
         self.last_event = Some(now);
         self.quiet_wait = self.gc_period;
+        self.active = true;
     }
 
     /// `getPipelines` was sent: the events from now on are kept until its reply.
@@ -153,6 +292,7 @@ impl Pipelines {
         let changes = self.in_flight.take().unwrap_or_default();
         let mut merged: HashSet<String> = ids
             .into_iter()
+            .filter(|id| !self.own.contains(*id))
             .take(MAX_PIPELINES)
             .map(str::to_owned)
             .collect();
@@ -170,10 +310,19 @@ impl Pipelines {
         }
         let gone: Vec<String> = self.live.difference(&merged).cloned().collect();
         let missing = gone.len();
+        let first = !self.synced;
         for id in gone {
+            if self.waiting.len() < MAX_PIPELINES {
+                self.waiting.entry(id.clone()).or_insert(Waiting {
+                    since: now,
+                    released: false,
+                });
+            }
             self.missing.entry(id).or_insert(now);
         }
-        let first = !self.synced;
+        if first {
+            self.check = Check::Idle { since: now };
+        }
         let changed = first || merged != self.live;
         self.live = merged;
         self.synced = true;
@@ -207,6 +356,9 @@ impl Pipelines {
             return true;
         };
         let since_list = now.saturating_duration_since(last_list);
+        if self.stuck.is_some() {
+            return !self.live.is_empty() && since_list >= LISTED_EVERY;
+        }
         if since_list >= super::RESYNC_EVERY.max(self.gc_period) {
             return true;
         }
@@ -214,6 +366,129 @@ impl Pipelines {
             .last_event
             .map_or(since_list, |at| now.saturating_duration_since(at));
         !self.live.is_empty() && since_list >= self.quiet_wait && quiet_for >= self.gc_period
+    }
+}
+
+impl Pipelines {
+    /// The gate saw `id` released: its `ObjectDestroyed` is due within the timeout.
+    pub fn released(&mut self, now: Instant, id: &str) {
+        if self.live.contains(id) && self.waiting.len() < MAX_PIPELINES {
+            self.waiting.entry(id.to_owned()).or_insert(Waiting {
+                since: now,
+                released: true,
+            });
+        }
+    }
+
+    /// Whether to create a check pipeline now: none is out, the teardown is not already
+    /// stuck, a list has arrived, KMS had pipelines since the last check, and a timeout has
+    /// passed since it.
+    pub fn check_due(&self, now: Instant) -> bool {
+        let (Some(timeout), Check::Idle { since }) = (self.teardown_timeout, &self.check) else {
+            return false;
+        };
+        self.stuck.is_none()
+            && self.synced
+            && (self.active || !self.live.is_empty())
+            && now.saturating_duration_since(*since) >= timeout
+    }
+
+    /// The check's `create` is sent.
+    pub fn check_creating(&mut self) {
+        self.check = Check::Creating;
+        self.active = false;
+    }
+
+    /// The check's `create` failed: try again a timeout from now.
+    pub fn check_not_created(&mut self, now: Instant) {
+        if self.early.take().is_some() {
+            self.active = true;
+        }
+        self.check = Check::Idle { since: now };
+    }
+
+    /// The check pipeline is `id`: never counted (its `ObjectCreated` may have come first).
+    /// Returns whether that changed the count.
+    pub fn check_created(&mut self, id: &str) -> bool {
+        if self.early.take().is_some_and(|early| early != id) {
+            self.active = true;
+        }
+        self.own.insert(id.to_owned());
+        self.check = Check::Out {
+            id: id.to_owned(),
+            released: None,
+        };
+        self.live.remove(id)
+    }
+
+    /// The check's `release` was answered: its `ObjectDestroyed` is due within the timeout
+    /// (it may have come already).
+    pub fn check_released(&mut self, now: Instant) {
+        if let Check::Out { released, .. } = &mut self.check {
+            released.get_or_insert(now);
+        }
+    }
+
+    /// The check's `release` failed: no verdict on it, and no other check on this
+    /// connection (a sick KMS gets at most one object from memprobe).
+    pub fn check_abandoned(&mut self) {
+        if matches!(self.check, Check::Out { .. } | Check::Creating) {
+            self.check = Check::Abandoned;
+        }
+    }
+
+    /// Checks destroyed in time since the last call.
+    pub fn take_checks_passed(&mut self) -> u64 {
+        std::mem::take(&mut self.passed)
+    }
+
+    /// Pipelines released or unlisted whose `ObjectDestroyed` has not come, the check's
+    /// included once released.
+    pub fn unfinished(&self, now: Instant) -> Unfinished {
+        let mut oldest = Duration::ZERO;
+        let mut pipelines = 0;
+        let mut count = |since: Instant| {
+            pipelines += 1;
+            oldest = oldest.max(now.saturating_duration_since(since));
+        };
+        for w in self.waiting.values() {
+            count(w.since);
+        }
+        if let Check::Out {
+            released: Some(at), ..
+        } = &self.check
+        {
+            count(*at);
+        }
+        Unfinished { pipelines, oldest }
+    }
+
+    /// Whether the teardown is stuck: found so now if a teardown has waited the timeout.
+    /// Latched for the connection.
+    pub fn stuck(&mut self, now: Instant) -> Option<&Stuck> {
+        if self.stuck.is_none()
+            && let Some(timeout) = self.teardown_timeout
+        {
+            let late = |since: &Instant| now.saturating_duration_since(*since) >= timeout;
+            let evidence = if let Check::Out {
+                released: Some(at), ..
+            } = &self.check
+                && late(at)
+            {
+                Some(Evidence::Check)
+            } else if self.waiting.values().any(|w| w.released && late(&w.since)) {
+                Some(Evidence::Released)
+            } else if self.waiting.values().any(|w| late(&w.since)) {
+                Some(Evidence::Unlisted)
+            } else {
+                None
+            };
+            self.stuck = evidence.map(|evidence| Stuck {
+                since: now,
+                evidence,
+            });
+        }
+        self.stuck.as_ref()
     }
 }
 
@@ -470,5 +745,192 @@ mod tests {
         }
         assert_eq!(p.created(t0, "one-more"), Applied::Full);
         assert_eq!(p.count(), Some(MAX_PIPELINES));
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(20);
+
+    fn followed(t0: Instant, ids: &[&str]) -> Pipelines {
+        let mut p = Pipelines::new(GC).with_teardown_timeout(Some(TIMEOUT));
+        p.list_requested(t0);
+        p.list_arrived(t0, ids.iter().copied());
+        p
+    }
+
+    /// Runs one check from creation to release at `at` seconds; returns its id.
+    fn check_released(p: &mut Pipelines, t0: Instant, at: u64, id: &str) {
+        assert!(p.check_due(self::at(t0, at)), "a check is due at {at}s");
+        p.check_creating();
+        p.check_created(id);
+        p.check_released(self::at(t0, at));
+    }
+
+    #[test]
+    fn a_check_that_is_destroyed_in_time_finds_nothing_and_is_never_a_session() {
+        let t0 = Instant::now();
+        let mut p = followed(t0, &["p1"]);
+        assert!(!p.check_due(at(t0, 19)), "not before a timeout has passed");
+        // Its ObjectCreated comes before the create's reply: counted for a moment, then not.
+        p.check_creating();
+        p.created(at(t0, 20), "check");
+        assert_eq!(p.count(), Some(2));
+        assert!(p.check_created("check"), "the count changes back");
+        assert_eq!(p.count(), Some(1));
+        p.check_released(at(t0, 20));
+        assert_eq!(p.unfinished(at(t0, 21)).pipelines, 1);
+        p.destroyed(at(t0, 21), "check");
+        assert_eq!(p.count(), Some(1), "its destruction is no session's end");
+        assert_eq!(p.unfinished(at(t0, 21)), Unfinished::default());
+        assert_eq!(p.stuck(at(t0, 100)), None);
+        assert!(
+            !p.check_due(at(t0, 40)),
+            "a timeout after the last one ended"
+        );
+        assert!(p.check_due(at(t0, 41)));
+        // A list taken while a check is out never counts it.
+        check_released(&mut p, t0, 41, "check2");
+        p.list_requested(at(t0, 41));
+        assert_eq!(p.list_arrived(at(t0, 41), ["p1", "check2"]).count, 1);
+    }
+
+    #[test]
+    fn a_check_not_destroyed_within_the_timeout_is_a_stuck_teardown() {
+        let t0 = Instant::now();
+        let mut p = followed(t0, &["p1"]);
+        check_released(&mut p, t0, 20, "check");
+        assert_eq!(p.stuck(at(t0, 39)), None, "within the timeout");
+        let stuck = p.stuck(at(t0, 40)).cloned().expect("stuck at the timeout");
+        assert_eq!(stuck.evidence, Evidence::Check);
+        assert_eq!(stuck.since, at(t0, 40));
+        assert_eq!(
+            p.unfinished(at(t0, 50)),
+            Unfinished {
+                pipelines: 1,
+                oldest: Duration::from_secs(30)
+            }
+        );
+        assert!(
+            !p.check_due(at(t0, 100)),
+            "a sick KMS gets one object, no more"
+        );
+        assert_eq!(p.count(), Some(1), "the check is never a session");
+    }
+
+    #[test]
+    fn an_idle_kms_is_not_checked() {
+        let t0 = Instant::now();
+        let mut p = followed(t0, &[]);
+        assert!(
+            !p.check_due(at(t0, 3600)),
+            "no pipeline, no event: nothing to check"
+        );
+        p.created(at(t0, 3600), "p1");
+        p.destroyed(at(t0, 3601), "p1");
+        assert!(p.check_due(at(t0, 3601)), "a session came and went since");
+        p.check_creating();
+        p.created(at(t0, 3601), "check");
+        p.check_created("check");
+        p.check_released(at(t0, 3601));
+        p.destroyed(at(t0, 3602), "check");
+        assert!(
+            !p.check_due(at(t0, 7200)),
+            "its own check's events are no activity"
+        );
+        // Another pipeline's event while the check's create is in flight is activity.
+        let mut p = followed(t0, &[]);
+        p.created(at(t0, 1), "p1");
+        p.destroyed(at(t0, 2), "p1");
+        p.check_creating();
+        p.created(at(t0, 20), "p2");
+        p.check_created("check");
+        p.check_released(at(t0, 20));
+        p.destroyed(at(t0, 21), "check");
+        p.destroyed(at(t0, 22), "p2");
+        assert!(
+            p.check_due(at(t0, 41)),
+            "p2 was another's: the next check is due"
+        );
+    }
+
+    #[test]
+    fn checks_are_off_without_a_timeout() {
+        let t0 = Instant::now();
+        let mut p = synced(t0, &["p1"]);
+        assert!(!p.check_due(at(t0, 3600)));
+        p.released(at(t0, 0), "p1");
+        assert_eq!(p.stuck(at(t0, 3600)), None);
+    }
+
+    #[test]
+    fn a_check_whose_release_failed_is_never_judged_and_never_repeated() {
+        let t0 = Instant::now();
+        let mut p = followed(t0, &["p1"]);
+        assert!(p.check_due(at(t0, 20)));
+        p.check_creating();
+        p.check_created("check");
+        p.check_abandoned();
+        assert_eq!(p.stuck(at(t0, 3600)), None);
+        assert!(!p.check_due(at(t0, 3600)));
+        let mut p = followed(t0, &["p1"]);
+        p.check_creating();
+        p.check_not_created(at(t0, 20));
+        assert!(
+            !p.check_due(at(t0, 39)),
+            "a failed create is retried a timeout later"
+        );
+        assert!(p.check_due(at(t0, 40)));
+    }
+
+    #[test]
+    fn a_release_seen_at_the_gate_must_end_in_its_destruction() {
+        let t0 = Instant::now();
+        let mut p = followed(t0, &["p1", "p2"]);
+        p.released(at(t0, 10), "p1");
+        p.released(at(t0, 10), "unknown");
+        assert_eq!(
+            p.unfinished(at(t0, 11)).pipelines,
+            1,
+            "only a counted pipeline"
+        );
+        p.destroyed(at(t0, 11), "p1");
+        assert_eq!(p.stuck(at(t0, 100)), None, "destroyed in time");
+        p.released(at(t0, 100), "p2");
+        assert_eq!(p.stuck(at(t0, 119)), None);
+        let stuck = p.stuck(at(t0, 120)).cloned().expect("stuck");
+        assert_eq!(stuck.evidence, Evidence::Released);
+    }
+
+    #[test]
+    fn a_pipeline_unlisted_without_its_event_for_the_timeout_is_a_stuck_teardown() {
+        let t0 = Instant::now();
+        let mut p = followed(t0, &["p1", "p2"]);
+        p.list_requested(at(t0, 300));
+        p.list_arrived(at(t0, 300), ["p2"]);
+        assert_eq!(p.stuck(at(t0, 319)), None);
+        let stuck = p.stuck(at(t0, 320)).cloned().expect("stuck");
+        assert_eq!(stuck.evidence, Evidence::Unlisted);
+        // A late event clears the pipeline, not the verdict.
+        p.destroyed(at(t0, 321), "p1");
+        assert_eq!(p.unfinished(at(t0, 321)).pipelines, 0);
+        assert!(p.stuck(at(t0, 321)).is_some(), "latched");
+    }
+
+    #[test]
+    fn once_stuck_the_list_counts_and_is_fetched_every_few_seconds() {
+        let t0 = Instant::now();
+        let mut p = followed(t0, &["p1", "p2"]);
+        p.stuck_before(t0, Evidence::Check);
+        assert!(!p.resync_due(at(t0, 2)));
+        assert!(
+            p.resync_due(at(t0, 3)),
+            "not a gc period: every {LISTED_EVERY:?}"
+        );
+        p.list_requested(at(t0, 3));
+        // p1 released: no event ever, but no longer listed: no longer a session.
+        assert_eq!(p.list_arrived(at(t0, 3), ["p2"]).count, 1);
+        assert!(p.resync_due(at(t0, 6)));
+        p.list_requested(at(t0, 6));
+        assert_eq!(p.list_arrived(at(t0, 6), []).count, 0);
+        assert!(!p.resync_due(at(t0, 60)), "nothing left to wait for");
+        assert_eq!(p.unfinished(at(t0, 6)).pipelines, 2);
     }
 }

@@ -27,6 +27,11 @@ pub fn invoke(operation: &str) -> Value {
     json!({"object": SERVER_MANAGER, "operation": operation})
 }
 
+/// `create` of an empty `MediaPipeline`, as kurento-client sends it.
+pub fn create_pipeline() -> Value {
+    json!({"type": "MediaPipeline", "constructorParams": {}, "properties": {}})
+}
+
 pub fn subscribe(event: &str) -> Value {
     json!({"object": SERVER_MANAGER, "type": event})
 }

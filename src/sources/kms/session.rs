@@ -74,7 +74,8 @@ where
             reporter,
             session_id: None,
             current_id: 0,
-            pipelines: Pipelines::new(settings.gc_period),
+            pipelines: Pipelines::new(settings.gc_period)
+                .with_teardown_timeout(settings.teardown_timeout),
         }
     }
 
@@ -132,9 +133,20 @@ where
                 }
             );
         }
+        if let Some((since, evidence)) = self.reporter.view().teardown.found.clone()
+            && self.reporter.view().teardown.server_id == server_id
+        {
+            // The same server, found stuck on an earlier connection: it still is.
+            self.pipelines.stuck_before(since, evidence);
+        }
         self.reporter.update(|v| {
             if v.server_id != server_id {
                 v.version = None;
+                let timeout = v.teardown.timeout_seconds;
+                *v.teardown = super::Teardown {
+                    timeout_seconds: timeout,
+                    ..Default::default()
+                };
             }
             v.server_id = server_id;
             v.connected = true;
@@ -325,10 +337,84 @@ where
         if undestroyed > 0 {
             self.undestroyed(undestroyed);
         }
+        if let Some(gate) = &self.settings.gate {
+            for pipeline in gate.take_releases() {
+                self.pipelines.released(Instant::now(), &pipeline);
+            }
+        }
+        if self.pipelines.check_due(Instant::now()) {
+            self.check().await?;
+        }
         if self.pipelines.resync_due(Instant::now()) {
             self.resync().await?;
         }
+        self.judge_teardown();
         Ok(())
+    }
+
+    /// memprobe's own check: one empty pipeline, created and released at once; its
+    /// `ObjectDestroyed` must come within the timeout ([`Pipelines::stuck`]).
+    async fn check(&mut self) -> Result<(), String> {
+        self.pipelines.check_creating();
+        let created = self.call("create", Some(protocol::create_pipeline())).await;
+        let id = match created {
+            Ok(result) => protocol::value(&result)
+                .as_str()
+                .filter(|id| protocol::is_pipeline(id))
+                .map(str::to_owned),
+            Err(CallError::Ended(why)) => return Err(why),
+            Err(_) => None,
+        };
+        let Some(id) = id else {
+            self.pipelines.check_not_created(Instant::now());
+            return Ok(());
+        };
+        self.reporter.update(|v| v.teardown.checks_total += 1);
+        if self.pipelines.check_created(&id) {
+            self.publish_sessions();
+        }
+        let params = serde_json::json!({ "object": id });
+        match self.call("release", Some(params)).await {
+            Ok(_) => self.pipelines.check_released(Instant::now()),
+            Err(CallError::Ended(why)) => {
+                self.pipelines.check_abandoned();
+                return Err(why);
+            }
+            Err(_) => self.pipelines.check_abandoned(),
+        }
+        Ok(())
+    }
+
+    /// Publishes how the teardown stands, and says once when it is stuck.
+    fn judge_teardown(&mut self) {
+        let now = Instant::now();
+        let unfinished = self.pipelines.unfinished(now);
+        let stuck = self.pipelines.stuck(now).cloned();
+        let passed = self.pipelines.take_checks_passed();
+        let newly = stuck.is_some() && !self.reporter.view().teardown.stuck;
+        let server_id = self.reporter.view().server_id;
+        self.reporter.update(|v| {
+            let t = &mut v.teardown;
+            t.released_not_destroyed = unfinished.pipelines.min(u32::MAX as usize) as u32;
+            t.oldest_seconds = unfinished.oldest.as_secs_f64();
+            t.checks_passed_total += passed;
+            if let Some(stuck) = &stuck {
+                t.stuck = true;
+                t.evidence = Some(stuck.evidence.as_str());
+                if t.found.is_none() {
+                    t.found = Some((stuck.since, stuck.evidence.clone()));
+                    t.server_id = server_id;
+                    t.stuck_since = Some(crate::units::timestamp(std::time::SystemTime::now()));
+                }
+            }
+        });
+        if newly && let Some(says) = self.reporter.view().teardown.says() {
+            tracing::warn!(
+                "{says}: KMS can no longer end sessions (its worker pool may be deadlocked); \
+                 it takes no new session and restarts once its last listed session ends"
+            );
+            self.publish_sessions();
+        }
     }
 
     /// Fetches the pipeline list: once per connection, then when [`Pipelines::resync_due`].
@@ -555,6 +641,8 @@ mod tests {
             timeout: Duration::from_secs(3),
             gc_period: Duration::from_secs(240),
             memory_interval: None,
+            teardown_timeout: None,
+            gate: None,
         }
     }
 

@@ -15,7 +15,13 @@ pub struct Wire {
     rejected_total: AtomicU64,
     refused_total: AtomicU64,
     kms_unreachable_total: AtomicU64,
+    /// Pipelines clients released through the gate, for the KMS session to follow (each
+    /// must end in an `ObjectDestroyed`); at most [`MAX_RELEASES`] wait to be taken.
+    releases: std::sync::Mutex<Vec<String>>,
 }
+
+/// Releases waiting for the KMS session to take them (it does every second).
+pub const MAX_RELEASES: usize = 1024;
 
 /// The gate as `/status` shows it (`kms_gate`).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -61,6 +67,19 @@ impl Wire {
 
     pub fn kms_unreachable(&self) {
         self.kms_unreachable_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client released this pipeline.
+    pub fn released(&self, pipeline: &str) {
+        let mut releases = self.releases.lock().unwrap_or_else(|e| e.into_inner());
+        if releases.len() < MAX_RELEASES {
+            releases.push(pipeline.to_owned());
+        }
+    }
+
+    /// The releases seen since the last call.
+    pub fn take_releases(&self) -> Vec<String> {
+        std::mem::take(&mut *self.releases.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn status(&self) -> GateStatus {

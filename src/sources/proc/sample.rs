@@ -47,6 +47,9 @@ pub struct MemorySample {
     pub pss_bytes: Option<u64>,
     /// How many processes were added up.
     pub processes: u32,
+    /// Their threads (`Threads:` in /proc/PID/status): a KMS whose teardown is stuck keeps
+    /// the threads of media it was told to release. None when memory comes from KMS itself.
+    pub threads: Option<u64>,
 }
 
 impl MemorySample {
@@ -95,6 +98,7 @@ impl MemorySample {
         self.swap_bytes = sum(self.swap_bytes, other.swap_bytes);
         self.pss_bytes = sum(self.pss_bytes, other.pss_bytes);
         self.processes += other.processes;
+        self.threads = sum(self.threads, other.threads);
     }
 }
 
@@ -141,6 +145,7 @@ fn figures(
         swap_bytes: kib(status.vmswap),
         pss_bytes,
         processes: 1,
+        threads: Some(status.threads),
     })
 }
 
@@ -287,6 +292,7 @@ mod tests {
             "own smaps_rollup is readable"
         );
         assert_eq!(s.deciding(MemoryKind::Anon), anon);
+        assert!(s.threads.is_some_and(|n| n >= 1), "its threads are counted");
         assert_eq!(s.figures().count(), 6);
     }
 
