@@ -33,6 +33,8 @@ mod janus;
 mod kms_gate;
 #[path = "cases/kube.rs"]
 mod kube;
+#[path = "cases/kms_teardown.rs"]
+mod kms_teardown;
 #[path = "cases/kurento.rs"]
 mod kurento;
 #[path = "cases/kurento_client.rs"]

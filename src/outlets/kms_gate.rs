@@ -239,7 +239,12 @@ async fn handshake(
             cw,
             kr,
             kw,
-            |text| rpc::verdict(text, closed_because(&readout).as_deref()),
+            |text| {
+                for pipeline in rpc::released_pipelines(text) {
+                    wire.released(&pipeline);
+                }
+                rpc::verdict(text, closed_because(&readout).as_deref())
+            },
             || wire.refused(),
         )
         .await;

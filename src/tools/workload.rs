@@ -155,6 +155,9 @@ pub enum Order {
     Free,
     Sessions(u32),
     Spawn(u64),
+    /// Start this many threads that park for ever: a server whose released media keeps
+    /// running (KMS with a deadlocked worker pool) holds its threads so.
+    Threads(u32),
     Exit,
 }
 
@@ -176,8 +179,14 @@ pub fn parse_order(line: &str) -> Result<Order, String> {
             .and_then(|n| n.parse().ok())
             .map(Order::Sessions)
             .ok_or_else(|| "sessions needs a count (try sessions 4)".to_string()),
+        "threads" => arg
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n <= 1000)
+            .map(Order::Threads)
+            .ok_or_else(|| "threads needs a count up to 1000 (try threads 40)".to_string()),
         other => Err(format!(
-            "unknown command '{other}' (try alloc 200MiB, free, sessions 4, spawn 100MiB, exit)"
+            "unknown command '{other}' (try alloc 200MiB, free, sessions 4, spawn 100MiB, \
+             threads 40, exit)"
         )),
     }
 }
@@ -301,6 +310,21 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
                 }
                 Err(e) => format!("error spawn: {e}"),
             },
+            Ok(Order::Threads(n)) => {
+                let started = (0..n)
+                    .filter(|_| {
+                        std::thread::Builder::new()
+                            .stack_size(64 * 1024)
+                            .spawn(|| {
+                                loop {
+                                    std::thread::park();
+                                }
+                            })
+                            .is_ok()
+                    })
+                    .count();
+                format!("ok threads {started}")
+            }
             Ok(Order::Exit) => break,
             Err(e) => format!("error {e}"),
         };
@@ -394,6 +418,8 @@ mod tests {
         assert_eq!(parse_order("sessions 4"), Ok(Order::Sessions(4)));
         assert_eq!(parse_order("spawn 1Gi"), Ok(Order::Spawn(1 << 30)));
         assert_eq!(parse_order("exit"), Ok(Order::Exit));
+        assert_eq!(parse_order("threads 40"), Ok(Order::Threads(40)));
+        assert!(parse_order("threads 5000").unwrap_err().contains("up to 1000"));
         assert!(
             parse_order("alloc")
                 .unwrap_err()

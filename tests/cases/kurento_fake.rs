@@ -964,3 +964,46 @@ fn the_clients_reconnect_gets_its_session_back_and_a_restarted_kms_a_new_one() {
     assert_ne!(fresh["result"]["serverId"], old_server.as_str());
     assert_eq!(fresh["result"]["serverId"], kms.server_id());
 }
+
+/// The reference's "A worker pool that deadlocks", as a client sees it: every `release` is
+/// answered, no `ObjectDestroyed` ever comes, `getPipelines` answers `[]`, yet the released
+/// pipelines still run; `ping` and `create` still work.
+#[test]
+fn a_deadlocked_pool_answers_releases_and_destroys_nothing() {
+    let kms = FakeKms::start();
+    let (mut client, sid) = subscriber(&kms);
+    let pipeline = kms.create_pipeline(2);
+    for _ in 0..3 {
+        client.text(); // ObjectCreated: the pipeline and its two elements
+    }
+    kms.deadlock_pool();
+    let release = format!(
+        r#"{{"jsonrpc":"2.0","id":40,"method":"release","params":{{"object":"{pipeline}","sessionId":"{sid}"}}}}"#
+    );
+    client.send(&release);
+    let frames = until_reply(&mut client, 40);
+    assert_eq!(frames.len(), 1, "the release is answered, nothing else: {frames:?}");
+    assert!(frames[0]["result"].is_object(), "{frames:?}");
+    let created = client.call_json(&format!(
+        r#"{{"jsonrpc":"2.0","id":41,"method":"create","params":{{"type":"MediaPipeline","constructorParams":{{}},"properties":{{}},"sessionId":"{sid}"}}}}"#
+    ));
+    let second = created["result"]["value"].as_str().expect("created").to_string();
+    let release = format!(
+        r#"{{"jsonrpc":"2.0","id":42,"method":"release","params":{{"object":"{second}","sessionId":"{sid}"}}}}"#
+    );
+    client.send(&release);
+    std::thread::sleep(Duration::from_millis(300));
+    client.send(&ping(43));
+    let frames = until_reply(&mut client, 43);
+    let events: Vec<&Value> = frames.iter().filter(|f| f["method"] == "onEvent").collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["params"]["value"]["type"] == "ObjectCreated"),
+        "no ObjectDestroyed ever: {frames:?}"
+    );
+    assert_eq!(kms.destroyed_events_sent(), 0);
+    let list = client.call_json(&invoke(44, "getPipelines", &sid));
+    assert_eq!(list["result"]["value"], json!([]), "released: no longer listed");
+    assert_eq!(kms.running_unreferenced(), 4, "but still running, elements included");
+}

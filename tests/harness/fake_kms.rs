@@ -271,6 +271,11 @@ struct State {
     held: Option<VecDeque<(&'static str, String)>>,
     destroyed_budget: Option<u64>,
     destroyed_events: u64,
+    /// The worker pool is deadlocked: what is released is answered, unreferenced (no longer
+    /// listed) and never destroyed: it keeps running, with no `ObjectDestroyed`.
+    pool_stuck: bool,
+    /// Objects released into the stuck pool, still running.
+    running_unreferenced: BTreeSet<String>,
     races: VecDeque<(ListRace, String)>,
     /// Sweeps of the garbage collector so far: tests count sweeps, not time, so that a loaded
     /// machine that runs the collector late changes no verdict.
@@ -337,6 +342,8 @@ impl FakeKms {
             freed: Vec::new(),
             held: None,
             destroyed_budget: None,
+            pool_stuck: false,
+            running_unreferenced: BTreeSet::new(),
             destroyed_events: 0,
             races: VecDeque::new(),
             sweeps: 0,
@@ -541,6 +548,18 @@ impl FakeKms {
     /// media drifts so); `getPipelines` still tells the truth.
     pub fn stop_destroyed_events_after(&self, objects: u64) {
         self.state().destroyed_budget = Some(objects);
+    }
+
+    /// KMS's worker pool deadlocks (the reference's "A worker pool that deadlocks"): from
+    /// now on every `release` is answered, the object leaves `getPipelines`, and no
+    /// `ObjectDestroyed` ever comes; creates, invokes and pings still work.
+    pub fn deadlock_pool(&self) {
+        self.state().pool_stuck = true;
+    }
+
+    /// Objects released since the pool deadlocked, still running.
+    pub fn running_unreferenced(&self) -> usize {
+        self.state().running_unreferenced.len()
     }
 
     pub fn resume_destroyed_events(&self) {
@@ -1478,6 +1497,17 @@ impl State {
         let Some(object) = self.objects.remove(id) else {
             return;
         };
+        if self.pool_stuck {
+            // Unreferenced, so no longer found or listed; never destroyed, so no event.
+            for child in &object.children {
+                self.free(child);
+            }
+            for objects in self.session_objects.values_mut() {
+                objects.remove(id);
+            }
+            self.running_unreferenced.insert(id.to_string());
+            return;
+        }
         for child in &object.children {
             self.free(child);
         }

@@ -6,6 +6,10 @@
 //! else — endpoints created on an existing pipeline, `invoke`, `subscribe`, `release`,
 //! `ping`, `connect`, `describe`, text that is not JSON at all — is KMS's to answer, so it
 //! passes as it came.
+//!
+//! The gate also notes each `release` of a pipeline that passes (alone or in a
+//! transaction): the KMS session then expects its `ObjectDestroyed` within
+//! `--kms-teardown-timeout`, the surest sign that KMS can still tear sessions down.
 
 use serde_json::Value;
 
@@ -38,6 +42,41 @@ fn creates_pipeline(request: &Value) -> bool {
 fn is_pipeline_type(kind: &str) -> bool {
     kind == "MediaPipeline" || kind == "kurento.MediaPipeline"
 }
+
+/// The pipelines `text` releases (a `release`, or a transaction's), at most [`MAX_NOTED`].
+/// Text without the word `"release"` is not parsed at all.
+pub fn released_pipelines(text: &[u8]) -> Vec<String> {
+    const WORD: &[u8] = b"\"release\"";
+    if !text.windows(WORD.len()).any(|w| w == WORD) {
+        return Vec::new();
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(text) else {
+        return Vec::new();
+    };
+    let object = |op: &Value| -> Option<String> {
+        if op.get("method").and_then(Value::as_str) != Some("release") {
+            return None;
+        }
+        let object = op.get("params")?.get("object")?.as_str()?;
+        crate::sources::kms::protocol::is_pipeline(object).then(|| object.to_owned())
+    };
+    let operations = request
+        .get("params")
+        .and_then(|p| p.get("operations"))
+        .and_then(Value::as_array);
+    match request.get("method").and_then(Value::as_str) {
+        Some("transaction") => operations
+            .into_iter()
+            .flatten()
+            .filter_map(object)
+            .take(MAX_NOTED)
+            .collect(),
+        _ => object(&request).into_iter().collect(),
+    }
+}
+
+/// Releases noted from one message, at most.
+pub const MAX_NOTED: usize = 64;
 
 /// What the gate does with one text message from a client.
 #[derive(Debug, PartialEq)]
@@ -85,6 +124,31 @@ pub fn refusal(id: Option<Value>, reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pipelines_release_is_noted_alone_or_in_a_transaction_and_nothing_else_is() {
+        let p = "6ba9067f-b7ff-4b2f-a4e8-1a1b2c3d4e5f_kurento.MediaPipeline";
+        let release = format!(
+            r#"{{"id":5,"method":"release","params":{{"object":"{p}","sessionId":"s"}},"jsonrpc":"2.0"}}"#
+        );
+        assert_eq!(released_pipelines(release.as_bytes()), vec![p.to_string()]);
+        let transaction = format!(
+            r#"{{"id":6,"method":"transaction","params":{{"operations":[{{"id":0,"method":"release","params":{{"object":"{p}/x_kurento.WebRtcEndpoint"}}}},{{"id":1,"method":"release","params":{{"object":"{p}"}}}}]}},"jsonrpc":"2.0"}}"#
+        );
+        assert_eq!(
+            released_pipelines(transaction.as_bytes()),
+            vec![p.to_string()],
+            "an endpoint's release is not a pipeline's"
+        );
+        for other in [
+            r#"{"id":1,"method":"ping","params":{"interval":240000},"jsonrpc":"2.0"}"#.to_string(),
+            format!(r#"{{"id":1,"method":"invoke","params":{{"object":"{p}","operation":"release"}}}}"#),
+            format!(r#"{{"method":"release","params":{{"object":"{p}/e_kurento.WebRtcEndpoint"}}}}"#),
+            r#"{"method":"release" not json"#.to_string(),
+        ] {
+            assert!(released_pipelines(other.as_bytes()).is_empty(), "{other}");
+        }
+    }
 
     const REASON: &str = "draining: rss 1.62 GiB over threshold 1.50 GiB for 5m";
 
