@@ -31,10 +31,10 @@ mod house;
 mod janus;
 #[path = "cases/kms_gate.rs"]
 mod kms_gate;
-#[path = "cases/kube.rs"]
-mod kube;
 #[path = "cases/kms_teardown.rs"]
 mod kms_teardown;
+#[path = "cases/kube.rs"]
+mod kube;
 #[path = "cases/kurento.rs"]
 mod kurento;
 #[path = "cases/kurento_client.rs"]

@@ -249,6 +249,20 @@ mod tests {
     }
 
     #[test]
+    fn a_stuck_teardown_is_a_warning_of_its_own_and_its_drain_is_not_memorys() {
+        let mut t = Teller::default();
+        let why = "kms teardown stuck: 16 pipelines released but not destroyed for 1m; threads 298";
+        let notes = t.stuck(why);
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].reason, Reason::TeardownStuck);
+        assert_eq!(notes[0].reason.kind(), "Warning");
+        assert_eq!(notes[0].text, why);
+        let notes = t.transition(State::Draining, why, false);
+        assert_eq!(notes.len(), 1, "no MemorySustainedHigh: {notes:?}");
+        assert_eq!(notes[0].reason, Reason::DrainStarted);
+    }
+
+    #[test]
     fn recovered_is_told_only_after_a_recycle_or_a_stall() {
         let mut t = Teller::default();
         assert!(

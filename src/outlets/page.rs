@@ -121,6 +121,14 @@ td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; 
             esc(&status.forecast.said)
         );
     }
+    if let Some(problem) = &status.memory_problem {
+        let _ = writeln!(
+            page,
+            "<p id=\"problem\">memory problem: <b>{}</b> &mdash; {}</p>",
+            problem.kind.as_str().replace('_', " "),
+            esc(&problem.says)
+        );
+    }
     if let Some(fleet) = &status.fleet {
         let _ = writeln!(
             page,
@@ -135,9 +143,16 @@ td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; 
         } else {
             ""
         };
+        let threads = status
+            .memory
+            .as_ref()
+            .and_then(|m| m.sample.threads)
+            .map_or(String::new(), |n| {
+                format!(" &middot; threads: <b id=\"threads\">{n}</b>")
+            });
         let _ = writeln!(
             page,
-            "<p class=\"muted\">allocator: <b id=\"allocator\">{allocator}</b>{hint}</p>"
+            "<p class=\"muted\">allocator: <b id=\"allocator\">{allocator}</b>{hint}{threads}</p>"
         );
     }
     chart(&mut page, status);

@@ -419,7 +419,11 @@ mod tests {
         assert_eq!(parse_order("spawn 1Gi"), Ok(Order::Spawn(1 << 30)));
         assert_eq!(parse_order("exit"), Ok(Order::Exit));
         assert_eq!(parse_order("threads 40"), Ok(Order::Threads(40)));
-        assert!(parse_order("threads 5000").unwrap_err().contains("up to 1000"));
+        assert!(
+            parse_order("threads 5000")
+                .unwrap_err()
+                .contains("up to 1000")
+        );
         assert!(
             parse_order("alloc")
                 .unwrap_err()

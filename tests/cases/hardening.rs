@@ -602,6 +602,7 @@ fn every_flag_with_a_bad_value_exits_2_naming_it_whether_or_not_its_integration_
         ("--kms-failures", "0", true),
         ("--kms-hang-timeout", "9days", true),
         ("--kms-gc-period", "-1s", true),
+        ("--kms-teardown-timeout", "soon", true),
         ("--kms-gate", "nowhere", true),
         ("--memory-source", "disk", true),
         ("--listen", "nowhere", true),

@@ -56,7 +56,9 @@ fn a_kms_whose_pool_deadlocks_takes_no_new_session_and_restarts_at_its_last_list
     kms.deadlock_pool();
     kms.destroy_pipeline(&first); // answered, never destroyed, still running
     target.send("threads 40");
-    let status = probe.wait_for("draining: the teardown is stuck", |s| s["state"] == "draining");
+    let status = probe.wait_for("draining: the teardown is stuck", |s| {
+        s["state"] == "draining"
+    });
     let reason = status["reason"].as_str().unwrap_or_default();
     assert!(
         reason.starts_with("kms teardown stuck: ")
@@ -68,7 +70,10 @@ fn a_kms_whose_pool_deadlocks_takes_no_new_session_and_restarts_at_its_last_list
     assert_eq!(probe.get("/healthz").code, 200, "its calls go on");
     let t = teardown(&status);
     assert_eq!(t["stuck"], true, "{status:#}");
-    assert!(t["evidence"] == "check" || t["evidence"] == "unlisted", "{t}");
+    assert!(
+        t["evidence"] == "check" || t["evidence"] == "unlisted",
+        "{t}"
+    );
     assert_eq!(status["memory_problem"]["kind"], "stuck_teardown");
     assert!(
         status["memory"]["threads"].as_u64().unwrap_or(0) > 40, // its main thread and 40
@@ -90,25 +95,36 @@ fn a_kms_whose_pool_deadlocks_takes_no_new_session_and_restarts_at_its_last_list
         assert!(metrics.contains(line), "{line}: {metrics}");
     }
     let page = probe.get("/").body;
-    assert!(page.contains("kms teardown stuck"), "the page says it");
+    assert!(
+        page.contains("memory problem: <b>stuck teardown</b>") && page.contains("id=\"threads\""),
+        "the page says which problem, with the threads: {page}"
+    );
 
     kms.destroy_pipeline(&second);
     let ended = Instant::now();
     let status = probe.wait_state("recycle");
     let reason = status["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.starts_with("last session ended after draining") && reason.contains("kms teardown stuck"),
+        reason.starts_with("last session ended after draining")
+            && reason.contains("kms teardown stuck"),
         "recycled at its last listed session, saying why: {reason}"
     );
     // Within seconds (a list every 3 s), not a garbage-collector period (240 s).
-    assert!(ended.elapsed() < Duration::from_secs(30), "{:?}", ended.elapsed());
+    assert!(
+        ended.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        ended.elapsed()
+    );
     let logs = probe.logs().join("\n");
     assert_eq!(
         logs.matches("KMS can no longer end sessions").count(),
         1,
         "said once: {logs}"
     );
-    assert!(kms.running_unreferenced() >= 3, "the fake's media still runs");
+    assert!(
+        kms.running_unreferenced() >= 3,
+        "the fake's media still runs"
+    );
 }
 
 #[test]
@@ -140,7 +156,11 @@ fn a_healthy_kms_under_the_same_waves_never_trips_it() {
     assert_eq!(t["stuck"], false, "{status:#}");
     assert_eq!(status["state"], "healthy", "{status:#}");
     assert_eq!(probe.get("/ready").code, 200);
-    assert_eq!(status["memory_problem"], Value::Null, "no problem: {status:#}");
+    assert_eq!(
+        status["memory_problem"],
+        Value::Null,
+        "no problem: {status:#}"
+    );
     assert_eq!(
         t["checks_total"], t["checks_passed_total"],
         "every check destroyed in time: {t}"
@@ -165,8 +185,14 @@ fn a_release_through_the_gate_is_followed_to_its_destruction() {
     let created = client.call_json(
         r#"{"id":1,"method":"create","params":{"type":"MediaPipeline","constructorParams":{},"properties":{}},"jsonrpc":"2.0"}"#,
     );
-    let pipeline = created["result"]["value"].as_str().expect("a pipeline").to_string();
-    let session = created["result"]["sessionId"].as_str().expect("a session").to_string();
+    let pipeline = created["result"]["value"]
+        .as_str()
+        .expect("a pipeline")
+        .to_string();
+    let session = created["result"]["sessionId"]
+        .as_str()
+        .expect("a session")
+        .to_string();
     probe.wait_for("1 session", |s| s["sessions"] == 1);
     kms.deadlock_pool();
     let release = format!(
@@ -177,5 +203,8 @@ fn a_release_through_the_gate_is_followed_to_its_destruction() {
         teardown(s)["released_not_destroyed"] == 1
     });
     assert_eq!(teardown(&status)["stuck"], false, "not before the timeout");
-    assert_eq!(status["sessions"], 1, "counted until a list or its event says otherwise");
+    assert_eq!(
+        status["sessions"], 1,
+        "counted until a list or its event says otherwise"
+    );
 }

@@ -982,12 +982,19 @@ fn a_deadlocked_pool_answers_releases_and_destroys_nothing() {
     );
     client.send(&release);
     let frames = until_reply(&mut client, 40);
-    assert_eq!(frames.len(), 1, "the release is answered, nothing else: {frames:?}");
+    assert_eq!(
+        frames.len(),
+        1,
+        "the release is answered, nothing else: {frames:?}"
+    );
     assert!(frames[0]["result"].is_object(), "{frames:?}");
     let created = client.call_json(&format!(
         r#"{{"jsonrpc":"2.0","id":41,"method":"create","params":{{"type":"MediaPipeline","constructorParams":{{}},"properties":{{}},"sessionId":"{sid}"}}}}"#
     ));
-    let second = created["result"]["value"].as_str().expect("created").to_string();
+    let second = created["result"]["value"]
+        .as_str()
+        .expect("created")
+        .to_string();
     let release = format!(
         r#"{{"jsonrpc":"2.0","id":42,"method":"release","params":{{"object":"{second}","sessionId":"{sid}"}}}}"#
     );
@@ -1004,6 +1011,14 @@ fn a_deadlocked_pool_answers_releases_and_destroys_nothing() {
     );
     assert_eq!(kms.destroyed_events_sent(), 0);
     let list = client.call_json(&invoke(44, "getPipelines", &sid));
-    assert_eq!(list["result"]["value"], json!([]), "released: no longer listed");
-    assert_eq!(kms.running_unreferenced(), 4, "but still running, elements included");
+    assert_eq!(
+        list["result"]["value"],
+        json!([]),
+        "released: no longer listed"
+    );
+    assert_eq!(
+        kms.running_unreferenced(),
+        4,
+        "but still running, elements included"
+    );
 }

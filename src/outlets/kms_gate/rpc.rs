@@ -142,8 +142,12 @@ mod tests {
         );
         for other in [
             r#"{"id":1,"method":"ping","params":{"interval":240000},"jsonrpc":"2.0"}"#.to_string(),
-            format!(r#"{{"id":1,"method":"invoke","params":{{"object":"{p}","operation":"release"}}}}"#),
-            format!(r#"{{"method":"release","params":{{"object":"{p}/e_kurento.WebRtcEndpoint"}}}}"#),
+            format!(
+                r#"{{"id":1,"method":"invoke","params":{{"object":"{p}","operation":"release"}}}}"#
+            ),
+            format!(
+                r#"{{"method":"release","params":{{"object":"{p}/e_kurento.WebRtcEndpoint"}}}}"#
+            ),
             r#"{"method":"release" not json"#.to_string(),
         ] {
             assert!(released_pipelines(other.as_bytes()).is_empty(), "{other}");
