@@ -67,6 +67,7 @@ fn a_kms_whose_pool_deadlocks_takes_no_new_session_and_restarts_at_its_last_list
         "the reason names it, with the threads: {reason}"
     );
     assert_eq!(probe.get("/ready").code, 503, "no new session, at once");
+    let checks = kms.requests_of("create");
     assert_eq!(probe.get("/healthz").code, 200, "its calls go on");
     let t = teardown(&status);
     assert_eq!(t["stuck"], true, "{status:#}");
