@@ -506,6 +506,8 @@ impl FakeKms {
             s.cache.clear();
             s.races.clear();
             s.app_session = uuid();
+            s.pool_stuck = false;
+            s.running_unreferenced.clear();
         }
         let addr = self.addr;
         let listener = self._runtime.block_on(async move {

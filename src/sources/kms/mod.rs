@@ -263,7 +263,8 @@ impl crate::sources::SessionSource for KmsSessions {
         let view = self.view.borrow().clone();
         crate::sources::ServerView {
             sessions: view.sessions.filter(|_| view.connected),
-            stuck: view.teardown.says(),
+            // Of the KMS connected now: a restarted KMS is judged anew once it answers.
+            stuck: view.teardown.says().filter(|_| view.connected),
             // Never before this serverId's first answer: KMS may be starting.
             failed_pings: if view.answered { view.failed_pings } else { 0 },
             report: crate::sources::ServerReport::Kms(view),

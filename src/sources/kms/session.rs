@@ -142,9 +142,12 @@ where
         self.reporter.update(|v| {
             if v.server_id != server_id {
                 v.version = None;
-                let timeout = v.teardown.timeout_seconds;
+                // A new KMS process tears down anew; the counters go on.
+                let t = &v.teardown;
                 *v.teardown = super::Teardown {
-                    timeout_seconds: timeout,
+                    timeout_seconds: t.timeout_seconds,
+                    checks_total: t.checks_total,
+                    checks_passed_total: t.checks_passed_total,
                     ..Default::default()
                 };
             }
