@@ -126,6 +126,22 @@ fn a_kms_whose_pool_deadlocks_takes_no_new_session_and_restarts_at_its_last_list
         kms.running_unreferenced() >= 3,
         "the fake's media still runs"
     );
+    assert_eq!(
+        kms.requests_of("create"),
+        checks,
+        "a stuck KMS gets no more check pipelines from memprobe"
+    );
+
+    // KMS restarted (a new serverId): its teardown is judged anew, its counters go on.
+    let before = kms.server_id();
+    kms.restart();
+    let status = probe.wait_for("the new KMS connected", |s| {
+        s["kms"]["connected"] == true && s["kms"]["server_id"] != before.as_str()
+    });
+    let t = teardown(&status);
+    assert_eq!(t["stuck"], false, "{t}");
+    assert_eq!(t["released_not_destroyed"], 0, "{t}");
+    assert!(t["checks_passed_total"].as_u64() >= Some(1), "{t}");
 }
 
 #[test]
