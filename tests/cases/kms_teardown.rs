@@ -225,3 +225,58 @@ fn a_release_through_the_gate_is_followed_to_its_destruction() {
         "counted until a list or its event says otherwise"
     );
 }
+
+/// The official kurento-client through the gate, on a KMS whose pool deadlocks: the client's
+/// release is answered as usual, memprobe follows it and finds it never destroyed, and the
+/// application's next pipeline is refused with the gate's error — the KMS restarts once the
+/// client's other pipeline is released.
+#[test]
+fn the_official_client_is_refused_a_new_pipeline_once_its_release_is_not_destroyed() {
+    let Some(mut client) = crate::harness::kurento_client::KurentoClient::start() else {
+        return;
+    };
+    let kms = FakeKms::start();
+    let target = Workload::start(None);
+    let gate = format!("127.0.0.1:{}", free_port());
+    let probe = watch(
+        &kms,
+        &target,
+        "2s",
+        &["--kms-gate", &gate, "--drain-timeout", "1h"],
+    );
+    probe.wait_for("connected", |s| s["kms"]["connected"] == true);
+    client
+        .connect(&format!("ws://{gate}/kurento"))
+        .expect("the client connects through the gate");
+    let call = client.pipeline().expect("a pipeline while healthy");
+    let ended = client.pipeline().expect("another");
+    probe.wait_for("2 sessions", |s| s["sessions"] == 2);
+
+    kms.deadlock_pool();
+    client.release(&ended).expect("KMS answers the release");
+    let status = probe.wait_for("draining: stuck", |s| s["state"] == "draining");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("kms teardown stuck"),
+        "{status:#}"
+    );
+    let refused = client
+        .pipeline()
+        .expect_err("no new pipeline on a stuck KMS");
+    assert_eq!(refused.code, Some(-32099), "{refused}");
+    client
+        .endpoint(&call)
+        .expect("the live call goes on: an endpoint on its pipeline");
+
+    client.release(&call).expect("its release is answered");
+    let status = probe.wait_state("recycle");
+    assert!(
+        status["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kms teardown stuck"),
+        "{status:#}"
+    );
+}
