@@ -158,21 +158,60 @@ fn the_service_monitor_names_the_job_the_alerts_look_for() {
     }
 }
 
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(path("deploy/grafana/memprobe-dashboard.json")).unwrap();
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// Every panel's queries, as (panel title, expression).
+fn dashboard_queries() -> Vec<(String, String)> {
+    dashboard()["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap_or_default().to_string();
+            p["targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |t| Some((title.clone(), t["expr"].as_str()?.to_string())))
+        })
+        .collect()
+}
+
+/// The metric selectors of a query: each metric's name and what its braces hold.
+fn selectors(expr: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        let name: String = rest[..open]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+        found.push((name, rest[open + 1..close].to_string()));
+        rest = &rest[(close + 1).min(rest.len())..];
+    }
+    found
+}
+
 #[test]
 fn dashboard_queries_parse_as_promql() {
     let Some(promtool) = tool("promtool") else {
         return;
     };
-    let text = std::fs::read_to_string(path("deploy/grafana/memprobe-dashboard.json")).unwrap();
-    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    let exprs: Vec<String> = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$pod", ".*")))
+    let exprs: Vec<String> = dashboard_queries()
+        .into_iter()
+        .map(|(_, e)| e.replace("$namespace", ".*").replace("$pod", ".*"))
         .collect();
     assert!(exprs.len() >= 6, "{exprs:?}");
+    assert!(!exprs.iter().any(|e| e.contains('$')), "{exprs:?}");
     // promtool parses the expressions of recording rules: one rule per panel query.
     let rules: Vec<Value> = exprs
         .iter()
@@ -187,6 +226,57 @@ fn dashboard_queries_parse_as_promql() {
             .arg("check")
             .arg("rules")
             .arg(file.path()),
+    );
+}
+
+#[test]
+fn every_dashboard_query_reads_metrics_memprobe_exports_in_the_chosen_namespace() {
+    let exported = include_str!("../../src/outlets/metrics.rs");
+    let queries = dashboard_queries();
+    for (title, expr) in &queries {
+        let selectors = selectors(expr);
+        assert!(
+            !selectors.is_empty(),
+            "{title}: a metric with a selector: {expr}"
+        );
+        for (metric, matchers) in selectors {
+            assert!(
+                exported.contains(&format!("\"{metric}\"")),
+                "{title}: {metric} is not a metric memprobe exports (src/outlets/metrics.rs): {expr}"
+            );
+            assert!(
+                matchers.contains("namespace=~\"$namespace\""),
+                "{title}: {metric} is read in the namespaces chosen: {expr}"
+            );
+        }
+    }
+    // The panels the README names, and namespace as a variable the pods follow.
+    let titles: Vec<&str> = queries.iter().map(|(t, _)| t.as_str()).collect();
+    for panel in [
+        "Forecast",
+        "Restarts",
+        "Fleet: instances waiting",
+        "Fleet: share of instances ready",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(panel)),
+            "a panel {panel}: {titles:?}"
+        );
+    }
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("a variable {name}"))
+    };
+    assert_eq!(variable("namespace")["multi"], true);
+    assert!(
+        variable("pod")["query"]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("namespace=~\"$namespace\"")),
+        "the pods offered are those of the namespaces chosen"
     );
 }
 
