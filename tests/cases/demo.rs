@@ -249,9 +249,16 @@ fn the_demo_tells_the_whole_story_then_serves_its_page_until_sigterm() {
         draining[0] < ends && ends < recycle && recycle <= ends + 3,
         "draining, then the call's end, then the recycle right after it: {stdout}"
     );
+    let drained_for = stdout
+        .split("\nrecycle: last session ended after draining ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            panic!("the drain ends on the workload's own session count, not on --drain-timeout: {stdout}")
+        });
     assert!(
-        stdout.contains("\nrecycle: last session ended after draining "),
-        "the drain ends on the workload's own session count, not on --drain-timeout: {stdout}"
+        (7..=12).contains(&drained_for),
+        "the recycle follows the call's end, 7s into the drain, within a sample or so: {stdout}"
     );
     // Then the restart, and the fresh heap.
     let restart = lines
