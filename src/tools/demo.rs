@@ -298,7 +298,16 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         None
     };
     let pid = watched.pid;
-    let pidfile = Pidfile::new();
+    let pidfile = match Pidfile::new() {
+        Ok(pidfile) => pidfile,
+        Err(e) => {
+            eprintln!(
+                "memprobe: cannot make a directory for the workload's pidfile in {}: {e}",
+                std::env::temp_dir().display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     if let Err(e) = pidfile.write(pid) {
         eprintln!(
             "memprobe: cannot write the workload's pidfile {}: {e}",
@@ -619,12 +628,21 @@ async fn spawn(
     })
 }
 
-/// The workload's pidfile, as a supervisor keeps one; removed when the demo ends.
+/// The workload's pidfile, as a supervisor keeps one, in a directory of the demo's own (made
+/// afresh, readable by the user alone, so nothing another user placed in /tmp is written
+/// through); both removed when the demo ends.
 struct Pidfile(std::path::PathBuf);
 
 impl Pidfile {
-    fn new() -> Self {
-        Pidfile(std::env::temp_dir().join(format!("memprobe-demo-{}.pid", std::process::id())))
+    fn new() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "memprobe-demo-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Pidfile(dir.join("workload.pid")))
     }
 
     /// Writes `pid` whole: to a file beside it first, then renamed over it.
@@ -638,6 +656,9 @@ impl Pidfile {
 impl Drop for Pidfile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 

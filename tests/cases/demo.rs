@@ -339,9 +339,20 @@ fn the_demo_tells_the_whole_story_then_serves_its_page_until_sigterm() {
         "no more sample lines once the story is told"
     );
 
+    // The workload's pidfile, in a directory of the demo's own, goes with it.
+    let pidfiles = format!("memprobe-demo-{}-", demo.child.0.id());
+    let ours = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&pidfiles))
+            .count()
+    };
+    assert_eq!(ours(), 1, "the pidfile's directory while the demo runs");
     let status = demo.stop("TERM");
     assert_eq!(status.code(), Some(0), "SIGTERM ends a told story with 0");
     assert!(!demo.listening(), "and the page is gone");
+    assert_eq!(ours(), 0, "and the pidfile's directory");
 }
 
 #[test]
