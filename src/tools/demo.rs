@@ -84,6 +84,9 @@ const QUIET_WAVES: u32 = 12;
 const QUIET_SESSIONS: u32 = 2;
 const QUIET_SESSION_SIZE: &str = "16MiB";
 const QUIET_KEEP: u64 = 8 << 20;
+/// How long each of its sessions lasts: past two polls of the session count (500ms), so
+/// that the sidecar sees every wave, and "no session for 5s" is said only in the pause.
+const QUIET_HOLD: &str = "1200ms";
 /// A server's forecast (floors of 5 min over at least 6 h) scaled down to the story's minute.
 const QUIET_FORECAST: forecast::Settings = forecast::Settings {
     bucket: Duration::from_secs(2),
@@ -266,6 +269,8 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             QUIET_SESSION_SIZE,
             "--keep-per-wave",
             &QUIET_KEEP.to_string(),
+            "--hold",
+            QUIET_HOLD,
         ]
         .map(String::from)
         .to_vec(),
