@@ -668,8 +668,8 @@ fn legend(page: &mut String, deciding: &str, drawn: &Drawn) {
             "forecast",
             &line("--fc", "2 3"),
             &format!(
-                "forecast: the trend of the memory kept with no session, rising {}/h, as the \
-                 forecast above says",
+                "forecast: the trend of the memory kept with no session, rising {}/h and \
+                 carried on to now at that rate (through a pause too), as the forecast above says",
                 Bytes(per_hour as u64)
             ),
         );
