@@ -369,6 +369,15 @@ fn the_quiet_story_recycles_in_the_pause_before_the_threshold_and_the_page_says_
         "the forecast's line is drawn while it drains: {page}"
     );
     let stdout = demo.story();
+    // In the pause: every session of its 12 waves of 2 has ended before the drain.
+    let first_drain = stdout
+        .lines()
+        .find(|l| l.starts_with('[') && l.contains("  draining "))
+        .unwrap_or_else(|| panic!("a draining line: {stdout}"));
+    assert!(
+        first_drain.contains("sessions 0 (24 ended)"),
+        "drained in the pause, once the waves have stopped: {first_drain}\n{stdout}"
+    );
     let drained = stdout
         .lines()
         .find_map(|l| l.strip_prefix("drained: "))
