@@ -121,6 +121,9 @@ impl Record {
     /// A target was found: the next "not found" is news again.
     pub fn found(&mut self, restart: bool) {
         self.not_found = None;
+        // The last forecast was of the old incarnation: drawn again, of this one, at once, not
+        // at the next bucket (a fresh, idle server must not be drained on its old trend).
+        self.forecast = None;
         if restart {
             self.counters.target_restarts_total += 1;
         }
@@ -272,6 +275,37 @@ mod tests {
             kept,
             (5..15).collect::<Vec<_>>(),
             "10 s at 1 s, oldest first"
+        );
+    }
+
+    #[test]
+    fn a_new_incarnation_is_not_given_the_old_ones_forecast() {
+        let settings = forecast::Settings {
+            bucket: 2 * SECOND,
+            min_span: 20 * SECOND,
+            min_floors: 8,
+            window: 300 * SECOND,
+        };
+        let mut r = Record::new(300 * SECOND, SECOND, settings, SystemTime::UNIX_EPOCH);
+        // Idle floors rising 1 MiB a second for a minute.
+        for s in 0..60u32 {
+            r.sampled(point((100 + u64::from(s)) << 20), Some(0), s * SECOND);
+        }
+        assert!(
+            matches!(r.forecast(1 << 30, 59 * SECOND), Some(Ok(_))),
+            "the old incarnation's rise is forecast"
+        );
+        r.found(true);
+        let fresh = Point {
+            incarnation: 2,
+            ..point(10 << 20)
+        };
+        // The same bucket of the forecast as the last one drawn.
+        let at = 59 * SECOND + SECOND / 2;
+        r.sampled(fresh, Some(0), at);
+        assert!(
+            matches!(r.forecast(1 << 30, at), Some(Err(_))),
+            "the fresh incarnation has no history to forecast from, at once"
         );
     }
 

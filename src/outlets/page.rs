@@ -4,9 +4,11 @@
 //! asset and no script framework, so it works air-gapped and through `kubectl port-forward`.
 //! An SVG chart draws the deciding memory figure (and rss beside it when they differ), the
 //! threshold, critical and limit lines, shaded bands where the target was elevated, draining,
-//! stalled or to be recycled, a mark at each restart, and the live bytes the target reports of
-//! itself when it does (the demo's workload) as an area under resident memory, so that
-//! fragmentation shows as resident memory high above it. The session count has a lane of its
+//! stalled or to be recycled, a mark at each restart, the forecast's trend through the floors
+//! (the line its sentence describes) while there is one, and the bytes in use the target
+//! reports of itself when it does (the demo's workload) as an area under resident memory, so
+//! that fragmentation shows as resident memory high above it. ("In use", not "live": live is
+//! the liveness probe's word.) The session count has a lane of its
 //! own below, on its own axis, so that it never crosses the memory lines. Gridlines fall on
 //! round figures and round times of day (UTC, as the transitions are stamped), and a legend
 //! under the chart names each line and band it drew, in the chart's own colours and dashes:
@@ -29,9 +31,10 @@ const RIGHT: f64 = 24.0;
 /// The memory lane: memory, live bytes and the threshold lines.
 const TOP: f64 = 10.0;
 const MEMORY_BOTTOM: f64 = 210.0;
-/// The sessions lane below it, on an axis of its own, when there is a session count.
+/// The sessions lane below it, on an axis of its own, when there is a session count: tall
+/// enough (100 units, at least as many pixels at the page's width) to tell 1 from 10.
 const SESSIONS_TOP: f64 = 234.0;
-const SESSIONS_BOTTOM: f64 = 284.0;
+const SESSIONS_BOTTOM: f64 = 334.0;
 /// Below the lowest lane: the time axis's labels.
 const AXIS_LABELS: f64 = 20.0;
 /// Points drawn per series at most: more would not show on 760 pixels, and the page stays
@@ -82,9 +85,9 @@ pub fn render(status: &Status) -> String {
 <title>memprobe: {state}</title>
 <style>
 :root {{ color-scheme: light dark; --fg:#1b1b1b; --bg:#fafafa; --muted:#666; --grid:#ddd;
-  --mem:#1f6feb; --rss:#8fb4f0; --thr:#d29922; --crit:#cf222e; --lim:#888; --ses:#2da44e; --live:#8250df; }}
+  --mem:#1f6feb; --rss:#8fb4f0; --thr:#d29922; --crit:#cf222e; --lim:#888; --ses:#2da44e; --live:#8250df; --fc:#bf3989; }}
 @media (prefers-color-scheme: dark) {{ :root {{ --fg:#e6e6e6; --bg:#111; --muted:#999;
-  --grid:#333; --mem:#58a6ff; --rss:#2f5a8f; --ses:#3fb950; --live:#bc8cff; }} }}
+  --grid:#333; --mem:#58a6ff; --rss:#2f5a8f; --ses:#3fb950; --live:#bc8cff; --fc:#ff80c8; }} }}
 body {{ font: 15px/1.4 system-ui, sans-serif; color: var(--fg); background: var(--bg);
   margin: 0 auto; padding: 12px; max-width: 820px; }}
 h1 {{ font-size: 20px; margin: 4px 0; }} .muted {{ color: var(--muted); }}
@@ -100,6 +103,7 @@ svg text.lane {{ font-weight: 600; fill: var(--ses); }}
 .band.stalled {{ fill:#a371f7; opacity:.2; }} .band.recycle {{ fill:#cf222e; opacity:.22; }}
 table {{ border-collapse: collapse; width: 100%; font-size: 13px; }}
 td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; }}
+td.at {{ white-space: nowrap; }}
 </style></head><body>
 <h1>memprobe <span class="muted">watching {target}</span></h1>
 <p><span class="state s-{state}" id="state">{state}</span> ready: <b id="ready">{ready}</b>
@@ -160,7 +164,7 @@ td {{ border-top: 1px solid var(--grid); padding: 3px 6px; vertical-align: top; 
     for t in status.transitions.iter().rev().take(12) {
         let _ = writeln!(
             page,
-            "<tr><td class=\"muted\">{}</td><td>{} &rarr; <b>{}</b></td><td>{}</td></tr>",
+            "<tr><td class=\"muted at\">{}</td><td>{} &rarr; <b>{}</b></td><td>{}</td></tr>",
             esc(&t.at),
             t.from.as_str(),
             t.to.as_str(),
@@ -356,6 +360,7 @@ struct Drawn {
     critical: bool,
     limit: bool,
     restart: bool,
+    forecast: Option<f64>,
 }
 
 fn chart(page: &mut String, status: &Status) {
@@ -505,6 +510,33 @@ fn chart(page: &mut String, status: &Status) {
     if drawn.limit {
         hline(page, "limit", limit, "--lim", "limit");
     }
+    // The forecast's trend through the floors of this incarnation, up to its floor now: the
+    // line the forecast's sentence describes, rising at its rate.
+    if let (Some(floor), Some(per_hour)) = (
+        status.forecast.floor_bytes,
+        status.forecast.rising_bytes_per_hour,
+    ) && per_hour > 0.0
+    {
+        let last = points[points.len() - 1].incarnation;
+        let from = points
+            .iter()
+            .find(|p| p.incarnation == last)
+            .map_or(t0, |p| p.at_ms);
+        // Not below zero: where the line would start under the axis, it starts on it.
+        let rise_ms = floor as f64 / per_hour * 3_600_000.0;
+        let from = from.max(t1.saturating_sub(rise_ms as u64));
+        let at_from = floor as f64 - per_hour * (t1 - from) as f64 / 3_600_000.0;
+        drawn.forecast = Some(per_hour);
+        let _ = writeln!(
+            page,
+            "<line id=\"forecast-trend\" x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" \
+             stroke=\"var(--fc)\" stroke-dasharray=\"2 3\" stroke-width=\"2\"/>",
+            x(from),
+            x(t1),
+            y(at_from.max(0.0) as u64),
+            y(floor)
+        );
+    }
     // Restarts, across both lanes.
     for pair in points.windows(2) {
         if pair[1].incarnation != pair[0].incarnation {
@@ -533,7 +565,7 @@ fn chart(page: &mut String, status: &Status) {
         let live = |p: &Point| p.live_bytes.unwrap_or(0);
         let _ = write!(
             page,
-            "<polygon id=\"live-area\" fill=\"var(--live)\" opacity=\".28\" points=\"{:.1},{:.1} ",
+            "<polygon id=\"in-use-area\" fill=\"var(--live)\" opacity=\".28\" points=\"{:.1},{:.1} ",
             x(t0),
             y(0)
         );
@@ -547,7 +579,7 @@ fn chart(page: &mut String, status: &Status) {
     }
     polyline(page, "memory", "--mem", &|p: &Point| p.memory_bytes);
     if drawn.live {
-        polyline(page, "live-bytes", "--live", &|p: &Point| {
+        polyline(page, "in-use", "--live", &|p: &Point| {
             p.live_bytes.unwrap_or(0)
         });
     }
@@ -613,13 +645,14 @@ fn legend(page: &mut String, deciding: &str, drawn: &Drawn) {
         key(page, "rss", &line("--rss", "none"), "rss: resident memory");
     }
     if drawn.live {
+        // "in use", not "live": live is the liveness probe's word (live: false above).
         key(
             page,
-            "live",
+            "in-use",
             "<rect width=\"24\" height=\"12\" fill=\"var(--live)\" opacity=\".28\"/><line x1=\"0\" x2=\"24\" y1=\"1\" y2=\"1\" stroke=\"var(--live)\" stroke-width=\"2\"/>",
-            "live: what the workload's sessions hold, as it reports them (a moment apart from \
-             resident, so a wave's peak can reach above it); resident above it is heap the \
-             allocator keeps",
+            "in use: what the workload's sessions hold, as it reports them (a moment apart \
+             from resident, so a wave's peak can reach above it); resident above it is heap \
+             the allocator keeps",
         );
     }
     key(
@@ -642,6 +675,18 @@ fn legend(page: &mut String, deciding: &str, drawn: &Drawn) {
             "limit",
             &line("--lim", "6 4"),
             "limit: the memory limit",
+        );
+    }
+    if let Some(per_hour) = drawn.forecast {
+        key(
+            page,
+            "forecast",
+            &line("--fc", "2 3"),
+            &format!(
+                "forecast: the trend of the memory kept with no session, rising {}/h and \
+                 carried on to now at that rate (through a pause too), as the forecast above says",
+                Bytes(per_hour as u64)
+            ),
         );
     }
     if drawn.restart {
@@ -742,12 +787,98 @@ mod tests {
             "sessions in a lane of their own"
         );
         assert!(
-            !page.contains("id=\"live-bytes\""),
-            "no live series when the target does not report it"
+            !page.contains("id=\"in-use\""),
+            "no in-use series when the target does not report it"
         );
         assert!(page.contains(">draining</span>"));
         assert!(page.contains("rss &lt;b&gt;150"), "the reason is escaped");
         assert!(page.len() < 64 * 1024);
+    }
+
+    #[test]
+    fn the_forecast_is_drawn_as_the_line_its_sentence_describes() {
+        // Floors rising 1 MiB a second; the forecast puts the floor at 89 MiB now, where memory is.
+        let history: Vec<Point> = (0..60).map(|s| point(s, 30 + s, State::Healthy)).collect();
+        let status = Status {
+            forecast: crate::status::ForecastStatus {
+                threshold_in_seconds: Some(10.0),
+                floor_bytes: Some(89 * MI),
+                rising_bytes_per_hour: Some((3600 * MI) as f64),
+                said: "at this rate, over the threshold in about 10s".into(),
+                ..Default::default()
+            },
+            ..with_history(history.clone())
+        };
+        let page = render(&status);
+        let line = page
+            .split("<line id=\"forecast-trend\"")
+            .nth(1)
+            .and_then(|rest| rest.split("/>").next())
+            .unwrap_or_else(|| panic!("a forecast line: {page}"));
+        let attr = |name: &str| -> f64 {
+            line.split(&format!(" {name}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // Where memory is at the first sample and the last.
+        let memory = ys(&page, "memory");
+        let (first, last) = (memory[0], memory[memory.len() - 1]);
+        assert!(
+            (attr("y2") - last).abs() < 1.0,
+            "it ends at the floor now, where memory is: {line}"
+        );
+        assert!(
+            (attr("y1") - first).abs() < 1.0,
+            "it starts where the rate puts it a minute earlier: {line}, memory from {first}"
+        );
+        assert!(
+            page.contains("id=\"key-forecast\"") && page.contains("rising 3.52 GiB/h"),
+            "the legend says its rate as the sentence does"
+        );
+        let without = render(&with_history(history));
+        assert!(!without.contains("forecast-trend"), "no forecast, no line");
+    }
+
+    #[test]
+    fn live_means_the_liveness_probe_alone() {
+        let history: Vec<Point> = (0..30)
+            .map(|s| Point {
+                live_bytes: Some(MI),
+                ..point(s, 50, State::Healthy)
+            })
+            .collect();
+        let page = render(&with_history(history));
+        assert!(
+            page.contains("live: <b id=\"live\">"),
+            "liveness, beside ready"
+        );
+        assert!(
+            page.contains("in use: what the workload's sessions hold")
+                && page.contains("<polyline id=\"in-use\""),
+            "the bytes the workload holds are in use"
+        );
+        let words = page.matches("live").count() - page.matches("--live").count();
+        assert_eq!(
+            words,
+            page.matches("live: <b id=\"live\">").count() * 2,
+            "no other \"live\" on the page"
+        );
+    }
+
+    #[test]
+    fn the_sessions_lane_is_tall_and_timestamps_do_not_wrap() {
+        let page = render(&with_history(story()));
+        let sessions = ys(&page, "sessions");
+        let spread = sessions.iter().copied().fold(f64::MIN, f64::max)
+            - sessions.iter().copied().fold(f64::MAX, f64::min);
+        assert!(
+            spread >= 90.0,
+            "0 to 3 sessions span at least 90 of the chart's 760 units: {spread}"
+        );
+        assert!(page.contains("td.at { white-space: nowrap; }"));
     }
 
     #[test]
@@ -940,15 +1071,15 @@ mod tests {
             })
             .collect();
         let page = render(&with_history(history));
-        for series in ["memory", "rss", "live-bytes", "sessions"] {
+        for series in ["memory", "rss", "in-use", "sessions"] {
             assert!(
                 page.contains(&format!("<polyline id=\"{series}\"")),
                 "{series}"
             );
         }
         assert!(
-            page.contains("id=\"key-live\"")
-                && page.contains("live: what the workload's sessions hold"),
+            page.contains("id=\"key-in-use\"")
+                && page.contains("in use: what the workload's sessions hold"),
             "in the legend"
         );
         assert!(page.len() < 64 * 1024, "{} bytes", page.len());
@@ -1029,7 +1160,7 @@ mod tests {
         let page = render(&with_history(story()));
         for key in [
             "memory",
-            "live",
+            "in-use",
             "threshold",
             "sessions",
             "restart",
@@ -1039,7 +1170,7 @@ mod tests {
         ] {
             assert!(page.contains(&format!("id=\"key-{key}\"")), "{key}");
         }
-        for absent in ["stalled", "rss", "critical", "limit"] {
+        for absent in ["stalled", "rss", "critical", "limit", "forecast"] {
             assert!(
                 !page.contains(&format!("id=\"key-{absent}\"")),
                 "no {absent} drawn, none in the legend"
@@ -1057,7 +1188,7 @@ mod tests {
         let page = render(&with_history(story()));
         let lowest = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
         let highest = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
-        for series in ["memory", "live-bytes"] {
+        for series in ["memory", "in-use"] {
             assert!(lowest(&ys(&page, series)) <= MEMORY_BOTTOM, "{series}");
         }
         let sessions = ys(&page, "sessions");

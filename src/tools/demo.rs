@@ -4,17 +4,25 @@
 //! glibc's heap — and watches it with the real sidecar and demo settings: one sample a
 //! second, draining after 10 s over the threshold, recycle once the last session has ended
 //! (at least 5 s later, at most 20 s). The threshold sits
-//! between the workload's live memory (a few MiB) and the resident memory glibc keeps after
-//! a few waves (over 200 MiB here), so a newcomer sees healthy → elevated → draining →
+//! between the memory the workload has in use (a few MiB) and the resident memory glibc keeps
+//! after a few waves (over 200 MiB here), so a newcomer sees healthy → elevated → draining →
 //! recycle. With `--allocator jemalloc` the same workload gives its memory back after each
 //! wave, and the spikes never last long enough to drain; a twin on glibc's malloc runs beside
 //! it, and the demo ends with both runs' idle figures side by side.
 //!
-//! The workload reports what it holds live (`--report`), and every line shows it beside
+//! The workload reports what it has in use (`--report`), and every line shows it beside
 //! resident memory, as the page's chart does: fragmentation is resident memory high above
-//! live memory, with no session left. It also says its session count as any server can
+//! the memory in use, with no session left. It also says its session count as any server can
 //! (`--serve-sessions`), and the sidecar reads it as `--sessions-url` would: the drain ends
-//! when the last session has, as it would on a real server, not at `--drain-timeout`.
+//! when the last session has, as it would on a real server, not at `--drain-timeout`. A call
+//! shows it: it comes in once memory is over the threshold, is still on when the drain begins
+//! (the workload then starts no more waves, as a server out of rotation gets no new session),
+//! and ends on screen, 7 s into the drain; the recycle follows at once.
+//!
+//! The recycle is carried out as `--on-recycle signal:TERM` would: memprobe ends the workload,
+//! and the demo starts it again as a supervisor would, writing its pidfile, which is how the
+//! sidecar finds it (the kubelet does this on Kubernetes, once `/healthz` fails). The lines
+//! follow the fresh incarnation until it is healthy, and the story ends on its fresh heap.
 //!
 //! `--story quiet` tells another: the quiet-moment recycle (`--recycle-when-idle-within`).
 //! Waves of the same size fragment the workload's memory, and each also keeps a few MiB on
@@ -34,11 +42,12 @@
 //! replaced so, and `--allocator jemalloc` is refused there (exit 2) before anything starts.
 
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -75,6 +84,9 @@ const QUIET_WAVES: u32 = 12;
 const QUIET_SESSIONS: u32 = 2;
 const QUIET_SESSION_SIZE: &str = "16MiB";
 const QUIET_KEEP: u64 = 8 << 20;
+/// How long each of its sessions lasts: past two polls of the session count (500ms), so
+/// that the sidecar sees every wave, and "no session for 5s" is said only in the pause.
+const QUIET_HOLD: &str = "1200ms";
 /// A server's forecast (floors of 5 min over at least 6 h) scaled down to the story's minute.
 const QUIET_FORECAST: forecast::Settings = forecast::Settings {
     bucket: Duration::from_secs(2),
@@ -131,7 +143,7 @@ pub struct DemoFlags {
 }
 
 fn config(
-    pid: i32,
+    pidfile: std::path::PathBuf,
     listen: std::net::SocketAddr,
     sessions: Option<Endpoint>,
     story: Story,
@@ -154,7 +166,8 @@ fn config(
     Config {
         sources: sources::Settings {
             proc: ProcSettings {
-                target: TargetSpec::Pid(pid),
+                // A pidfile, as a supervisor keeps one: the restarted workload is found in it.
+                target: TargetSpec::Pidfile(pidfile),
                 user: None,
                 include_children: false,
             },
@@ -190,8 +203,10 @@ fn config(
                 admin_token_file: None,
             },
             agent: None,
+            // As --on-recycle signal:TERM: the demo restarts the workload once it has exited,
+            // as a supervisor would (the kubelet, on Kubernetes, once /healthz fails).
             recycle: RecycleSettings {
-                action: RecycleAction::None,
+                action: RecycleAction::Signal(nix::sys::signal::Signal::SIGTERM),
                 retry: Duration::from_secs(300),
             },
             kms_gate: None,
@@ -254,6 +269,8 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
             QUIET_SESSION_SIZE,
             "--keep-per-wave",
             &QUIET_KEEP.to_string(),
+            "--hold",
+            QUIET_HOLD,
         ]
         .map(String::from)
         .to_vec(),
@@ -286,6 +303,23 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         None
     };
     let pid = watched.pid;
+    let pidfile = match Pidfile::new() {
+        Ok(pidfile) => pidfile,
+        Err(e) => {
+            eprintln!(
+                "memprobe: cannot make a directory for the workload's pidfile in {}: {e}",
+                std::env::temp_dir().display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = pidfile.write(pid) {
+        eprintln!(
+            "memprobe: cannot write the workload's pidfile {}: {e}",
+            pidfile.0.display()
+        );
+        return ExitCode::FAILURE;
+    }
 
     println!("memprobe demo: open http://{addr}/ to watch it as a chart");
     println!(
@@ -346,7 +380,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
     });
     let sessions = watched.sessions_url.clone().map(|(_, from)| from);
     let sidecar = Sidecar::start_with_reports(
-        config(pid as i32, addr, sessions, story),
+        config(pidfile.0.clone(), addr, sessions, story),
         match story {
             Story::Drain => forecast::Settings::DEFAULT,
             Story::Quiet => QUIET_FORECAST,
@@ -360,7 +394,7 @@ pub async fn run(flags: DemoFlags) -> ExitCode {
         Some(watched.shown.clone()),
     );
     let told = tokio::select! {
-        outcome = follow(sidecar.snapshots.clone(), &watched, twin.as_ref(), story) => Some(outcome),
+        outcome = follow(sidecar.snapshots.clone(), &mut watched, twin.as_ref(), story, &pidfile) => Some(outcome),
         () = &mut stop_asked => None,
     };
     let outcome = match told {
@@ -418,90 +452,114 @@ struct Workload {
     pid: u32,
     /// The malloc it runs on, read from its mapped libraries once it was ready.
     allocator: Allocator,
+    jemalloc: bool,
     /// Its whole latest report.
     reports: watch::Receiver<Option<Report>>,
     /// What the sidecar shows of it.
     shown: watch::Receiver<Option<Reported>>,
+    /// Where its reports go: a restarted workload's go on the same channels.
+    feed: Arc<Feed>,
+    /// Its stdin, for orders (`call`, `hangup`, `drain`); closing it ends the workload.
+    orders: Option<ChildStdin>,
     /// Where it says its session count (`--serve-sessions`), when asked to: the URL, and the
     /// field of its answer the sidecar reads.
     sessions_url: Option<(String, Endpoint)>,
+    /// The address it serves it on, which a restarted workload serves it on again.
+    sessions_addr: Option<std::net::SocketAddr>,
+}
+
+struct Feed {
+    full: watch::Sender<Option<Report>>,
+    show: watch::Sender<Option<Reported>>,
+}
+
+/// A workload started: the child, its pid, its stdout past the ready line, and the URL of
+/// its session count when it serves one.
+struct Started {
+    child: Child,
+    pid: u32,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    sessions: Option<String>,
 }
 
 impl Workload {
     /// Starts it with `waves` (its flags for them: none for its own default waves), and
     /// waits for its ready line; `serve` asks it to say its session count.
     async fn start(jemalloc: bool, serve: bool, waves: &[String]) -> std::io::Result<Self> {
-        let mut command = Command::new(std::env::current_exe()?);
-        // Named for what it is, so the lines say "demo-workload", not "memprobe".
-        command
-            .arg0("demo-workload")
-            .args(["workload", "--report", REPORT_EVERY])
-            .args(waves)
-            .stdin(Stdio::piped()) // held open: the workload exits when the demo does
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        if serve {
-            command.args(["--serve-sessions", "127.0.0.1:0"]);
-        }
-        if jemalloc {
-            command
-                .env("LD_PRELOAD", JEMALLOC)
-                .env("MALLOC_CONF", JEMALLOC_CONF);
-        }
-        let mut child = command.spawn()?;
-        let (Some(pid), Some(stdout)) = (child.id(), child.stdout.take()) else {
-            return Err(std::io::Error::other("it exited at once"));
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
-        let ready = match ready {
-            Ok(Ok(Some(line))) if line.starts_with("workload ready") => line,
-            Ok(Ok(Some(line))) => return Err(std::io::Error::other(format!("it said {line:?}"))),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok(None)) => return Err(std::io::Error::other("it exited at once")),
-            Err(_) => return Err(std::io::Error::other("it was not ready within 10s")),
-        };
-        let said = ready
-            .split(' ')
-            .find_map(|word| word.strip_prefix("sessions="));
-        let sessions_url = match said {
-            _ if !serve => None,
+        let serve_at = serve.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let started = spawn(jemalloc, serve_at, waves).await?;
+        let sessions_url = match &started.sessions {
+            None => None,
             Some(url) => {
                 let from = Endpoint::url(&format!("{url}#/sessions")).map_err(|problem| {
                     std::io::Error::other(format!("its session count URL {url} {problem}"))
                 })?;
-                Some((url.to_string(), from))
-            }
-            None => {
-                return Err(std::io::Error::other(format!(
-                    "it did not say where it serves its session count: {ready:?}"
-                )));
+                Some((url.clone(), from))
             }
         };
-        // Its ready line comes from its main, long after the loader mapped every library.
-        let allocator = procfs::process::Process::new(pid as i32)
-            .map_or(Allocator::Unknown, |process| allocator::of(&process));
+        let sessions_addr = started
+            .sessions
+            .as_deref()
+            .and_then(|url| url.strip_prefix("http://")?.split('/').next()?.parse().ok());
         let (full, reports) = watch::channel(None);
         let (show, shown) = watch::channel(None);
+        let mut workload = Workload {
+            child: started.child,
+            pid: started.pid,
+            allocator: Allocator::Unknown,
+            jemalloc,
+            reports,
+            shown,
+            feed: Arc::new(Feed { full, show }),
+            orders: None,
+            sessions_url,
+            sessions_addr,
+        };
+        workload.follow(started.lines);
+        Ok(workload)
+    }
+
+    /// Starts it again, as a supervisor restarts a server once the old one has exited: a
+    /// fresh process (so a fresh heap) that runs no waves, says its session count where the
+    /// old one did, and reports on the same channels.
+    async fn restart(&mut self) -> std::io::Result<()> {
+        let started = spawn(
+            self.jemalloc,
+            self.sessions_addr,
+            &["--waves".into(), "0".into()],
+        )
+        .await?;
+        self.child = started.child;
+        self.pid = started.pid;
+        self.follow(started.lines);
+        Ok(())
+    }
+
+    /// Reads its allocator and takes its stdin, then sends each report line on.
+    fn follow(&mut self, mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+        // Its ready line comes from its main, long after the loader mapped every library.
+        self.allocator = procfs::process::Process::new(self.pid as i32)
+            .map_or(Allocator::Unknown, |process| allocator::of(&process));
+        self.orders = self.child.stdin.take();
+        let feed = Arc::clone(&self.feed);
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(report) = Report::parse(&line) {
-                    full.send_replace(Some(report));
-                    show.send_replace(Some(Reported {
+                    feed.full.send_replace(Some(report));
+                    feed.show.send_replace(Some(Reported {
                         live_bytes: report.live_bytes,
                         sessions: report.sessions,
                     }));
                 }
             }
         });
-        Ok(Workload {
-            child,
-            pid,
-            allocator,
-            reports,
-            shown,
-            sessions_url,
-        })
+    }
+
+    /// Sends it one order; one it cannot take (it has exited) changes nothing in the story.
+    async fn order(&mut self, order: &str) {
+        if let Some(stdin) = &mut self.orders {
+            let _ = stdin.write_all(format!("{order}\n").as_bytes()).await;
+        }
     }
 
     /// Its resident memory now, when it can be read.
@@ -521,35 +579,168 @@ impl Workload {
     }
 }
 
+/// Starts `memprobe workload` with `waves`, saying its session count on `serve_at` when
+/// given, and waits for its ready line.
+async fn spawn(
+    jemalloc: bool,
+    serve_at: Option<std::net::SocketAddr>,
+    waves: &[String],
+) -> std::io::Result<Started> {
+    let mut command = Command::new(std::env::current_exe()?);
+    // Named for what it is, so the lines say "demo-workload", not "memprobe".
+    command
+        .arg0("demo-workload")
+        .args(["workload", "--report", REPORT_EVERY])
+        .args(waves)
+        .stdin(Stdio::piped()) // held open: the workload exits when the demo does
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(addr) = serve_at {
+        command.args(["--serve-sessions", &addr.to_string()]);
+    }
+    if jemalloc {
+        command
+            .env("LD_PRELOAD", JEMALLOC)
+            .env("MALLOC_CONF", JEMALLOC_CONF);
+    }
+    let mut child = command.spawn()?;
+    let (Some(pid), Some(stdout)) = (child.id(), child.stdout.take()) else {
+        return Err(std::io::Error::other("it exited at once"));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    let ready = match ready {
+        Ok(Ok(Some(line))) if line.starts_with("workload ready") => line,
+        Ok(Ok(Some(line))) => return Err(std::io::Error::other(format!("it said {line:?}"))),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(None)) => return Err(std::io::Error::other("it exited at once")),
+        Err(_) => return Err(std::io::Error::other("it was not ready within 10s")),
+    };
+    let sessions = ready
+        .split(' ')
+        .find_map(|word| word.strip_prefix("sessions="))
+        .map(String::from);
+    if serve_at.is_some() && sessions.is_none() {
+        return Err(std::io::Error::other(format!(
+            "it did not say where it serves its session count: {ready:?}"
+        )));
+    }
+    Ok(Started {
+        child,
+        pid,
+        lines,
+        sessions,
+    })
+}
+
+/// The workload's pidfile, as a supervisor keeps one, in a directory of the demo's own (made
+/// afresh, readable by the user alone, so nothing another user placed in /tmp is written
+/// through); both removed when the demo ends.
+struct Pidfile(std::path::PathBuf);
+
+impl Pidfile {
+    fn new() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!(
+            "memprobe-demo-{}-{:08x}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Pidfile(dir.join("workload.pid")))
+    }
+
+    /// Writes `pid` whole: to a file beside it first, then renamed over it.
+    fn write(&self, pid: u32) -> std::io::Result<()> {
+        let next = self.0.with_extension("pid.next");
+        std::fs::write(&next, format!("{pid}\n"))?;
+        std::fs::rename(&next, &self.0)
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// How long into the drain the drain story's call goes on: past --min-drain (5s), so that
+/// the recycle follows its end at once.
+const CALL_INTO_DRAIN: Duration = Duration::from_secs(7);
+
+/// The drain story's call: it comes in once memory is over the threshold, before the drain,
+/// and ends during it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    NotYet,
+    On,
+    Ended,
+}
+
+/// What the lines are printed from.
+struct Lines {
+    start: Instant,
+    printed: u64,
+    story: Story,
+}
+
+impl Lines {
+    /// Prints the status's sample, once; whether it was new.
+    fn sample(&mut self, status: &Status, watched: &Workload, twin: Option<&Workload>) -> bool {
+        if status.counters.samples_total <= self.printed {
+            return false;
+        }
+        self.printed = status.counters.samples_total;
+        let beside = twin.and_then(Workload::rss).map_or(String::new(), |rss| {
+            format!("  (glibc beside it: rss {})", Bytes(rss))
+        });
+        let ended = watched.report().map(|r| r.ended);
+        let said = match (self.story, status.forecast.threshold_in_seconds) {
+            (Story::Drain, _) => String::new(),
+            (Story::Quiet, Some(s)) => format!("  forecast: over it in {s}s"),
+            (Story::Quiet, None) => "  forecast: none yet".to_string(),
+        };
+        println!(
+            "{}{beside}{said}",
+            line(self.start.elapsed(), status, ended)
+        );
+        true
+    }
+}
+
 /// Prints one line per sample until the story has been told.
 async fn follow(
     mut snapshots: tokio::sync::watch::Receiver<std::sync::Arc<crate::status::Snapshot>>,
-    watched: &Workload,
+    watched: &mut Workload,
     twin: Option<&Workload>,
     story: Story,
+    pidfile: &Pidfile,
 ) -> ExitCode {
     let start = Instant::now();
-    let mut printed = 0;
+    let mut lines = Lines {
+        start,
+        printed: 0,
+        story,
+    };
     // The most memory any sample saw: the quiet story ends before it crossed the threshold.
     let mut peak = 0;
     let mut worst = State::Healthy;
     let mut idle_since: Option<Instant> = None;
+    let mut call = Call::NotYet;
+    let mut draining_since: Option<Instant> = None;
+    // Resident and live memory at the last sample, for the ending.
+    let mut last: Option<(u64, Option<u64>)> = None;
     loop {
         let changed = tokio::time::timeout_at(start + GIVE_UP, snapshots.changed()).await;
         let status = snapshots.borrow_and_update().status.clone();
-        if status.counters.samples_total > printed {
-            printed = status.counters.samples_total;
-            let beside = twin.and_then(Workload::rss).map_or(String::new(), |rss| {
-                format!("  (glibc beside it: rss {})", Bytes(rss))
-            });
-            let ended = watched.report().map(|r| r.ended);
-            let said = match (story, status.forecast.threshold_in_seconds) {
-                (Story::Drain, _) => String::new(),
-                (Story::Quiet, Some(s)) => format!("  forecast: over it in {s}s"),
-                (Story::Quiet, None) => "  forecast: none yet".to_string(),
-            };
-            println!("{}{beside}{said}", line(start.elapsed(), &status, ended));
+        if lines.sample(&status, watched, twin) {
             peak = peak.max(status.memory.as_ref().map_or(0, |m| m.deciding_bytes));
+        }
+        if let Some(m) = &status.memory {
+            last = Some((m.sample.rss_bytes, status.reported.map(|r| r.live_bytes)));
         }
         if matches!(status.state, State::Draining | State::Recycle) {
             worst = status.state;
@@ -571,30 +762,71 @@ async fn follow(
                 return ExitCode::SUCCESS;
             }
         }
-        match (changed, status.state) {
-            (_, State::Recycle) if twin.is_some() => {
+        if twin.is_none() {
+            if story == Story::Drain && status.state == State::Elevated && call == Call::NotYet {
+                watched.order("call").await;
+                call = Call::On;
+                println!(
+                    "  a call comes in while memory is over the threshold: it is still on when \
+                     the drain begins"
+                );
+            }
+            if status.state == State::Draining && draining_since.is_none() {
+                draining_since = Some(Instant::now());
+                // Out of rotation: the load balancer sends it no new session.
+                watched.order("drain").await;
+                if call == Call::On {
+                    println!(
+                        "  draining: /ready answers 503, so no new session comes; the call in \
+                         progress goes on, and the restart waits for it"
+                    );
+                }
+            }
+            if call == Call::On && draining_since.is_some_and(|t| t.elapsed() >= CALL_INTO_DRAIN) {
+                watched.order("hangup").await;
+                call = Call::Ended;
+                println!(
+                    "  the call ends, {}s into the drain",
+                    CALL_INTO_DRAIN.as_secs()
+                );
+            }
+        }
+        // The recycle, seen as the state or, when the workload was already signalled and gone
+        // before this snapshot was read, as the last transition.
+        let recycled = status
+            .transitions
+            .iter()
+            .rev()
+            .find(|t| t.to == State::Recycle)
+            .map(|t| t.reason.clone())
+            .filter(|_| matches!(status.state, State::Recycle | State::Lost));
+        match (changed, status.state, recycled) {
+            (_, _, Some(_)) if twin.is_some() => {
                 eprintln!(
                     "memprobe: even on jemalloc the workload stayed over the threshold: {}",
                     status.reason
                 );
                 return ExitCode::FAILURE;
             }
-            (_, State::Recycle) if story == Story::Quiet => {
-                return quiet_ending(&status, peak);
+            (_, _, Some(reason)) if story == Story::Quiet => {
+                if !quiet_ending(&status, &reason, peak) {
+                    return ExitCode::FAILURE;
+                }
+                return restart(snapshots, watched, &mut lines, pidfile, last).await;
             }
-            (_, State::Recycle) => {
+            (_, _, Some(reason)) => {
                 println!();
-                if let (Some(m), Some(r)) = (&status.memory, status.reported) {
+                if let Some((rss, Some(live))) = last {
                     println!(
-                        "resident {} for {} live: the rest is heap {} cannot give back",
-                        Bytes(m.sample.rss_bytes),
-                        Bytes(r.live_bytes),
+                        "resident {} for {} in use: the rest is heap {} cannot give back",
+                        Bytes(rss),
+                        Bytes(live),
                         watched.allocator.malloc()
                     );
                 }
-                println!("recycle: {}", status.reason);
+                println!("recycle: {reason}");
                 println!(
-                    "/healthz answers 503, so the kubelet restarts the server now that it has \
+                    "/healthz answers 503: the kubelet would restart the server now that it has \
                      drained. With jemalloc it stays healthy: {}",
                     if cfg!(target_feature = "crt-static") {
                         "cargo run --release -- demo --allocator jemalloc (a dynamically linked \
@@ -603,13 +835,13 @@ async fn follow(
                         "memprobe demo --allocator jemalloc"
                     }
                 );
-                return ExitCode::SUCCESS;
+                return restart(snapshots, watched, &mut lines, pidfile, last).await;
             }
-            (_, State::Lost) if printed > 0 => {
+            (_, State::Lost, None) if lines.printed > 0 => {
                 eprintln!("memprobe: the workload exited unexpectedly");
                 return ExitCode::FAILURE;
             }
-            (Err(_), _) => {
+            (Err(_), _, _) => {
                 eprintln!(
                     "memprobe: the demo did not reach {} in time (state {:?})",
                     if twin.is_some() { "idle" } else { "recycle" },
@@ -617,15 +849,85 @@ async fn follow(
                 );
                 return ExitCode::FAILURE;
             }
-            (Ok(Err(_)), _) => return ExitCode::FAILURE,
-            (Ok(Ok(())), _) => {}
+            (Ok(Err(_)), _, _) => return ExitCode::FAILURE,
+            (Ok(Ok(())), _, _) => {}
+        }
+    }
+}
+
+/// After the recycle: the workload, signalled by memprobe's recycle action, has exited; the
+/// demo starts it again as a supervisor would, and follows the fresh incarnation until it is
+/// healthy, its heap fresh.
+async fn restart(
+    mut snapshots: tokio::sync::watch::Receiver<std::sync::Arc<crate::status::Snapshot>>,
+    watched: &mut Workload,
+    lines: &mut Lines,
+    pidfile: &Pidfile,
+    before: Option<(u64, Option<u64>)>,
+) -> ExitCode {
+    if tokio::time::timeout(Duration::from_secs(10), watched.child.wait())
+        .await
+        .is_err()
+    {
+        eprintln!("memprobe: the workload did not exit on the recycle's SIGTERM");
+        return ExitCode::FAILURE;
+    }
+    let old = watched.pid;
+    if let Err(e) = watched.restart().await {
+        eprintln!("memprobe: cannot start the workload again: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = pidfile.write(watched.pid) {
+        eprintln!(
+            "memprobe: cannot write the workload's pidfile {}: {e}",
+            pidfile.0.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    println!();
+    println!(
+        "restart: memprobe's recycle action (signal:TERM here) ended pid {old}; the demo started \
+         the workload again, as a supervisor does: pid {}",
+        watched.pid
+    );
+    let deadline = lines.start + GIVE_UP;
+    loop {
+        let changed = tokio::time::timeout_at(deadline, snapshots.changed()).await;
+        let status = snapshots.borrow_and_update().status.clone();
+        lines.sample(&status, watched, None);
+        let fresh = status
+            .target
+            .as_ref()
+            .is_some_and(|t| t.pid == Some(watched.pid as i32));
+        if let (true, State::Healthy, Some(m)) = (fresh, status.state, &status.memory) {
+            let was = before.map_or(String::new(), |(rss, _)| {
+                format!(", where the old one ended at {}", Bytes(rss))
+            });
+            println!();
+            println!(
+                "fresh heap: resident {}{was}; {} again, /ready 200: it takes sessions again",
+                Bytes(m.sample.rss_bytes),
+                status.state.as_str()
+            );
+            return ExitCode::SUCCESS;
+        }
+        match changed {
+            Err(_) => {
+                eprintln!(
+                    "memprobe: the restarted workload was not found healthy in time (state {:?})",
+                    status.state
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(Err(_)) => return ExitCode::FAILURE,
+            Ok(Ok(())) => {}
         }
     }
 }
 
 /// The quiet story's ending: why it drained, why it recycled, and that it did so before the
-/// threshold was crossed; a failure if it was not so.
-fn quiet_ending(status: &Status, peak: u64) -> ExitCode {
+/// threshold was crossed; false, said, if it was not so.
+fn quiet_ending(status: &Status, recycled: &str, peak: u64) -> bool {
     let threshold = status.threshold.bytes;
     let drained = status
         .transitions
@@ -640,11 +942,11 @@ fn quiet_ending(status: &Status, peak: u64) -> ExitCode {
             Bytes(peak),
             Bytes(threshold)
         );
-        return ExitCode::FAILURE;
+        return false;
     }
     println!();
     println!("drained: {drained}");
-    println!("recycle: {}", status.reason);
+    println!("recycle: {recycled}");
     println!(
         "recycled at a quiet moment, before the threshold was crossed: memory peaked at {} \
          under the threshold {}, nobody was on it, so no session was lost, and it comes back \
@@ -652,14 +954,14 @@ fn quiet_ending(status: &Status, peak: u64) -> ExitCode {
         Bytes(peak),
         Bytes(threshold)
     );
-    ExitCode::SUCCESS
+    true
 }
 
 /// Both runs' idle figures, side by side.
 fn compare(glibc: &Workload, jemalloc: &Workload) {
     let waves = jemalloc.report().map_or(0, |r| r.waves);
     println!(
-        "idle, {}s after the last of {waves} waves:  resident     live",
+        "idle, {}s after the last of {waves} waves:  resident   in use",
         SETTLE.as_secs()
     );
     for run in [glibc, jemalloc] {
@@ -672,7 +974,7 @@ fn compare(glibc: &Workload, jemalloc: &Workload) {
     }
 }
 
-/// One sample: resident memory, what the workload holds live and its sessions (now, and
+/// One sample: resident memory, what the workload holds in use and its sessions (now, and
 /// ended so far), the state and the probes' answers.
 fn line(elapsed: Duration, status: &Status, ended: Option<u32>) -> String {
     let rss = status.memory.as_ref().map_or(0, |m| m.sample.rss_bytes);
@@ -687,7 +989,7 @@ fn line(elapsed: Duration, status: &Status, ended: Option<u32>) -> String {
             )
         });
     format!(
-        "[{:>3}s] rss {:>10}  live {:>10}  sessions {:<12}  threshold {}  {:<8}  /ready {}  /healthz {}",
+        "[{:>3}s] rss {:>10}  in use {:>10}  sessions {:<12}  threshold {}  {:<8}  /ready {}  /healthz {}",
         elapsed.as_secs(),
         Bytes(rss).to_string(),
         live,

@@ -16,6 +16,9 @@
 //! | `alloc 200MiB` | allocate and touch that much more (large blocks: `free` returns it) |
 //! | `free`         | release everything `alloc` took                                   |
 //! | `sessions N`   | run one wave of N sessions now                                    |
+//! | `call`         | start one session that lasts until `hangup`, and answer at once    |
+//! | `hangup`       | end the longest-running call                                      |
+//! | `drain`        | start no more waves (out of rotation); running sessions go on      |
 //! | `spawn 100MiB` | start a child workload holding that much                          |
 //! | `exit`         | exit (so does the end of stdin)                                   |
 //!
@@ -88,6 +91,8 @@ static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
 static SESSIONS: AtomicU32 = AtomicU32::new(0);
 static SESSIONS_ENDED: AtomicU32 = AtomicU32::new(0);
 static WAVES_DONE: AtomicU32 = AtomicU32::new(0);
+/// Set by `drain`: no more waves start.
+static DRAINED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One report line: what the workload says of itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,6 +159,9 @@ pub enum Order {
     Alloc(u64),
     Free,
     Sessions(u32),
+    Call,
+    Hangup,
+    Drain,
     Spawn(u64),
     /// Start this many threads that park for ever: a server whose released media keeps
     /// running (KMS with a deadlocked worker pool) holds its threads so.
@@ -174,6 +182,9 @@ pub fn parse_order(line: &str) -> Result<Order, String> {
         "alloc" => size_arg().map(Order::Alloc),
         "spawn" => size_arg().map(Order::Spawn),
         "free" => Ok(Order::Free),
+        "call" => Ok(Order::Call),
+        "hangup" => Ok(Order::Hangup),
+        "drain" => Ok(Order::Drain),
         "exit" => Ok(Order::Exit),
         "sessions" => arg
             .and_then(|n| n.parse().ok())
@@ -185,14 +196,19 @@ pub fn parse_order(line: &str) -> Result<Order, String> {
             .map(Order::Threads)
             .ok_or_else(|| "threads needs a count up to 1000 (try threads 40)".to_string()),
         other => Err(format!(
-            "unknown command '{other}' (try alloc 200MiB, free, sessions 4, spawn 100MiB, \
-             threads 40, exit)"
+            "unknown command '{other}' (try alloc 200MiB, free, sessions 4, call, hangup, \
+             drain, spawn 100MiB, threads 40, exit)"
         )),
     }
 }
 
 /// Runs one session on this thread; returns the buffers that outlive it.
 fn session(size: u64, hold: Duration) -> Vec<Box<[u8]>> {
+    session_until(size, || thread::sleep(hold))
+}
+
+/// Runs one session on this thread that holds its buffers until `ended` returns.
+fn session_until(size: u64, ended: impl FnOnce()) -> Vec<Box<[u8]>> {
     SESSIONS.fetch_add(1, Ordering::Relaxed);
     let mut rng = fastrand::Rng::new();
     let mut buffers = Vec::new();
@@ -204,7 +220,7 @@ fn session(size: u64, hold: Duration) -> Vec<Box<[u8]>> {
         total += len as u64;
         LIVE_BYTES.fetch_add(len as u64, Ordering::Relaxed);
     }
-    thread::sleep(hold);
+    ended();
     let kept: Vec<_> = buffers
         .into_iter()
         .filter(|_| rng.u32(0..SURVIVOR_ONE_IN) == 0)
@@ -239,6 +255,9 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
         let (per_wave, keep) = (flags.sessions_per_wave, flags.keep_per_wave);
         thread::spawn(move || {
             for n in 1..=flags.waves {
+                if DRAINED.load(Ordering::Relaxed) {
+                    break;
+                }
                 wave(
                     if per_wave > 0 { per_wave } else { n },
                     size,
@@ -280,6 +299,8 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
     }
 
     let mut ballast: Vec<Vec<u8>> = Vec::new();
+    // Each call's hangup: dropping it ends the call.
+    let mut calls: std::collections::VecDeque<std::sync::mpsc::Sender<()>> = Default::default();
     let mut children: Vec<(Child, ChildStdin)> = Vec::new();
     for line in std::io::stdin().lock().lines() {
         let line = line?;
@@ -301,6 +322,31 @@ pub fn run(flags: WorkloadFlags) -> std::io::Result<()> {
             Ok(Order::Sessions(n)) => {
                 wave(n, flags.session_size, flags.hold, &survivors);
                 format!("ok sessions {n}")
+            }
+            Ok(Order::Call) => {
+                let (hangup, heard) = std::sync::mpsc::channel::<()>();
+                let (size, survivors) = (flags.session_size, Arc::clone(&survivors));
+                thread::spawn(move || {
+                    let kept = session_until(size, move || {
+                        let _ = heard.recv();
+                    });
+                    if let Ok(mut all) = survivors.lock() {
+                        all.extend(kept);
+                    }
+                });
+                calls.push_back(hangup);
+                "ok call".to_string()
+            }
+            Ok(Order::Hangup) => match calls.pop_front() {
+                Some(hangup) => {
+                    drop(hangup);
+                    "ok hangup".to_string()
+                }
+                None => "error hangup: no call is on".to_string(),
+            },
+            Ok(Order::Drain) => {
+                DRAINED.store(true, Ordering::Relaxed);
+                "ok drain".to_string()
             }
             Ok(Order::Spawn(bytes)) => match spawn_child(bytes) {
                 Ok((child, stdin)) => {
@@ -424,6 +470,9 @@ mod tests {
                 .unwrap_err()
                 .contains("up to 1000")
         );
+        assert_eq!(parse_order("call"), Ok(Order::Call));
+        assert_eq!(parse_order("hangup"), Ok(Order::Hangup));
+        assert_eq!(parse_order("drain"), Ok(Order::Drain));
         assert!(
             parse_order("alloc")
                 .unwrap_err()

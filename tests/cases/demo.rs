@@ -159,7 +159,7 @@ pub fn jemalloc_preloads() -> bool {
         .is_ok_and(|maps| maps.contains("libjemalloc"))
 }
 
-/// Reads "resident 245.12 MiB for 12.08 MiB live" at the end of the story.
+/// Reads "resident 245.12 MiB for 12.08 MiB in use" at the end of the story.
 fn resident_for_live(stdout: &str) -> (f64, f64) {
     let line = stdout
         .lines()
@@ -208,13 +208,82 @@ fn the_demo_tells_the_whole_story_then_serves_its_page_until_sigterm() {
         stdout.contains("curl -i http://127.0.0.1:"),
         "the URLs to try are printed"
     );
+    // A call outlives the start of the drain and ends on screen; the recycle follows it.
+    let lines: Vec<&str> = stdout.lines().collect();
+    let state_of = |l: &str| {
+        let states = [
+            "starting", "healthy", "elevated", "draining", "recycle", "lost",
+        ];
+        states
+            .into_iter()
+            .find(|s| l.starts_with('[') && l.contains(&format!("  {s} ")))
+    };
+    let sessions_of = |l: &str| -> Option<u32> {
+        l.split_once("sessions ")?
+            .1
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let draining: Vec<usize> = (0..lines.len())
+        .filter(|&i| state_of(lines[i]) == Some("draining"))
+        .collect();
     assert!(
-        stdout.contains("sessions 0 (55 ended)"),
-        "sessions, and those that ended: {stdout}"
+        draining.len() >= 5
+            && draining
+                .iter()
+                .take(5)
+                .all(|&i| sessions_of(lines[i]).is_some_and(|n| n > 0)),
+        "a call is on for the drain's first seconds: sessions over 0 while draining: {stdout}"
     );
+    let ends = lines
+        .iter()
+        .position(|l| l.starts_with("  the call ends, "))
+        .unwrap_or_else(|| panic!("the call's end, on screen: {stdout}"));
+    let recycle = lines
+        .iter()
+        .position(|l| state_of(l) == Some("recycle"))
+        .unwrap_or_else(|| panic!("a recycle line: {stdout}"));
     assert!(
-        stdout.contains("\nrecycle: last session ended after draining "),
-        "the drain ends on the workload's own session count, not on --drain-timeout: {stdout}"
+        draining[0] < ends && ends < recycle && recycle <= ends + 3,
+        "draining, then the call's end, then the recycle right after it: {stdout}"
+    );
+    let drained_for = stdout
+        .split("\nrecycle: last session ended after draining ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            panic!("the drain ends on the workload's own session count, not on --drain-timeout: {stdout}")
+        });
+    assert!(
+        (7..=12).contains(&drained_for),
+        "the recycle follows the call's end, 7s into the drain, within a sample or so: {stdout}"
+    );
+    // Then the restart, and the fresh heap.
+    let restart = lines
+        .iter()
+        .position(|l| {
+            l.starts_with("restart: memprobe's recycle action (signal:TERM here) ended pid ")
+        })
+        .unwrap_or_else(|| panic!("the restart: {stdout}"));
+    assert!(restart > recycle, "{stdout}");
+    let fresh_line = lines[restart..]
+        .iter()
+        .find(|l| state_of(l) == Some("healthy"))
+        .unwrap_or_else(|| panic!("a healthy sample after the restart: {stdout}"));
+    let fresh = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("fresh heap: resident "))
+        .unwrap_or_else(|| panic!("the fresh heap: {stdout}"));
+    let words: Vec<&str> = fresh.split_whitespace().collect();
+    let (resident_after, resident_before) = (mib(words[0], words[1].trim_end_matches(',')), {
+        let at = words.iter().position(|w| *w == "at").unwrap();
+        mib(words[at + 1], words[at + 2].trim_end_matches(';'))
+    });
+    assert!(
+        resident_after * 4.0 < resident_before,
+        "the fresh heap is a fraction of the old one: {fresh_line} / {fresh}"
     );
     assert!(
         !stdout.contains("--drain-timeout") && !stdout.contains("session count unknown"),
@@ -239,9 +308,10 @@ fn the_demo_tells_the_whole_story_then_serves_its_page_until_sigterm() {
         "the closing line says the page stays: {stdout}"
     );
 
-    // The story told, the page is still served, and the workload still watched.
+    // The story told, the page is still served, and the restarted workload still watched.
     let status = demo.get("/status").json();
-    assert_eq!(status["state"], "recycle");
+    assert_eq!(status["state"], "healthy", "{status}");
+    assert_eq!(status["counters"]["target_restarts_total"], 1, "{status}");
     assert_eq!(
         status["target"]["allocator"], allocator,
         "the page names the malloc the workload runs"
@@ -254,7 +324,11 @@ fn the_demo_tells_the_whole_story_then_serves_its_page_until_sigterm() {
     }
     let page = demo.get("/");
     assert_eq!(page.code, 200);
-    assert!(page.body.contains("id=\"state\">recycle</span>"));
+    assert!(page.body.contains("id=\"state\">healthy</span>"));
+    assert!(
+        page.body.contains("class=\"restart\""),
+        "the chart marks the restart"
+    );
     assert!(
         !demo
             .stdout()
@@ -265,16 +339,45 @@ fn the_demo_tells_the_whole_story_then_serves_its_page_until_sigterm() {
         "no more sample lines once the story is told"
     );
 
+    // The workload's pidfile, in a directory of the demo's own, goes with it.
+    let pidfiles = format!("memprobe-demo-{}-", demo.child.0.id());
+    let ours = || {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&pidfiles))
+            .count()
+    };
+    assert_eq!(ours(), 1, "the pidfile's directory while the demo runs");
     let status = demo.stop("TERM");
     assert_eq!(status.code(), Some(0), "SIGTERM ends a told story with 0");
     assert!(!demo.listening(), "and the page is gone");
+    assert_eq!(ours(), 0, "and the pidfile's directory");
 }
 
 #[test]
 fn the_quiet_story_recycles_in_the_pause_before_the_threshold_and_the_page_says_why() {
     let binary: PathBuf = shipped_or_dev();
     let mut demo = Demo::start(&binary, &["--story", "quiet"]);
+    // While it drains, the chart draws the forecast the drain's reason gives.
+    demo.wait_line("a draining sample", STORY, |l| {
+        l.starts_with('[') && l.contains("  draining ")
+    });
+    let page = demo.get("/").body;
+    assert!(
+        page.contains("<line id=\"forecast-trend\"") && page.contains("id=\"key-forecast\""),
+        "the forecast's line is drawn while it drains: {page}"
+    );
     let stdout = demo.story();
+    // In the pause: every session of its 12 waves of 2 has ended before the drain.
+    let first_drain = stdout
+        .lines()
+        .find(|l| l.starts_with('[') && l.contains("  draining "))
+        .unwrap_or_else(|| panic!("a draining line: {stdout}"));
+    assert!(
+        first_drain.contains("sessions 0 (24 ended)"),
+        "drained in the pause, once the waves have stopped: {first_drain}\n{stdout}"
+    );
     let drained = stdout
         .lines()
         .find_map(|l| l.strip_prefix("drained: "))
@@ -298,7 +401,14 @@ fn the_quiet_story_recycles_in_the_pause_before_the_threshold_and_the_page_says_
     );
 
     let status = demo.get("/status").json();
-    assert_eq!(status["state"], "recycle", "{status}");
+    assert_eq!(
+        status["state"], "healthy",
+        "restarted after the recycle: {status}"
+    );
+    assert!(
+        stdout.contains("\nfresh heap: resident "),
+        "and the story says so: {stdout}"
+    );
     let threshold = status["threshold"]["bytes"].as_u64().unwrap();
     let history = demo.get("/history.json").json();
     let history = history.as_array().expect("the samples kept");
@@ -334,7 +444,7 @@ fn the_quiet_story_recycles_in_the_pause_before_the_threshold_and_the_page_says_
         page.body.contains("quiet moment: no session for "),
         "the page says why it drained"
     );
-    assert!(page.body.contains("id=\"state\">recycle</span>"));
+    assert!(page.body.contains("id=\"state\">healthy</span>"));
     assert!(
         page.body.contains("<rect class=\"band draining\"")
             && !page.body.contains("<rect class=\"band elevated\""),

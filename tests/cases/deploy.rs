@@ -62,21 +62,156 @@ fn the_prometheus_rule_carries_the_same_rules_as_the_rules_file() {
     );
 }
 
+/// Every rule of the rules file, as (name, rule).
+fn alert_rules() -> Vec<(String, Value)> {
+    let file = yaml("deploy/prometheus/alerts.yml");
+    file["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| Some((r["alert"].as_str()?.to_string(), r)))
+        .collect()
+}
+
+/// A heading's anchor as GitHub makes it: lowercase, spaces to hyphens, other punctuation gone.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_has_a_runbook_url_naming_a_heading_of_the_docs() {
+    let rules = alert_rules();
+    assert!(rules.len() >= 13, "{rules:?}");
+    let mut sections = Vec::new();
+    for (name, rule) in &rules {
+        let url = rule["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has a runbook_url"));
+        let (file, fragment) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{name}: {url} names a section (file#anchor)"));
+        let text = std::fs::read_to_string(path(file))
+            .unwrap_or_else(|e| panic!("{name}: {url}: {file} is not in the repository: {e}"));
+        let anchors: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .map(|l| anchor(l.trim_start_matches('#')))
+            .collect();
+        assert!(
+            anchors.iter().any(|a| a == fragment),
+            "{name}: {url}: no heading of {file} has the anchor {fragment} ({anchors:?})"
+        );
+        sections.push(fragment.to_string());
+    }
+    // And the runbook has a section for no alert that is gone.
+    let runbook = std::fs::read_to_string(path("docs/alerts.md")).unwrap();
+    for heading in runbook.lines().filter_map(|l| l.strip_prefix("## ")) {
+        assert!(
+            sections.contains(&anchor(heading)),
+            "docs/alerts.md has a section for {heading}, which no rule links to"
+        );
+    }
+}
+
+#[test]
+fn the_service_monitor_names_the_job_the_alerts_look_for() {
+    let monitor = yaml("deploy/kubernetes/components/monitoring/servicemonitor.yaml");
+    let label = monitor["spec"]["jobLabel"]
+        .as_str()
+        .expect("the ServiceMonitor names its job from a label of the Service");
+    for file in [
+        "deploy/kubernetes/base/service.yaml",
+        "deploy/kubernetes/janus/service.yaml",
+    ] {
+        let text = std::fs::read_to_string(path(file)).unwrap();
+        let services: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+            .filter_map(|doc| <Value as serde::Deserialize>::deserialize(doc).ok())
+            .filter(|s| s["spec"]["ports"][0]["name"] == "memprobe")
+            .collect();
+        assert_eq!(services.len(), 1, "{file}: memprobe's Service");
+        assert_eq!(
+            services[0]["metadata"]["labels"][label], "memprobe",
+            "{file}: the job of memprobe's Service is memprobe"
+        );
+    }
+    for name in ["MemprobeDown", "MemprobeNotScraped"] {
+        let (_, rule) = alert_rules()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        assert!(
+            rule["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("up{job=\"memprobe\"}")),
+            "{name} looks at the job the ServiceMonitor names: {rule:?}"
+        );
+    }
+}
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(path("deploy/grafana/memprobe-dashboard.json")).unwrap();
+    serde_json::from_str(&text).expect("the dashboard is JSON")
+}
+
+/// Every panel's queries, as (panel title, expression).
+fn dashboard_queries() -> Vec<(String, String)> {
+    dashboard()["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let title = p["title"].as_str().unwrap_or_default().to_string();
+            p["targets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |t| Some((title.clone(), t["expr"].as_str()?.to_string())))
+        })
+        .collect()
+}
+
+/// The metric selectors of a query: each metric's name and what its braces hold.
+fn selectors(expr: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        let name: String = rest[..open]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+        found.push((name, rest[open + 1..close].to_string()));
+        rest = &rest[(close + 1).min(rest.len())..];
+    }
+    found
+}
+
 #[test]
 fn dashboard_queries_parse_as_promql() {
     let Some(promtool) = tool("promtool") else {
         return;
     };
-    let text = std::fs::read_to_string(path("deploy/grafana/memprobe-dashboard.json")).unwrap();
-    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    let exprs: Vec<String> = dashboard["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
-        .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$pod", ".*")))
+    let exprs: Vec<String> = dashboard_queries()
+        .into_iter()
+        .map(|(_, e)| e.replace("$namespace", ".*").replace("$pod", ".*"))
         .collect();
     assert!(exprs.len() >= 6, "{exprs:?}");
+    assert!(!exprs.iter().any(|e| e.contains('$')), "{exprs:?}");
     // promtool parses the expressions of recording rules: one rule per panel query.
     let rules: Vec<Value> = exprs
         .iter()
@@ -91,6 +226,57 @@ fn dashboard_queries_parse_as_promql() {
             .arg("check")
             .arg("rules")
             .arg(file.path()),
+    );
+}
+
+#[test]
+fn every_dashboard_query_reads_metrics_memprobe_exports_in_the_chosen_namespace() {
+    let exported = include_str!("../../src/outlets/metrics.rs");
+    let queries = dashboard_queries();
+    for (title, expr) in &queries {
+        let selectors = selectors(expr);
+        assert!(
+            !selectors.is_empty(),
+            "{title}: a metric with a selector: {expr}"
+        );
+        for (metric, matchers) in selectors {
+            assert!(
+                exported.contains(&format!("\"{metric}\"")),
+                "{title}: {metric} is not a metric memprobe exports (src/outlets/metrics.rs): {expr}"
+            );
+            assert!(
+                matchers.contains("namespace=~\"$namespace\""),
+                "{title}: {metric} is read in the namespaces chosen: {expr}"
+            );
+        }
+    }
+    // The panels the README names, and namespace as a variable the pods follow.
+    let titles: Vec<&str> = queries.iter().map(|(t, _)| t.as_str()).collect();
+    for panel in [
+        "Forecast",
+        "Restarts",
+        "Fleet: instances waiting",
+        "Fleet: share of instances ready",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(panel)),
+            "a panel {panel}: {titles:?}"
+        );
+    }
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("a variable {name}"))
+    };
+    assert_eq!(variable("namespace")["multi"], true);
+    assert!(
+        variable("pod")["query"]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("namespace=~\"$namespace\"")),
+        "the pods offered are those of the namespaces chosen"
     );
 }
 

@@ -110,16 +110,19 @@ fn the_demos_page_reads_at_a_glance_after_its_story() {
 
     let dom = browse(&chromium, &demo.url, &["--dump-dom"]);
     let dom = String::from_utf8_lossy(&dom.stdout);
-    for series in ["memory", "live-bytes", "sessions"] {
+    for series in ["memory", "in-use", "sessions"] {
         assert!(
             dom.contains(&format!("<polyline id=\"{series}\"")),
             "the {series} series: {dom}"
         );
     }
-    assert!(dom.contains("<polygon id=\"live-area\""), "live as an area");
+    assert!(
+        dom.contains("<polygon id=\"in-use-area\""),
+        "the memory in use as an area"
+    );
     for key in [
         "memory",
-        "live",
+        "in-use",
         "threshold",
         "sessions",
         "elevated",
@@ -132,8 +135,8 @@ fn the_demos_page_reads_at_a_glance_after_its_story() {
         );
     }
     assert!(
-        dom.contains("live: what the workload's sessions hold"),
-        "the legend says what live is"
+        dom.contains("in use: what the workload's sessions hold"),
+        "the legend says what the memory in use is"
     );
     assert!(
         dom.contains("class=\"lane\">sessions</text>"),
