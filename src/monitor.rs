@@ -523,7 +523,7 @@ impl Monitor {
             state,
             since: crate::units::timestamp(self.record.since()),
             reason: self.decider.reason().to_string(),
-            ready: state.ready(),
+            ready: state.ready() && self.fleet.unready().is_none(),
             live: state.healthy(),
             over_threshold_seconds: self.decider.over_for(now).as_secs_f64(),
             sessions: self.session_count,

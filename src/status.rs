@@ -96,8 +96,13 @@ pub struct FleetStatus {
     pub waiting: bool,
     /// Why a drain cannot start through the fleet now (none while a slot is held).
     pub gate: Option<String>,
-    /// `reachable`, `not asked yet`, or `unreachable: …`.
+    /// `reachable`, `not asked yet`, `refused: …` or `unreachable: …`.
     pub api: String,
+    /// The start check passed and the last request was answered.
+    pub api_up: bool,
+    /// The start check: `not yet`, `passed`, `refused: …` (the pod is not ready until it
+    /// passes) or `failed: …` (an outage), made again every 30 s until it passes.
+    pub check: String,
     pub api_requests: u64,
     pub api_failures: u64,
     /// `--events` (on with the fleet), and what became of them.

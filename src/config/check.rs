@@ -424,8 +424,19 @@ impl Checker<'_> {
                 Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
                 None => String::new(),
             };
-            let example = names.first().cloned().unwrap_or_default();
-            self.error(id, text, &format!("is not {listed} (try {example})"))
+            // The value meant, when one is near what was typed ("kubernetes" for "kubernets",
+            // "off" for "of"); otherwise the first value, as an example.
+            let typed = text.trim().to_ascii_lowercase();
+            let closest = names
+                .iter()
+                .map(|n| (strsim::levenshtein(&typed, n), n))
+                .filter(|(d, n)| *d <= (n.len() / 3).max(1))
+                .min_by_key(|(d, _)| *d);
+            let problem = match closest {
+                Some((_, meant)) => format!("is not {listed} (did you mean {meant}?)"),
+                None => format!("is not {listed} (try {})", names.first().map_or("", |n| n)),
+            };
+            self.error(id, text, &problem)
         })
     }
 

@@ -67,6 +67,18 @@ fn a_bad_value_names_the_flag_the_value_and_an_example() {
         "--memory: 'vsz' is not rss, anon or pss (try rss)"
     );
     assert_eq!(
+        sidecar(&["--fleet", "kubernets"]).unwrap_err(),
+        "--fleet: 'kubernets' is not off or kubernetes (did you mean kubernetes?)"
+    );
+    assert_eq!(
+        sidecar(&["--fleet", "Kubernetes-Leases"]).unwrap_err(),
+        "--fleet: 'Kubernetes-Leases' is not off or kubernetes (try off)"
+    );
+    assert_eq!(
+        sidecar(&["--memory", "ps"]).unwrap_err(),
+        "--memory: 'ps' is not rss, anon or pss (did you mean pss?)"
+    );
+    assert_eq!(
         sidecar(&["--pid", "12ab"]).unwrap_err(),
         "--pid: '12ab' is not a process id (try --pid 1234)"
     );

@@ -34,7 +34,7 @@ use nix::sys::signal::{SigSet, Signal};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::{Mutex, OnceCell, mpsc};
 
-use super::wire::{self, Hello, MAX_REQUEST_LINE, Reply, Request};
+use super::wire::{self, Checked, Hello, MAX_REQUEST_LINE, Reply, Request};
 use crate::policy::fleet::{Action, Answer, Seen};
 use crate::units::{Human, clip};
 
@@ -154,7 +154,7 @@ async fn serve() -> ExitCode {
             _ => stop(),
         };
         match request {
-            Request::Lease { .. } => {
+            Request::Lease { .. } | Request::Check { .. } => {
                 if lease_lane.send(request).await.is_err() {
                     stop();
                 }
@@ -258,6 +258,11 @@ impl Api {
                     fleet,
                 }
             }
+            Request::Check { id, leases } => Reply::Check {
+                id,
+                checked: self.check(leases, &mut count).await,
+                requests: count.0,
+            },
             Request::Event {
                 id,
                 reason,
@@ -474,6 +479,61 @@ impl Api {
         }
     }
 
+    /// The start check: reads the pod's own object and, with the fleet on, lists its Leases
+    /// (one item), the two reads every later request rests on. A refusal is said with what
+    /// grants the call; anything else is an outage.
+    async fn check(&self, leases: bool, n: &mut Count) -> Checked {
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(e) => return Checked::Failed(e.into_string()),
+        };
+        let ns = &self.hello.namespace;
+        let pod = &self.hello.pod;
+        let pods = Call::new(PodObject::url_path(&(), Some(ns)));
+        let read_pod = pods.get_metadata(pod, &GetParams::default());
+        let list = ListParams::default().limit(1);
+        let list_leases = self.leases().list(&list);
+        let mut calls = vec![(read_pod, format!("reading pod {ns}/{pod}"), "pods get")];
+        if leases {
+            calls.push((
+                list_leases,
+                format!("listing Leases in {ns}"),
+                "leases list",
+            ));
+        }
+        for (request, doing, grant) in calls {
+            let (status, body) = match exchange(&client, request, n).await {
+                Ok(answer) => answer,
+                Err(e) => return Checked::Failed(format!("{doing}: {}", e.into_string())),
+            };
+            match status.as_u16() {
+                200..=299 => {}
+                401 => {
+                    return Checked::Refused(format!(
+                        "{doing}: {}: the API server does not accept memprobe's credentials \
+                         (the pod's service account token, or KUBECONFIG's user)",
+                        refused(401, &body)
+                    ));
+                }
+                403 => {
+                    return Checked::Refused(format!(
+                        "{doing}: {}: the pod's ServiceAccount needs a Role granting {grant} \
+                         in {ns}, bound to it (deploy/kubernetes/components/fleet has both)",
+                        refused(403, &body)
+                    ));
+                }
+                404 if !doing.starts_with("listing") => {
+                    return Checked::Refused(format!(
+                        "{doing}: 404 NotFound: check --pod-name and --pod-namespace (the \
+                         Downward API's metadata.name and metadata.namespace)"
+                    ));
+                }
+                code => return Checked::Failed(format!("{doing}: {}", refused(code, &body))),
+            }
+        }
+        Checked::Passed
+    }
+
     /// Reads the pod's own metadata, once: its uid (for Events and owner references), its
     /// fleet and its labels.
     async fn read_pod(&self, client: &Client, n: &mut Count) -> Result<PodFacts, Failure> {
@@ -597,20 +657,7 @@ async fn call<T: serde::de::DeserializeOwned>(
     request: Result<hyper::Request<Vec<u8>>, kube::core::request::Error>,
     n: &mut Count,
 ) -> Result<T, Failure> {
-    let request = request.map_err(|e| Failure::Other(format!("cannot make a request: {e}")))?;
-    n.0 += 1;
-    let exchange = async {
-        let response = client
-            .send(request.map(kube::client::Body::from))
-            .await
-            .map_err(|e| Failure::Other(clip(&e.to_string(), 200)))?;
-        let status = response.status();
-        let body = capped(response.into_body()).await?;
-        Ok::<_, Failure>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(DEADLINE, exchange)
-        .await
-        .map_err(|_| Failure::Other(format!("no answer within {}", Human(DEADLINE))))??;
+    let (status, body) = exchange(client, request, n).await?;
     if status.is_success() {
         return serde_json::from_slice(&body).map_err(|e| {
             Failure::Other(format!(
@@ -625,6 +672,29 @@ async fn call<T: serde::de::DeserializeOwned>(
         return Err(Failure::Lost);
     }
     Err(Failure::Other(refused(status.as_u16(), &body)))
+}
+
+/// One HTTP request with its deadline: the answer's code and its body, read up to
+/// [`MAX_ANSWER_BYTES`].
+async fn exchange(
+    client: &Client,
+    request: Result<hyper::Request<Vec<u8>>, kube::core::request::Error>,
+    n: &mut Count,
+) -> Result<(hyper::StatusCode, Vec<u8>), Failure> {
+    let request = request.map_err(|e| Failure::Other(format!("cannot make a request: {e}")))?;
+    n.0 += 1;
+    let exchange = async {
+        let response = client
+            .send(request.map(kube::client::Body::from))
+            .await
+            .map_err(|e| Failure::Other(clip(&e.to_string(), 200)))?;
+        let status = response.status();
+        let body = capped(response.into_body()).await?;
+        Ok::<_, Failure>((status, body))
+    };
+    tokio::time::timeout(DEADLINE, exchange)
+        .await
+        .map_err(|_| Failure::Other(format!("no answer within {}", Human(DEADLINE))))?
 }
 
 /// A refusal as `fleet.api` says it: the status code and the API server's reason (Forbidden,

@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::api::DEADLINE;
 use super::events::{Limiter, Note, Teller};
-use super::wire::{self, Hello, Reply, Request};
+use super::wire::{self, Checked, Hello, Reply, Request};
 use super::{Ask, Coordinator, Mode, Pod, Settings};
-use crate::policy::fleet::{Action, Answer, Budget, Member, Names, Need, Wait};
+use crate::policy::fleet::{
+    Action, Answer, Budget, GIVE_UP_AFTER_RECYCLE, Member, Names, Need, Wait,
+};
 use crate::policy::{Gate, State, Transition};
 use crate::status::FleetStatus;
 use crate::units::Human;
@@ -37,6 +39,20 @@ const QUEUE: usize = 32;
 /// The child is started again after a failure once this has passed, doubled each time.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A start check that did not pass is made again this long after.
+pub const CHECK_AGAIN: Duration = Duration::from_secs(30);
+
+/// The start check: that memprobe can read its pod and, with the fleet on, its Leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Check {
+    NotYet,
+    Passed,
+    /// Refused by the API server before it ever passed: a configuration to fix. The pod is
+    /// not ready until it passes, so a rollout with a broken Role stops at its first pod.
+    Refused(String),
+    /// No answer: an outage, which changes nothing but the fleet's own gate.
+    Failed(String),
+}
 
 /// What the monitor's side and the fleet's thread share.
 #[derive(Debug)]
@@ -50,6 +66,9 @@ struct Shared {
     /// The last failure of an Event or a request, while the API server fails.
     failing: Option<String>,
     asked: bool,
+    check: Check,
+    /// When the start check is made (again).
+    check_at: Instant,
 }
 
 /// The monitor's side of a member on Kubernetes.
@@ -83,6 +102,8 @@ impl Kubernetes {
             events_dropped: 0,
             failing: None,
             asked: false,
+            check: Check::NotYet,
+            check_at: Instant::now(),
         }));
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let worker = Worker {
@@ -154,6 +175,13 @@ impl Coordinator for Kubernetes {
         self.send(notes);
     }
 
+    fn unready(&self) -> Option<String> {
+        match &lock(&self.shared).check {
+            Check::Refused(why) => Some(format!("the fleet's start check was refused: {why}")),
+            _ => None,
+        }
+    }
+
     fn step(&mut self, ask: Ask<'_>) -> Gate {
         let wait = {
             let mut shared = lock(&self.shared);
@@ -199,10 +227,19 @@ impl Coordinator for Kubernetes {
             holding: member.and_then(|m| m.held().map(|h| h.slot.clone())),
             waiting: shared.need.wants && wait.is_some(),
             gate: wait.map(|w| w.to_string()),
-            api: match (failing, shared.asked) {
-                (Some(why), _) => format!("unreachable: {why}"),
-                (None, true) => "reachable".to_string(),
-                (None, false) => "not asked yet".to_string(),
+            api_up: shared.check == Check::Passed && failing.is_none(),
+            check: match &shared.check {
+                Check::NotYet => "not yet".to_string(),
+                Check::Passed => "passed".to_string(),
+                Check::Refused(why) => format!("refused: {why}"),
+                Check::Failed(why) => format!("failed: {why}"),
+            },
+            api: match (&shared.check, failing, shared.asked) {
+                (Check::Refused(why), _, _) => format!("refused: {why}"),
+                (_, Some(why), _) => format!("unreachable: {why}"),
+                (_, None, true) => "reachable".to_string(),
+                (Check::Passed, None, false) => "reachable".to_string(),
+                (_, None, false) => "not asked yet".to_string(),
             },
             api_requests: shared.requests,
             api_failures: shared.failures,
@@ -249,6 +286,18 @@ impl Worker {
         runtime.block_on(async move {
             loop {
                 tokio::time::sleep(BEAT).await;
+                let check_due = {
+                    let shared = lock(&self.shared);
+                    shared.check != Check::Passed && Instant::now() >= shared.check_at
+                };
+                if check_due {
+                    self.start_check().await;
+                }
+                // Nothing more is asked of an API server that refused the check: its answer
+                // would be the same refusal.
+                if matches!(lock(&self.shared).check, Check::NotYet | Check::Refused(_)) {
+                    continue;
+                }
                 // The lease request that is due (a renewal above all) goes first; the Events
                 // are only handed to the child's own lane after it, never waited for.
                 let action = {
@@ -273,6 +322,69 @@ impl Worker {
         });
     }
 
+    /// The start check, made by the child. Once it passed, a child with nothing else to do
+    /// is stopped: an instance that stays healthy keeps no second process.
+    async fn start_check(&mut self) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let request = Request::Check {
+            id,
+            leases: self.settings.mode == Mode::Kubernetes,
+        };
+        let outcome = match self.child().await {
+            Err(why) => Err(why),
+            Ok(child) => child.ask(id, &request).await,
+        };
+        let checked = match outcome {
+            Ok(Reply::Check { checked, .. }) => {
+                self.down = None;
+                self.backoff = FIRST_BACKOFF;
+                checked
+            }
+            Ok(_) => Checked::Failed("memprobe-fleet answered another request".to_string()),
+            Err(why) => {
+                if self.child.is_some() {
+                    self.lost(why.clone());
+                }
+                Checked::Failed(why)
+            }
+        };
+        let mut shared = lock(&self.shared);
+        let before = std::mem::replace(&mut shared.check, Check::NotYet);
+        shared.check = match checked {
+            Checked::Passed => {
+                info!("fleet: start check passed: the pod and its Leases can be read");
+                Check::Passed
+            }
+            Checked::Refused(why) => {
+                if before != Check::Refused(why.clone()) {
+                    error!(
+                        "fleet: the API server refused memprobe's start check: {why}; this pod \
+                         is not ready until it passes (checked again every {})",
+                        Human(CHECK_AGAIN)
+                    );
+                }
+                Check::Refused(why)
+            }
+            Checked::Failed(why) => {
+                if before != Check::Failed(why.clone()) {
+                    warn!(
+                        "fleet: start check failed: {why}; checked again every {} (no drain \
+                         starts through the fleet until the API server answers)",
+                        Human(CHECK_AGAIN)
+                    );
+                }
+                Check::Failed(why)
+            }
+        };
+        shared.check_at = Instant::now() + CHECK_AGAIN;
+        let idle = shared.check == Check::Passed && !shared.need.wants;
+        drop(shared);
+        if idle {
+            self.child = None;
+        }
+    }
+
     async fn lease_request(&mut self, action: Action) {
         let (answer, fleet) = self.ask(&action).await;
         let mut shared = lock(&self.shared);
@@ -288,6 +400,15 @@ impl Worker {
                 info!("fleet: the API server answers again");
             }
             said(&action, &answer);
+            if let (Action::Release { slot, .. }, Some(member)) = (&action, &shared.member)
+                && member.gave_up()
+            {
+                warn!(
+                    "fleet: gave drain slot {slot} up: the server is not healthy {} after \
+                     its recycle; the other instances may drain",
+                    Human(GIVE_UP_AFTER_RECYCLE)
+                );
+            }
         }
         if let (Action::ReadPod, Some(Ok(fleet))) = (&action, fleet)
             && let Some(member) = &mut shared.member
@@ -367,11 +488,15 @@ impl Worker {
             Ok(child) => child.ask(id, &request).await,
         };
         match outcome {
-            Ok((answer, fleet)) => {
+            Ok(Reply::Lease { answer, fleet, .. }) => {
                 self.down = None;
                 self.backoff = FIRST_BACKOFF;
                 (answer, fleet)
             }
+            Ok(_) => (
+                Answer::Failed("memprobe-fleet answered another request".to_string()),
+                None,
+            ),
             Err(why) => {
                 self.lost(why.clone());
                 (Answer::Failed(why), None)
@@ -479,21 +604,17 @@ impl Child {
         self.write(&wire::line(request)).await
     }
 
-    async fn ask(
-        &mut self,
-        id: u64,
-        request: &Request,
-    ) -> Result<(Answer, Option<Result<String, String>>), String> {
+    /// A request of the lease lane (a lease request or the start check), answered.
+    async fn ask(&mut self, id: u64, request: &Request) -> Result<Reply, String> {
         self.send(request).await?;
         let deadline = Instant::now() + WATCHDOG;
         loop {
             match tokio::time::timeout_at(deadline, self.leases.recv()).await {
-                Ok(Some(Reply::Lease {
-                    id: answered,
-                    answer,
-                    fleet,
-                    ..
-                })) if answered == id => return Ok((answer, fleet)),
+                Ok(Some(
+                    reply @ (Reply::Lease { id: answered, .. } | Reply::Check { id: answered, .. }),
+                )) if answered == id => {
+                    return Ok(reply);
+                }
                 // An answer to an earlier request, given up on.
                 Ok(Some(_)) => continue,
                 Ok(None) => {
@@ -553,7 +674,7 @@ async fn read_replies(
             }
         };
         match reply {
-            Reply::Lease { requests, .. } => {
+            Reply::Lease { requests, .. } | Reply::Check { requests, .. } => {
                 lock(&shared).requests += u64::from(requests);
                 if leases.send(reply).await.is_err() {
                     return;

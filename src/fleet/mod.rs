@@ -41,6 +41,12 @@ pub trait Coordinator: Send {
     /// before the drain it causes is told.
     fn stuck(&mut self, _why: &str) {}
 
+    /// Why this instance must not take sessions whatever its state: the API server refused
+    /// the fleet's start check (a configuration to fix, shown at once), until it passes.
+    fn unready(&self) -> Option<String> {
+        None
+    }
+
     /// After each step: answers whether the next drains may start.
     fn step(&mut self, ask: Ask<'_>) -> Gate;
 

@@ -41,6 +41,9 @@ pub enum Request {
         /// The lease's `leaseDurationSeconds`.
         duration_secs: u64,
     },
+    /// The start check: the pod's own object read, and with the fleet on its Leases listed,
+    /// as the fleet's requests will need them.
+    Check { id: u64, leases: bool },
     /// One Event to create.
     Event {
         id: u64,
@@ -63,6 +66,11 @@ pub enum Reply {
         /// After reading the pod: the fleet it names, or why it names none.
         fleet: Option<Result<String, String>>,
     },
+    Check {
+        id: u64,
+        requests: u32,
+        checked: Checked,
+    },
     Event {
         id: u64,
         requests: u32,
@@ -70,6 +78,19 @@ pub enum Reply {
         failed: Option<String>,
         dropped: bool,
     },
+}
+
+/// What the start check found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checked {
+    /// The pod read, and its Leases listed when the fleet is on.
+    Passed,
+    /// The API server answered, and refused (401, 403) or did not know the pod (404): a
+    /// configuration to fix, said with what to fix.
+    Refused(String),
+    /// No answer, or one that says nothing of the configuration: an outage, tried again.
+    Failed(String),
 }
 
 /// Why a line could not be read.

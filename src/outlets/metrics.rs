@@ -310,6 +310,7 @@ impl KmsMetrics {
 struct KubernetesMetrics {
     /// With `--fleet kubernetes`.
     fleet: Option<FleetGauges>,
+    api_up: IntGauge,
     api_requests: IntCounter,
     api_failures: IntCounter,
     /// With `--events`.
@@ -342,6 +343,13 @@ impl KubernetesMetrics {
                     "1 while this instance holds one of the fleet's drain slots.",
                 ),
             }),
+            api_up: gauge(
+                r,
+                "memprobe_fleet_api_up",
+                "1 once memprobe's start check passed (it can read its pod and, with the \
+                 fleet, its Leases) while the API server answers; 0 before, while refused \
+                 (the pod is then not ready) or while it cannot be reached.",
+            ),
             api_requests: counter(
                 r,
                 "memprobe_fleet_api_requests_total",
@@ -379,6 +387,7 @@ impl KubernetesMetrics {
                 .holding
                 .set(i64::from(fleet.is_some_and(|f| f.holding.is_some())));
         }
+        self.api_up.set(i64::from(fleet.is_some_and(|f| f.api_up)));
         let Some(fleet) = fleet else {
             return;
         };

@@ -41,6 +41,11 @@ pub const MIN_TICK: Duration = Duration::from_secs(10);
 /// How often a percentage budget counts the fleet's pods again, while it waits.
 pub const RECOUNT: Duration = Duration::from_secs(300);
 
+/// A holder whose server has not come back healthy this long after its recycle gives its
+/// slot up: a restart takes seconds, a crash-looping container is started again within five
+/// minutes, and a server that never comes back must not hold the fleet's drains for ever.
+pub const GIVE_UP_AFTER_RECYCLE: Duration = Duration::from_secs(600);
+
 /// `--fleet-drain-budget`: how many instances may drain at once.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Budget {
@@ -236,6 +241,11 @@ pub struct Member {
     /// A drain, its recycle and the next incarnation's start are under way: a slot held is
     /// kept until the instance is healthy again.
     keep: bool,
+    /// Told of a recycle and not healthy since: when that was first seen by [`Member::next`].
+    recycled: Option<Option<Instant>>,
+    /// The slot was given up because the server did not come back within
+    /// [`GIVE_UP_AFTER_RECYCLE`].
+    gave_up: bool,
     /// This instance's wait lease, as last written: its version and when.
     wait: Option<(String, Instant)>,
     /// The last listing, and whether it is fresh: a listing allows one action, then the
@@ -265,6 +275,8 @@ impl Member {
             tick: interval.max(MIN_TICK),
             held: None,
             keep: false,
+            recycled: None,
+            gave_up: false,
             wait: None,
             listed: None,
             fresh: false,
@@ -304,10 +316,23 @@ impl Member {
     pub fn told(&mut self, to: State, requested: bool) {
         match to {
             State::Draining if !requested => self.keep = true,
-            State::Recycle => self.keep = true,
-            State::Healthy => self.keep = false,
+            State::Recycle => {
+                self.keep = true;
+                self.recycled.get_or_insert(None);
+            }
+            State::Healthy => {
+                self.keep = false;
+                self.recycled = None;
+                self.gave_up = false;
+            }
             _ => {}
         }
+    }
+
+    /// The slot was given up because the server did not come back healthy within
+    /// [`GIVE_UP_AFTER_RECYCLE`] of its recycle (until it is healthy again).
+    pub fn gave_up(&self) -> bool {
+        self.gave_up
     }
 
     pub fn held(&self) -> Option<&Held> {
@@ -348,6 +373,14 @@ impl Member {
         };
         if self.since_last(now) < pace {
             return Action::Idle;
+        }
+        if let Some(since) = &mut self.recycled {
+            let since = *since.get_or_insert(now);
+            if self.keep && now.saturating_duration_since(since) >= GIVE_UP_AFTER_RECYCLE {
+                self.keep = false;
+                self.gave_up = self.held.is_some();
+                self.recycled = None;
+            }
         }
         if let Some(held) = &self.held {
             if !self.keep && !need.wants {
@@ -974,6 +1007,57 @@ mod tests {
             "healthy again: given back"
         );
         assert_eq!(m.held(), None);
+    }
+
+    #[test]
+    fn a_holder_whose_server_never_comes_back_gives_its_slot_up() {
+        let (mut m, t) = joined("kms-0");
+        ask(&mut m, t, wants(0.9), Answer::Listed(vec![]));
+        ask(
+            &mut m,
+            t + MIN_TICK,
+            wants(0.9),
+            Answer::Written("1".into()),
+        );
+        m.told(State::Draining, false);
+        m.told(State::Recycle, false);
+        m.told(State::Lost, false);
+        let t = t + 2 * MIN_TICK;
+        // Renewed at each third of its lease, up to the bound after the recycle.
+        let mut at = t;
+        let mut version = 1;
+        while at < t + GIVE_UP_AFTER_RECYCLE {
+            let action = ask(
+                &mut m,
+                at,
+                Need::default(),
+                Answer::Written((version + 1).to_string()),
+            );
+            if matches!(action, Action::Renew { .. }) {
+                version += 1;
+            } else {
+                assert_eq!(action, Action::Idle, "{:?} after the recycle", at - t);
+            }
+            assert!(!m.gave_up());
+            at += S;
+        }
+        assert_eq!(
+            ask(
+                &mut m,
+                t + GIVE_UP_AFTER_RECYCLE + S,
+                Need::default(),
+                Answer::Written("x".into())
+            ),
+            Action::Release {
+                slot: "memprobe-kms-slot-0".into(),
+                version: version.to_string()
+            },
+            "a server not back within the bound: its slot is given up"
+        );
+        assert_eq!(m.held(), None);
+        assert!(m.gave_up(), "and said so");
+        m.told(State::Healthy, false);
+        assert!(!m.gave_up(), "until the server is healthy again");
     }
 
     #[test]
