@@ -216,15 +216,16 @@ fn every_flag_help_lists_has_one_row_in_the_docs_and_the_flags_table_keeps_helps
 fn every_metric_memprobe_exports_is_on_the_metrics_page() {
     let source = include_str!("../../src/outlets/metrics.rs");
     let page = include_str!("../../docs/metrics.md");
-    let mut names: Vec<&str> = source
-        .split('"')
+    let mut names: Vec<String> = source
+        .split("\"memprobe_")
         .skip(1)
-        .step_by(2)
-        .filter(|literal| {
-            literal.starts_with("memprobe_")
-                && !literal.ends_with('_')
-                && literal.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
+        .filter(|name| {
+            !name.is_empty()
+                && !name.ends_with('_')
+                && name.chars().all(|c| c.is_ascii_lowercase() || c == '_')
         })
+        .map(|name| format!("memprobe_{name}"))
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -355,10 +356,16 @@ fn links_and_anchors_are_read_as_github_writes_them() {
         anchor(" The gate: no new pipeline on a draining KMS"),
         "the-gate-no-new-pipeline-on-a-draining-kms"
     );
-    assert_eq!(anchor("The media server's flags"), "the-media-servers-flags");
+    assert_eq!(
+        anchor("The media server's flags"),
+        "the-media-servers-flags"
+    );
     assert_eq!(
         links("see [a](b.md#c), `[not](code.md)` and [d](../e.md)"),
         ["b.md#c", "../e.md"]
     );
-    assert_eq!(anchors("# A\n```\n# not a heading\n```\n## B c\n"), ["a", "b-c"]);
+    assert_eq!(
+        anchors("# A\n```\n# not a heading\n```\n## B c\n"),
+        ["a", "b-c"]
+    );
 }
