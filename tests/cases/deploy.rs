@@ -250,7 +250,7 @@ fn every_dashboard_query_reads_metrics_memprobe_exports_in_the_chosen_namespace(
             );
         }
     }
-    // The panels the README names, and namespace as a variable the pods follow.
+    // The panels docs/kubernetes.md names, and namespace as a variable the pods follow.
     let titles: Vec<&str> = queries.iter().map(|(t, _)| t.as_str()).collect();
     for panel in [
         "Forecast",
@@ -568,31 +568,31 @@ fn the_fleet_overlay_grants_memprobe_its_calls_and_its_container_alone_the_token
     }
 }
 
-/// The README's line that adds the fleet to an overlay of one's own.
-fn readme_fleet_line() -> &'static str {
+/// The line of docs/kubernetes.md that adds the fleet to an overlay of one's own.
+fn kubernetes_page_fleet_line() -> &'static str {
     let line = "components: [../../components/fleet]";
-    let section = readme_section("Kubernetes (kustomize)").replace('\n', " ");
+    let section = KUBERNETES.replace('\n', " ");
     assert!(
         section.contains(&format!(
             "the component `deploy/kubernetes/components/fleet`, which an overlay of yours on \
              the base, `janus` or any overlay but `pre-1.29` adds with `{line}`"
         )),
-        "the README says how an overlay adds the fleet"
+        "docs/kubernetes.md says how an overlay adds the fleet"
     );
     line
 }
 
-/// The README's fleet paragraph: the overlay is the base with the component, and the RBAC
+/// The fleet paragraph of docs/kubernetes.md: the overlay is the base with the component, and the RBAC
 /// it names is [`FLEET_CALLS`], which the overlay's Role is (the test above).
 #[test]
-fn the_readmes_fleet_paragraph_names_the_overlays_parts_and_the_roles_calls() {
+fn the_kubernetes_pages_fleet_paragraph_names_the_overlays_parts_and_the_roles_calls() {
     let overlay = yaml("deploy/kubernetes/overlays/fleet/kustomization.yaml");
     assert_eq!(overlay["resources"], serde_json::json!(["../../base"]));
     assert_eq!(
         overlay["components"],
         serde_json::json!(["../../components/fleet"])
     );
-    let section = readme_section("Kubernetes (kustomize)").replace('\n', " ");
+    let section = KUBERNETES.replace('\n', " ");
     assert!(
         section.contains("the `fleet` overlay is the base with the component"),
         "{section}"
@@ -611,7 +611,7 @@ fn the_readmes_fleet_paragraph_names_the_overlays_parts_and_the_roles_calls() {
                 ("coordination.k8s.io", "leases") => "Leases".to_string(),
                 ("", "pods") => "Pods".to_string(),
                 ("events.k8s.io", "events") => "`events.k8s.io` Events".to_string(),
-                other => panic!("name {other:?} in the README"),
+                other => panic!("name {other:?} in docs/kubernetes.md"),
             };
             format!("{name} {}", and(verbs))
         })
@@ -623,16 +623,16 @@ fn the_readmes_fleet_paragraph_names_the_overlays_parts_and_the_roles_calls() {
     );
     assert!(
         section.contains(&rbac),
-        "the README names the Role's calls as: {rbac}"
+        "docs/kubernetes.md names the Role's calls as: {rbac}"
     );
     // the_fleet_overlay_grants_… checks it.
     assert!(section.contains(
         "The token is mounted in memprobe's container alone; without the fleet, the pods mount none."
     ));
-    readme_fleet_line();
+    kubernetes_page_fleet_line();
 }
 
-/// The component composes, with the README's line in an overlay of one's own, with the other
+/// The component composes, with the page's line in an overlay of one's own, with the other
 /// overlays where memprobe is the native sidecar, and refuses to render on pre-1.29
 /// (memprobe a plain container) rather than add an init container with no image.
 #[test]
@@ -650,7 +650,7 @@ fn the_fleet_component_composes_with_the_other_overlays_and_refuses_pre_1_29() {
     .unwrap();
     let dir = root.path().join("overlays/mine");
     std::fs::create_dir_all(&dir).unwrap();
-    let line = readme_fleet_line();
+    let line = kubernetes_page_fleet_line();
     let compose = |resource: &str| {
         std::fs::write(
             dir.join("kustomization.yaml"),
@@ -985,7 +985,7 @@ fn the_systemd_units_verify_and_the_service_is_hardened() {
         .unwrap_or_else(|| panic!("no exposure level in: {said}"));
     assert!(
         exposure <= 2.0,
-        "the README reports 1.6 (OK); now {exposure}:\n{said}"
+        "docs/systemd.md reports 1.6 (OK); now {exposure}:\n{said}"
     );
 }
 
@@ -1007,25 +1007,11 @@ fn the_compose_file_is_valid() {
     }
 }
 
-// The README's deploy steps, as a newcomer follows them top to bottom.
+// The deploy pages of docs/, as a newcomer follows them top to bottom.
 
-const README: &str = include_str!("../../README.md");
-
-/// The README's section under `### {title}`, up to the next heading.
-fn readme_section(title: &str) -> &'static str {
-    let heading = format!("\n### {title}\n");
-    let start = README
-        .find(&heading)
-        .unwrap_or_else(|| panic!("the README has a '### {title}' section"))
-        + heading.len();
-    let rest = &README[start..];
-    let end = rest
-        .find("\n## ")
-        .into_iter()
-        .chain(rest.find("\n### "))
-        .min();
-    &rest[..end.unwrap_or(rest.len())]
-}
+const KUBERNETES: &str = include_str!("../../docs/kubernetes.md");
+const COMPOSE: &str = include_str!("../../docs/compose.md");
+const SYSTEMD: &str = include_str!("../../docs/systemd.md");
 
 /// The lines of a section's indented code blocks, trimmed.
 fn commands(section: &str) -> Vec<&str> {
@@ -1046,7 +1032,7 @@ fn line_of(lines: &[&str], what: &str) -> usize {
 
 #[test]
 fn the_kubernetes_quickstart_is_one_ordered_list_that_applies_one_overlay() {
-    let section = readme_section("Kubernetes (kustomize)");
+    let section = KUBERNETES;
     let steps: Vec<&str> = section
         .lines()
         .filter(|l| l.len() > 2 && l.as_bytes()[0].is_ascii_digit() && &l[1..3] == ". ")
@@ -1078,10 +1064,12 @@ fn the_kubernetes_quickstart_is_one_ordered_list_that_applies_one_overlay() {
         1,
         "one overlay applied, not a sequence: {applies:?}"
     );
-    assert!(
-        !README.contains("kustomize edit"),
-        "no step edits the checked-in base"
-    );
+    for (document, text) in crate::docs::documents() {
+        assert!(
+            !text.contains("kustomize edit"),
+            "{document}: no step edits the checked-in base"
+        );
+    }
 
     // The namespace step creates the namespace the Secret goes to, the one the base uses.
     let namespace = yaml("deploy/kubernetes/base/namespace.yaml");
@@ -1098,7 +1086,7 @@ fn the_kubernetes_quickstart_is_one_ordered_list_that_applies_one_overlay() {
     );
 
     // The Secret's name and key are the ones the pods read, as an environment variable: the
-    // README says a Secret made later needs a restart, and names the Deployment to restart.
+    // page says a Secret made later needs a restart, and names the Deployment to restart.
     let deployment = yaml("deploy/kubernetes/base/deployment.yaml");
     assert_eq!(deployment["metadata"]["name"], "kms");
     let spec = &deployment["spec"]["template"]["spec"];
@@ -1123,7 +1111,7 @@ fn the_kubernetes_quickstart_is_one_ordered_list_that_applies_one_overlay() {
     }
     assert!(
         section.contains("kubectl -n media rollout restart deployment/kms"),
-        "a Secret created after the pods started needs their restart, and the README says so"
+        "a Secret created after the pods started needs their restart, and the page says so"
     );
 
     // Every overlay is in the table of alternatives, and everything in it exists.
@@ -1142,26 +1130,26 @@ fn the_kubernetes_quickstart_is_one_ordered_list_that_applies_one_overlay() {
         let name = overlay.unwrap().file_name().to_string_lossy().into_owned();
         assert!(
             listed.contains(&format!("overlays/{name}").as_str()),
-            "overlay {name} is missing from the README's table: {listed:?}"
+            "overlay {name} is missing from the table of docs/kubernetes.md: {listed:?}"
         );
     }
 }
 
-/// The README's own kustomization (step 5, with a registry), rendered as written: it names
+/// The page's own kustomization (step 5, with a registry), rendered as written: it names
 /// the images in the registry, on the base and on the jemalloc overlay, and needs no edit of
 /// a checked-in file.
 #[test]
-fn the_readmes_registry_kustomization_renders_with_the_registrys_images() {
+fn the_kubernetes_pages_registry_kustomization_renders_with_the_registrys_images() {
     let Some(kubectl) = tool("kubectl") else {
         return;
     };
-    let section = readme_section("Kubernetes (kustomize)");
+    let section = KUBERNETES;
     let opening = "cat > my-kms/kustomization.yaml <<EOF\n";
     let heredoc = section
         .split_once(opening)
         .and_then(|(_, rest)| rest.split_once("EOF\n"))
         .map(|(body, _)| body)
-        .expect("the README writes my-kms/kustomization.yaml");
+        .expect("docs/kubernetes.md writes my-kms/kustomization.yaml");
     let registry = "registry.example.com/media";
     let written: String = heredoc
         .lines()
@@ -1172,7 +1160,7 @@ fn the_readmes_registry_kustomization_renders_with_the_registrys_images() {
         .split_once("add `- { name: kurento-media-server")
         .and_then(|(_, rest)| rest.split_once('`'))
         .map(|(rest, _)| format!("  - {{ name: kurento-media-server{rest}\n"))
-        .expect("the README says how to name the jemalloc image")
+        .expect("docs/kubernetes.md says how to name the jemalloc image")
         .replace("$REGISTRY", registry);
 
     // my-kms beside deploy/, as at the repository's root.
@@ -1207,7 +1195,7 @@ fn the_readmes_registry_kustomization_renders_with_the_registrys_images() {
     assert_eq!(
         image_of(&jemalloc, "kms"),
         format!("{registry}/kurento-media-server:7.3.0-jemalloc"),
-        "the jemalloc image the README builds and pushes, from the registry"
+        "the jemalloc image docs/kubernetes.md builds and pushes, from the registry"
     );
     assert_eq!(
         image_of(&jemalloc, "memprobe"),
@@ -1215,7 +1203,7 @@ fn the_readmes_registry_kustomization_renders_with_the_registrys_images() {
     );
 }
 
-/// The jemalloc overlay's image: the README builds and pushes the tag the overlay names, for
+/// The jemalloc overlay's image: docs/kubernetes.md builds and pushes the tag the overlay names, for
 /// both architectures, and the image preloads the library by a path every architecture has.
 #[test]
 fn the_jemalloc_image_is_built_as_the_overlay_names_it_for_both_architectures() {
@@ -1227,7 +1215,7 @@ fn the_jemalloc_image_is_built_as_the_overlay_names_it_for_both_architectures() 
         image["newTag"].as_str().unwrap()
     );
     assert_eq!(tag, "kurento-media-server:7.3.0-jemalloc");
-    let kubernetes = commands(readme_section("Kubernetes (kustomize)")).join("\n");
+    let kubernetes = commands(KUBERNETES).join("\n");
     for wanted in [
         format!("docker build -t {tag} deploy/kurento-jemalloc"),
         format!(
@@ -1236,7 +1224,7 @@ fn the_jemalloc_image_is_built_as_the_overlay_names_it_for_both_architectures() 
     ] {
         assert!(
             kubernetes.contains(&wanted),
-            "the README runs {wanted:?}:\n{kubernetes}"
+            "docs/kubernetes.md runs {wanted:?}:\n{kubernetes}"
         );
     }
 
@@ -1313,7 +1301,7 @@ fn the_compose_files_let_webrtc_media_in_and_the_secret_step_writes_where_compos
         assert_eq!(services["memprobe"]["pid"], format!("service:{media}"));
     }
 
-    // The secret: compose reads ./janus-admin-secret beside its file; the README's step and
+    // The secret: compose reads ./janus-admin-secret beside its file; docs/compose.md's step and
     // the file's own header write exactly there, and git ignores it.
     let janus = yaml("deploy/compose/docker-compose.janus.yml");
     let file = janus["secrets"]["janus_admin_secret"]["file"]
@@ -1323,7 +1311,7 @@ fn the_compose_files_let_webrtc_media_in_and_the_secret_step_writes_where_compos
     let secret = secret.to_str().unwrap();
     assert_eq!(secret, "deploy/compose/janus-admin-secret");
     let written = format!("openssl rand -hex 16 > {secret}");
-    assert!(commands(readme_section("Compose")).contains(&written.as_str()));
+    assert!(commands(COMPOSE).contains(&written.as_str()));
     let header = std::fs::read_to_string(path("deploy/compose/docker-compose.janus.yml")).unwrap();
     assert!(header.contains(&format!("#   {written}\n")), "{header}");
     let ignored = std::fs::read_to_string(path(".gitignore")).unwrap();
@@ -1370,7 +1358,7 @@ fn the_compose_files_let_webrtc_media_in_and_the_secret_step_writes_where_compos
 /// run, and that build is the one `.ci/run` makes (and the image ships).
 #[test]
 fn the_systemd_steps_install_the_binary_their_build_step_makes() {
-    let lines = commands(readme_section("systemd (VMs)"));
+    let lines = commands(SYSTEMD);
     let build = lines[line_of(&lines, "cargo build --release")];
     let target = build
         .split_once("--target ")
@@ -1450,14 +1438,17 @@ fn the_jemalloc_image_and_overlay_set_the_malloc_conf_measured_on_a_real_kms() {
         readme.contains("the memprobe project measured on a real\nKMS 7.3.1"),
         "the README says where its figures come from"
     );
-    for file in [
-        "README.md",
-        "BENCHMARKS.md",
-        "deploy/kurento-jemalloc/README.md",
-        "deploy/kurento-jemalloc/Dockerfile",
-        "deploy/kubernetes/overlays/jemalloc/kustomization.yaml",
-    ] {
-        let text = std::fs::read_to_string(path(file)).unwrap();
+    let documents = crate::docs::documents().into_iter().map(|(file, _)| file);
+    for file in documents.chain(
+        [
+            "BENCHMARKS.md",
+            "deploy/kurento-jemalloc/README.md",
+            "deploy/kurento-jemalloc/Dockerfile",
+            "deploy/kubernetes/overlays/jemalloc/kustomization.yaml",
+        ]
+        .map(String::from),
+    ) {
+        let text = std::fs::read_to_string(path(&file)).unwrap();
         // "77 MiB" as a figure of its own, not the end of another ("2.77 MiB").
         let quoted = |figure: &str| {
             text.match_indices(figure).any(|(at, _)| {

@@ -435,20 +435,21 @@ fn the_official_clients_pipeline_outlives_a_memprobe_restart_mid_call() {
     assert_eq!(kms.pipelines(), vec![pipeline], "KMS kept the one pipeline");
 }
 
-/// The README's application-server example is the code the tests run, word for word.
+/// The application-server example of docs/kurento.md is the code the tests run, word for
+/// word.
 #[test]
-fn the_readmes_application_server_example_is_the_one_the_tests_run() {
-    let readme = include_str!("../../README.md");
+fn the_docs_application_server_example_is_the_one_the_tests_run() {
+    let page = include_str!("../../docs/kurento.md");
     let example = include_str!("../kurento-client/src/main/java/example/PlacePipeline.java");
-    let quoted = readme
-        .split_once("### For application-server authors")
+    let quoted = page
+        .split_once("\n## For application-server authors\n")
         .and_then(|(_, rest)| rest.split_once("```java\n"))
         .and_then(|(_, rest)| rest.split_once("```"))
         .map(|(code, _)| code)
-        .expect("the README quotes the example");
+        .expect("docs/kurento.md quotes the example");
     assert!(
         example.contains(quoted.trim_end()),
-        "the README's example is in PlacePipeline.java as written"
+        "the example of docs/kurento.md is in PlacePipeline.java as written"
     );
 }
 

@@ -69,7 +69,7 @@ pub fn find() -> Option<(PathBuf, PathBuf)> {
     Some((java, jar))
 }
 
-/// Runs the README's application-server example (`example.PlacePipeline`) with these
+/// Runs the application-server example of docs/kurento.md (`example.PlacePipeline`) with these
 /// arguments to its end: its output, or `None` (with a printed reason) without Java or the
 /// build.
 pub fn run_example(args: &[String]) -> Option<std::process::Output> {

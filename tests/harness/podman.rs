@@ -8,8 +8,9 @@ use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// podman with the settings the README names: podman's own `CONTAINERS_CONF` when set, else
-/// `MEMPROBE_CONTAINERS_CONF`, else `../shared/containers/containers.conf` where it exists.
+/// podman with the settings docs/development.md names: podman's own `CONTAINERS_CONF` when
+/// set, else `MEMPROBE_CONTAINERS_CONF`, else `../shared/containers/containers.conf` where it
+/// exists.
 pub fn podman(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     let shared = Path::new(ROOT).join("../shared/containers/containers.conf");

@@ -14,8 +14,8 @@
 use serde_json::Value;
 
 /// The JSON-RPC error code of the gate's refusal: in JSON-RPC's range for implementation
-/// errors (-32000 to -32099), at its far end from KMS's own -32000, and documented in the
-/// README as stable.
+/// errors (-32000 to -32099), at its far end from KMS's own -32000, and documented in
+/// docs/kurento.md as stable.
 pub const REFUSED_CODE: i64 = -32099;
 /// The refusal's `error.data.type`, as KMS names its own error types.
 pub const REFUSED_TYPE: &str = "KMS_DRAINING";
