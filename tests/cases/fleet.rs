@@ -657,3 +657,40 @@ fn with_the_api_server_away_no_drain_starts_critical_still_recycles_and_the_queu
         "one drain at a time, through the outage too: {spans:?}"
     );
 }
+
+#[test]
+fn a_service_account_without_the_role_is_refused_at_start_and_ready_once_the_role_is_bound() {
+    let Some(cluster) = cluster() else { return };
+    let ns = cluster.namespace("fleet-rbac", &[]);
+    let pods = pending_pods(&ns, "kms", 1);
+    // The ServiceAccount alone: the fleet component's Role and RoleBinding not applied.
+    cluster.run(&["create", "serviceaccount", "memprobe", "-n", &ns.name]);
+    let kubeconfig = cluster.service_account_kubeconfig(&ns.name, "memprobe");
+    // 10 MiB, under the 40 MiB threshold: healthy, so only the check keeps it from ready.
+    let instance = Instance::start(&ns, &pods[0], 10, &kubeconfig, &[]);
+    let status = instance.memprobe.wait_for("the start check refused", |s| {
+        s["fleet"]["check"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("refused"))
+    });
+    let check = status["fleet"]["check"].as_str().unwrap();
+    assert!(
+        check.contains(&format!(
+            "reading pod {}/{}: 403 Forbidden",
+            ns.name, pods[0]
+        )) && check.contains("needs a Role granting pods get"),
+        "the real API server's refusal, said with what grants the call: {check}"
+    );
+    assert_eq!(status["ready"], false, "{status}");
+    assert_eq!(instance.memprobe.get("/ready").code, 503);
+
+    // The shipped Role bound: the next check passes, and the pod is ready.
+    fleet_account(&ns);
+    let status = instance.memprobe.wait_for_long(
+        "the start check passed once the Role is bound",
+        Duration::from_secs(90),
+        |s| s["fleet"]["check"] == "passed",
+    );
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(instance.memprobe.get("/ready").code, 200);
+}

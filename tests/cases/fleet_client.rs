@@ -66,7 +66,13 @@ fn start_from(
         "--pod-namespace",
         "media",
     ];
-    args.extend_from_slice(extra);
+    // A flag of `extra` given above takes the value `extra` gives it.
+    for pair in extra.chunks(2) {
+        match (pair, args.iter().position(|a| *a == pair[0])) {
+            ([_, value], Some(at)) if pair[0].starts_with("--") => args[at + 1] = value,
+            _ => args.extend_from_slice(pair),
+        }
+    }
     let memprobe = Memprobe::start_binary(
         binary,
         &args,
@@ -408,4 +414,106 @@ fn without_memprobe_fleet_beside_it_memprobe_says_where_it_looked_and_the_probes
         "no drain through a fleet that cannot be asked"
     );
     assert_eq!(memprobe.get("/livez").code, 200);
+}
+
+/// memprobe's `memprobe_fleet_api_up` as `/metrics` says it.
+fn api_up(memprobe: &Memprobe) -> String {
+    let metrics = memprobe.get("/metrics").body;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("memprobe_fleet_api_up "))
+        .unwrap_or("absent")
+        .to_string()
+}
+
+#[test]
+fn a_start_check_the_api_server_refuses_is_said_at_once_and_keeps_the_pod_not_ready_until_it_passes()
+ {
+    let api = FakeApi::start(Hostile::default());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    // The Role grants the pod but not the Leases.
+    api.forbid(Some("/leases"));
+    // Healthy: only the check stands between the pod and ready.
+    let healthy = ["--threshold", "1GiB"];
+    let (memprobe, _workload) = start(dir.path(), kubeconfig.to_str().unwrap(), 0, &healthy);
+    let status = memprobe.wait_for("the start check refused", |s| {
+        s["fleet"]["check"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("refused"))
+    });
+    let check = status["fleet"]["check"].as_str().unwrap();
+    assert!(
+        check.contains("listing Leases in media: 403 Forbidden")
+            && check.contains("Role granting leases list in media"),
+        "the check says what was refused and what grants it: {check}"
+    );
+    assert!(
+        status["fleet"]["api"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("refused")),
+        "{status}"
+    );
+    assert_eq!(status["ready"], false, "not ready while refused: {status}");
+    assert_eq!(memprobe.get("/ready").code, 503);
+    assert_eq!(memprobe.get("/livez").code, 200, "alive all along");
+    assert_eq!(api_up(&memprobe), "0");
+    memprobe.wait_said("refused memprobe's start check");
+    let refusals = memprobe
+        .logs()
+        .iter()
+        .filter(|l| l.contains("refused memprobe's start check"))
+        .count();
+    assert_eq!(refusals, 1, "said once, not at every check");
+    let leases_listed = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|(_, method, path)| method == "GET" && path.contains("/leases"))
+            .count()
+    };
+    let asked = leases_listed(&api);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        leases_listed(&api),
+        asked,
+        "nothing more is asked of an API server that refused the check until it is made again"
+    );
+
+    // The RoleBinding fixed: the next check (within 30 s) passes, and the pod is ready.
+    api.forbid(None);
+    let status = memprobe.wait_for_long("the start check passed", Duration::from_secs(60), |s| {
+        s["fleet"]["check"] == "passed"
+    });
+    assert_eq!(status["ready"], true, "ready once it passes: {status}");
+    assert_eq!(memprobe.get("/ready").code, 200);
+    memprobe.wait_for("the API server up in /metrics", |_| {
+        api_up(&memprobe) == "1"
+    });
+    memprobe.wait_said("start check passed");
+}
+
+#[test]
+fn an_api_server_that_cannot_be_reached_at_start_is_an_outage_the_pod_stays_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1 of loopback.
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n    server: \
+         http://127.0.0.1:1\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\n\
+         current-context: x\nusers:\n- name: x\n  user:\n    token: x\n",
+    )
+    .unwrap();
+    let healthy = ["--threshold", "1GiB"];
+    let (memprobe, _workload) = start(dir.path(), kubeconfig.to_str().unwrap(), 0, &healthy);
+    let status = memprobe.wait_for("the start check failed", |s| {
+        s["fleet"]["check"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("failed: reading pod media/kms-0"))
+    });
+    assert_eq!(
+        status["ready"], true,
+        "an outage is no reason to refuse calls: {status}"
+    );
+    assert_eq!(api_up(&memprobe), "0");
 }

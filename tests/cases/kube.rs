@@ -89,11 +89,14 @@ fn every_kustomization_applies_server_side_and_memprobe_passes_pod_security() {
         // The level the namespace is given, as the PodSecurity admission enforces it:
         // baseline for the whole pod (the official KMS image runs as root), and restricted
         // for memprobe alone wherever it runs as non-root, checked below.
+        // The host-network overlay's pods share the node's network, which baseline forbids:
+        // its namespace is privileged, as the overlay's own Namespace says.
+        let level = pod_security(&kustomization);
         let ns = cluster.namespace(
             "apply",
             &[
-                ("pod-security.kubernetes.io/enforce", "baseline"),
-                ("pod-security.kubernetes.io/warn", "baseline"),
+                ("pod-security.kubernetes.io/enforce", level),
+                ("pod-security.kubernetes.io/warn", level),
             ],
         );
         let applied = ns.apply(&kustomization, "");
@@ -102,7 +105,14 @@ fn every_kustomization_applies_server_side_and_memprobe_passes_pod_security() {
         assert!(applied.status.success(), "{kustomization}: {text}");
         assert!(
             !text.contains("would violate PodSecurity"),
-            "{kustomization}: the pods would be refused in a baseline namespace: {text}"
+            "{kustomization}: the pods would be refused in a {level} namespace: {text}"
+        );
+        let labels = ns.json(&["get", "namespace", &ns.name]).unwrap()["metadata"]["labels"]
+            ["pod-security.kubernetes.io/enforce"]
+            .clone();
+        assert_eq!(
+            labels, level,
+            "{kustomization}: the namespace it ships says {level}"
         );
         let deployment = ns
             .json(&["get", "deployments"])
@@ -573,6 +583,16 @@ fn run_base(
     run_kustomization(cluster, prefix, "base", replicas, workload)
 }
 
+/// The Pod Security level a kustomization's pods need: privileged for the host network,
+/// baseline for the rest (the official KMS image runs as root).
+fn pod_security(kustomization: &str) -> &'static str {
+    if kustomization == "overlays/host-network" {
+        "privileged"
+    } else {
+        "baseline"
+    }
+}
+
 fn run_kustomization(
     cluster: &'static Cluster,
     prefix: &str,
@@ -583,7 +603,10 @@ fn run_kustomization(
     let images = cluster.images();
     let ns = cluster.namespace(
         prefix,
-        &[("pod-security.kubernetes.io/enforce", "baseline")],
+        &[(
+            "pod-security.kubernetes.io/enforce",
+            pod_security(kustomization),
+        )],
     );
     ns.run(&[
         "create",
@@ -1108,4 +1131,54 @@ fn the_pss_overlay_reads_kms_pss_as_kms_user_with_no_capability() {
         name(&the_pod),
         status["memory"]["pss_bytes"]
     );
+}
+
+#[test]
+fn the_host_network_overlay_runs_on_the_nodes_network_and_turns_ready_through_memprobes_port() {
+    let Some(cluster) = cluster() else { return };
+    // Its port, as the overlay's one setting gives it.
+    let port = std::fs::read_to_string(format!(
+        "{}/deploy/kubernetes/overlays/host-network/port.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .lines()
+    .find_map(|l| l.trim().strip_prefix("port: "))
+    .map(|p| p.trim_matches('"').to_string())
+    .expect("port.yaml sets the port");
+    let ns = run_kustomization(
+        cluster,
+        "hostnet",
+        "overlays/host-network",
+        1,
+        &["--waves", "1", "--hold", "1h"],
+    );
+    let the_pod = ns.ready_pods().remove(0);
+    let (pod_name, pod_ip) = (name(&the_pod), ip(&the_pod));
+    assert_eq!(the_pod["spec"]["hostNetwork"], true, "{the_pod}");
+    let node_ip = the_pod["status"]["hostIP"].as_str().unwrap_or_default();
+    assert_eq!(pod_ip, node_ip, "a host-network pod has its node's address");
+    // Ready through memprobe on the overlay's port, on the node's own address.
+    let status = format!("http://{pod_ip}:{port}/status");
+    let healthy = get(&status).unwrap();
+    assert_eq!(healthy["state"], "healthy", "{healthy}");
+
+    // A memory drain takes it out of rotation: KMS's readiness probe asks that port.
+    let mut stdin = Attached::to(&ns, &pod_name);
+    stdin.tell("alloc 150MiB");
+    wait("memprobe draining", POD_DEADLINE, || {
+        let s = get(&status)?;
+        (s["state"] == "draining")
+            .then_some(())
+            .ok_or(s.to_string())
+    });
+    wait("the pod NotReady", POD_DEADLINE, || {
+        let p = pod(&ns, &pod_name)?;
+        (condition(&p, "Ready").as_deref() == Some("False"))
+            .then_some(())
+            .ok_or(format!("{:?}", p["status"]["conditions"]))
+    });
+    let p = pod(&ns, &pod_name).unwrap();
+    let kms = container_status(&p, "kms").unwrap();
+    assert_eq!(kms["restartCount"], 0, "its session goes on: {kms}");
 }

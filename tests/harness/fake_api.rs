@@ -36,6 +36,8 @@ struct Store {
 pub struct FakeApi {
     pub port: u16,
     log: Arc<Mutex<Vec<(Instant, String, String)>>>,
+    /// Requests whose path contains this are refused 403 Forbidden, as RBAC refuses them.
+    forbidden: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeApi {
@@ -53,13 +55,25 @@ impl FakeApi {
         }
         let store = Arc::new(Mutex::new(kept));
         let seen = Arc::clone(&log);
+        let forbidden = Arc::new(Mutex::new(None));
+        let refusing = Arc::clone(&forbidden);
         std::thread::spawn(move || {
             for conn in listener.incoming().map_while(Result::ok) {
                 let (log, store) = (Arc::clone(&seen), Arc::clone(&store));
-                std::thread::spawn(move || serve(conn, hostile, &log, &store));
+                let refusing = Arc::clone(&refusing);
+                std::thread::spawn(move || serve(conn, hostile, &log, &store, &refusing));
             }
         });
-        FakeApi { port, log }
+        FakeApi {
+            port,
+            log,
+            forbidden,
+        }
+    }
+
+    /// From now on, requests whose path contains `part` are refused 403 (none with `None`).
+    pub fn forbid(&self, part: Option<&str>) {
+        *self.forbidden.lock().unwrap() = part.map(str::to_owned);
     }
 
     /// A kubeconfig for it, in `dir`.
@@ -87,6 +101,7 @@ fn serve(
     hostile: Hostile,
     log: &Mutex<Vec<(Instant, String, String)>>,
     store: &Mutex<Store>,
+    forbidden: &Mutex<Option<String>>,
 ) {
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
@@ -125,7 +140,13 @@ fn serve(
             .push((Instant::now(), method.clone(), target.clone()));
         let path = target.split('?').next().unwrap_or("").to_string();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let refused = forbidden
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|part| path.contains(part.as_str()));
         let (code, answer) = match (method.as_str(), path.as_str()) {
+            _ if refused => (403, status(403, "Forbidden")),
             ("GET", p) if p.contains("/pods/") => (200, pod(p)),
             ("GET", p) if p.ends_with("/leases") => {
                 if let Some(bytes) = hostile.list_bytes {
