@@ -3,8 +3,8 @@
 //!
 //! The monitor's side ([`Kubernetes`]) only locks a mutex: it writes what the instance needs
 //! and reads the gate. Every request is made by `memprobe-fleet` ([`super::api`]), a process
-//! memprobe starts next to its own executable when the first request is due (an instance
-//! that stays healthy starts none), and talks to from a thread of its own: an API server
+//! memprobe starts next to its own executable for the start check and whenever a request is
+//! due (an instance that stays healthy stops it after the check), and talks to from a thread of its own: an API server
 //! that hangs, a kubeconfig on a stuck mount or a slow TLS handshake can delay a drain, never
 //! a step or a probe. A child that stops, breaks the protocol or gives no answer within
 //! [`WATCHDOG`] is an API failure: killed with its process group, started again after a

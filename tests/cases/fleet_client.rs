@@ -497,6 +497,10 @@ fn a_start_check_the_api_server_refuses_is_said_at_once_and_keeps_the_pod_not_re
         api_up(&memprobe) == "1"
     });
     memprobe.wait_said("start check passed");
+    memprobe.wait_for(
+        "memprobe-fleet stopped once the check passed, nothing else being wanted",
+        |_| fleet_child_now(memprobe.pid()).is_none(),
+    );
 }
 
 #[test]
