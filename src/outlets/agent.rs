@@ -6,6 +6,7 @@
 //! |-----------------------------|--------------------------|---------------|
 //! | healthy, elevated           | `up ready 100%`, or the headroom weight | UP, weighted |
 //! | elevated, waiting for a drain slot (`--fleet`) | `up ready 1%` | UP, weighted least |
+//! | healthy or elevated but not ready (the fleet's start check refused) | `up drain` | DRAIN |
 //! | draining, stalled, stopping | `up drain`               | DRAIN: no new sessions; established and sticky ones go on |
 //! | recycle, lost, starting     | `down #<reason>`         | DOWN |
 //!
@@ -71,6 +72,8 @@ pub fn line(status: &Status, weight: AgentWeight, stopping: bool) -> String {
         return "up drain\n".to_string();
     }
     match status.state {
+        // Not ready whatever the state (the fleet's start check refused): as /ready says.
+        State::Healthy | State::Elevated if !status.ready => "up drain\n".to_string(),
         State::Healthy | State::Elevated => {
             let waiting = status.fleet.as_ref().is_some_and(|f| f.waiting);
             let percent = match (weight, &status.memory) {
@@ -130,6 +133,7 @@ mod tests {
     fn status(state: State, memory_mib: u64) -> Status {
         Status {
             state,
+            ready: state.ready(),
             reason: "rss 1.62 GiB over threshold 1.50 GiB for 5m".into(),
             memory: Some(MemoryStatus {
                 deciding: crate::sources::MemoryKind::Rss,
@@ -142,6 +146,18 @@ mod tests {
                 ..ThresholdStatus::default()
             },
             ..Status::default()
+        }
+    }
+
+    #[test]
+    fn an_instance_not_ready_whatever_its_state_is_drained_as_ready_says() {
+        // The fleet's start check refused: /ready answers 503, and so does the agent.
+        for state in [State::Healthy, State::Elevated] {
+            let refused = Status {
+                ready: false,
+                ..status(state, 900)
+            };
+            assert_eq!(line(&refused, AgentWeight::Fixed, false), "up drain\n");
         }
     }
 

@@ -213,6 +213,11 @@ fn fleet_line(fleet: &FleetStatus) -> String {
             .gate
             .as_deref()
             .is_some_and(|g| g.contains("API server"));
+    if let Some(why) = fleet.check.strip_prefix("refused: ") {
+        parts.push(format!(
+            "the API server refused the start check: {why}; not ready until it passes"
+        ));
+    }
     if fleet.api.starts_with("unreachable") && !told {
         parts.push(format!(
             "API server {} ({})",
@@ -978,6 +983,17 @@ mod tests {
             1,
             "the wait says why once: {text}"
         );
+        let refused = FleetStatus {
+            api: "refused: reading pod media/kms-0: 403 Forbidden: …".into(),
+            check: "refused: reading pod media/kms-0: 403 Forbidden: …".into(),
+            events: false,
+            ..fleet.clone()
+        };
+        assert!(page(Some(refused)).contains(
+            ">fleet kms (drain budget 1: 1 slot): no drain waiting for a slot; the API server \
+             refused the start check: reading pod media/kms-0: 403 Forbidden: …; not ready \
+             until it passes</p>"
+        ));
         let events_alone = FleetStatus {
             fleet: None,
             budget: None,

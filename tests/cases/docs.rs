@@ -131,6 +131,18 @@ fn the_readmes_fleet_figures_are_the_simulations_generated_ones() {
             "the README's Why section says {quoted}, which the simulation's table does not show"
         );
     }
+    let fleet = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fleet.md"))
+        .expect("docs/fleet.md");
+    let says = fleet
+        .split_once("## What the simulation says")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .expect("docs/fleet.md says what the simulation says");
+    for quoted in figures(says) {
+        assert!(
+            measured.iter().any(|m| rounds_to(m, &quoted)),
+            "docs/fleet.md's simulation section says {quoted}, which the simulation's table does not show"
+        );
+    }
 }
 
 #[test]
