@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::fake_api::{FakeApi, Hostile};
 use crate::harness::fake_kms::{Client, FakeKms};
 use crate::harness::{Memprobe, Workload, free_port};
 
@@ -279,4 +280,85 @@ fn the_official_client_is_refused_a_new_pipeline_once_its_release_is_not_destroy
             .contains("kms teardown stuck"),
         "{status:#}"
     );
+}
+
+#[test]
+fn with_events_on_a_stuck_teardown_is_a_warning_event_on_the_pod() {
+    let api = FakeApi::start(Hostile::default());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let kms = FakeKms::start();
+    let first = kms.create_pipeline(2);
+    let _second = kms.create_pipeline(2);
+    let target = Workload::start(None);
+    let (url, pid) = (kms.url(), target.pid.to_string());
+    let args = [
+        "--interval",
+        "200ms",
+        "--threshold",
+        "1GiB",
+        "--kms-url",
+        &url,
+        "--kms-ping-interval",
+        "500ms",
+        "--kms-timeout",
+        "2s",
+        "--kms-teardown-timeout",
+        "2s",
+        "--pid",
+        &pid,
+        "--events",
+        "--pod-name",
+        "kms-0",
+        "--pod-namespace",
+        "media",
+    ];
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    let probe = Memprobe::start_with(&args, &[("KUBECONFIG", kubeconfig)]);
+    probe.wait_for("the start check passed, 2 sessions", |s| {
+        s["fleet"]["check"] == "passed" && s["sessions"] == 2
+    });
+    kms.deadlock_pool();
+    kms.destroy_pipeline(&first);
+    probe.wait_for("draining: the teardown is stuck", |s| {
+        s["state"] == "draining"
+    });
+    let event = harness_wait(|| {
+        api.events()
+            .into_iter()
+            .find(|e| e["reason"] == "TeardownStuck")
+    });
+    assert_eq!(event["type"], "Warning", "{event}");
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with("kms teardown stuck: ") && note.contains("released but not destroyed"),
+        "the Event says what memprobe saw: {note}"
+    );
+    assert_eq!(event["regarding"]["name"], "kms-0", "{event}");
+    let drain = harness_wait(|| {
+        api.events()
+            .into_iter()
+            .find(|e| e["reason"] == "DrainStarted")
+    });
+    assert!(
+        drain["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("kms teardown stuck")),
+        "the drain's own Event names it too: {drain}"
+    );
+}
+
+/// Waits up to the harness's deadline for `found` to find something.
+fn harness_wait<T>(found: impl Fn() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(t) = found() {
+            return t;
+        }
+        assert!(
+            start.elapsed() < crate::harness::DEADLINE,
+            "not found within the deadline"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

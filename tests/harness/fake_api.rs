@@ -38,6 +38,8 @@ pub struct FakeApi {
     log: Arc<Mutex<Vec<(Instant, String, String)>>>,
     /// Requests whose path contains this are refused 403 Forbidden, as RBAC refuses them.
     forbidden: Arc<Mutex<Option<String>>>,
+    /// The Events created, as sent.
+    events: Arc<Mutex<Vec<Value>>>,
 }
 
 impl FakeApi {
@@ -57,18 +59,28 @@ impl FakeApi {
         let seen = Arc::clone(&log);
         let forbidden = Arc::new(Mutex::new(None));
         let refusing = Arc::clone(&forbidden);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let created = Arc::clone(&events);
         std::thread::spawn(move || {
             for conn in listener.incoming().map_while(Result::ok) {
                 let (log, store) = (Arc::clone(&seen), Arc::clone(&store));
-                let refusing = Arc::clone(&refusing);
-                std::thread::spawn(move || serve(conn, hostile, &log, &store, &refusing));
+                let (refusing, created) = (Arc::clone(&refusing), Arc::clone(&created));
+                std::thread::spawn(move || {
+                    serve(conn, hostile, &log, &store, &refusing, &created);
+                });
             }
         });
         FakeApi {
             port,
             log,
             forbidden,
+            events,
         }
+    }
+
+    /// The Events created so far, as memprobe sent them.
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
     }
 
     /// From now on, requests whose path contains `part` are refused 403 (none with `None`).
@@ -102,6 +114,7 @@ fn serve(
     log: &Mutex<Vec<(Instant, String, String)>>,
     store: &Mutex<Store>,
     forbidden: &Mutex<Option<String>>,
+    events: &Mutex<Vec<Value>>,
 ) {
     let mut writer = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
@@ -211,6 +224,7 @@ fn serve(
                 if let Some(delay) = hostile.event_delay {
                     std::thread::sleep(delay);
                 }
+                events.lock().unwrap().push(body.clone());
                 (201, body)
             }
             _ => (404, status(404, "NotFound")),
