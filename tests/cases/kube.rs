@@ -534,7 +534,7 @@ fn a_service_account_kubeconfig_is_that_account_and_makes_memprobes_calls() {
 /// The base as the tests run it: the stand-in images (never pulled), memprobe fast and
 /// counting the stand-in's sessions at its /stats, a threshold of 100 MiB against a KMS
 /// limit of 512 MiB, liveness every 2 s; the rest as shipped.
-fn test_overlay(images: &Images, replicas: u32, workload: &[&str]) -> String {
+fn test_overlay(images: &Images, replicas: u32, workload: &[&str], liveness: bool) -> String {
     let mut kms_args = vec!["--serve-sessions", "0.0.0.0:8888", "--session-size", "1MiB"];
     kms_args.extend_from_slice(workload);
     let spec = "/spec/template/spec";
@@ -558,9 +558,14 @@ fn test_overlay(images: &Images, replicas: u32, workload: &[&str]) -> String {
             "requests": {"cpu": "10m", "memory": "32Mi"},
             "limits": {"cpu": "1", "memory": "512Mi"},
         }},
-        {"op": "replace", "path": format!("{spec}/containers/0/livenessProbe/periodSeconds"), "value": 2},
-        {"op": "replace", "path": format!("{spec}/containers/0/livenessProbe/failureThreshold"), "value": 3},
     ]);
+    let mut ops = ops;
+    // KMS's liveness asks memprobe (none in observe-only): quick, so a recycle shows soon.
+    if liveness {
+        let list = ops.as_array_mut().expect("a list of operations");
+        list.push(json!({"op": "replace", "path": format!("{spec}/containers/0/livenessProbe/periodSeconds"), "value": 2}));
+        list.push(json!({"op": "replace", "path": format!("{spec}/containers/0/livenessProbe/failureThreshold"), "value": 3}));
+    }
     let (memprobe_name, memprobe_tag) = images.memprobe.rsplit_once(':').unwrap();
     let (kms_name, kms_tag) = images.kms.rsplit_once(':').unwrap();
     let patch = serde_json::to_string(&ops.to_string()).unwrap();
@@ -616,7 +621,11 @@ fn run_kustomization(
         &format!("--from-literal=token={ADMIN_TOKEN}"),
     ]);
     let started = Instant::now();
-    let applied = ns.apply(kustomization, &test_overlay(images, replicas, workload));
+    let liveness = kustomization != "overlays/observe-only";
+    let applied = ns.apply(
+        kustomization,
+        &test_overlay(images, replicas, workload, liveness),
+    );
     assert!(applied.status.success(), "{}", said(&applied));
     let ready = || {
         let ready = ns.ready_pods().len();
@@ -1100,18 +1109,35 @@ fn the_pss_overlay_reads_kms_pss_as_kms_user_with_no_capability() {
         status["memory"]
     );
     // What the kernel says of memprobe's process: KMS's user, and no capability at all.
-    let proc_status = ns.run(&[
-        "exec",
-        &name(&the_pod),
-        "-c",
-        "kms",
-        "--",
-        "/bin/bash",
-        "-c",
-        // bash builtins only: the stand-in has no cat.
-        "for p in /proc/[0-9]*; do read -r comm < $p/comm; [ \"$comm\" = memprobe ] || continue; \
-         while IFS= read -r line; do echo \"$line\"; done < $p/status; done",
-    ]);
+    let read_status = || {
+        ns.run(&[
+            "exec",
+            &name(&the_pod),
+            "-c",
+            "kms",
+            "--",
+            "/bin/bash",
+            "-c",
+            // bash builtins only: the stand-in has no cat.
+            "for p in /proc/[0-9]*; do read -r comm < $p/comm; [ \"$comm\" = memprobe ] || continue; \
+             while IFS= read -r line; do echo \"$line\"; done < $p/status; done",
+        ])
+    };
+    // kubectl exec's stream lost a byte once ("apEff:"): read again until every field is there.
+    let wanted = ["Uid:", "CapPrm:", "CapEff:", "CapAmb:"];
+    let whole = |text: &str| {
+        wanted
+            .iter()
+            .all(|k| text.lines().any(|l| l.starts_with(k)))
+    };
+    let mut proc_status = read_status();
+    for _ in 0..4 {
+        if whole(&proc_status) {
+            break;
+        }
+        eprintln!("an exec's answer came back incomplete, reading again:\n{proc_status}");
+        proc_status = read_status();
+    }
     let field = |key: &str| {
         proc_status
             .lines()
@@ -1181,4 +1207,46 @@ fn the_host_network_overlay_runs_on_the_nodes_network_and_turns_ready_through_me
     let p = pod(&ns, &pod_name).unwrap();
     let kms = container_status(&p, "kms").unwrap();
     assert_eq!(kms["restartCount"], 0, "its session goes on: {kms}");
+}
+
+#[test]
+fn the_observe_only_overlay_decides_under_the_kubelet_and_nothing_acts_on_it() {
+    let Some(cluster) = cluster() else { return };
+    let ns = run_kustomization(
+        cluster,
+        "observe",
+        "overlays/observe-only",
+        1,
+        &["--waves", "1", "--hold", "1h"],
+    );
+    let the_pod = ns.ready_pods().remove(0);
+    let (pod_name, pod_ip) = (name(&the_pod), ip(&the_pod));
+    let status = format!("http://{pod_ip}:8899/status");
+    let healthy = get(&status).unwrap();
+    assert_eq!(healthy["state"], "healthy", "{healthy}");
+
+    // Memory over the threshold: memprobe drains, as it would, and says so...
+    let mut stdin = Attached::to(&ns, &pod_name);
+    stdin.tell("alloc 150MiB");
+    let draining = wait("memprobe draining", POD_DEADLINE, || {
+        let s = get(&status)?;
+        (s["state"] == "draining")
+            .then_some(s.clone())
+            .ok_or(s.to_string())
+    });
+    eprintln!("{pod_name}: would drain: {}", draining["reason"]);
+    // ...and nothing acts on it: KMS's probes ask its own port, so the pod stays Ready for a
+    // good while (well past the base's 5 s readiness period), and KMS is not restarted.
+    std::thread::sleep(Duration::from_secs(15));
+    let p = pod(&ns, &pod_name).unwrap();
+    assert_eq!(
+        condition(&p, "Ready").as_deref(),
+        Some("True"),
+        "observe only: the pod stays in rotation: {:?}",
+        p["status"]["conditions"]
+    );
+    let kms = container_status(&p, "kms").unwrap();
+    assert_eq!(kms["restartCount"], 0, "{kms}");
+    let still = get(&status).unwrap();
+    assert_eq!(still["state"], "draining", "memprobe's own view: {still}");
 }
