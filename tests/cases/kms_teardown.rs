@@ -16,6 +16,17 @@ use crate::harness::{Memprobe, Workload, free_port};
 /// memprobe on `target` and `kms`, judging teardowns within `timeout`, with memory far under
 /// the threshold: whatever happens is not memory's doing.
 fn watch(kms: &FakeKms, target: &Workload, timeout: &str, extra: &[&str]) -> Memprobe {
+    watch_with(kms, target, timeout, extra, &[])
+}
+
+/// [`watch`], with these environment variables.
+fn watch_with(
+    kms: &FakeKms,
+    target: &Workload,
+    timeout: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Memprobe {
     let (url, pid) = (kms.url(), target.pid.to_string());
     let mut args = vec![
         "--interval",
@@ -36,7 +47,7 @@ fn watch(kms: &FakeKms, target: &Workload, timeout: &str, extra: &[&str]) -> Mem
         &pid,
     ];
     args.extend_from_slice(extra);
-    Memprobe::start(&args)
+    Memprobe::start_with(&args, env)
 }
 
 fn teardown(status: &Value) -> &Value {
@@ -291,22 +302,7 @@ fn with_events_on_a_stuck_teardown_is_a_warning_event_on_the_pod() {
     let first = kms.create_pipeline(2);
     let _second = kms.create_pipeline(2);
     let target = Workload::start(None);
-    let (url, pid) = (kms.url(), target.pid.to_string());
-    let args = [
-        "--interval",
-        "200ms",
-        "--threshold",
-        "1GiB",
-        "--kms-url",
-        &url,
-        "--kms-ping-interval",
-        "500ms",
-        "--kms-timeout",
-        "2s",
-        "--kms-teardown-timeout",
-        "2s",
-        "--pid",
-        &pid,
+    let events = [
         "--events",
         "--pod-name",
         "kms-0",
@@ -314,7 +310,7 @@ fn with_events_on_a_stuck_teardown_is_a_warning_event_on_the_pod() {
         "media",
     ];
     let kubeconfig = kubeconfig.to_str().unwrap();
-    let probe = Memprobe::start_with(&args, &[("KUBECONFIG", kubeconfig)]);
+    let probe = watch_with(&kms, &target, "2s", &events, &[("KUBECONFIG", kubeconfig)]);
     probe.wait_for("the start check passed, 2 sessions", |s| {
         s["fleet"]["check"] == "passed" && s["sessions"] == 2
     });
