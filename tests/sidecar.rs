@@ -20,6 +20,8 @@ mod first_contact;
 mod fleet;
 #[path = "cases/fleet_client.rs"]
 mod fleet_client;
+#[path = "cases/footprint.rs"]
+mod footprint;
 #[path = "cases/haproxy.rs"]
 mod haproxy;
 #[path = "cases/hardening.rs"]

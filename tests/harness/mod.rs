@@ -174,7 +174,16 @@ impl Workload {
     }
 
     pub fn start_with(argv0: Option<&str>, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(MEMPROBE);
+        Self::start_binary(std::path::Path::new(MEMPROBE), argv0, env)
+    }
+
+    /// The workload of this very binary (the shipped static one, say).
+    pub fn start_binary(
+        binary: &std::path::Path,
+        argv0: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(binary);
         cmd.envs(env.iter().copied());
         if let Some(name) = argv0 {
             cmd.arg0(name);
