@@ -1,9 +1,11 @@
-//! The fleet against a real API server (tests/kube's): memprobe processes on this host (pods
-//! here cannot reach the API server: tests/kube/README.md), each with the identity of a real
-//! pod of its own — pods of a real Deployment, left Pending on purpose, since nothing needs to
-//! run in them — each watching a workload of its own over the threshold, and all sharing one
-//! drain budget on real Leases. The test plays the kubelet: a server memprobe asks to recycle
-//! is killed and started again, small.
+//! The fleet against a real API server (tests/kube's): memprobe processes on this host, where
+//! the test can play the kubelet and cut the API server away, each with the identity of a
+//! real pod of its own — pods of a real Deployment, left Pending on purpose, since nothing
+//! needs to run in them — each watching a workload of its own over the threshold, and all
+//! sharing one drain budget on real Leases. The test plays the kubelet: a server memprobe asks
+//! to recycle is killed and started again, small. (The fleet overlay's own pods, memprobe in
+//! each calling the API server from inside its pod, run under the real kubelet in
+//! tests/cases/kube.rs.)
 //!
 //! Each test has a namespace of its own. The cluster comes from MEMPROBE_KUBECONFIG; without it
 //! these tests skip (strict mode: fail). Timings go to the log, not into assertions.
@@ -190,7 +192,7 @@ fn big_workload(mib: u64) -> Workload {
 }
 
 /// When an instance began to drain, and when it was healthy again after that (if it was).
-fn drain_span(status: &Value) -> Option<(String, Option<String>)> {
+pub(crate) fn drain_span(status: &Value) -> Option<(String, Option<String>)> {
     let transitions = status["transitions"].as_array()?;
     let start = transitions.iter().position(|t| t["to"] == "draining")?;
     let end = transitions[start..]

@@ -549,8 +549,6 @@ fn test_overlay(images: &Images, replicas: u32, workload: &[&str], liveness: boo
             "--sustain=1s",
             "--min-drain=2s",
         ]},
-        {"op": "test", "path": format!("{spec}/initContainers/0/env/0/name"), "value": "MEMPROBE_THRESHOLD"},
-        {"op": "replace", "path": format!("{spec}/initContainers/0/env/0/value"), "value": "100MiB"},
         {"op": "add", "path": format!("{spec}/containers/0/args"), "value": kms_args},
         // The workload reads commands on stdin and ends with it.
         {"op": "add", "path": format!("{spec}/containers/0/stdin"), "value": true},
@@ -569,11 +567,22 @@ fn test_overlay(images: &Images, replicas: u32, workload: &[&str], liveness: boo
     let (memprobe_name, memprobe_tag) = images.memprobe.rsplit_once(':').unwrap();
     let (kms_name, kms_tag) = images.kms.rsplit_once(':').unwrap();
     let patch = serde_json::to_string(&ops.to_string()).unwrap();
+    // The threshold by its variable's name (a strategic merge): the fleet's component puts
+    // variables of its own before it.
+    let threshold = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "kms"},
+        "spec": {"template": {"spec": {"initContainers": [{
+            "name": "memprobe",
+            "env": [{"name": "MEMPROBE_THRESHOLD", "value": "100MiB"}],
+        }]}}},
+    });
+    let threshold = serde_json::to_string(&threshold.to_string()).unwrap();
     format!(
         "images:\n  - name: memprobe\n    newName: {memprobe_name}\n    newTag: \"{memprobe_tag}\"\n\
          \x20 - name: kurento/kurento-media-server\n    newName: {kms_name}\n    newTag: \"{kms_tag}\"\n\
          replicas:\n  - name: kms\n    count: {replicas}\n\
-         patches:\n  - target: {{kind: Deployment, name: kms}}\n    patch: {patch}\n"
+         patches:\n  - target: {{kind: Deployment, name: kms}}\n    patch: {patch}\n\
+         \x20 - patch: {threshold}\n"
     )
 }
 
@@ -1249,4 +1258,305 @@ fn the_observe_only_overlay_decides_under_the_kubelet_and_nothing_acts_on_it() {
     assert_eq!(kms["restartCount"], 0, "{kms}");
     let still = get(&status).unwrap();
     assert_eq!(still["state"], "draining", "memprobe's own view: {still}");
+}
+
+/// What the in-cluster client of memprobe-fleet gets in a pod: KUBERNETES_SERVICE_HOST and
+/// _PORT, the kubernetes Service's address, which kube-proxy turns into the API server's
+/// (tests/kube/README.md). A plain pod connects to it; the fleet's test below makes the
+/// calls themselves, TLS and token included.
+#[test]
+fn a_pod_reaches_the_api_server_through_the_kubernetes_service() {
+    let Some(cluster) = cluster() else { return };
+    let images = cluster.images();
+    let ns = cluster.namespace("service", &[]);
+    // bash's /dev/tcp, in the stand-in's image: nothing else to install.
+    let reach = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "reach"},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "reach",
+                "image": images.kms,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/bash", "-c",
+                    "echo \"$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\"; \
+                     exec 3<>\"/dev/tcp/$KUBERNETES_SERVICE_HOST/$KUBERNETES_SERVICE_PORT\" \
+                     && echo connected"],
+            }],
+        },
+    });
+    let file = ns.file("pod.json", &reach.to_string());
+    ns.run(&["create", "-f", file.to_str().unwrap()]);
+    let phase = wait("the pod ended", POD_DEADLINE, || {
+        let p = pod(&ns, "reach")?;
+        match p["status"]["phase"].as_str() {
+            Some(phase @ ("Succeeded" | "Failed")) => Ok(phase.to_string()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let logs = ns.run(&["logs", "reach"]);
+    assert_eq!(
+        (phase.as_str(), logs.trim()),
+        ("Succeeded", "10.96.0.1:443\nconnected"),
+        "the pod's view of the kubernetes Service:\n{}",
+        ns.describe()
+    );
+}
+
+/// One pod of the fleet as the test drives it: its memprobe's /status from the host, and the
+/// stand-in's stdin until the kubelet restarts it.
+struct Member {
+    name: String,
+    status: String,
+    stdin: Option<Attached>,
+    /// When the test first saw it draining.
+    draining_since: Option<Instant>,
+    hung_up: bool,
+    waited: bool,
+}
+
+/// The fleet overlay as users run it, with the images the tests build: three pods of its
+/// Deployment, memprobe in each calling the API server from inside its pod (the projected
+/// token, KUBERNETES_SERVICE_HOST, the shipped Role) through the kubernetes Service. Every
+/// KMS holds a call and goes over the threshold at once: they drain one at a time (the
+/// shipped budget, 1), the others waiting with their call on and their pod Ready; each drain
+/// ends with its call, and the kubelet restarts that KMS at zero sessions. The slot is a
+/// Lease in the namespace, and `kubectl describe pod` shows each pod's Events.
+#[test]
+fn the_fleet_overlays_pods_drain_in_turn_calling_the_api_server_from_inside_the_pod() {
+    let Some(cluster) = cluster() else { return };
+    const PODS: usize = 3;
+    // Long enough for the others to be seen waiting, as real drains (minutes of calls) are.
+    const CALL_AFTER_DRAIN: Duration = Duration::from_secs(5);
+    // Three turns of a few fleet ticks (10 s) and a KMS restart each; generous.
+    const STORY: Duration = Duration::from_secs(480);
+    let ns = run_kustomization(
+        cluster,
+        "fleet-pods",
+        "overlays/fleet",
+        PODS as u32,
+        &["--waves", "0"],
+    );
+    let mut fleet: Vec<Member> = ns
+        .ready_pods()
+        .iter()
+        .map(|p| Member {
+            name: name(p),
+            status: format!("http://{}:8899/status", ip(p)),
+            stdin: None,
+            draining_since: None,
+            hung_up: false,
+            waited: false,
+        })
+        .collect();
+    // Each memprobe's start check, made from inside its pod: its own pod and the Leases read
+    // with the projected token.
+    for member in &fleet {
+        let status = wait("the fleet's start check passed", POD_DEADLINE, || {
+            let s = get(&member.status)?;
+            (s["fleet"]["check"] == "passed")
+                .then_some(s.clone())
+                .ok_or(s["fleet"].to_string())
+        });
+        let fleet_status = &status["fleet"];
+        assert_eq!(fleet_status["api"], "reachable", "{fleet_status}");
+        assert_eq!(fleet_status["pod"], member.name.as_str(), "{fleet_status}");
+        assert_eq!(
+            fleet_status["namespace"],
+            ns.name.as_str(),
+            "{fleet_status}"
+        );
+    }
+    for member in &mut fleet {
+        let mut stdin = Attached::to(&ns, &member.name);
+        stdin.tell("call");
+        member.stdin = Some(stdin);
+        wait("the call counted", POD_DEADLINE, || {
+            let s = get(&member.status)?;
+            (s["sessions"] == 1).then_some(()).ok_or(s.to_string())
+        });
+    }
+    let started = Instant::now();
+    for member in &mut fleet {
+        if let Some(stdin) = member.stdin.as_mut() {
+            stdin.tell("alloc 150MiB");
+        }
+    }
+
+    let restarted = |member: &Member| {
+        pod(&ns, &member.name).is_ok_and(|p| {
+            container_status(&p, "kms").is_some_and(|kms| kms["restartCount"].as_u64() >= Some(1))
+        })
+    };
+    let mut most_draining = 0;
+    loop {
+        let mut statuses = Vec::new();
+        for member in &mut fleet {
+            // A connection refused or cut mid-answer is asked again next round.
+            let Ok(s) = get(&member.status) else { continue };
+            if s["fleet"]["waiting"] == true {
+                assert_eq!(s["state"], "elevated", "{}: {s}", member.name);
+                assert_eq!(s["ready"], true, "{} waits in rotation: {s}", member.name);
+                assert_eq!(
+                    s["sessions"], 1,
+                    "{} waits with its call on: {s}",
+                    member.name
+                );
+                member.waited = true;
+            }
+            if s["state"] == "draining" {
+                let since = *member.draining_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= CALL_AFTER_DRAIN
+                    && !member.hung_up
+                    && let Some(stdin) = member.stdin.as_mut()
+                {
+                    stdin.tell("hangup");
+                    member.hung_up = true;
+                }
+            }
+            statuses.push(s);
+        }
+        let draining = statuses
+            .iter()
+            .filter(|s| s["state"] == "draining" || s["state"] == "recycle")
+            .count();
+        most_draining = most_draining.max(draining);
+        // Each answer is a snapshot of its own: a drain seen starting while another is seen
+        // still draining cannot be, since a slot is given back only once healthy again.
+        assert!(
+            draining <= 1,
+            "more than the budget of 1 drains at once: {statuses:#?}"
+        );
+        let done = statuses.len() == PODS
+            && statuses
+                .iter()
+                .all(|s| s["state"] == "healthy" && s["fleet"]["holding"].is_null())
+            && fleet.iter().all(&restarted);
+        if done {
+            break;
+        }
+        assert!(
+            started.elapsed() < STORY,
+            "the fleet did not drain in turn within {STORY:?}: {statuses:#?}\n{}",
+            ns.describe()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "{}: {PODS} drains in turn in {:.1}s; most draining at once {most_draining}",
+        ns.name,
+        started.elapsed().as_secs_f64()
+    );
+
+    // Each drain from its memprobe's own record (one clock: the pods share this host's):
+    // one at a time, each ended by its call, its KMS restarted by the kubelet only.
+    let mut spans = Vec::new();
+    for member in &fleet {
+        let status = get(&member.status).unwrap();
+        assert_eq!(
+            status["fleet"]["fleet"], "kms",
+            "the fleet is the pods' Deployment: {}",
+            status["fleet"]
+        );
+        let (start, end) = crate::fleet::drain_span(&status)
+            .unwrap_or_else(|| panic!("{} drained: {status:#}", member.name));
+        let end = end.unwrap_or_else(|| panic!("{} healthy again: {status:#}", member.name));
+        let recycled = status["transitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["from"] == "draining" && t["to"] == "recycle")
+            .unwrap_or_else(|| panic!("{} recycled after its drain: {status:#}", member.name));
+        let why = recycled["reason"].as_str().unwrap_or_default();
+        assert!(
+            why.starts_with("last session ended"),
+            "{}: KMS restarted at zero sessions: {why}",
+            member.name
+        );
+        let p = pod(&ns, &member.name).unwrap();
+        let kms = container_status(&p, "kms").unwrap();
+        let memprobe = container_status(&p, "memprobe").unwrap();
+        assert_eq!(kms["restartCount"], 1, "{}: {kms}", member.name);
+        assert_eq!(memprobe["restartCount"], 0, "{}: {memprobe}", member.name);
+        spans.push((start, end, member.name.clone()));
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "{} was still draining (until {}) when {} began ({}): {spans:?}",
+            pair[0].2,
+            pair[0].1,
+            pair[1].2,
+            pair[1].0
+        );
+    }
+    let waited = fleet.iter().filter(|m| m.waited).count();
+    assert!(
+        waited >= PODS - 1,
+        "all but the first waited their turn: {waited}"
+    );
+
+    // The slot: a Lease of the fleet in the namespace, given back at the end.
+    let leases = wait("the slot given back", POD_DEADLINE, || {
+        let leases = ns.json(&["get", "leases", "-l", "memprobe.io/fleet=kms"])?;
+        let items = leases["items"].as_array().cloned().unwrap_or_default();
+        let slots: Vec<&Value> = items
+            .iter()
+            .filter(|l| {
+                l["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("-slot-"))
+            })
+            .collect();
+        let held = slots.iter().any(|l| {
+            l["spec"]["holderIdentity"]
+                .as_str()
+                .is_some_and(|h| !h.is_empty())
+        });
+        (!slots.is_empty() && !held)
+            .then(|| items.clone())
+            .ok_or(format!("{items:?}"))
+    });
+    eprintln!(
+        "{}: leases {:?}",
+        ns.name,
+        leases
+            .iter()
+            .map(|l| l["metadata"]["name"].as_str().unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
+
+    // What an operator reads in `kubectl describe pod`.
+    let mut deferred = 0;
+    for member in &fleet {
+        let described = wait("the pod's Events in kubectl describe", POD_DEADLINE, || {
+            let text = ns.run(&["describe", "pod", &member.name]);
+            let events = text.split_once("\nEvents:").map(|(_, e)| e.to_string());
+            let events = events.ok_or_else(|| text.clone())?;
+            let missing: Vec<&str> = [
+                "MemorySustainedHigh",
+                "DrainStarted",
+                "RecycleRequested",
+                "Recovered",
+            ]
+            .into_iter()
+            .filter(|r| !events.contains(r))
+            .collect();
+            missing
+                .is_empty()
+                .then(|| events.clone())
+                .ok_or(format!("{missing:?} missing from {events}"))
+        });
+        if described.contains("DrainDeferred") {
+            deferred += 1;
+        }
+        eprintln!("{}:{described}", member.name);
+    }
+    assert!(
+        deferred >= PODS - 1,
+        "the waiters said they waited (DrainDeferred): {deferred}"
+    );
 }

@@ -174,8 +174,8 @@ impl Cluster {
 
     /// A kubeconfig that is `service_account` of `namespace`: this cluster's server and CA,
     /// with a token of an hour from `kubectl create token`, and `namespace` as its default.
-    /// Pods cannot reach the API server here (tests/kube/README.md), so a memprobe that calls
-    /// it runs on the host with this as its KUBECONFIG. The file is under the namespace's dir
+    /// A memprobe run on the host as that account (tests/cases/fleet.rs) takes this as its
+    /// KUBECONFIG. The file is under the namespace's dir
     /// (removed with a [`Namespace`]), readable by its owner only: it holds the token.
     pub fn service_account_kubeconfig(&self, namespace: &str, service_account: &str) -> PathBuf {
         use std::io::Write as _;
