@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::harness::fake_api::{FakeApi, Hostile};
 use crate::harness::fake_kms::{Client, FakeKms};
 use crate::harness::{Memprobe, Workload, agent, free_port, request, shipped, tool};
 
@@ -37,6 +38,13 @@ enum Under<'a> {
         gdb: &'a Path,
         dir: &'a Path,
         functions: &'a Path,
+    },
+    /// Natively under `perf record`, every page fault noted with its address into
+    /// `<dir>/<run>.perf`: the code a fault brought in first, where gdb's breakpoints changed
+    /// the timing of what ran (a child's exit, a signal).
+    Perf {
+        perf: &'a Path,
+        dir: &'a Path,
     },
 }
 
@@ -96,6 +104,15 @@ impl Under<'_> {
                     .env("HOT_HITS", dir.join(format!("{name}.hits")));
                 command
             }
+            Under::Perf { perf, dir } => {
+                let mut command = Command::new(perf);
+                command
+                    .args(["record", "-q", "-e", "page-faults", "-c", "1", "-d", "-o"])
+                    .arg(dir.join(format!("{name}.perf")))
+                    .arg("--")
+                    .arg(binary);
+                command
+            }
         }
     }
 
@@ -104,11 +121,16 @@ impl Under<'_> {
     fn left(self, pid: u32, binary: &Path) -> Ran {
         match self {
             Under::Native => left_by(pid, binary),
-            Under::Gdb { .. } => {
+            Under::Gdb { .. } | Under::Perf { .. } => {
                 let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                     .unwrap_or_default();
+                let signal = if matches!(self, Under::Perf { .. }) {
+                    "-TERM"
+                } else {
+                    "-KILL"
+                };
                 for child in children.split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", child]).status();
+                    let _ = Command::new("kill").args([signal, child]).status();
                 }
                 // gdb sees its program killed, and ends.
                 let start = Instant::now();
@@ -268,9 +290,10 @@ fn load(addr: &str) {
     }
 }
 
-/// What a sidecar does, the same natively or under callgrind: one watching a process by pid,
-/// with its default text logs, probed, scraped, drained; one watching KMS (JSON logs), with a
-/// client's pipeline through the gate, drained too. What each run leaves is read at its end.
+/// What a sidecar does, the same natively or under gdb: one watching a process by pid, with
+/// its default text logs, probed under load, scraped, drained; one watching KMS (JSON logs),
+/// with a client's pipeline through the gate, drained too; one with the fleet on, holding the
+/// slot. What each run leaves is read at its end.
 fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
     let mut ran = Vec::new();
 
@@ -349,6 +372,62 @@ fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
     client.send(&format!(
         r#"{{"id":3,"method":"release","params":{{"object":"{pipeline}"}},"jsonrpc":"2.0"}}"#
     ));
+    for path in ["/ready", "/metrics", "/status", "/"] {
+        probe.get(path);
+    }
+    ran.push(under.left(probe.pid(), binary));
+    probe.terminate();
+    target.kill();
+
+    // The fleet on, against the fake API server: the start check (memprobe-fleet stopped once
+    // it passed, nothing being wanted), then a drain that holds the slot (a call goes on) and
+    // tells its Events, memprobe-fleet started again beside it.
+    let api = FakeApi::start(Hostile::default());
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let mut target = Workload::start(None);
+    let pid = target.pid.to_string();
+    let sessions = dir.path().join("sessions");
+    std::fs::write(&sessions, "1\n").expect("write the sessions file");
+    let mut probe = Memprobe::start_command(
+        under.command(binary, "fleet"),
+        &[
+            "--pid",
+            &pid,
+            "--kms-url",
+            "none",
+            "--sessions-file",
+            sessions.to_str().expect("a UTF-8 path"),
+            "--interval",
+            "200ms",
+            "--threshold",
+            "100MiB",
+            "--memory-limit",
+            "1GiB",
+            "--sustain",
+            "1s",
+            "--fleet",
+            "kubernetes",
+            "--fleet-name",
+            "kms",
+            "--pod-name",
+            "kms-0",
+            "--pod-namespace",
+            "media",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
+    );
+    probe.wait_for_long("the start check passed", SLOW, |s| {
+        s["fleet"]["check"] == "passed"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    target.send("alloc 150MiB");
+    probe.wait_for_long("draining with the slot", SLOW, |s| {
+        s["state"] == "draining" && !s["fleet"]["holding"].is_null()
+    });
+    probe.wait_for_long("its Events sent", SLOW, |s| {
+        s["fleet"]["events_sent"].as_u64() >= Some(2)
+    });
     for path in ["/ready", "/metrics", "/status", "/"] {
         probe.get(path);
     }
@@ -449,7 +528,7 @@ fn write_the_hot_text_layout() {
     };
     scenarios(under, &binary);
     let mut hot = BTreeSet::new();
-    for run in ["probes", "kms"] {
+    for run in ["probes", "kms", "fleet"] {
         let hits = std::fs::read_to_string(dir.path().join(format!("{run}.hits")))
             .unwrap_or_else(|e| panic!("gdb's hits of the {run} run: {e}"));
         for at in hits
@@ -462,9 +541,79 @@ fn write_the_hot_text_layout() {
         }
         eprintln!("{run}: {} functions run so far", hot.len());
     }
+    // Natively, the first code each fault brought in: what ran only at native speed.
+    if let Some(perf) = tool("perf") {
+        let under = Under::Perf {
+            perf: &perf,
+            dir: dir.path(),
+        };
+        scenarios(under, &binary);
+        for run in ["probes", "kms", "fleet"] {
+            let data = dir.path().join(format!("{run}.perf"));
+            for at in faulted_code(&perf, &data, &binary) {
+                if let Some((address, (size, name))) = functions.range(..=at).next_back()
+                    && at < address + size
+                {
+                    hot.insert(name.clone());
+                }
+            }
+            eprintln!("{run}, natively: {} functions run so far", hot.len());
+        }
+    }
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("link/hot-text.ld");
     std::fs::write(&path, hot_text_script(&hot)).expect("write link/hot-text.ld");
     eprintln!("{}: {} functions", path.display(), hot.len());
+}
+
+/// The file addresses of the instructions whose fetch faulted, in `binary`'s processes of a
+/// `perf record -e page-faults -d` run (a fetch: the fault's address is the instruction's).
+fn faulted_code(perf: &Path, data: &Path, binary: &Path) -> BTreeSet<u64> {
+    let binary = binary.canonicalize().expect("the binary's path");
+    let out = Command::new(perf)
+        .args(["script", "--show-mmap-events", "-F", "pid,ip,addr", "-i"])
+        .arg(data)
+        .output()
+        .expect("run perf script");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut bases = BTreeMap::new();
+    let mut faulted = BTreeSet::new();
+    for line in text.lines() {
+        if line.contains("PERF_RECORD_MMAP2") {
+            // `PID/TID: [0xSTART(0xLEN) @ 0xOFFSET ...]: r--p PATH`, the mapping at offset 0.
+            let pid = line
+                .split_whitespace()
+                .find_map(|w| w.split_once('/').and_then(|(p, _)| p.parse::<u32>().ok()));
+            let start = line
+                .split_once('[')
+                .and_then(|(_, rest)| rest.split_once('('))
+                .and_then(|(start, _)| {
+                    u64::from_str_radix(start.trim_start_matches("0x"), 16).ok()
+                });
+            let at_zero = line.contains(" @ 0 ") || line.contains(" @ 0x0 ");
+            if let (Some(pid), Some(start), true) = (pid, start, at_zero)
+                && line.ends_with(binary.to_str().unwrap_or_default())
+            {
+                bases.insert(pid, start);
+            }
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let hex = |i: usize| fields.get(i).and_then(|f| u64::from_str_radix(f, 16).ok());
+        let (Some(pid), Some(address), Some(ip)) = (
+            fields.first().and_then(|p| p.parse::<u32>().ok()),
+            hex(1),
+            hex(2),
+        ) else {
+            continue;
+        };
+        if let Some(base) = bases.get(&pid)
+            && address == ip
+            && let Some(at) = ip.checked_sub(*base)
+        {
+            faulted.insert(at);
+        }
+    }
+    faulted
 }
 
 /// The code sections a GNU ld map places, by address: `.text.NAME`, its address and size,
