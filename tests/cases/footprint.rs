@@ -486,10 +486,10 @@ fn the_shipped_sidecar_keeps_only_its_hot_text_resident() {
         (hot_end - hot_start) / 1024,
         hot_windows.clone().count(),
     );
-    // A window or two for what the layout missed (a function added since it was written);
-    // more, and every pod pays for it: regenerate the layout.
+    // A few windows for what the layout missed (a function added since it was written, a
+    // path only a loaded machine takes); an unordered layout has 15 or more beyond it.
     assert!(
-        beyond.len() <= 2,
+        beyond.len() <= 4,
         "the sidecar's code is resident in {} windows of 64 KiB beyond .text.hot ({beyond:?}): \
          link/hot-text.ld is out of date; regenerate it with `bash benches/run hot-text`",
         beyond.len()
