@@ -569,7 +569,10 @@ impl Decider {
                 if to != State::Draining {
                     return None;
                 }
-                if let Gate::Closed(_) = self.gate {
+                if let Gate::Closed(wait) = &self.gate {
+                    if let Some(why) = self.cannot_wait(mem, &why, wait) {
+                        return self.enter(now, State::Draining, why);
+                    }
                     self.deferred = true;
                     return None;
                 }
@@ -580,6 +583,9 @@ impl Decider {
                 if to == State::Draining
                     && let Gate::Closed(wait) = &self.gate
                 {
+                    if let Some(why) = self.cannot_wait(mem, &why, wait) {
+                        return self.enter(now, State::Draining, why);
+                    }
                     // Ready still, and saying why it does not drain.
                     self.deferred = true;
                     let why = format!("{why}; {wait}");
@@ -588,6 +594,25 @@ impl Decider {
                 self.stay_or_enter(now, to, why)
             }
         }
+    }
+
+    /// A drain held back at the gate that starts anyway, and why: memory past halfway from
+    /// the threshold to `critical`. A waiter keeps taking calls, and each holds memory; one
+    /// that waits on until `critical` restarts with its calls on, where a drain begun now
+    /// loses none (it takes no new call, and memory only falls as calls end). The budget
+    /// spreads the drains of a fleet that fragments in step; it must not turn them into
+    /// restarts with the calls on.
+    fn cannot_wait(&self, mem: u64, why: &str, wait: &str) -> Option<String> {
+        self.near_critical(mem)
+            .then(|| format!("{why}: drains without a slot ({wait})"))
+    }
+
+    /// Whether memory is past halfway from the threshold to `critical`.
+    fn near_critical(&self, mem: u64) -> bool {
+        let p = &self.policy;
+        p.critical_bytes.is_some_and(|critical| {
+            mem > p.threshold_bytes + critical.saturating_sub(p.threshold_bytes) / 2
+        })
     }
 
     /// Healthy, elevated or draining, by memory alone, with the reason.
@@ -610,6 +635,16 @@ impl Decider {
             return (State::Draining, why);
         }
         let over_for = self.over_for(now);
+        if self.near_critical(mem) {
+            // Calls that keep coming would take it over critical, which restarts it with
+            // them on: better to stop taking them now than to wait out --sustain.
+            let why = format!(
+                "{kind} {} past halfway from threshold {threshold} to critical {}",
+                Bytes(mem),
+                Bytes(p.critical_bytes.unwrap_or_default())
+            );
+            return (State::Draining, why);
+        }
         let why = format!(
             "{kind} {} over threshold {threshold} for {}",
             Bytes(mem),
@@ -1492,6 +1527,65 @@ mod tests {
         assert_eq!(tr.to, State::Draining, "an operator never waits for a slot");
         let tr = d.observe(t0 + SECOND, mem(1600)).expect("recycles");
         assert_eq!(tr.to, State::Recycle, "critical never waits for a slot");
+    }
+
+    #[test]
+    fn a_waiter_past_halfway_to_critical_drains_without_a_slot() {
+        let (mut d, t0) = started(Policy {
+            critical_bytes: Some(2000 * MI),
+            ..policy()
+        });
+        d.set_gate(closed());
+        let t = feed(&mut d, t0, 5 * SECOND, Duration::from_secs(600), mem(1500));
+        assert_eq!(
+            d.state(),
+            State::Elevated,
+            "at halfway from the threshold to critical, it still waits for a slot"
+        );
+        assert!(d.deferred());
+        let tr = d
+            .observe(t + 5 * SECOND, mem(1501))
+            .expect("past halfway, it drains");
+        assert_eq!((tr.from, tr.to), (State::Elevated, State::Draining));
+        assert!(
+            tr.reason.contains("past halfway from threshold")
+                && tr
+                    .reason
+                    .ends_with("(waiting for a drain slot: held by kms-1)"),
+            "{}",
+            tr.reason
+        );
+        assert!(!d.deferred(), "and asks the fleet for nothing");
+        let (mut d, t0) = started(policy());
+        d.set_gate(closed());
+        feed(&mut d, t0, 5 * SECOND, Duration::from_secs(600), mem(1900));
+        assert_eq!(
+            d.state(),
+            State::Elevated,
+            "without critical, a waiter waits for its slot"
+        );
+    }
+
+    #[test]
+    fn memory_past_halfway_to_critical_drains_without_waiting_for_sustain() {
+        let (mut d, t0) = started(Policy {
+            critical_bytes: Some(2000 * MI),
+            ..policy()
+        });
+        d.observe(t0, mem(1500));
+        assert_eq!(
+            d.state(),
+            State::Elevated,
+            "at halfway, --sustain still holds"
+        );
+        let tr = d
+            .observe(t0 + 5 * SECOND, mem(1600))
+            .expect("past halfway, at once");
+        assert_eq!((tr.from, tr.to), (State::Elevated, State::Draining));
+        assert_eq!(
+            tr.reason,
+            "rss 1.56 GiB past halfway from threshold 1000.00 MiB to critical 1.95 GiB"
+        );
     }
 
     #[test]

@@ -125,12 +125,11 @@ pub struct WatchFlags {
         allow_hyphen_values = true
     )]
     pub(super) idle_sustain: String,
-    /// Drain an instance idle for --min-drain whose memory is forecast over the threshold within this long, so it restarts in a quiet moment [default: off]
+    /// Drain an instance idle for --min-drain whose memory is forecast over the threshold within this long, so it restarts in a quiet moment ('off' turns it off)
     #[arg(
         long,
         env = "MEMPROBE_RECYCLE_WHEN_IDLE_WITHIN",
-        default_value = "off",
-        hide_default_value = true,
+        default_value = "48h",
         value_name = "DURATION",
         allow_hyphen_values = true
     )]

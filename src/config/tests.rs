@@ -102,8 +102,16 @@ fn a_value_starting_with_a_dash_reaches_validation() {
 }
 
 #[test]
-fn the_quiet_moment_is_off_unless_given_a_duration() {
-    assert_eq!(sidecar(&[]).unwrap().policy.quiet_within, None);
+fn the_quiet_moment_is_on_within_48h_unless_turned_off() {
+    // The fleet sweep's choice (cargo bench --bench fleet): 12 hours misses the night before
+    // a peak that crosses the threshold when the floor grows at the clean rate.
+    assert_eq!(
+        sidecar(&[]).unwrap().policy.quiet_within,
+        Some(Duration::from_secs(48 * 3600))
+    );
+    let off = sidecar(&["--recycle-when-idle-within", "off"]).unwrap();
+    assert_eq!(off.policy.quiet_within, None);
+    assert_eq!(off.shown().recycle_when_idle_within, None);
     let on = sidecar(&["--recycle-when-idle-within", "12h"]).unwrap();
     assert_eq!(on.policy.quiet_within, Some(Duration::from_secs(12 * 3600)));
     assert_eq!(on.shown().recycle_when_idle_within.as_deref(), Some("12h"));

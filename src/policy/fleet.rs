@@ -203,14 +203,19 @@ impl Names {
         format!("memprobe-{}-wait-{}", self.fleet, self.me)
     }
 
+    // Read without building the prefix: a waiter reads every lease of the fleet every tick.
     fn is_slot(&self, name: &str) -> Option<u32> {
-        name.strip_prefix(&format!("memprobe-{}-slot-", self.fleet))?
+        name.strip_prefix("memprobe-")?
+            .strip_prefix(self.fleet.as_str())?
+            .strip_prefix("-slot-")?
             .parse()
             .ok()
     }
 
     fn waiter<'a>(&self, name: &'a str) -> Option<&'a str> {
-        name.strip_prefix(&format!("memprobe-{}-wait-", self.fleet))
+        name.strip_prefix("memprobe-")?
+            .strip_prefix(self.fleet.as_str())?
+            .strip_prefix("-wait-")
     }
 }
 
@@ -523,14 +528,25 @@ impl Member {
     /// A slot of the budget that nobody holds: absent (create), or released or expired
     /// (replace at its version).
     fn free_slot(&self, seen: &[Seen], now: Instant) -> Option<(String, Option<String>)> {
-        (0..self.slots()).find_map(|i| {
-            let name = self.names.slot(i);
-            match seen.iter().find(|l| l.name == name) {
-                None => Some((name, None)),
-                Some(lease) if !self.live(lease, now) => Some((name, Some(lease.version.clone()))),
-                Some(_) => None,
+        let slots = self.slots();
+        let mut listed: Vec<Option<&Seen>> = vec![None; slots as usize];
+        for lease in seen {
+            if let Some(i) = self.names.is_slot(&lease.name).filter(|&i| i < slots)
+                && lease.name == self.names.slot(i)
+            {
+                listed[i as usize].get_or_insert(lease);
             }
-        })
+        }
+        listed
+            .iter()
+            .enumerate()
+            .find_map(|(i, lease)| match lease {
+                None => Some((self.names.slot(i as u32), None)),
+                Some(lease) if !self.live(lease, now) => {
+                    Some((lease.name.clone(), Some(lease.version.clone())))
+                }
+                Some(_) => None,
+            })
     }
 
     /// The holders of the slots, as listed.

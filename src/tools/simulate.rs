@@ -28,7 +28,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::forecast::{self, Forecast, History, Settings};
-use crate::policy::fleet::{Action, Answer, Budget, Member, Names, Need, Seen};
+pub use crate::policy::fleet::Budget;
+use crate::policy::fleet::{Action, Answer, Member, Names, Need, Seen};
 use crate::policy::quiet::QuietMoment;
 use crate::policy::{Decider, Gate, Observation, Policy, ServerPolicy, State, Transition};
 
@@ -47,6 +48,8 @@ pub struct Fleet {
     pub fresh_bytes: u64,
     /// Memory left behind per wave, drawn uniformly from this range (MiB).
     pub wave_mib: (f64, f64),
+    /// Memory that levels off (jemalloc's): the floor never rises over this.
+    pub plateau_bytes: Option<u64>,
     pub calls_per_wave: u32,
     /// What a live call holds on top of the floor.
     pub session_bytes: u64,
@@ -56,12 +59,12 @@ pub struct Fleet {
     pub peak_calls_per_minute: f64,
     /// The night's traffic as a share of the peak's.
     pub night_share: f64,
+    pub traffic: Traffic,
+    pub start: Start,
     /// Calls last a log-normal time with this median (σ = 0.8), from 30 s to 3 h.
     pub median_call: Duration,
     /// From a restart to the first sample of the new incarnation.
     pub boot: Duration,
-    /// `--recycle-when-idle-within` in the quiet-moment runs.
-    pub within: Duration,
     /// `--fleet-lease-duration` in the drain-budget runs.
     pub lease: Duration,
 }
@@ -75,74 +78,136 @@ impl Default for Fleet {
             step: Duration::from_secs(10),
             limit_bytes: 2048 * MI,
             fresh_bytes: 27 * MI,
-            wave_mib: (45.0, 50.0),
+            wave_mib: CLEAN_WAVE_MIB,
+            plateau_bytes: None,
             calls_per_wave: 32,
             session_bytes: 20 * MI,
             capacity: 40,
             peak_calls_per_minute: 30.0,
             night_share: 0.03,
+            traffic: Traffic::Daily,
+            start: Start::Rollout,
             median_call: Duration::from_secs(8 * 60),
             boot: Duration::from_secs(30),
-            within: Duration::from_secs(12 * 3600),
             lease: crate::fleet::DEFAULT_LEASE,
         }
     }
 }
 
-/// Who decides when an instance restarts.
+/// glibc's growth per wave on KMS with correct teardown: 235–267 MiB kept after ten waves from
+/// 26 MiB (../shared/reference/kurento-jsonrpc.md).
+pub const CLEAN_WAVE_MIB: (f64, f64) = (21.0, 24.0);
+
+/// jemalloc with `background_thread:true` on the same waves: resident memory levels off at
+/// 64–65 MiB.
+pub const JEMALLOC_PLATEAU_BYTES: u64 = 65 * MI;
+
+/// How the calls come over the week.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    /// No memprobe: the OOM killer.
-    OomKiller,
-    /// memprobe on each instance, as today (default flags).
-    PerInstance,
-    /// With `--recycle-when-idle-within`.
-    QuietMoment,
-    /// As today, with `--fleet kubernetes --fleet-drain-budget N` (and so `--critical` at
-    /// 95% of the limit): each instance's [`Member`] takes a slot from [`Leases`] before its
-    /// decider may drain, and waits in rotation while none is free.
-    DrainBudget(u32),
-    /// The quiet moment with the drain budget: a quiet drain takes a slot like any other.
-    QuietMomentAndBudget(u32),
+pub enum Traffic {
+    /// The same all day and all week, at the daily hill's mean (a fleet serving every time
+    /// zone): no quiet hour.
+    Flat,
+    /// A hill every day, highest at 15:00, [`Fleet::night_share`] of it at night.
+    Daily,
+    /// The daily hill on five weekdays, and a weekend at a third of it.
+    Weekly,
+}
+
+/// How old the instances are when the week begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// All fresh at once, as after a rollout: they fragment in step.
+    Rollout,
+    /// Of every age: instance *i* of *n* starts with its floor *i/n* of the way from fresh to
+    /// the threshold, as a fleet that has run for a while.
+    Staggered,
+}
+
+/// Who decides when an instance restarts: memprobe's flags, or no memprobe at all.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Strategy {
+    /// memprobe runs beside each instance; without it, the OOM killer decides.
+    pub memprobe: bool,
+    /// `--recycle-when-idle-within`.
+    pub quiet: Option<Duration>,
+    /// `--fleet kubernetes --fleet-drain-budget N` (and so `--critical` at 95% of the
+    /// limit): each instance's [`Member`] takes a slot from [`Leases`] before its decider may
+    /// drain, and waits in rotation while none is free. A quiet drain takes a slot like any
+    /// other.
+    pub budget: Option<Budget>,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 5] = [
-        Strategy::OomKiller,
-        Strategy::PerInstance,
-        Strategy::QuietMoment,
-        Strategy::DrainBudget(1),
-        Strategy::QuietMomentAndBudget(1),
+    pub const OOM_KILLER: Strategy = Strategy {
+        memprobe: false,
+        quiet: None,
+        budget: None,
+    };
+    /// memprobe on each instance, the quiet moment off.
+    pub const PER_INSTANCE: Strategy = Strategy {
+        memprobe: true,
+        quiet: None,
+        budget: None,
+    };
+
+    pub const fn quiet(self, within: Duration) -> Strategy {
+        Strategy {
+            quiet: Some(within),
+            ..self
+        }
+    }
+
+    pub const fn budget(self, budget: Budget) -> Strategy {
+        Strategy {
+            budget: Some(budget),
+            ..self
+        }
+    }
+
+    /// The policies the sweep compares: the OOM killer, memprobe's old defaults (no quiet
+    /// moment), the 12 hours the docs advised, the defaults the sweep chose (48 hours), and
+    /// the fleet at budgets of 1 and 25%.
+    pub const ALL: [Strategy; 7] = [
+        Strategy::OOM_KILLER,
+        Strategy::PER_INSTANCE,
+        Strategy::PER_INSTANCE.quiet(Duration::from_secs(12 * 3600)),
+        Strategy::DEFAULTS,
+        Strategy::PER_INSTANCE.budget(Budget::Instances(1)),
+        Strategy::DEFAULTS.budget(Budget::Instances(1)),
+        Strategy::DEFAULTS.budget(Budget::Percent(25.0)),
     ];
 
+    /// memprobe's defaults: the quiet moment within 48 hours.
+    pub const DEFAULTS: Strategy = Strategy::PER_INSTANCE.quiet(Duration::from_secs(48 * 3600));
+
     pub fn name(self) -> String {
-        match self {
-            Strategy::OomKiller => "no memprobe (the OOM killer decides)".into(),
-            Strategy::PerInstance => "memprobe per instance, as today".into(),
-            Strategy::QuietMoment => "with the quiet-moment recycle".into(),
-            Strategy::DrainBudget(n) => format!("with a fleet drain budget of {n}"),
-            Strategy::QuietMomentAndBudget(n) => {
-                format!("quiet-moment recycle and a drain budget of {n}")
-            }
+        if !self.memprobe {
+            return "no memprobe (the OOM killer decides)".into();
+        }
+        let quiet = match self.quiet {
+            Some(within) => format!("quiet moment {}h", within.as_secs() / 3600),
+            None => "no quiet moment".into(),
+        };
+        match self.budget {
+            Some(budget) => format!("fleet, budget {budget}, {quiet}"),
+            None => format!("per instance, {quiet}"),
         }
     }
 
-    fn memprobe(self) -> bool {
-        self != Strategy::OomKiller
-    }
-
-    fn quiet(self) -> bool {
-        matches!(
-            self,
-            Strategy::QuietMoment | Strategy::QuietMomentAndBudget(_)
-        )
-    }
-
-    fn budget(self) -> Option<u32> {
-        match self {
-            Strategy::DrainBudget(n) | Strategy::QuietMomentAndBudget(n) => Some(n),
-            _ => None,
+    /// The same flags without the fleet: what the fleet must never do worse than.
+    pub fn alone(self) -> Strategy {
+        Strategy {
+            budget: None,
+            ..self
         }
+    }
+
+    /// Whether the sweep leaves this fleet out for this policy: a budget of 1 on more than
+    /// [`MOST_WAITERS_SWEPT`] instances keeps that many waiting, each listing every lease every
+    /// tick, and one week of it takes the simulation minutes.
+    pub fn skipped_on(self, fleet: &Fleet) -> bool {
+        self.budget == Some(Budget::Instances(1)) && fleet.instances > MOST_WAITERS_SWEPT
     }
 }
 
@@ -152,6 +217,8 @@ pub struct Outcome {
     pub calls: u64,
     /// Ended by an OOM kill or a restart while still on.
     pub lost: u64,
+    /// Of those, ended by `--critical`.
+    pub lost_at_critical: u64,
     /// No instance was ready with room when they came.
     pub refused: u64,
     pub restarts: u64,
@@ -427,14 +494,14 @@ fn calls(fleet: &Fleet) -> Vec<Call> {
     let steps = u64::from(fleet.days) * 86_400 / fleet.step.as_secs().max(1);
     let mut out = Vec::new();
     for step in 0..steps {
-        let hour = (step as f64 * dt / 3600.0) % 24.0;
-        let mean = fleet.peak_calls_per_minute * traffic(hour, fleet.night_share) * dt / 60.0;
+        let mean = fleet.peak_calls_per_minute * fleet.share_at(step as f64 * dt) * dt / 60.0;
         for _ in 0..poisson(&mut rng, mean) {
             // Box–Muller: a log-normal length around the median.
             let z = (-2.0 * (1.0 - rng.f64()).ln()).sqrt()
                 * (2.0 * std::f64::consts::PI * rng.f64()).cos();
             let seconds = (fleet.median_call.as_secs_f64() * (0.8 * z).exp()).clamp(30.0, 10_800.0);
             let (lo, hi) = fleet.wave_mib;
+            // Drawn for every fleet, so that the draws after it stay the same.
             let wave = lo + (hi - lo) * rng.f64();
             out.push(Call {
                 start_step: step,
@@ -448,12 +515,50 @@ fn calls(fleet: &Fleet) -> Vec<Call> {
 
 /// The day's traffic as a share of its peak: the night's share from 23:00 to 7:00, a smooth
 /// hill between, highest at 15:00.
-fn traffic(hour: f64, night: f64) -> f64 {
+fn daily(hour: f64, night: f64) -> f64 {
     if (7.0..23.0).contains(&hour) {
         let s = (std::f64::consts::PI * (hour - 7.0) / 16.0).sin();
         night + (1.0 - night) * s * s
     } else {
         night
+    }
+}
+
+impl Fleet {
+    /// The traffic `seconds` into the week, as a share of the peak's.
+    fn share_at(&self, seconds: f64) -> f64 {
+        let hour = (seconds / 3600.0) % 24.0;
+        match self.traffic {
+            // The daily hill's mean: 16 hours of a sine squared over the night's share.
+            Traffic::Flat => {
+                (8.0 * self.night_share + 16.0 * (1.0 + self.night_share) / 2.0) / 24.0
+            }
+            Traffic::Daily => daily(hour, self.night_share),
+            Traffic::Weekly => {
+                let weekend = (seconds / 86_400.0) as u64 % 7 >= 5;
+                daily(hour, self.night_share) * if weekend { 1.0 / 3.0 } else { 1.0 }
+            }
+        }
+    }
+
+    /// The floor instance `n` starts the week with.
+    fn first_floor_bytes(&self, n: usize) -> u64 {
+        let floor = match self.start {
+            Start::Rollout => self.fresh_bytes,
+            Start::Staggered => {
+                let room = (self.limit_bytes / 5 * 4).saturating_sub(self.fresh_bytes);
+                self.fresh_bytes + room * n as u64 / self.instances.max(1) as u64
+            }
+        };
+        self.plateau_bytes
+            .map_or(floor, |p| floor.min(p.max(self.fresh_bytes)))
+    }
+
+    /// The floor after a call left `leaves` behind.
+    fn floor_after(&self, floor: u64, leaves: u64) -> u64 {
+        let floor = floor + leaves;
+        self.plateau_bytes
+            .map_or(floor, |p| floor.min(p.max(self.fresh_bytes)))
     }
 }
 
@@ -608,8 +713,8 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
     let base = Instant::now();
     let steps = u64::from(fleet.days) * 86_400 / fleet.step.as_secs().max(1);
     let boot_steps = fleet.boot.as_secs().div_ceil(fleet.step.as_secs().max(1));
-    let policy = policy(fleet, strategy.budget().is_some());
-    let within = strategy.quiet().then_some(fleet.within);
+    let policy = policy(fleet, strategy.budget.is_some());
+    let within = strategy.quiet;
     let settings = Settings::DEFAULT;
     let bucket_steps = settings.bucket.as_secs() / fleet.step.as_secs().max(1);
     let beats = (fleet.step.as_millis() / BEAT.as_millis()).max(1) as u32;
@@ -619,16 +724,16 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
         .map(|n| {
             let mut decider = Decider::new(policy.clone(), base);
             decider.new_incarnation(base, policy.clone(), "instance");
-            let member = strategy.budget().map(|slots| {
+            let member = strategy.budget.map(|slots| {
                 let names = Names {
                     fleet: "kms".into(),
                     me: format!("kms-{n}"),
                 };
-                Member::new(names, Budget::Instances(slots), fleet.lease, fleet.step)
+                Member::new(names, slots, fleet.lease, fleet.step)
             });
             let mut instance = Instance {
                 booting_until: None,
-                floor_bytes: fleet.fresh_bytes,
+                floor_bytes: fleet.first_floor_bytes(n),
                 calls: Vec::new(),
                 decider,
                 quiet: QuietMoment::new(within, policy.min_drain, policy.max_gap),
@@ -642,6 +747,17 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 doing: Doing::Other,
                 last_memory_bytes: None,
             };
+            // memprobe samples a server before the balancer sends it a call.
+            if strategy.memprobe {
+                let tr = instance.decider.observe(
+                    base,
+                    Observation {
+                        memory_bytes: instance.memory_bytes(fleet),
+                        sessions: Some(0),
+                    },
+                );
+                instance.told(tr);
+            }
             instance.ask(base, fleet);
             instance
         })
@@ -668,7 +784,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
             }
             i.calls.retain(|&(end, leaves)| {
                 if end <= step {
-                    i.floor_bytes += leaves;
+                    i.floor_bytes = fleet.floor_after(i.floor_bytes, leaves);
                 }
                 end > step
             });
@@ -682,7 +798,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 .filter(|i| {
                     i.running()
                         && i.calls.len() < fleet.capacity
-                        && (!strategy.memprobe() || i.decider.state().ready())
+                        && (!strategy.memprobe || i.decider.state().ready())
                 })
                 .min_by_key(|i| i.calls.len());
             match pick {
@@ -705,7 +821,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
                 i.ask(now, fleet);
                 continue;
             }
-            if !strategy.memprobe() {
+            if !strategy.memprobe {
                 continue;
             }
             let sessions = Some(i.calls.len() as u32);
@@ -742,13 +858,16 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
             }
             if i.decider.state() == State::Recycle {
                 out.lost += i.calls.len() as u64;
+                if i.decider.reason().contains("over critical") {
+                    out.lost_at_critical += i.calls.len() as u64;
+                }
                 restart(i, step + boot_steps);
                 out.restarts += 1;
             }
             i.ask(now, fleet);
         }
         // Until the next step, the fleet's threads: every member's next request, answered.
-        if strategy.budget().is_some() {
+        if strategy.budget.is_some() {
             for beat in 0..beats {
                 let at = now + BEAT * beat;
                 for i in fleet_state.iter_mut() {
@@ -763,7 +882,7 @@ pub fn run(fleet: &Fleet, strategy: Strategy) -> Outcome {
         out.most_draining = out.most_draining.max(draining);
         let out_of_rotation = fleet_state
             .iter()
-            .filter(|i| !i.running() || (strategy.memprobe() && !i.decider.state().ready()))
+            .filter(|i| !i.running() || (strategy.memprobe && !i.decider.state().ready()))
             .count();
         out.capacity_hours_lost += out_of_rotation as f64 * hours_per_step;
     }
@@ -778,7 +897,7 @@ fn restart(i: &mut Instance, boots_at: u64) {
 }
 
 /// The whole comparison as a markdown table, with the model it ran.
-pub fn table(fleet: &Fleet) -> String {
+pub fn table(fleet: &Fleet, strategies: &[Strategy]) -> String {
     let mut text = String::new();
     let week = calls(fleet);
     let _ = writeln!(
@@ -786,8 +905,8 @@ pub fn table(fleet: &Fleet) -> String {
         "{} instances, {} days, seed {}: {} calls (median {}, σ 0.8, 30 s to 3 h), up to {} \
          new calls a minute at 15:00 and {:.0}% of that at night; each call holds {} MiB while \
          live and leaves {:.0}–{:.0} MiB behind per {} calls; memory limit {} MiB (OOM kill \
-         over it), threshold 80%, a restart takes {} s. Quiet moment: \
-         --recycle-when-idle-within {}h. Sampled every {} s.",
+         over it), threshold 80%, a restart takes {} s. Quiet moment N h: \
+         --recycle-when-idle-within Nh. Sampled every {} s.",
         fleet.instances,
         fleet.days,
         fleet.seed,
@@ -801,7 +920,6 @@ pub fn table(fleet: &Fleet) -> String {
         fleet.calls_per_wave,
         fleet.limit_bytes / MI,
         fleet.boot.as_secs(),
-        fleet.within.as_secs() / 3600,
         fleet.step.as_secs(),
     );
     text.push('\n');
@@ -811,7 +929,7 @@ pub fn table(fleet: &Fleet) -> String {
     );
     text.push_str("|---|---|---|---|---|---|\n");
     let mut budgets = Vec::new();
-    for strategy in Strategy::ALL {
+    for &strategy in strategies {
         let o = run(fleet, strategy);
         let _ = writeln!(
             text,
@@ -824,7 +942,7 @@ pub fn table(fleet: &Fleet) -> String {
             o.most_draining,
             o.capacity_hours_lost
         );
-        if strategy.budget().is_some() {
+        if strategy.budget.is_some() {
             budgets.push((strategy, o.api));
         }
     }
@@ -870,26 +988,355 @@ pub fn table(fleet: &Fleet) -> String {
     text
 }
 
+/// One fleet of the sweep: what it varies from the base, and the fleet.
+#[derive(Clone, Debug)]
+pub struct Swept {
+    pub name: String,
+    pub fleet: Fleet,
+}
+
+/// How a swept fleet differs from the base one: each axis of the issue's grid.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub instances: usize,
+    /// Growth per wave as a multiple of the measured clean rate; `None` levels off as
+    /// jemalloc does.
+    pub growth: Option<f64>,
+    pub traffic: Traffic,
+    pub median_call: Duration,
+    pub start: Start,
+}
+
+impl Shape {
+    /// 20 instances fragmenting at the measured clean rate, daily traffic, calls of a median
+    /// 8 minutes, all started together.
+    pub const BASE: Shape = Shape {
+        instances: 20,
+        growth: Some(1.0),
+        traffic: Traffic::Daily,
+        median_call: Duration::from_secs(8 * 60),
+        start: Start::Rollout,
+    };
+
+    /// The fleet of this shape. Each instance takes the same load whatever the fleet's size
+    /// and the calls' length: 1.5 new calls a minute at the peak for calls of a median
+    /// 8 minutes, fewer for longer ones (about 16 calls on at the peak, of 40 it can take).
+    pub fn fleet(self, days: u32) -> Fleet {
+        let base = Fleet::default();
+        let eight_minutes = 8.0 * 60.0;
+        let (lo, hi) = CLEAN_WAVE_MIB;
+        let growth = self.growth.unwrap_or(1.0);
+        Fleet {
+            instances: self.instances,
+            days,
+            wave_mib: (lo * growth, hi * growth),
+            plateau_bytes: self.growth.is_none().then_some(JEMALLOC_PLATEAU_BYTES),
+            peak_calls_per_minute: 1.5 * self.instances as f64 * eight_minutes
+                / self.median_call.as_secs_f64(),
+            traffic: self.traffic,
+            start: self.start,
+            median_call: self.median_call,
+            ..base
+        }
+    }
+
+    pub fn name(self) -> String {
+        let growth = match self.growth {
+            Some(g) => format!("{g}× the clean rate"),
+            None => "levels off (jemalloc)".into(),
+        };
+        let traffic = match self.traffic {
+            Traffic::Flat => "flat",
+            Traffic::Daily => "daily",
+            Traffic::Weekly => "weekday/weekend",
+        };
+        let start = match self.start {
+            Start::Rollout => "rollout",
+            Start::Staggered => "staggered",
+        };
+        format!(
+            "{} instances, {growth}, {traffic}, calls of {}, {start}",
+            self.instances,
+            crate::units::Human(self.median_call)
+        )
+    }
+}
+
+/// The sweep's grid: the base fleet, each axis varied on its own around it, and the corners
+/// where the axes pull hardest together (a full product of the axes would take hours).
+pub fn grid() -> Vec<Shape> {
+    let base = Shape::BASE;
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    let mut shapes = vec![base];
+    for instances in [3, 6, 50, 200] {
+        shapes.push(Shape { instances, ..base });
+    }
+    for growth in [Some(0.5), Some(2.0), Some(4.0), None] {
+        shapes.push(Shape { growth, ..base });
+    }
+    for traffic in [Traffic::Flat, Traffic::Weekly] {
+        shapes.push(Shape { traffic, ..base });
+    }
+    for median_call in [minutes(2), minutes(60)] {
+        shapes.push(Shape {
+            median_call,
+            ..base
+        });
+    }
+    shapes.push(Shape {
+        start: Start::Staggered,
+        ..base
+    });
+    let corners = [
+        (200, Some(4.0), Traffic::Flat, minutes(2), Start::Rollout),
+        (3, Some(4.0), Traffic::Weekly, minutes(60), Start::Staggered),
+        (6, Some(4.0), Traffic::Daily, minutes(60), Start::Rollout),
+        (50, Some(2.0), Traffic::Flat, minutes(8), Start::Staggered),
+        (
+            50,
+            Some(0.5),
+            Traffic::Weekly,
+            minutes(60),
+            Start::Staggered,
+        ),
+        (50, None, Traffic::Flat, minutes(2), Start::Rollout),
+    ];
+    for (instances, growth, traffic, median_call, start) in corners {
+        shapes.push(Shape {
+            instances,
+            growth,
+            traffic,
+            median_call,
+            start,
+        });
+    }
+    shapes
+}
+
+/// The most instances a budget of 1 is swept on ([`Strategy::skipped_on`]).
+pub const MOST_WAITERS_SWEPT: usize = 50;
+
+/// Runs every strategy on every fleet, on every core: `outcomes[fleet][strategy]`, `None`
+/// where [`Strategy::skipped_on`] leaves it out.
+pub fn sweep(fleets: &[Fleet], strategies: &[Strategy]) -> Vec<Vec<Option<Outcome>>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut jobs: Vec<(usize, usize)> = (0..fleets.len())
+        .flat_map(|f| (0..strategies.len()).map(move |s| (f, s)))
+        .filter(|&(f, s)| !strategies[s].skipped_on(&fleets[f]))
+        .collect();
+    // The biggest first, so that no thread is left with one at the end.
+    jobs.sort_by_key(|&(f, _)| std::cmp::Reverse(fleets[f].instances));
+    let results = Mutex::new(vec![vec![None; strategies.len()]; fleets.len()]);
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(jobs.len()) {
+            scope.spawn(|| {
+                while let Some(&(f, s)) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let outcome = run(&fleets[f], strategies[s]);
+                    if let Ok(mut results) = results.lock() {
+                        results[f][s] = Some(outcome);
+                    }
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_default()
+}
+
+/// The middle value (the lower of the two middle ones), and the largest.
+fn median_and_worst(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let median = values.get(values.len().saturating_sub(1) / 2).copied();
+    (median.unwrap_or(0.0), values.last().copied().unwrap_or(0.0))
+}
+
+/// Instance-hours out of rotation, as a share of the fleet's instance-hours.
+fn capacity_share(fleet: &Fleet, o: &Outcome) -> f64 {
+    o.capacity_hours_lost / (fleet.instances as f64 * f64::from(fleet.days) * 24.0)
+}
+
+/// Restarts per instance and week.
+fn restarts_per_instance_week(fleet: &Fleet, o: &Outcome) -> f64 {
+    o.restarts as f64 / fleet.instances as f64 / (f64::from(fleet.days) / 7.0)
+}
+
+/// What the sweep says of one policy, over the fleets it ran on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub fleets: usize,
+    /// Fleets where it lost no call and refused none.
+    pub clean: usize,
+    /// Median and worst over the fleets.
+    pub lost: (f64, f64),
+    pub refused: (f64, f64),
+    /// Percent of the fleet's instance-hours.
+    pub capacity: (f64, f64),
+    /// Per instance and week.
+    pub restarts: (f64, f64),
+    /// Per instance-hour.
+    pub api: (f64, f64),
+    /// Restarts on fleets whose memory levels off.
+    pub levelled_restarts: u64,
+    /// Fleets where it lost more calls than the same flags without the fleet; `None` for a
+    /// policy without one.
+    pub worse_than_alone: Option<usize>,
+}
+
+/// Sums up `outcomes` (from [`sweep`]) for the policy at `s`.
+pub fn summary(
+    shapes: &[Shape],
+    fleets: &[Fleet],
+    outcomes: &[Vec<Option<Outcome>>],
+    strategies: &[Strategy],
+    s: usize,
+) -> Summary {
+    let ran: Vec<(&Shape, &Fleet, &Outcome)> = shapes
+        .iter()
+        .zip(fleets)
+        .zip(outcomes)
+        .filter_map(|((shape, fleet), o)| Some((shape, fleet, o[s].as_ref()?)))
+        .collect();
+    let column = |f: &dyn Fn(&Fleet, &Outcome) -> f64| {
+        median_and_worst(ran.iter().map(|(_, fleet, o)| f(fleet, o)).collect())
+    };
+    let alone = strategies.iter().position(|a| *a == strategies[s].alone());
+    Summary {
+        fleets: ran.len(),
+        clean: ran
+            .iter()
+            .filter(|(_, _, o)| o.lost == 0 && o.refused == 0)
+            .count(),
+        lost: column(&|_, o| o.lost as f64),
+        refused: column(&|_, o| o.refused as f64),
+        capacity: column(&|f, o| 100.0 * capacity_share(f, o)),
+        restarts: column(&|f, o| restarts_per_instance_week(f, o)),
+        api: column(&|_, o| Requests::per_hour(o.api.total(), o.api.hours())),
+        levelled_restarts: ran
+            .iter()
+            .filter(|(shape, _, _)| shape.growth.is_none())
+            .map(|(_, _, o)| o.restarts)
+            .sum(),
+        worse_than_alone: alone.filter(|&a| a != s).map(|a| {
+            outcomes
+                .iter()
+                .filter(|o| match (&o[s], &o[a]) {
+                    (Some(fleet), Some(alone)) => fleet.lost > alone.lost,
+                    _ => false,
+                })
+                .count()
+        }),
+    }
+}
+
+/// The sweep as markdown: the summary per policy, then every fleet swept.
+pub fn sweep_table(shapes: &[Shape], days: u32, strategies: &[Strategy]) -> String {
+    let fleets: Vec<Fleet> = shapes.iter().map(|s| s.fleet(days)).collect();
+    let outcomes = sweep(&fleets, strategies);
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{} fleets of {} days each (listed below), every policy on each (a budget of 1 on at \
+         most {} instances: more waiters take the simulation too long). Growth per wave of {} \
+         calls: the clean rate measured on KMS with glibc, {:.0}–{:.0} MiB, times the factor, \
+         or levelling off at {} MiB as on jemalloc. Each instance takes the same load whatever \
+         the fleet's size and the calls' length (about 16 calls on at the peak, of 40). \
+         Capacity lost is the share of instance-hours out of rotation; restarts are per \
+         instance and week; API requests are per instance-hour. \"Clean\" counts the fleets \
+         where the policy lost no call and refused none; \"worse than alone\" those where the \
+         fleet lost more calls than the same flags without it.\n",
+        shapes.len(),
+        days,
+        MOST_WAITERS_SWEPT,
+        Fleet::default().calls_per_wave,
+        CLEAN_WAVE_MIB.0,
+        CLEAN_WAVE_MIB.1,
+        JEMALLOC_PLATEAU_BYTES / MI,
+    );
+    text.push_str(
+        "| # | policy | clean | calls lost, median / worst | refused, median / worst | \
+         capacity lost, median / worst | restarts, median / worst | restarts where memory \
+         levels off | API requests, median / worst | worse than alone |\n",
+    );
+    text.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for (s, strategy) in strategies.iter().enumerate() {
+        let m = summary(shapes, &fleets, &outcomes, strategies, s);
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} of {} | {:.0} / {:.0} | {:.0} / {:.0} | {:.1}% / {:.1}% | {:.1} / \
+             {:.1} | {} | {:.1} / {:.1} | {} |",
+            s + 1,
+            strategy.name(),
+            m.clean,
+            m.fleets,
+            m.lost.0,
+            m.lost.1,
+            m.refused.0,
+            m.refused.1,
+            m.capacity.0,
+            m.capacity.1,
+            m.restarts.0,
+            m.restarts.1,
+            m.levelled_restarts,
+            m.api.0,
+            m.api.1,
+            m.worse_than_alone.map_or("—".into(), |n| n.to_string()),
+        );
+    }
+    let _ = writeln!(
+        text,
+        "\nEvery fleet swept: its calls, then the calls lost / refused under each policy (by \
+         its number above; \"none clean\" where no policy lost and refused none):\n"
+    );
+    text.push_str("| fleet | calls |");
+    for n in 1..=strategies.len() {
+        let _ = write!(text, " {n} |");
+    }
+    text.push_str("\n|---|---|");
+    text.push_str(&"---|".repeat(strategies.len()));
+    text.push('\n');
+    for (shape, o) in shapes.iter().zip(&outcomes) {
+        let none = o.iter().flatten().all(|o| o.lost > 0 || o.refused > 0);
+        let calls = o.iter().flatten().next().map_or(0, |o| o.calls);
+        let _ = write!(
+            text,
+            "| {}{} | {calls} |",
+            shape.name(),
+            if none { " (none clean)" } else { "" },
+        );
+        for o in o {
+            match o {
+                Some(o) => {
+                    let _ = write!(text, " {} / {} |", o.lost, o.refused);
+                }
+                None => text.push_str(" not run |"),
+            }
+        }
+        text.push('\n');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A small fleet for a few days: enough to fragment to the limit twice.
+    /// A small fleet for a few days: enough to cross the threshold once at the clean rate.
     fn small() -> Fleet {
-        Fleet {
+        Shape {
             instances: 6,
-            days: 4,
-            peak_calls_per_minute: 9.0,
-            ..Fleet::default()
+            ..Shape::BASE
         }
+        .fleet(4)
     }
 
     #[test]
     fn the_same_seed_is_the_same_week() {
         let fleet = small();
         assert_eq!(
-            run(&fleet, Strategy::QuietMoment),
-            run(&fleet, Strategy::QuietMoment),
+            run(&fleet, Strategy::DEFAULTS),
+            run(&fleet, Strategy::DEFAULTS),
             "a run is deterministic"
         );
     }
@@ -897,39 +1344,105 @@ mod tests {
     #[test]
     fn the_orderings_the_readme_claims_hold() {
         let fleet = small();
-        let [oom, today, quiet, budget, both] = Strategy::ALL.map(|s| run(&fleet, s));
+        let [oom, old, twelve, defaults, budget, fleet_defaults, share] =
+            Strategy::ALL.map(|s| run(&fleet, s));
         assert!(
             oom.oom_kills > 0 && oom.lost > 0,
             "the model fragments to the limit: {oom:?}"
         );
         assert!(
-            today.lost < oom.lost,
-            "memprobe loses fewer calls than the OOM killer: {today:?} against {oom:?}"
+            old.lost < oom.lost,
+            "memprobe loses fewer calls than the OOM killer: {old:?} against {oom:?}"
         );
         assert!(
-            today.refused > oom.refused && today.most_draining > fleet.instances / 2,
-            "instances fragmenting at one rate drain together and refuse calls: {today:?}"
+            old.refused > oom.refused && old.most_draining > fleet.instances / 2,
+            "instances fragmenting at one rate drain together and refuse calls: {old:?}"
         );
         assert!(
-            quiet.lost <= today.lost && quiet.refused < today.refused,
-            "the quiet moment loses and refuses fewer than draining at peak: {quiet:?} against {today:?}"
+            twelve.refused > 0 && twelve.quiet_recycles == 0,
+            "at the clean rate, a 12-hour quiet moment misses the night before the peak: {twelve:?}"
         );
         assert!(
-            quiet.quiet_recycles > 0 && quiet.oom_kills == 0,
-            "{quiet:?}"
+            defaults.lost == 0 && defaults.refused == 0 && defaults.quiet_recycles > 0,
+            "the defaults (the quiet moment within 48 hours) restart at night and keep every call: {defaults:?}"
         );
         assert!(
-            budget.most_draining <= 1 && both.most_draining <= 1,
-            "a budget of 1 drains one at a time: {budget:?}, {both:?}"
+            budget.most_draining <= 1 && budget.refused <= old.refused,
+            "a budget of 1 drains one at a time, and keeps the fleet in rotation: {budget:?}"
         );
-        assert!(
-            budget.refused <= today.refused && budget.lost > today.lost,
-            "a budget alone keeps the fleet in rotation, and the waiting lose calls: {budget:?}"
-        );
-        assert!(
-            both.lost < budget.lost,
-            "with the quiet moment, the budget loses fewer: {both:?} against {budget:?}"
-        );
+        for (fleet_on, alone) in [(&fleet_defaults, &defaults), (&share, &defaults)] {
+            assert!(
+                fleet_on.lost <= alone.lost && fleet_on.refused <= alone.refused,
+                "the fleet at the defaults never does worse than the instances alone: \
+                 {fleet_on:?} against {alone:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn memory_that_levels_off_is_never_restarted() {
+        let fleet = Shape {
+            instances: 3,
+            growth: None,
+            ..Shape::BASE
+        }
+        .fleet(3);
+        for strategy in Strategy::ALL {
+            let o = run(&fleet, strategy);
+            assert_eq!(
+                (o.restarts, o.lost, o.refused),
+                (0, 0, 0),
+                "{}: {o:?}",
+                strategy.name()
+            );
+        }
+    }
+
+    #[test]
+    fn a_waiter_near_critical_drains_rather_than_restart_with_its_calls_on() {
+        // Four times the clean rate: a fleet drained one at a time cannot keep up, and its
+        // waiters would run into --critical.
+        let fleet = Shape {
+            instances: 6,
+            growth: Some(4.0),
+            ..Shape::BASE
+        }
+        .fleet(3);
+        let alone = run(&fleet, Strategy::DEFAULTS);
+        for budget in [Budget::Instances(1), Budget::Percent(25.0)] {
+            let o = run(&fleet, Strategy::DEFAULTS.budget(budget));
+            assert!(
+                o.lost_at_critical == 0 && o.lost <= alone.lost,
+                "budget {budget}: {o:?} against {alone:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sweep_runs_each_policy_on_each_fleet_but_a_budget_of_1_on_a_big_one() {
+        let shapes = [
+            Shape {
+                instances: 3,
+                ..Shape::BASE
+            },
+            Shape {
+                instances: MOST_WAITERS_SWEPT + 1,
+                growth: None,
+                ..Shape::BASE
+            },
+        ];
+        // The big one for no day at all: only whether it runs counts here.
+        let fleets = [shapes[0].fleet(1), shapes[1].fleet(0)];
+        let strategies = [
+            Strategy::DEFAULTS,
+            Strategy::DEFAULTS.budget(Budget::Instances(1)),
+        ];
+        let outcomes = sweep(&fleets, &strategies);
+        assert!(outcomes[0].iter().all(Option::is_some));
+        assert!(outcomes[1][0].is_some() && outcomes[1][1].is_none());
+        let m = summary(&shapes, &fleets, &outcomes, &strategies, 1);
+        assert_eq!(m.fleets, 1, "a fleet left out is not counted");
+        assert_eq!(m.worse_than_alone, Some(0));
     }
 
     #[test]
@@ -939,7 +1452,10 @@ mod tests {
         let tick = fleet.step.max(crate::policy::fleet::MIN_TICK);
         let per_tick = 3600.0 / tick.as_secs_f64();
         let per_renewal = 3600.0 / (fleet.lease / 3).as_secs_f64();
-        for strategy in [Strategy::DrainBudget(1), Strategy::QuietMomentAndBudget(1)] {
+        for strategy in [
+            Strategy::PER_INSTANCE.budget(Budget::Instances(1)),
+            Strategy::DEFAULTS.budget(Budget::Instances(1)),
+        ] {
             let api = run(&fleet, strategy).api;
             assert!(
                 api.healthy_hours > 0.0 && api.healthy == 0,
@@ -961,7 +1477,7 @@ mod tests {
                 "a holder renews at a third of its lease, no more often: {strategy:?} {api:?}"
             );
         }
-        for strategy in [Strategy::PerInstance, Strategy::QuietMoment] {
+        for strategy in [Strategy::PER_INSTANCE, Strategy::DEFAULTS] {
             assert_eq!(
                 run(&fleet, strategy).api.total(),
                 0,
