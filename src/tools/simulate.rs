@@ -929,8 +929,17 @@ pub fn table(fleet: &Fleet, strategies: &[Strategy]) -> String {
     );
     text.push_str("|---|---|---|---|---|---|\n");
     let mut budgets = Vec::new();
-    for &strategy in strategies {
-        let o = run(fleet, strategy);
+    // Each policy on a core of its own (a budget of 1 is run here whatever the size).
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let runs: Vec<_> = strategies
+            .iter()
+            .map(|&s| scope.spawn(move || run(fleet, s)))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    for (&strategy, o) in strategies.iter().zip(outcomes) {
         let _ = writeln!(
             text,
             "| {} | {} | {} | {} ({}) | {} | {:.1} |",
