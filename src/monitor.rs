@@ -1054,7 +1054,11 @@ mod tests {
         );
         let mut rig = Rig::new();
         let snap = seven_idle_hours(&mut rig);
-        assert_eq!(snap.status.state, State::Healthy, "off by default");
+        assert_eq!(
+            snap.status.state,
+            State::Healthy,
+            "off (the test rig's settings turn it off)"
+        );
     }
 
     #[test]

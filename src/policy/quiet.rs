@@ -2,7 +2,7 @@
 //!
 //! Memory crosses the threshold under load, so a drain usually starts at the busiest hour and
 //! waits for the longest call; the cheapest restart, an instance with nobody on it at 4 a.m.,
-//! goes by unused. With `--recycle-when-idle-within D` (off by default), an instance that has
+//! goes by unused. With `--recycle-when-idle-within D` (48 hours by default), an instance that has
 //! had zero sessions for `--min-drain`, and whose [forecast](crate::forecast) says the floor
 //! crosses the threshold within D, is drained now.
 //!

@@ -1,6 +1,7 @@
-//! The fleet simulation: the calls each policy loses, on a simulated week.
+//! The fleet simulation: the calls each policy loses, on a simulated week of one fleet and on a
+//! sweep of fleets of every shape.
 //!
-//!     cargo bench --bench fleet      # the table BENCHMARKS.md quotes (bash benches/run fleet)
+//!     cargo bench --bench fleet      # the tables BENCHMARKS.md quotes (bash benches/run fleet)
 //!
 //! It runs the real decision code — [`Decider`], [`QuietMoment`], [`forecast`] and, with a
 //! drain budget, each instance's fleet [`Member`] — on simulated time for a fleet of media
@@ -10,16 +11,18 @@
 //! `resourceVersion` counter, 409 to a create of a name that exists or a write at a stale
 //! version, a listing by the fleet's label), and every request is counted.
 //!
-//! Every instance starts at once (as after a rollout), and each call that ends leaves memory
-//! behind, as glibc's heap does: 45–50 MiB for every [`Fleet::calls_per_wave`] calls,
-//! the growth per wave measured on KMS 7.3.1. (That measurement's wave was four 8-second
-//! pipelines; how many real calls make one is this model's assumption, stated in its table.)
-//! A live call holds [`Fleet::session_bytes`] more, given back when it ends. Resident memory
-//! over the limit is an OOM kill: every call on the instance is lost. A recycle loses the
-//! calls still on the instance (a drain that reached `--drain-timeout`).
+//! Each call that ends leaves memory behind, as glibc's heap does: [`CLEAN_WAVE_MIB`] for
+//! every [`Fleet::calls_per_wave`] calls, the growth per wave measured on KMS with a correct
+//! teardown, times a [`Shape`]'s factor — or levelling off at [`JEMALLOC_PLATEAU_BYTES`].
+//! (That measurement's wave was four 8-second pipelines; how many real calls make one is
+//! this model's assumption, stated in its table.) A live call holds [`Fleet::session_bytes`]
+//! more, given back when it ends. Resident memory over the limit is an OOM kill: every call
+//! on the instance is lost. A recycle loses the calls still on the instance (a drain that
+//! reached `--drain-timeout`, or memory over `--critical`).
 //!
 //! The calls (arrival, length, memory left behind) are drawn once from the seed, so every
-//! policy faces the same week, and a run is the same run every time.
+//! policy faces the same week, and a run is the same run every time. [`sweep`] runs every
+//! policy on every fleet of a [`grid`], one run per thread.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
