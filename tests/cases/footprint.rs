@@ -258,6 +258,36 @@ impl Plain {
     }
 }
 
+/// Every process under `pid` (its children's children too), by `/proc/PID/task/*/children`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut next = vec![pid];
+    while let Some(parent) = next.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// A process's name (`/proc/PID/comm`).
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim().to_string())
+}
+
 /// Probes as a balancer's health checks come under load: 50 keep-alive connections at once,
 /// each asking 20 times, then 50 that ask and hang up before the answer, half of them with a
 /// reset.
@@ -420,6 +450,19 @@ fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
     probe.wait_for_long("the start check passed", SLOW, |s| {
         s["fleet"]["check"] == "passed"
     });
+    // memprobe-fleet is stopped once the check passed (nothing is wanted yet); its exit, the
+    // signal and the reaping are code memprobe runs too, whenever it happens.
+    let start = Instant::now();
+    while descendants(probe.pid())
+        .iter()
+        .any(|pid| comm(*pid).is_some_and(|c| c == "memprobe-fleet"))
+    {
+        assert!(
+            start.elapsed() < SLOW,
+            "memprobe-fleet never stopped after the check"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_secs(2));
     target.send("alloc 150MiB");
     probe.wait_for_long("draining with the slot", SLOW, |s| {
