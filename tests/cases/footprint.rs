@@ -25,6 +25,15 @@ use crate::harness::{Memprobe, Workload, agent, free_port, request, shipped, too
 /// The kernel's fault-around: a fault maps the pages of the aligned 64 KiB window around it.
 const WINDOW: u64 = 64 * 1024;
 const SLOW: Duration = Duration::from_secs(120);
+/// Every scenario's pace: a sample every 200 ms, a drain 1 s over 100 MiB.
+const PACE: [&str; 6] = [
+    "--interval",
+    "200ms",
+    "--threshold",
+    "100MiB",
+    "--sustain",
+    "1s",
+];
 
 /// How the scenarios run memprobe: natively, or under gdb with a one-time breakpoint at the
 /// start of every function the linker placed (`functions`, one file offset a line), each hit
@@ -332,18 +341,7 @@ fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
     let pid = target.pid.to_string();
     let probe = Plain::start(
         under.command(binary, "probes"),
-        &[
-            "--pid",
-            &pid,
-            "--kms-url",
-            "none",
-            "--interval",
-            "200ms",
-            "--threshold",
-            "100MiB",
-            "--sustain",
-            "1s",
-        ],
+        &[&["--pid", &pid, "--kms-url", "none"][..], &PACE].concat(),
     );
     for _ in 0..20 {
         for path in ["/ready", "/healthz", "/livez", "/metrics", "/status", "/"] {
@@ -367,19 +365,10 @@ fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
     let mut probe = Memprobe::start_command(
         under.command(binary, "kms"),
         &[
-            "--pid",
-            &pid,
-            "--kms-url",
-            &url,
-            "--kms-gate",
-            &gate,
-            "--interval",
-            "200ms",
-            "--threshold",
-            "100MiB",
-            "--sustain",
-            "1s",
-        ],
+            &["--pid", &pid, "--kms-url", &url, "--kms-gate", &gate][..],
+            &PACE,
+        ]
+        .concat(),
         &[],
     );
     probe.wait_for_long("connected to KMS", SLOW, |s| s["kms"]["connected"] == true);
@@ -419,8 +408,7 @@ fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
     let pid = target.pid.to_string();
     let sessions = dir.path().join("sessions");
     std::fs::write(&sessions, "1\n").expect("write the sessions file");
-    let mut probe = Memprobe::start_command(
-        under.command(binary, "fleet"),
+    let args = [
         &[
             "--pid",
             &pid,
@@ -428,14 +416,8 @@ fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
             "none",
             "--sessions-file",
             sessions.to_str().expect("a UTF-8 path"),
-            "--interval",
-            "200ms",
-            "--threshold",
-            "100MiB",
             "--memory-limit",
             "1GiB",
-            "--sustain",
-            "1s",
             "--fleet",
             "kubernetes",
             "--fleet-name",
@@ -444,7 +426,13 @@ fn scenarios(under: Under<'_>, binary: &Path) -> Vec<Ran> {
             "kms-0",
             "--pod-namespace",
             "media",
-        ],
+        ][..],
+        &PACE,
+    ]
+    .concat();
+    let mut probe = Memprobe::start_command(
+        under.command(binary, "fleet"),
+        &args,
         &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
     );
     probe.wait_for_long("the start check passed", SLOW, |s| {
